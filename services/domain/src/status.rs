@@ -1,0 +1,333 @@
+//! The read model: folding an artifact's events into its status, and the
+//! artifact state machine that says which transitions are legal in order.
+//!
+//! The fold is order-insensitive: events arrive from several topics and may
+//! come late, twice, or from a superseded generation. For one artifact the
+//! fold keeps the newest generation only, and for each stage of it one event,
+//! chosen by a fixed precedence, so any permutation of the same events (with
+//! duplicates) folds to the same status.
+
+use crate::events::{ArtifactContext, ArtifactCreated, PipelineEvent};
+use crate::{ArtifactId, Generation, Outcome, Stage};
+use serde::{Deserialize, Serialize};
+
+/// Where an artifact stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ArtifactState {
+    /// Created; no stage has reported yet.
+    Pending,
+    /// At least one stage reported; the chain has not ended.
+    InProgress,
+    /// The last stage reported success or a skip.
+    Completed,
+    /// A stage failed permanently; later stages do not run.
+    Failed,
+}
+
+impl ArtifactState {
+    /// Whether no further stage outcome is expected for this generation.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ArtifactState::Completed | ArtifactState::Failed)
+    }
+}
+
+/// One line of an artifact's per-stage timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The stage.
+    pub stage: Stage,
+    /// What it did.
+    pub outcome: Outcome,
+    /// When it finished, in epoch milliseconds.
+    pub processed_at: i64,
+}
+
+/// Why an event is not the legal next step for an artifact, in order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IllegalTransition {
+    /// The event belongs to an older generation than the artifact's.
+    #[error("generation {event} is older than the artifact's generation {current}")]
+    StaleGeneration {
+        /// The event's generation.
+        event: Generation,
+        /// The artifact's generation.
+        current: Generation,
+    },
+    /// A newer generation must start with `ArtifactCreated`.
+    #[error("generation {event} starts with a {stage} outcome instead of ArtifactCreated")]
+    GenerationWithoutCreation {
+        /// The event's generation.
+        event: Generation,
+        /// The stage that reported.
+        stage: Stage,
+    },
+    /// The same step was already recorded for this generation.
+    #[error("{step} was already recorded for generation {generation}")]
+    AlreadyRecorded {
+        /// `created` or the stage name.
+        step: String,
+        /// The generation.
+        generation: Generation,
+    },
+    /// The artifact already reached a final state in this generation.
+    #[error("artifact is already {state:?}; {stage} cannot report for this generation")]
+    AfterTerminal {
+        /// The final state.
+        state: ArtifactState,
+        /// The stage that reported.
+        stage: Stage,
+    },
+    /// The step before this one has not (successfully) happened yet.
+    #[error("{stage} reported before {waiting_for} let it run")]
+    OutOfOrder {
+        /// The stage that reported.
+        stage: Stage,
+        /// `created` or the stage name it should have waited for.
+        waiting_for: String,
+    },
+}
+
+/// The folded status of one artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactStatus {
+    artifact_id: ArtifactId,
+    generation: Generation,
+    created: Option<ArtifactCreated>,
+    stages: [Option<PipelineEvent>; 4],
+}
+
+impl ArtifactStatus {
+    /// An empty status for an artifact at a generation.
+    pub fn empty(artifact_id: ArtifactId, generation: Generation) -> Self {
+        ArtifactStatus {
+            artifact_id,
+            generation,
+            created: None,
+            stages: [None, None, None, None],
+        }
+    }
+
+    /// Folds events of one artifact, in any order. `None` when there are none.
+    pub fn fold<I: IntoIterator<Item = PipelineEvent>>(events: I) -> Option<Self> {
+        let mut status: Option<Self> = None;
+        for event in events {
+            match status.as_mut() {
+                Some(s) => s.apply(event),
+                None => {
+                    let mut s = Self::empty(event.artifact_id(), event.generation());
+                    s.apply(event);
+                    status = Some(s);
+                }
+            }
+        }
+        status
+    }
+
+    /// Folds one event in. Events of another artifact are ignored; an older
+    /// generation is ignored; a newer one replaces everything known.
+    pub fn apply(&mut self, event: PipelineEvent) {
+        if event.artifact_id() != self.artifact_id || event.generation() < self.generation {
+            return;
+        }
+        if event.generation() > self.generation {
+            *self = Self::empty(self.artifact_id, event.generation());
+        }
+        match event {
+            PipelineEvent::Created(c) => {
+                let replace = match &self.created {
+                    None => true,
+                    Some(old) => created_rank(&c) > created_rank(old),
+                };
+                if replace {
+                    self.created = Some(c);
+                }
+            }
+            other => {
+                let idx = other.stage().map(Stage::index).unwrap_or_default();
+                let replace = match &self.stages[idx] {
+                    None => true,
+                    Some(old) => event_rank(&other) > event_rank(old),
+                };
+                if replace {
+                    self.stages[idx] = Some(other);
+                }
+            }
+        }
+    }
+
+    /// Checks whether `event` is the legal next step, as it would be if every
+    /// event arrived in order exactly once. The fold accepts events that fail
+    /// this check (they may just be early); this says what is out of place.
+    pub fn check_transition(&self, event: &PipelineEvent) -> Result<(), IllegalTransition> {
+        let (gen_e, gen_s) = (event.generation(), self.generation);
+        if gen_e < gen_s {
+            return Err(IllegalTransition::StaleGeneration {
+                event: gen_e,
+                current: gen_s,
+            });
+        }
+        let fresh = gen_e > gen_s;
+        let Some(stage) = event.stage() else {
+            return if !fresh && self.created.is_some() {
+                Err(IllegalTransition::AlreadyRecorded {
+                    step: "created".into(),
+                    generation: gen_e,
+                })
+            } else {
+                Ok(())
+            };
+        };
+        if fresh {
+            return Err(IllegalTransition::GenerationWithoutCreation {
+                event: gen_e,
+                stage,
+            });
+        }
+        if self.stages[stage.index()].is_some() {
+            return Err(IllegalTransition::AlreadyRecorded {
+                step: stage.name().into(),
+                generation: gen_e,
+            });
+        }
+        let state = self.state();
+        if state.is_terminal() {
+            return Err(IllegalTransition::AfterTerminal { state, stage });
+        }
+        let predecessor_done = match stage.previous() {
+            None => self.created.is_some(),
+            Some(prev) => self
+                .stage_outcome(prev)
+                .is_some_and(Outcome::lets_pipeline_continue),
+        };
+        if !predecessor_done {
+            return Err(IllegalTransition::OutOfOrder {
+                stage,
+                waiting_for: stage
+                    .previous()
+                    .map_or("created".into(), |p| p.name().into()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The artifact.
+    pub fn artifact_id(&self) -> ArtifactId {
+        self.artifact_id
+    }
+
+    /// The newest generation seen.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// The creation event of this generation, if seen.
+    pub fn created(&self) -> Option<&ArtifactCreated> {
+        self.created.as_ref()
+    }
+
+    /// The recorded event of a stage in this generation.
+    pub fn stage_event(&self, stage: Stage) -> Option<&PipelineEvent> {
+        self.stages[stage.index()].as_ref()
+    }
+
+    /// The recorded outcome of a stage in this generation.
+    pub fn stage_outcome(&self, stage: Stage) -> Option<&Outcome> {
+        self.stage_event(stage).and_then(PipelineEvent::outcome)
+    }
+
+    /// Where the artifact stands.
+    pub fn state(&self) -> ArtifactState {
+        let outcomes = || Stage::ALL.into_iter().filter_map(|s| self.stage_outcome(s));
+        if outcomes().any(Outcome::is_permanent_failure) {
+            ArtifactState::Failed
+        } else if self
+            .stage_outcome(Stage::Summarizer)
+            .is_some_and(Outcome::lets_pipeline_continue)
+        {
+            ArtifactState::Completed
+        } else if outcomes().next().is_some() {
+            ArtifactState::InProgress
+        } else {
+            ArtifactState::Pending
+        }
+    }
+
+    /// The stage the artifact waits on: the first without a success or skip.
+    /// `None` once the state is final.
+    pub fn current_stage(&self) -> Option<Stage> {
+        if self.state().is_terminal() {
+            return None;
+        }
+        Stage::ALL.into_iter().find(|s| {
+            !self
+                .stage_outcome(*s)
+                .is_some_and(Outcome::lets_pipeline_continue)
+        })
+    }
+
+    /// The stage that failed permanently, with its reason.
+    pub fn failure(&self) -> Option<(Stage, &str)> {
+        Stage::ALL
+            .into_iter()
+            .find_map(|s| match self.stage_outcome(s) {
+                Some(o) if o.is_permanent_failure() => Some((s, o.reason().unwrap_or_default())),
+                _ => None,
+            })
+    }
+
+    /// The per-stage timeline of this generation, in stage order.
+    pub fn timeline(&self) -> Vec<StageRecord> {
+        Stage::ALL
+            .into_iter()
+            .filter_map(|s| {
+                let e = self.stage_event(s)?;
+                Some(StageRecord {
+                    stage: s,
+                    outcome: e.outcome()?.clone(),
+                    processed_at: e.timestamp(),
+                })
+            })
+            .collect()
+    }
+
+    /// The newest context known: the latest stage's, else the creation's.
+    pub fn context(&self) -> Option<ArtifactContext> {
+        Stage::ALL
+            .into_iter()
+            .rev()
+            .find_map(|s| match self.stage_event(s)? {
+                PipelineEvent::MimeDetected(e) => Some(e.context.clone()),
+                PipelineEvent::LocationVerified(e) => Some(e.context.clone()),
+                PipelineEvent::Parsed(e) => Some(e.context.clone()),
+                PipelineEvent::Summarized(e) => Some(e.context.clone()),
+                PipelineEvent::Created(_) => None,
+            })
+            .or_else(|| self.created.as_ref().map(ArtifactContext::from))
+    }
+
+    /// The latest timestamp among the recorded events.
+    pub fn updated_at(&self) -> Option<i64> {
+        let created = self.created.iter().map(|c| c.created_at);
+        let stages = self.stages.iter().flatten().map(PipelineEvent::timestamp);
+        created.chain(stages).max()
+    }
+}
+
+/// Precedence among two creation events of the same generation.
+fn created_rank(c: &ArtifactCreated) -> (i64, String) {
+    (c.created_at, format!("{c:?}"))
+}
+
+/// Precedence among two events of the same stage and generation: outcome
+/// precedence, then the later one, then a total tie-break on content.
+fn event_rank(e: &PipelineEvent) -> (u8, i64, String) {
+    (
+        e.outcome().map(Outcome::precedence).unwrap_or_default(),
+        e.timestamp(),
+        format!("{e:?}"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,420 @@
+use super::*;
+use crate::FailureKind;
+use crate::events::*;
+use proptest::prelude::*;
+
+fn g(n: i64) -> Generation {
+    Generation::new(n).unwrap()
+}
+
+fn created(id: ArtifactId, generation: Generation) -> PipelineEvent {
+    PipelineEvent::Created(ArtifactCreated {
+        artifact_id: id,
+        generation,
+        storage_location: format!("file:///blobs/{id}/{generation}"),
+        declared_content_type: Some("application/pdf".into()),
+        filename: Some("report.pdf".into()),
+        size_bytes: Some(1234),
+        sha256: None,
+        created_at: 1_000 * i64::from(generation.get()),
+    })
+}
+
+fn stage_event(
+    id: ArtifactId,
+    generation: Generation,
+    stage: Stage,
+    outcome: Outcome,
+) -> PipelineEvent {
+    let ctx = ArtifactContext {
+        storage_location: format!("file:///blobs/{id}/{generation}"),
+        detected_content_type: Some("application/pdf".into()),
+        ..Default::default()
+    };
+    let ok = matches!(outcome, Outcome::Succeeded);
+    let at = 1_000 * i64::from(generation.get()) + 10 * (stage.index() as i64 + 1);
+    match stage {
+        Stage::MimeDetector => PipelineEvent::MimeDetected(StageEvent {
+            artifact_id: id,
+            generation,
+            context: ctx,
+            outcome,
+            result: ok.then(|| MimeDetection {
+                detected_content_type: "application/pdf".into(),
+                declared_content_type: Some("application/pdf".into()),
+                agrees: true,
+                method: "magic:pdf".into(),
+            }),
+            processed_at: at,
+        }),
+        Stage::LocationLogger => PipelineEvent::LocationVerified(StageEvent {
+            artifact_id: id,
+            generation,
+            context: ctx,
+            outcome,
+            result: ok.then(|| LocationCheck {
+                resolved_location: "/blobs/x".into(),
+                size_bytes: 1234,
+                sha256: "ab".repeat(32),
+            }),
+            processed_at: at,
+        }),
+        Stage::PdfParser => PipelineEvent::Parsed(StageEvent {
+            artifact_id: id,
+            generation,
+            context: ctx,
+            outcome,
+            result: None,
+            processed_at: at,
+        }),
+        Stage::Summarizer => PipelineEvent::Summarized(StageEvent {
+            artifact_id: id,
+            generation,
+            context: ctx,
+            outcome,
+            result: ok.then(|| SummaryResult {
+                method: "extractive".into(),
+                summary: "short".into(),
+            }),
+            processed_at: at,
+        }),
+    }
+}
+
+/// A whole successful run of one generation, in order.
+fn full_run(id: ArtifactId, generation: Generation) -> Vec<PipelineEvent> {
+    let mut v = vec![created(id, generation)];
+    v.extend(Stage::ALL.map(|s| stage_event(id, generation, s, Outcome::Succeeded)));
+    v
+}
+
+#[test]
+fn in_order_run_walks_every_state() {
+    let id = ArtifactId::new_random();
+    let run = full_run(id, g(1));
+    let mut s = ArtifactStatus::empty(id, g(1));
+    assert_eq!(s.state(), ArtifactState::Pending);
+    let mut seen = vec![];
+    for e in run {
+        s.check_transition(&e).unwrap();
+        s.apply(e);
+        seen.push((s.state(), s.current_stage()));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (ArtifactState::Pending, Some(Stage::MimeDetector)),
+            (ArtifactState::InProgress, Some(Stage::LocationLogger)),
+            (ArtifactState::InProgress, Some(Stage::PdfParser)),
+            (ArtifactState::InProgress, Some(Stage::Summarizer)),
+            (ArtifactState::Completed, None),
+        ]
+    );
+    assert_eq!(s.timeline().len(), 4);
+    assert_eq!(s.updated_at(), Some(1_040));
+}
+
+#[test]
+fn skipped_stages_let_the_chain_complete() {
+    let id = ArtifactId::new_random();
+    let mut s = ArtifactStatus::empty(id, g(1));
+    s.apply(created(id, g(1)));
+    s.apply(stage_event(
+        id,
+        g(1),
+        Stage::MimeDetector,
+        Outcome::Succeeded,
+    ));
+    s.apply(stage_event(
+        id,
+        g(1),
+        Stage::LocationLogger,
+        Outcome::Succeeded,
+    ));
+    let skip = stage_event(
+        id,
+        g(1),
+        Stage::PdfParser,
+        Outcome::skipped("image/png is not parseable"),
+    );
+    s.check_transition(&skip).unwrap();
+    s.apply(skip);
+    let sum = stage_event(id, g(1), Stage::Summarizer, Outcome::skipped("no text"));
+    s.check_transition(&sum).unwrap();
+    s.apply(sum);
+    assert_eq!(s.state(), ArtifactState::Completed);
+}
+
+#[test]
+fn permanent_failure_is_final_and_named() {
+    let id = ArtifactId::new_random();
+    let mut s = ArtifactStatus::empty(id, g(1));
+    s.apply(created(id, g(1)));
+    s.apply(stage_event(
+        id,
+        g(1),
+        Stage::MimeDetector,
+        Outcome::Succeeded,
+    ));
+    s.apply(stage_event(
+        id,
+        g(1),
+        Stage::LocationLogger,
+        Outcome::Succeeded,
+    ));
+    s.apply(stage_event(
+        id,
+        g(1),
+        Stage::PdfParser,
+        Outcome::permanent("corrupt xref"),
+    ));
+    assert_eq!(s.state(), ArtifactState::Failed);
+    assert_eq!(s.current_stage(), None);
+    assert_eq!(s.failure(), Some((Stage::PdfParser, "corrupt xref")));
+    let late = stage_event(id, g(1), Stage::Summarizer, Outcome::Succeeded);
+    assert_eq!(
+        s.check_transition(&late),
+        Err(IllegalTransition::AfterTerminal {
+            state: ArtifactState::Failed,
+            stage: Stage::Summarizer
+        })
+    );
+}
+
+#[test]
+fn retriable_failure_keeps_the_artifact_in_progress_at_that_stage() {
+    let id = ArtifactId::new_random();
+    let mut s = ArtifactStatus::empty(id, g(1));
+    s.apply(created(id, g(1)));
+    s.apply(stage_event(
+        id,
+        g(1),
+        Stage::MimeDetector,
+        Outcome::retriable("store timeout"),
+    ));
+    assert_eq!(s.state(), ArtifactState::InProgress);
+    assert_eq!(s.current_stage(), Some(Stage::MimeDetector));
+    // A later success of the same stage wins over the retriable failure.
+    s.apply(stage_event(
+        id,
+        g(1),
+        Stage::MimeDetector,
+        Outcome::Succeeded,
+    ));
+    assert_eq!(
+        s.stage_outcome(Stage::MimeDetector),
+        Some(&Outcome::Succeeded)
+    );
+    assert_eq!(s.current_stage(), Some(Stage::LocationLogger));
+}
+
+#[test]
+fn every_illegal_transition_is_named() {
+    let id = ArtifactId::new_random();
+    let mut s = ArtifactStatus::empty(id, g(2));
+    s.apply(created(id, g(2)));
+
+    // Stale generation.
+    assert!(matches!(
+        s.check_transition(&created(id, g(1))),
+        Err(IllegalTransition::StaleGeneration { .. })
+    ));
+    // Duplicate creation.
+    assert!(matches!(
+        s.check_transition(&created(id, g(2))),
+        Err(IllegalTransition::AlreadyRecorded { .. })
+    ));
+    // Newer generation starting with a stage event.
+    assert!(matches!(
+        s.check_transition(&stage_event(
+            id,
+            g(3),
+            Stage::MimeDetector,
+            Outcome::Succeeded
+        )),
+        Err(IllegalTransition::GenerationWithoutCreation { .. })
+    ));
+    // A newer generation's creation is legal.
+    assert_eq!(s.check_transition(&created(id, g(3))), Ok(()));
+    // Skipping ahead.
+    for stage in [Stage::LocationLogger, Stage::PdfParser, Stage::Summarizer] {
+        assert!(matches!(
+            s.check_transition(&stage_event(id, g(2), stage, Outcome::Succeeded)),
+            Err(IllegalTransition::OutOfOrder { .. })
+        ));
+    }
+    // Stage before creation.
+    let empty = ArtifactStatus::empty(id, g(2));
+    assert_eq!(
+        empty.check_transition(&stage_event(
+            id,
+            g(2),
+            Stage::MimeDetector,
+            Outcome::Succeeded
+        )),
+        Err(IllegalTransition::OutOfOrder {
+            stage: Stage::MimeDetector,
+            waiting_for: "created".into()
+        })
+    );
+    // Stage after a retriable failure of its predecessor.
+    s.apply(stage_event(
+        id,
+        g(2),
+        Stage::MimeDetector,
+        Outcome::retriable("x"),
+    ));
+    assert!(matches!(
+        s.check_transition(&stage_event(
+            id,
+            g(2),
+            Stage::LocationLogger,
+            Outcome::Succeeded
+        )),
+        Err(IllegalTransition::OutOfOrder { .. })
+    ));
+    // Duplicate stage outcome.
+    assert!(matches!(
+        s.check_transition(&stage_event(
+            id,
+            g(2),
+            Stage::MimeDetector,
+            Outcome::Succeeded
+        )),
+        Err(IllegalTransition::AlreadyRecorded { .. })
+    ));
+    // After completion.
+    let mut done = ArtifactStatus::fold(full_run(id, g(2))).unwrap();
+    assert_eq!(done.state(), ArtifactState::Completed);
+    done.stages[Stage::Summarizer.index()] = None;
+    done.apply(stage_event(
+        id,
+        g(2),
+        Stage::Summarizer,
+        Outcome::skipped("no text"),
+    ));
+    assert!(matches!(
+        done.check_transition(&stage_event(
+            id,
+            g(2),
+            Stage::Summarizer,
+            Outcome::Succeeded
+        )),
+        Err(IllegalTransition::AlreadyRecorded { .. })
+    ));
+}
+
+#[test]
+fn newer_generation_replaces_and_older_is_ignored() {
+    let id = ArtifactId::new_random();
+    let mut events = full_run(id, g(1));
+    events.push(created(id, g(2)));
+    let s = ArtifactStatus::fold(events).unwrap();
+    assert_eq!(s.generation(), g(2));
+    assert_eq!(s.state(), ArtifactState::Pending);
+    assert!(s.timeline().is_empty());
+
+    let mut s2 = s.clone();
+    for e in full_run(id, g(1)) {
+        s2.apply(e);
+    }
+    assert_eq!(
+        s2, s,
+        "generation 1 events after generation 2 change nothing"
+    );
+}
+
+#[test]
+fn events_of_another_artifact_are_ignored() {
+    let id = ArtifactId::new_random();
+    let mut s = ArtifactStatus::fold(full_run(id, g(1))).unwrap();
+    let before = s.clone();
+    s.apply(created(ArtifactId::new_random(), g(5)));
+    assert_eq!(s, before);
+}
+
+#[test]
+fn context_comes_from_the_latest_stage_else_creation() {
+    let id = ArtifactId::new_random();
+    let s = ArtifactStatus::fold([created(id, g(1))]).unwrap();
+    assert_eq!(s.context().unwrap().filename.as_deref(), Some("report.pdf"));
+    let s = ArtifactStatus::fold(full_run(id, g(1))).unwrap();
+    assert_eq!(
+        s.context().unwrap().detected_content_type.as_deref(),
+        Some("application/pdf")
+    );
+    assert_eq!(ArtifactStatus::fold(Vec::new()), None);
+}
+
+#[test]
+fn conflicting_outcomes_for_one_stage_resolve_the_same_either_way() {
+    let id = ArtifactId::new_random();
+    let a = stage_event(id, g(1), Stage::PdfParser, Outcome::permanent("bad"));
+    let b = stage_event(id, g(1), Stage::PdfParser, Outcome::Succeeded);
+    let ab = ArtifactStatus::fold([a.clone(), b.clone()]).unwrap();
+    let ba = ArtifactStatus::fold([b, a]).unwrap();
+    assert_eq!(ab, ba);
+    assert_eq!(
+        ab.stage_outcome(Stage::PdfParser).unwrap().label(),
+        "failed_permanent"
+    );
+}
+
+fn arb_outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        3 => Just(Outcome::Succeeded),
+        1 => "[a-z]{1,6}".prop_map(Outcome::skipped),
+        1 => "[a-z]{1,6}".prop_map(|r| Outcome::Failed { kind: FailureKind::Permanent, reason: r }),
+        1 => "[a-z]{1,6}".prop_map(|r| Outcome::Failed { kind: FailureKind::Retriable, reason: r }),
+    ]
+}
+
+/// Events of one artifact over up to three generations: each generation has a
+/// creation and a prefix of the stages with arbitrary outcomes.
+fn arb_run() -> impl Strategy<Value = Vec<PipelineEvent>> {
+    let id = ArtifactId::from_uuid(uuid::Uuid::from_u128(42));
+    proptest::collection::vec(
+        (0usize..=4, proptest::collection::vec(arb_outcome(), 4)),
+        1..=3,
+    )
+    .prop_map(move |gens| {
+        let mut events = vec![];
+        for (i, (stages, outcomes)) in gens.into_iter().enumerate() {
+            let generation = g(i as i64 + 1);
+            events.push(created(id, generation));
+            for (stage, outcome) in Stage::ALL.into_iter().zip(outcomes).take(stages) {
+                events.push(stage_event(id, generation, stage, outcome));
+            }
+        }
+        events
+    })
+}
+
+proptest! {
+    #[test]
+    fn any_permutation_with_duplicates_folds_to_the_in_order_status(
+        (events, order, dups) in arb_run().prop_flat_map(|ev| {
+            let n = ev.len();
+            (
+                Just(ev),
+                Just((0..n).collect::<Vec<_>>()).prop_shuffle(),
+                proptest::collection::vec(0..n, 0..6),
+            )
+        })
+    ) {
+        let in_order = ArtifactStatus::fold(events.clone()).unwrap();
+        let shuffled = order.iter().chain(dups.iter()).map(|&i| events[i].clone());
+        let folded = ArtifactStatus::fold(shuffled).unwrap();
+        prop_assert_eq!(&folded, &in_order);
+        prop_assert_eq!(folded.state(), in_order.state());
+        prop_assert_eq!(folded.timeline(), in_order.timeline());
+    }
+
+    #[test]
+    fn fold_keeps_only_the_newest_generation(events in arb_run()) {
+        let newest = events.iter().map(PipelineEvent::generation).max().unwrap();
+        let s = ArtifactStatus::fold(events).unwrap();
+        prop_assert_eq!(s.generation(), newest);
+        prop_assert!(s.created().is_some());
+    }
+}
