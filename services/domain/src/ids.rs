@@ -5,11 +5,24 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
-/// An artifact's id: a UUID, written as its lowercase hyphenated string. It is
+/// An artifact's id: a UUID, written as its lowercase hyphenated string in
+/// every format (binary formats included, unlike `uuid`'s own serde). It is
 /// the Kafka key of every record about the artifact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ArtifactId(Uuid);
+
+impl Serialize for ArtifactId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ArtifactId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// A string that is not a UUID was given as an artifact id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -52,21 +52,22 @@ impl Stage {
         Stage::ALL.get(self.index() + 1).copied()
     }
 
-    /// The default name of the topic this stage's outcomes are written to.
-    pub fn default_output_topic(self) -> &'static str {
+    /// The event this stage emits, as named in its output topic
+    /// (`<prefix>.<event>`).
+    pub fn output_event(self) -> &'static str {
         match self {
-            Stage::MimeDetector => "artifact.mime-detected",
-            Stage::LocationLogger => "artifact.location-verified",
-            Stage::PdfParser => "artifact.parsed",
-            Stage::Summarizer => "artifact.summarized",
+            Stage::MimeDetector => "mime-detected",
+            Stage::LocationLogger => "location-verified",
+            Stage::PdfParser => "parsed",
+            Stage::Summarizer => "summarized",
         }
     }
 
-    /// The default name of the topic this stage reads.
-    pub fn default_input_topic(self) -> &'static str {
+    /// The event this stage consumes, as named in its input topic.
+    pub fn input_event(self) -> &'static str {
         match self.previous() {
-            None => "artifact.created",
-            Some(prev) => prev.default_output_topic(),
+            None => "created",
+            Some(prev) => prev.output_event(),
         }
     }
 }
@@ -112,15 +113,9 @@ mod tests {
 
     #[test]
     fn topics_chain_each_stage_to_the_next() {
-        assert_eq!(
-            Stage::MimeDetector.default_input_topic(),
-            "artifact.created"
-        );
+        assert_eq!(Stage::MimeDetector.input_event(), "created");
         for pair in Stage::ALL.windows(2) {
-            assert_eq!(
-                pair[1].default_input_topic(),
-                pair[0].default_output_topic()
-            );
+            assert_eq!(pair[1].input_event(), pair[0].output_event());
         }
     }
 

@@ -1,0 +1,102 @@
+//! Kafka client construction. Every producer uses the `murmur2_random`
+//! partitioner, so a key lands on the partition Java and Python clients pick
+//! for it; every client gets the configured extra properties (SASL/TLS).
+
+use crate::config::ConnectionConfig;
+use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+
+/// A Kafka operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// The client could not be built (a bad property, usually).
+    #[error(
+        "cannot create the Kafka client: {0}. Check KAFKA_PROPERTIES and KAFKA_BOOTSTRAP_SERVERS"
+    )]
+    Client(#[source] rdkafka::error::KafkaError),
+    /// The broker did not answer.
+    #[error(
+        "Kafka at {servers} did not answer: {source}. Is the broker running (deploy/local/stack status)?"
+    )]
+    Unreachable {
+        /// Bootstrap servers tried.
+        servers: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// An admin request failed.
+    #[error("Kafka admin request failed: {0}")]
+    Admin(#[source] rdkafka::error::KafkaError),
+}
+
+impl KafkaError {
+    /// Maps a client error to [`KafkaError::Unreachable`] for these servers.
+    pub fn unreachable(
+        servers: &str,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> KafkaError + '_ {
+        move |source| KafkaError::Unreachable {
+            servers: servers.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Base client config: bootstrap servers, client id, extra properties.
+pub fn client_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &conn.kafka_bootstrap_servers)
+        .set("client.id", client_id);
+    for (k, v) in &conn.kafka_properties.0 {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// Producer config: idempotent, `acks=all`, `murmur2_random` partitioner.
+pub fn producer_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig {
+    let mut cfg = client_config(conn, client_id);
+    cfg.set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+    cfg
+}
+
+/// An admin client.
+pub fn admin_client(
+    conn: &ConnectionConfig,
+) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    client_config(conn, "artifact-admin")
+        .create()
+        .map_err(KafkaError::Client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producers_partition_like_java_clients() {
+        let conn = ConnectionConfig::local("t");
+        let cfg = producer_config(&conn, "p");
+        assert_eq!(cfg.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(cfg.get("enable.idempotence"), Some("true"));
+        assert_eq!(cfg.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn extra_properties_reach_every_client() {
+        let mut conn = ConnectionConfig::local("t");
+        conn.kafka_properties
+            .0
+            .push(("security.protocol".into(), "SSL".into()));
+        assert_eq!(
+            client_config(&conn, "c").get("security.protocol"),
+            Some("SSL")
+        );
+        assert_eq!(
+            producer_config(&conn, "c").get("security.protocol"),
+            Some("SSL")
+        );
+    }
+}

@@ -1,0 +1,389 @@
+//! The topic catalogue of the design and its idempotent creation.
+//!
+//! Every pipeline topic has the same partition count, so one artifact stays on
+//! the same partition number across all of them (co-partitioning); creation
+//! refuses to go on when existing topics disagree.
+
+use crate::config::ConnectionConfig;
+use crate::kafka::{KafkaError, admin_client};
+use artifact_domain::Stage;
+use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How a topic is cleaned up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Keep the latest record per key (event log, state, read model).
+    Compact,
+    /// Delete by age (retry and dead-letter queues).
+    Delete,
+}
+
+impl Cleanup {
+    /// The `cleanup.policy` value.
+    pub fn policy(self) -> &'static str {
+        match self {
+            Cleanup::Compact => "compact",
+            Cleanup::Delete => "delete",
+        }
+    }
+}
+
+/// One topic of the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Full topic name.
+    pub name: String,
+    /// Cleanup policy.
+    pub cleanup: Cleanup,
+}
+
+/// Topic names under a prefix (default `artifact`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNames {
+    prefix: String,
+}
+
+impl TopicNames {
+    /// Names under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        TopicNames {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// Names from a connection config's prefix.
+    pub fn from_config(conn: &ConnectionConfig) -> Self {
+        Self::new(conn.topic_prefix.clone())
+    }
+
+    /// `<prefix>.created`: ArtifactCreated events.
+    pub fn created(&self) -> String {
+        format!("{}.created", self.prefix)
+    }
+
+    /// The topic a stage reads.
+    pub fn input(&self, stage: Stage) -> String {
+        format!("{}.{}", self.prefix, stage.input_event())
+    }
+
+    /// The topic a stage writes its outcomes to.
+    pub fn output(&self, stage: Stage) -> String {
+        format!("{}.{}", self.prefix, stage.output_event())
+    }
+
+    /// `<prefix>.status`: read-model snapshots.
+    pub fn status(&self) -> String {
+        format!("{}.status", self.prefix)
+    }
+
+    /// A stage's keyed dedup state.
+    pub fn dedup(&self, stage: Stage) -> String {
+        format!("{}.{}.dedup", self.prefix, stage.name())
+    }
+
+    /// A stage's delayed retries.
+    pub fn retry(&self, stage: Stage) -> String {
+        format!("{}.{}.retry", self.prefix, stage.name())
+    }
+
+    /// A stage's dead letters.
+    pub fn dlq(&self, stage: Stage) -> String {
+        format!("{}.{}.dlq", self.prefix, stage.name())
+    }
+
+    /// Every topic of the design with its cleanup policy.
+    pub fn catalogue(&self) -> Vec<TopicSpec> {
+        let compact = |name| TopicSpec {
+            name,
+            cleanup: Cleanup::Compact,
+        };
+        let delete = |name| TopicSpec {
+            name,
+            cleanup: Cleanup::Delete,
+        };
+        let mut v = vec![compact(self.created())];
+        v.extend(Stage::ALL.map(|s| compact(self.output(s))));
+        v.push(compact(self.status()));
+        for s in Stage::ALL {
+            v.push(compact(self.dedup(s)));
+            v.push(delete(self.retry(s)));
+            v.push(delete(self.dlq(s)));
+        }
+        v
+    }
+}
+
+/// What `ensure_topics` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicReport {
+    /// Topics created now.
+    pub created: Vec<String>,
+    /// Topics that existed with the right partition count and policy.
+    pub existing: Vec<String>,
+}
+
+/// Why topics could not be ensured.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// Kafka refused or could not be reached.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Existing topics break co-partitioning.
+    #[error(
+        "existing topics do not have {expected} partitions, so artifacts would not stay on one partition number across topics: {}. \
+         Recreate them with {expected} partitions, or run with --partitions matching the existing topics",
+        mismatches.iter().map(|(t, n)| format!("{t} has {n}")).collect::<Vec<_>>().join(", ")
+    )]
+    PartitionMismatch {
+        /// Requested partition count.
+        expected: usize,
+        /// Topic name and its partition count.
+        mismatches: Vec<(String, usize)>,
+    },
+    /// Existing topics have another cleanup policy than the design's.
+    #[error(
+        "existing topics have the wrong cleanup.policy: {}. Change it with kafka-configs or recreate them",
+        mismatches.iter().map(|(t, want, got)| format!("{t} is {got:?}, must be {want:?}")).collect::<Vec<_>>().join(", ")
+    )]
+    PolicyMismatch {
+        /// Topic, wanted policy, actual policy.
+        mismatches: Vec<(String, String, String)>,
+    },
+    /// Kafka refused to create a topic.
+    #[error("creating topic {topic} failed: {reason}")]
+    CreateFailed {
+        /// The topic.
+        topic: String,
+        /// Kafka's answer.
+        reason: String,
+    },
+}
+
+/// Partition counts of the given topics that exist, by name. A topic that
+/// was created moments ago may still report an error such as "leader not
+/// available"; metadata is asked again until every topic either exists with
+/// its partitions or is unknown, or `timeout` passes.
+pub fn partition_counts(
+    conn: &ConnectionConfig,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<BTreeMap<String, usize>, KafkaError> {
+    let consumer: BaseConsumer = crate::kafka::client_config(conn, "artifact-admin")
+        .create()
+        .map_err(KafkaError::Client)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut counts = BTreeMap::new();
+    for name in topics {
+        // Asking for one topic by name gets the broker's current answer; a
+        // topic created moments ago may answer "leader not available" first.
+        loop {
+            let md = consumer
+                .fetch_metadata(Some(name), timeout)
+                .map_err(KafkaError::unreachable(&conn.kafka_bootstrap_servers))?;
+            let t = md.topics().iter().find(|t| t.name() == name);
+            let settled = match t.map(|t| (t.error(), t.partitions().len())) {
+                None
+                | Some((
+                    Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART),
+                    _,
+                )) => true,
+                Some((None, n)) if n > 0 => {
+                    counts.insert(name.clone(), n);
+                    true
+                }
+                _ => false,
+            };
+            if settled || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(counts)
+}
+
+/// Creates every missing topic in `specs` with `partitions` partitions and
+/// checks existing ones. Idempotent.
+pub async fn ensure_topics(
+    conn: &ConnectionConfig,
+    specs: &[TopicSpec],
+    partitions: usize,
+    replication: i32,
+) -> Result<TopicReport, TopicError> {
+    let timeout = Duration::from_secs(30);
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let existing = partition_counts(conn, &names, timeout)?;
+    let mismatches: Vec<(String, usize)> = existing
+        .iter()
+        .filter(|(_, n)| **n != partitions)
+        .map(|(t, n)| (t.clone(), *n))
+        .collect();
+    if !mismatches.is_empty() {
+        return Err(TopicError::PartitionMismatch {
+            expected: partitions,
+            mismatches,
+        });
+    }
+    let admin = admin_client(conn)?;
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+
+    let existing_specs: Vec<&TopicSpec> = specs
+        .iter()
+        .filter(|s| existing.contains_key(&s.name))
+        .collect();
+    if !existing_specs.is_empty() {
+        let resources: Vec<ResourceSpecifier> = existing_specs
+            .iter()
+            .map(|s| ResourceSpecifier::Topic(&s.name))
+            .collect();
+        let described = admin
+            .describe_configs(&resources, &opts)
+            .await
+            .map_err(KafkaError::Admin)?;
+        let mut bad = vec![];
+        for (spec, res) in existing_specs.iter().zip(described) {
+            let res = res.map_err(|e| KafkaError::Admin(rdkafka::error::KafkaError::AdminOp(e)))?;
+            let policy = res
+                .get("cleanup.policy")
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default();
+            if policy != spec.cleanup.policy() {
+                bad.push((spec.name.clone(), spec.cleanup.policy().to_owned(), policy));
+            }
+        }
+        if !bad.is_empty() {
+            return Err(TopicError::PolicyMismatch { mismatches: bad });
+        }
+    }
+
+    let missing: Vec<&TopicSpec> = specs
+        .iter()
+        .filter(|s| !existing.contains_key(&s.name))
+        .collect();
+    let new_topics: Vec<NewTopic> = missing
+        .iter()
+        .map(|s| {
+            NewTopic::new(
+                &s.name,
+                partitions as i32,
+                TopicReplication::Fixed(replication),
+            )
+            .set("cleanup.policy", s.cleanup.policy())
+        })
+        .collect();
+    let mut report = TopicReport {
+        existing: existing.keys().cloned().collect(),
+        ..Default::default()
+    };
+    if new_topics.is_empty() {
+        return Ok(report);
+    }
+    let mut raced = vec![];
+    for res in admin
+        .create_topics(&new_topics, &opts)
+        .await
+        .map_err(KafkaError::Admin)?
+    {
+        match res {
+            Ok(t) => report.created.push(t),
+            // It exists after all: created by another process just now, or
+            // so recently that metadata did not list it yet. Check it below.
+            Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => raced.push(t),
+            Err((topic, code)) => {
+                return Err(TopicError::CreateFailed {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    if !raced.is_empty() {
+        let counts = wait_listed(conn, &raced, timeout)?;
+        let mismatches: Vec<(String, usize)> = counts
+            .into_iter()
+            .filter(|(_, n)| *n != partitions)
+            .collect();
+        if !mismatches.is_empty() {
+            return Err(TopicError::PartitionMismatch {
+                expected: partitions,
+                mismatches,
+            });
+        }
+        report.existing.extend(raced);
+    }
+    Ok(report)
+}
+
+/// Partition counts of topics known to exist, waiting until metadata lists
+/// every one of them or `timeout` passes.
+fn wait_listed(
+    conn: &ConnectionConfig,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<BTreeMap<String, usize>, KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let counts = partition_counts(conn, topics, timeout)?;
+        if counts.len() == topics.len() || std::time::Instant::now() >= deadline {
+            return Ok(counts);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_has_every_topic_of_the_design() {
+        let t = TopicNames::new("artifact");
+        let cat = t.catalogue();
+        let names: Vec<&str> = cat.iter().map(|s| s.name.as_str()).collect();
+        for n in [
+            "artifact.created",
+            "artifact.mime-detected",
+            "artifact.location-verified",
+            "artifact.parsed",
+            "artifact.summarized",
+            "artifact.status",
+            "artifact.pdf-parser.dedup",
+            "artifact.summarizer.retry",
+            "artifact.mime-detector.dlq",
+        ] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        assert_eq!(cat.len(), 6 + 3 * 4);
+        for s in &cat {
+            let want = if s.name.ends_with(".retry") || s.name.ends_with(".dlq") {
+                Cleanup::Delete
+            } else {
+                Cleanup::Compact
+            };
+            assert_eq!(s.cleanup, want, "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn stages_read_what_the_previous_one_writes() {
+        let t = TopicNames::new("p");
+        assert_eq!(t.input(Stage::MimeDetector), t.created());
+        assert_eq!(t.input(Stage::Summarizer), t.output(Stage::PdfParser));
+    }
+
+    #[test]
+    fn mismatch_message_names_topics_and_the_fix() {
+        let e = TopicError::PartitionMismatch {
+            expected: 6,
+            mismatches: vec![("artifact.parsed".into(), 3)],
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("artifact.parsed has 3") && msg.contains("--partitions"),
+            "{msg}"
+        );
+    }
+}
