@@ -1,1 +1,285 @@
-//! Shared helpers for the end-to-end tests.
+//! Helpers for tests against the real local stack: a fresh topic prefix per
+//! test, producing events, running stage binaries as child processes,
+//! reading committed outputs, and waiting on conditions with deadlines.
+
+use anyhow::{Context, bail};
+use artifact_domain::{ArtifactCreated, ArtifactId, Generation};
+use artifact_runtime::codec::AvroCodec;
+use artifact_runtime::config::ConnectionConfig;
+use artifact_runtime::kafka::{client_config, producer_config};
+use artifact_runtime::schemas::EventSchema;
+use artifact_runtime::topics::{TopicNames, ensure_topics};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::de::DeserializeOwned;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Waits until `cond` holds, checking every 100 ms, or fails after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One test's world: its own topic prefix on the real broker and registry.
+pub struct TestEnv {
+    /// Connection with this test's prefix.
+    pub conn: ConnectionConfig,
+    /// Topic names.
+    pub names: TopicNames,
+    /// Codec on the real registry.
+    pub codec: AvroCodec,
+    /// A producer (murmur2_random, idempotent).
+    pub producer: FutureProducer,
+    /// Partitions of every topic.
+    pub partitions: usize,
+}
+
+impl TestEnv {
+    /// Creates every topic under a fresh prefix with `partitions` partitions.
+    pub async fn new(partitions: usize) -> anyhow::Result<Self> {
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        let conn = ConnectionConfig::local(&prefix);
+        let names = TopicNames::from_config(&conn);
+        ensure_topics(&conn, &names.catalogue(), partitions, 1)
+            .await
+            .context("creating test topics (is the stack up? deploy/local/stack up)")?;
+        let codec = AvroCodec::new(&conn.schema_registry_url)?;
+        let producer = producer_config(&conn, "test-producer").create()?;
+        Ok(TestEnv {
+            conn,
+            names,
+            codec,
+            producer,
+            partitions,
+        })
+    }
+
+    /// A creation event for a fresh artifact with a behaviour `filename`.
+    pub fn created(filename: &str) -> ArtifactCreated {
+        ArtifactCreated {
+            artifact_id: ArtifactId::new_random(),
+            generation: Generation::FIRST,
+            storage_location: "file:///nowhere".into(),
+            declared_content_type: None,
+            filename: Some(filename.into()),
+            size_bytes: None,
+            sha256: None,
+            created_at: 0,
+        }
+    }
+
+    /// Produces creation events to `<prefix>.created`, keyed by artifact id.
+    pub async fn produce_created(&self, events: &[ArtifactCreated]) -> anyhow::Result<()> {
+        let topic = self.names.created();
+        let mut futures = Vec::with_capacity(events.len());
+        for e in events {
+            let payload = self
+                .codec
+                .encode(&topic, EventSchema::ArtifactCreated, e)
+                .await?;
+            let key = e.artifact_id.to_string();
+            let rec = FutureRecord::to(&topic).key(&key).payload(&payload);
+            futures.push(self.producer.send_result(rec).map_err(|(e, _)| e)?);
+        }
+        for f in futures {
+            f.await?
+                .map_err(|(e, _)| e)
+                .context("producing a test event")?;
+        }
+        Ok(())
+    }
+
+    /// Produces raw bytes to a topic under a key.
+    pub async fn produce_raw(&self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+        self.producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(())
+    }
+
+    /// Every committed record of `topic` (`read_committed`), from the start to
+    /// the current end.
+    pub fn read_all(&self, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+        let consumer: BaseConsumer = client_config(&self.conn, "test-reader")
+            .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let mut out = Vec::new();
+        let mut eof = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while eof.len() < self.partitions {
+            if Instant::now() > deadline {
+                bail!("reading {topic} did not reach the end within 60 s");
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    eof.insert(p);
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(m)) => {
+                    eof.remove(&m.partition());
+                    out.push(m.detach());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every committed record of `topic`, decoded.
+    pub async fn read_decoded<T: DeserializeOwned>(&self, topic: &str) -> anyhow::Result<Vec<T>> {
+        let mut out = vec![];
+        for m in self.read_all(topic)? {
+            out.push(self.codec.decode(m.payload()).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// A header's value as text.
+pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A stage process.
+pub struct StageProcess {
+    child: Child,
+    /// Its metrics/health address.
+    pub http: String,
+}
+
+impl StageProcess {
+    /// Starts `bin` with the env's connection and extra env vars.
+    pub fn start(
+        env: &TestEnv,
+        bin: &std::path::Path,
+        vars: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.env("KAFKA_BOOTSTRAP_SERVERS", &env.conn.kafka_bootstrap_servers)
+            .env("SCHEMA_REGISTRY_URL", &env.conn.schema_registry_url)
+            .env("TOPIC_PREFIX", &env.conn.topic_prefix)
+            .env("CONSUMER_GROUP", format!("{}.group", env.conn.topic_prefix))
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("STAGE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(StageProcess {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for a clean exit; true if it exited 0.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The `/metrics` text, if it answers.
+    pub async fn metrics(&self) -> Option<String> {
+        reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    }
+
+    /// The sum of a metric's samples whose labels contain every `label`.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let Some(text) = self.metrics().await else {
+            return 0.0;
+        };
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter(|l| labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub async fn is_ready(&self) -> bool {
+        reqwest::get(format!("{}/readyz", self.http))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

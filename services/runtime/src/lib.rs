@@ -1,11 +1,18 @@
 //! The artifact pipeline's runtime: everything that talks to the outside
 //! world. Kafka clients and topic administration, the Schema Registry and the
-//! Avro codec in the Confluent wire format, shared configuration and
+//! Avro codec in the Confluent wire format, the exactly-once stage runner with
+//! its keyed dedup state, retries and dead letters, shared configuration and
 //! telemetry. Stages and the API build on it; the domain crate never sees it.
 
 pub mod codec;
 pub mod config;
+pub mod dedup;
 pub mod kafka;
+pub mod retry;
+pub mod runner;
 pub mod schemas;
+pub mod service;
+pub mod stage;
 pub mod telemetry;
 pub mod topics;
+pub mod trace;

@@ -1,0 +1,209 @@
+//! The runner's configuration: batching, concurrency, timeouts, retries,
+//! delivery mode and shutdown.
+
+use crate::retry::RetryPolicy;
+use clap::{Args, ValueEnum};
+use std::time::Duration;
+
+/// How outputs and offsets are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Delivery {
+    /// Outputs, dedup state and offsets in one Kafka transaction.
+    ExactlyOnce,
+    /// Outputs flushed, then offsets committed: a crash in between repeats
+    /// outputs (dedup state still skips what was recorded). For comparison.
+    AtLeastOnce,
+}
+
+/// Runner settings shared by every stage binary.
+#[derive(Debug, Clone, Args)]
+pub struct RunnerConfig {
+    /// Consumer group (default: the stage name).
+    #[arg(long, env = "CONSUMER_GROUP")]
+    pub consumer_group: Option<String>,
+
+    /// Stable id of this instance; the transactional id is
+    /// `<group>-<instance id>`, so a restarted instance fences its previous
+    /// incarnation at once. Default: `$HOSTNAME`, else a random id.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Delivery guarantee.
+    #[arg(long, env = "DELIVERY", value_enum, default_value = "exactly-once")]
+    pub delivery: Delivery,
+
+    /// A transaction closes after this many input records…
+    #[arg(long, env = "TRANSACTION_MAX_RECORDS", default_value_t = 500)]
+    pub transaction_max_records: usize,
+
+    /// …or this many milliseconds after its first record, whichever is first.
+    #[arg(long, env = "TRANSACTION_MAX_MS", default_value_t = 100)]
+    pub transaction_max_ms: u64,
+
+    /// Records of one batch processed concurrently.
+    #[arg(long, env = "STAGE_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+
+    /// Time limit of one processing attempt, in milliseconds; past it the
+    /// attempt counts as a retriable failure.
+    #[arg(long, env = "PROCESSING_TIMEOUT_MS", default_value_t = 30_000)]
+    pub processing_timeout_ms: u64,
+
+    /// In-process attempts per delivery.
+    #[arg(long, env = "RETRY_INLINE_ATTEMPTS", default_value_t = 3)]
+    pub retry_inline_attempts: u32,
+
+    /// Backoff before the first in-process retry, in milliseconds (doubles).
+    #[arg(long, env = "RETRY_INLINE_BACKOFF_MS", default_value_t = 100)]
+    pub retry_inline_backoff_ms: u64,
+
+    /// Deliveries in total, counting the first and those through the retry
+    /// topic; past them the outcome is `failed(permanent)`.
+    #[arg(long, env = "RETRY_MAX_DELIVERIES", default_value_t = 4)]
+    pub retry_max_deliveries: u32,
+
+    /// Delay before the first retry-topic delivery, in milliseconds (doubles).
+    #[arg(long, env = "RETRY_DELAY_MS", default_value_t = 5_000)]
+    pub retry_delay_ms: u64,
+
+    /// Cap of the retry-topic delay, in milliseconds.
+    #[arg(long, env = "RETRY_DELAY_MAX_MS", default_value_t = 300_000)]
+    pub retry_delay_max_ms: u64,
+
+    /// Time allowed to restore one partition's dedup state, in milliseconds.
+    #[arg(long, env = "RESTORE_TIMEOUT_MS", default_value_t = 120_000)]
+    pub restore_timeout_ms: u64,
+
+    /// After SIGTERM/SIGINT, time to finish the open batch and leave the
+    /// group before exiting anyway, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+/// A runner setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} = {value} is not valid: {expected}")]
+pub struct RunnerConfigError {
+    /// The env var.
+    pub name: &'static str,
+    /// The value given.
+    pub value: String,
+    /// What would work.
+    pub expected: &'static str,
+}
+
+impl RunnerConfig {
+    /// Checks the values and says what to fix.
+    pub fn validate(&self) -> Result<(), RunnerConfigError> {
+        let positive = |name, v: u64| {
+            if v == 0 {
+                Err(RunnerConfigError {
+                    name,
+                    value: v.to_string(),
+                    expected: "must be at least 1",
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive(
+            "TRANSACTION_MAX_RECORDS",
+            self.transaction_max_records as u64,
+        )?;
+        positive("TRANSACTION_MAX_MS", self.transaction_max_ms)?;
+        positive("STAGE_CONCURRENCY", self.concurrency as u64)?;
+        positive("PROCESSING_TIMEOUT_MS", self.processing_timeout_ms)?;
+        positive(
+            "RETRY_INLINE_ATTEMPTS",
+            u64::from(self.retry_inline_attempts),
+        )?;
+        positive("RETRY_MAX_DELIVERIES", u64::from(self.retry_max_deliveries))?;
+        if self.retry_delay_max_ms < self.retry_delay_ms {
+            return Err(RunnerConfigError {
+                name: "RETRY_DELAY_MAX_MS",
+                value: self.retry_delay_max_ms.to_string(),
+                expected: "must not be below RETRY_DELAY_MS",
+            });
+        }
+        if let Some(id) = &self.instance_id
+            && (id.is_empty() || id.contains(char::is_whitespace))
+        {
+            return Err(RunnerConfigError {
+                name: "INSTANCE_ID",
+                value: id.clone(),
+                expected: "a non-empty id without spaces, stable across restarts (e.g. the pod name)",
+            });
+        }
+        Ok(())
+    }
+
+    /// The retry policy these settings describe.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            inline_attempts: self.retry_inline_attempts,
+            inline_backoff: Duration::from_millis(self.retry_inline_backoff_ms),
+            inline_backoff_max: Duration::from_secs(2),
+            max_deliveries: self.retry_max_deliveries,
+            topic_delay: Duration::from_millis(self.retry_delay_ms),
+            topic_delay_max: Duration::from_millis(self.retry_delay_max_ms),
+        }
+    }
+
+    /// The instance id: configured, else `$HOSTNAME`, else random.
+    pub fn instance_id(&self) -> String {
+        self.instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        r: RunnerConfig,
+    }
+
+    #[test]
+    fn defaults_validate_and_describe_the_policy() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        cli.r.validate().unwrap();
+        assert_eq!(cli.r.delivery, Delivery::ExactlyOnce);
+        assert_eq!(cli.r.retry_policy().max_deliveries, 4);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cli = Cli::try_parse_from(["x", "--transaction-max-records", "0"]).unwrap();
+        assert!(
+            cli.r
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("TRANSACTION_MAX_RECORDS")
+        );
+        let cli = Cli::try_parse_from(["x", "--retry-delay-ms", "10", "--retry-delay-max-ms", "5"])
+            .unwrap();
+        assert!(
+            cli.r
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("RETRY_DELAY_MAX_MS")
+        );
+        let cli = Cli::try_parse_from(["x", "--instance-id", "a b"]).unwrap();
+        assert!(
+            cli.r
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("INSTANCE_ID")
+        );
+        assert!(Cli::try_parse_from(["x", "--delivery", "maybe"]).is_err());
+    }
+}

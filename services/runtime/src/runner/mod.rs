@@ -1,0 +1,477 @@
+//! The exactly-once stage runner: consume, transform, produce.
+//!
+//! Delivery guarantee (default `exactly-once`): for every input record, a
+//! `read_committed` reader of the stage's topics sees exactly one committed
+//! outcome per `(artifact_id, generation)`, whatever crashes happen. Each
+//! batch of input records is handled in one Kafka transaction holding its
+//! outcome events, the dedup-state updates, retry and dead-letter records,
+//! and the consumed offsets (`send_offsets_to_transaction` with the group
+//! metadata, so a fenced zombie cannot commit). A crash before the commit
+//! aborts the transaction and the batch is read again; the dedup state,
+//! restored from the compacted dedup topic before a partition's first record
+//! is processed, skips what was already committed.
+//!
+//! The loop, per batch:
+//! 1. collect up to N records or T milliseconds from the input topic and the
+//!    due records of the retry topic (the owner of input partition `p` also
+//!    owns retry partition `p`);
+//! 2. decode; undecodable records become dead letters;
+//! 3. skip duplicates and stale generations (keyed dedup state), and inputs
+//!    whose previous stage failed;
+//! 4. process the rest concurrently, each bounded in time, with in-process
+//!    retries; still-retriable failures go to the retry topic with a
+//!    not-before time, until the delivery limit makes them permanent;
+//! 5. commit everything in one transaction; on a transient failure abort,
+//!    rewind to the batch's first offsets, back off and report not-ready.
+
+mod batch;
+pub mod config;
+mod context;
+
+pub use config::{Delivery, RunnerConfig, RunnerConfigError};
+
+use crate::codec::AvroCodec;
+use crate::config::ConnectionConfig;
+use crate::dedup::{DedupState, restore_partition};
+use crate::kafka::{client_config, producer_config};
+use crate::retry;
+use crate::stage::StageLogic;
+use crate::telemetry::Health;
+use crate::topics::{TopicNames, partition_counts};
+use context::{Assignment, StageContext};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The runner stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The topics do not fit the design (missing, or not co-partitioned).
+    #[error("{0}")]
+    Topics(String),
+    /// A Kafka client could not be created or failed fatally (e.g. fenced by
+    /// a newer instance with the same transactional id).
+    #[error("fatal Kafka error: {0}")]
+    Fatal(String),
+}
+
+/// Where a collected record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Source {
+    Input,
+    Retry,
+}
+
+/// A collected record.
+pub(crate) struct Item {
+    pub msg: OwnedMessage,
+    pub source: Source,
+    /// 1 for the first delivery; from the `x-attempt` header on retries.
+    pub delivery: u32,
+    /// Assignment epoch when collected.
+    pub epoch: u64,
+}
+
+/// A retry record held until its not-before time.
+struct Delayed {
+    item: Item,
+    not_before_ms: i64,
+}
+
+/// Runs one stage.
+pub struct StageRunner<S: StageLogic> {
+    pub(crate) logic: Arc<S>,
+    pub(crate) conn: ConnectionConfig,
+    pub(crate) cfg: RunnerConfig,
+    pub(crate) names: TopicNames,
+    pub(crate) codec: Arc<AvroCodec>,
+    pub(crate) health: Health,
+    pub(crate) group: String,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub(crate) fn header<'a>(msg: &'a OwnedMessage, name: &str) -> Option<&'a str> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+impl<S: StageLogic> StageRunner<S> {
+    /// A runner for `logic`.
+    pub fn new(
+        logic: S,
+        conn: ConnectionConfig,
+        cfg: RunnerConfig,
+        health: Health,
+    ) -> Result<Self, RunnerError> {
+        let codec = AvroCodec::new(&conn.schema_registry_url)
+            .map_err(|e| RunnerError::Fatal(e.to_string()))?;
+        let group = cfg
+            .consumer_group
+            .clone()
+            .unwrap_or_else(|| S::STAGE.name().to_owned());
+        Ok(StageRunner {
+            logic: Arc::new(logic),
+            names: TopicNames::from_config(&conn),
+            conn,
+            cfg,
+            codec: Arc::new(codec),
+            health,
+            group,
+        })
+    }
+
+    /// Checks that the stage's topics exist with one partition count.
+    fn check_topics(&self) -> Result<usize, RunnerError> {
+        let stage = S::STAGE;
+        let topics = vec![
+            self.names.input(stage),
+            self.names.output(stage),
+            self.names.dedup(stage),
+            self.names.retry(stage),
+            self.names.dlq(stage),
+        ];
+        let counts = partition_counts(&self.conn, &topics, Duration::from_secs(30))
+            .map_err(|e| RunnerError::Topics(e.to_string()))?;
+        let missing: Vec<&String> = topics.iter().filter(|t| !counts.contains_key(*t)).collect();
+        if !missing.is_empty() {
+            return Err(RunnerError::Topics(format!(
+                "topics {missing:?} do not exist; create them with `artifactctl topics create`"
+            )));
+        }
+        let input = counts[&topics[0]];
+        let differ: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| **n != input)
+            .map(|(t, n)| format!("{t} has {n}"))
+            .collect();
+        if !differ.is_empty() {
+            return Err(RunnerError::Topics(format!(
+                "input topic {} has {input} partitions but {}; the dedup state of partition p lives in \
+                 partition p of the dedup topic, so all of a stage's topics need the same count",
+                topics[0],
+                differ.join(", ")
+            )));
+        }
+        Ok(input)
+    }
+
+    /// Runs until `shutdown` turns true, then finishes the open batch and
+    /// leaves the group.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
+        let stage = S::STAGE;
+        let fatal = |e: rdkafka::error::KafkaError| RunnerError::Fatal(e.to_string());
+        self.health.set_not_ready("checking topics");
+        let mut backoff = 1;
+        loop {
+            match self.check_topics() {
+                Ok(_) => break,
+                Err(e) if *shutdown.borrow() => return Err(e),
+                Err(e @ RunnerError::Topics(_)) if backoff > 5 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "topics not ready; retrying");
+                    self.health.set_not_ready(e.to_string());
+                    tokio::time::sleep(Duration::from_secs(backoff)).await;
+                    backoff += 1;
+                }
+            }
+        }
+
+        let input_topic = self.names.input(stage);
+        let retry_topic = self.names.retry(stage);
+        let instance = self.cfg.instance_id();
+        let exactly_once = self.cfg.delivery == Delivery::ExactlyOnce;
+
+        let consumer_cfg = |client_id: &str| {
+            let mut c = client_config(&self.conn, client_id);
+            c.set("group.id", &self.group)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("isolation.level", "read_committed")
+                .set("auto.offset.reset", "earliest");
+            c
+        };
+        let retry_consumer: Arc<StreamConsumer> = Arc::new(
+            consumer_cfg(&format!("{}-{instance}-retry", self.group))
+                .create()
+                .map_err(fatal)?,
+        );
+        let assignment = Arc::new(Mutex::new(Assignment::default()));
+        let slot = Arc::new(OnceLock::new());
+        let _ = slot.set(retry_consumer.clone());
+        let context = StageContext {
+            group: self.group.clone(),
+            input_topic: input_topic.clone(),
+            retry_topic: retry_topic.clone(),
+            assignment: assignment.clone(),
+            retry_consumer: slot,
+        };
+        let consumer: StreamConsumer<StageContext> =
+            consumer_cfg(&format!("{}-{instance}", self.group))
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set("statistics.interval.ms", "5000")
+                .create_with_context(context)
+                .map_err(fatal)?;
+
+        let mut pcfg = producer_config(&self.conn, &format!("{}-{instance}", self.group));
+        pcfg.set("linger.ms", "5");
+        if exactly_once {
+            pcfg.set("transactional.id", format!("{}-{instance}", self.group))
+                .set("transaction.timeout.ms", "30000");
+        }
+        let producer: FutureProducer = pcfg.create().map_err(fatal)?;
+        if exactly_once {
+            self.health.set_not_ready("initializing transactions");
+            let mut attempt = 1;
+            loop {
+                let p = producer.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    p.init_transactions(Duration::from_secs(30))
+                })
+                .await
+                .map_err(|e| RunnerError::Fatal(e.to_string()))?;
+                match res {
+                    Ok(()) => break,
+                    Err(e) if *shutdown.borrow() => return Err(fatal(e)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, attempt, "init_transactions failed; retrying");
+                        self.health.set_not_ready(format!("Kafka unavailable: {e}"));
+                        tokio::time::sleep(retry::jittered(
+                            Duration::from_millis(500),
+                            Duration::from_secs(10),
+                            attempt,
+                        ))
+                        .await;
+                        attempt += 1;
+                    }
+                }
+            }
+        }
+        consumer.subscribe(&[&input_topic]).map_err(fatal)?;
+        tracing::info!(stage = stage.name(), group = %self.group, %input_topic, exactly_once, "stage running");
+
+        let mut dedup = DedupState::default();
+        let mut delayed: BTreeMap<i32, VecDeque<Delayed>> = BTreeMap::new();
+        let mut failures: u32 = 0;
+        let max_records = self.cfg.transaction_max_records;
+        let window = Duration::from_millis(self.cfg.transaction_max_ms);
+
+        while !*shutdown.borrow() {
+            // Collect a batch.
+            let mut items: Vec<Item> = Vec::new();
+            let idle_until = Instant::now() + Duration::from_millis(250);
+            let mut batch_until: Option<Instant> = None;
+            while items.len() < max_records {
+                let until = batch_until.unwrap_or(idle_until);
+                let epoch = assignment.lock().expect("assignment lock").epoch;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break,
+                    m = consumer.recv() => match m {
+                        Ok(m) => {
+                            items.push(Item { msg: m.detach(), source: Source::Input, delivery: 1, epoch });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "consumer error");
+                            self.health.set_not_ready(format!("Kafka consumer error: {e}"));
+                        }
+                    },
+                    m = retry_consumer.recv() => match m {
+                        Ok(m) => {
+                            let msg = m.detach();
+                            let delivery = header(&msg, retry::ATTEMPT).and_then(|v| v.parse().ok()).unwrap_or(2);
+                            let not_before_ms = header(&msg, retry::NOT_BEFORE).and_then(|v| v.parse().ok()).unwrap_or(0);
+                            let p = msg.partition();
+                            let item = Item { msg, source: Source::Retry, delivery, epoch };
+                            let queue = delayed.entry(p).or_default();
+                            if queue.is_empty() && not_before_ms <= now_ms() {
+                                items.push(item);
+                            } else {
+                                if queue.is_empty() {
+                                    let mut tpl = TopicPartitionList::new();
+                                    let _ = tpl.add_partition(&retry_topic, p);
+                                    let _ = retry_consumer.pause(&tpl);
+                                }
+                                queue.push_back(Delayed { item, not_before_ms });
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "retry consumer error"),
+                    },
+                    _ = tokio::time::sleep_until(until.into()) => break,
+                }
+                if batch_until.is_none() && !items.is_empty() {
+                    batch_until = Some(Instant::now() + window);
+                }
+            }
+
+            // Due retries join the batch, in order per partition.
+            let now = now_ms();
+            for (p, queue) in delayed.iter_mut() {
+                while items.len() < max_records
+                    && queue.front().is_some_and(|d| d.not_before_ms <= now)
+                {
+                    let d = queue.pop_front().expect("front exists");
+                    items.push(d.item);
+                }
+                if queue.is_empty() {
+                    let mut tpl = TopicPartitionList::new();
+                    let _ = tpl.add_partition(&retry_topic, *p);
+                    let _ = retry_consumer.resume(&tpl);
+                }
+            }
+
+            // Apply assignment changes: forget revoked partitions, restore
+            // newly assigned ones before any of their records is processed.
+            let (revoked, to_restore) = {
+                let mut a = assignment.lock().expect("assignment lock");
+                (std::mem::take(&mut a.revoked), a.to_restore.clone())
+            };
+            for p in revoked {
+                dedup.drop_partition(p);
+                delayed.remove(&p);
+            }
+            for p in to_restore {
+                let topic = self.names.dedup(stage);
+                self.health
+                    .set_not_ready(format!("restoring dedup state of partition {p}"));
+                let started = Instant::now();
+                match restore_partition(
+                    &self.conn,
+                    &self.codec,
+                    &topic,
+                    p,
+                    Duration::from_millis(self.cfg.restore_timeout_ms),
+                )
+                .await
+                {
+                    Ok(r) => {
+                        let secs = started.elapsed().as_secs_f64();
+                        metrics::histogram!("artifact_stage_restore_seconds", "stage" => stage.name()).record(secs);
+                        tracing::info!(
+                            partition = p,
+                            keys = r.entries.len(),
+                            records = r.records,
+                            undecodable = r.undecodable,
+                            secs,
+                            "dedup state restored"
+                        );
+                        let mut a = assignment.lock().expect("assignment lock");
+                        // Still ours and not revoked meanwhile: install it.
+                        if a.owned.contains(&p) && a.to_restore.remove(&p) {
+                            dedup.install(p, r.entries);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, partition = p, "dedup restore failed; will retry");
+                        self.health.set_not_ready(e.to_string());
+                    }
+                }
+            }
+            metrics::gauge!("artifact_stage_dedup_keys", "stage" => stage.name())
+                .set(dedup.len() as f64);
+
+            // Keep only records of partitions that are ours and restored;
+            // records of a partition still waiting for its restore are read
+            // again after it (rewind below).
+            let mut rewind_only: Vec<Item> = Vec::new();
+            {
+                let a = assignment.lock().expect("assignment lock");
+                let mut kept = Vec::with_capacity(items.len());
+                for it in items {
+                    let p = it.msg.partition();
+                    if !a.is_current(p, it.epoch) {
+                        continue; // revoked: the new owner reads it from the committed offset
+                    }
+                    if dedup.has_partition(p) {
+                        kept.push(it);
+                    } else {
+                        rewind_only.push(it);
+                    }
+                }
+                items = kept;
+            }
+            if !rewind_only.is_empty() {
+                batch::rewind(&consumer, &retry_consumer, &mut delayed, &rewind_only);
+            }
+            if items.is_empty() {
+                if failures == 0
+                    && assignment
+                        .lock()
+                        .expect("assignment lock")
+                        .to_restore
+                        .is_empty()
+                {
+                    self.health.set_ready();
+                }
+                continue;
+            }
+
+            match self
+                .handle_batch(&consumer, &producer, &mut dedup, &items)
+                .await
+            {
+                Ok(()) => {
+                    failures = 0;
+                    self.health.set_ready();
+                }
+                Err(batch::BatchError::Fatal(e)) => {
+                    self.health.set_not_ready(e.clone());
+                    return Err(RunnerError::Fatal(e));
+                }
+                Err(batch::BatchError::Transient(e)) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "batch failed; rewinding and retrying");
+                    metrics::counter!("artifact_stage_batch_failures_total", "stage" => stage.name()).increment(1);
+                    self.health.set_not_ready(e);
+                    batch::rewind(&consumer, &retry_consumer, &mut delayed, &items);
+                    let pause = retry::jittered(
+                        Duration::from_millis(200),
+                        Duration::from_secs(5),
+                        failures,
+                    );
+                    tokio::select! {
+                        _ = shutdown.changed() => {},
+                        _ = tokio::time::sleep(pause) => {},
+                    }
+                }
+            }
+        }
+
+        tracing::info!(stage = stage.name(), "shutting down: leaving the group");
+        self.health.set_not_ready("shutting down");
+        consumer.unsubscribe();
+        drop(consumer);
+        drop(retry_consumer);
+        let p = producer.clone();
+        let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5))).await;
+        Ok(())
+    }
+}
+
+/// Per-partition offsets to commit for a batch: the highest offset + 1.
+pub(crate) fn commit_offsets(items: &[Item]) -> TopicPartitionList {
+    let mut next: HashMap<(String, i32), i64> = HashMap::new();
+    for it in items {
+        let k = (it.msg.topic().to_owned(), it.msg.partition());
+        let o = it.msg.offset() + 1;
+        next.entry(k).and_modify(|v| *v = (*v).max(o)).or_insert(o);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in next {
+        let _ = tpl.add_partition_offset(&t, p, Offset::Offset(o));
+    }
+    tpl
+}

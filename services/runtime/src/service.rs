@@ -1,0 +1,92 @@
+//! The entry point every stage binary calls: logging, the health and metrics
+//! server, signal handling with a shutdown deadline, and the runner.
+
+use crate::config::ConnectionConfig;
+use crate::runner::{RunnerConfig, StageRunner};
+use crate::stage::StageLogic;
+use crate::telemetry::{Health, health_router, init_logging, metrics_handle};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Why a stage service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The HTTP address could not be bound.
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// The runner stopped.
+    #[error(transparent)]
+    Runner(#[from] crate::runner::RunnerError),
+    /// Shutdown took longer than allowed.
+    #[error("shutdown did not finish within {0:?}")]
+    ShutdownTimeout(Duration),
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs a stage until SIGTERM/SIGINT.
+pub async fn run_stage<S: StageLogic>(
+    logic: S,
+    conn: ConnectionConfig,
+    runner: RunnerConfig,
+    http_addr: SocketAddr,
+) -> Result<(), ServiceError> {
+    init_logging();
+    conn.validate()
+        .map_err(|e| ServiceError::Config(e.to_string()))?;
+    runner
+        .validate()
+        .map_err(|e| ServiceError::Config(e.to_string()))?;
+    let health = Health::not_ready("starting");
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|source| ServiceError::Http {
+            addr: http_addr,
+            source,
+        })?;
+    let router = health_router(health.clone(), metrics_handle());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    let deadline = Duration::from_millis(runner.shutdown_timeout_ms);
+    let (tx, rx) = watch::channel(false);
+    let mut task = tokio::spawn(StageRunner::new(logic, conn, runner, health)?.run(rx));
+    tokio::select! {
+        res = &mut task => return res.map_err(|e| ServiceError::Config(format!("runner task: {e}")))?.map_err(Into::into),
+        _ = shutdown_signal() => {
+            tracing::info!(?deadline, "shutdown requested");
+            let _ = tx.send(true);
+        }
+    }
+    match tokio::time::timeout(deadline, task).await {
+        Ok(res) => res
+            .map_err(|e| ServiceError::Config(format!("runner task: {e}")))?
+            .map_err(Into::into),
+        Err(_) => Err(ServiceError::ShutdownTimeout(deadline)),
+    }
+}

@@ -1,0 +1,122 @@
+//! W3C trace context carried in Kafka headers: each processing step reads the
+//! `traceparent` of its input record and writes a child of it on its output,
+//! so one trace id follows an artifact from upload to summary.
+
+use rand::Rng;
+
+/// The header name.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// A parsed `traceparent` (version 00).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 32 lowercase hex digits, not all zero.
+    pub trace_id: String,
+    /// 16 lowercase hex digits, not all zero.
+    pub parent_id: String,
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes().any(|b| b != b'0')
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::rng();
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
+}
+
+impl TraceParent {
+    /// Parses a header value; `None` if it is not a valid version-00 value.
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.trim().split('-');
+        let (v, t, p, f) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || v != "00" || !is_hex(t, 32) || !is_hex(p, 16) || f.len() != 2 {
+            return None;
+        }
+        Some(TraceParent {
+            trace_id: t.to_owned(),
+            parent_id: p.to_owned(),
+            flags: u8::from_str_radix(f, 16).ok()?,
+        })
+    }
+
+    /// A new trace (sampled).
+    pub fn new_root() -> Self {
+        TraceParent {
+            trace_id: random_hex(16),
+            parent_id: random_hex(8),
+            flags: 1,
+        }
+    }
+
+    /// A child step of this trace: same trace id, a new parent id.
+    pub fn child(&self) -> Self {
+        TraceParent {
+            trace_id: self.trace_id.clone(),
+            parent_id: random_hex(8),
+            flags: self.flags,
+        }
+    }
+
+    /// The child of an incoming header value, or a new root when there is
+    /// none or it is invalid.
+    pub fn continue_from(value: Option<&str>) -> Self {
+        value
+            .and_then(Self::parse)
+            .map_or_else(Self::new_root, |p| p.child())
+    }
+}
+
+impl std::fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            self.trace_id, self.parent_id, self.flags
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_the_w3c_form() {
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let p = TraceParent::parse(v).unwrap();
+        assert_eq!(p.to_string(), v);
+    }
+
+    #[test]
+    fn rejects_invalid_values() {
+        for v in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        ] {
+            assert_eq!(TraceParent::parse(v), None, "{v}");
+        }
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_changes_the_parent() {
+        let root = TraceParent::new_root();
+        assert!(TraceParent::parse(&root.to_string()).is_some());
+        let child = TraceParent::continue_from(Some(&root.to_string()));
+        assert_eq!(child.trace_id, root.trace_id);
+        assert_ne!(child.parent_id, root.parent_id);
+        let fresh = TraceParent::continue_from(Some("garbage"));
+        assert_ne!(fresh.trace_id, root.trace_id);
+    }
+}

@@ -1,0 +1,84 @@
+//! `test-stage`: a stage for testing the runner. It reads `ArtifactCreated`
+//! (as mime-detector does) and behaves by the artifact's `filename`:
+//! `fail-until-N` fails retriably until attempt N, `fail-always` always
+//! fails retriably, `permanent` fails permanently, `panic` panics; anything
+//! else succeeds at once (after `TEST_STAGE_DELAY_MS`).
+
+use artifact_domain::{ArtifactCreated, MimeDetection, Stage};
+use artifact_runtime::config::ConnectionConfig;
+use artifact_runtime::runner::RunnerConfig;
+use artifact_runtime::service::run_stage;
+use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
+use clap::Parser;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+struct Config {
+    #[command(flatten)]
+    conn: ConnectionConfig,
+    #[command(flatten)]
+    runner: RunnerConfig,
+    /// Health and metrics address.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:0")]
+    http_addr: std::net::SocketAddr,
+    /// Time each successful record takes, in milliseconds.
+    #[arg(long, env = "TEST_STAGE_DELAY_MS", default_value_t = 0)]
+    delay_ms: u64,
+}
+
+struct TestStage {
+    delay: Duration,
+}
+
+impl StageLogic for TestStage {
+    const STAGE: Stage = Stage::MimeDetector;
+    type Input = ArtifactCreated;
+    type Result = MimeDetection;
+
+    async fn process(
+        &self,
+        input: &ArtifactCreated,
+        ctx: &RecordContext,
+    ) -> Result<Processed<MimeDetection>, StageError> {
+        let behaviour = input.filename.as_deref().unwrap_or_default();
+        if let Some(n) = behaviour.strip_prefix("fail-until-") {
+            let n: u32 = n.parse().unwrap_or(1);
+            if ctx.attempt < n {
+                return Err(StageError::Retriable(format!(
+                    "attempt {} < {n}",
+                    ctx.attempt
+                )));
+            }
+        }
+        match behaviour {
+            "fail-always" => return Err(StageError::Retriable("never heals".into())),
+            "permanent" => return Err(StageError::Permanent("bad input".into())),
+            "panic" => panic!("test stage asked to panic"),
+            _ => {}
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let mut context = input.context();
+        context.detected_content_type = Some("application/octet-stream".into());
+        Ok(Processed::succeeded(
+            MimeDetection {
+                detected_content_type: "application/octet-stream".into(),
+                declared_content_type: input.declared_content_type.clone(),
+                agrees: false,
+                method: format!("test:attempt-{}", ctx.attempt),
+            },
+            context,
+        ))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = Config::parse();
+    let stage = TestStage {
+        delay: Duration::from_millis(cfg.delay_ms),
+    };
+    run_stage(stage, cfg.conn, cfg.runner, cfg.http_addr).await?;
+    Ok(())
+}
