@@ -204,6 +204,7 @@ impl StageProcess {
                 "RUST_LOG",
                 std::env::var("STAGE_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         for (k, v) in vars {

@@ -201,7 +201,14 @@ impl<S: StageLogic> StageRunner<S> {
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("isolation.level", "read_committed")
-                .set("auto.offset.reset", "earliest");
+                .set("auto.offset.reset", "earliest")
+                // A crashed instance's partitions move on after 10 s.
+                .set("session.timeout.ms", "10000")
+                .set("heartbeat.interval.ms", "3000");
+            // Operators' KAFKA_PROPERTIES win over these defaults.
+            for (k, v) in &self.conn.kafka_properties.0 {
+                c.set(k, v);
+            }
             c
         };
         let retry_consumer: Arc<StreamConsumer> = Arc::new(
@@ -407,14 +414,13 @@ impl<S: StageLogic> StageRunner<S> {
                 batch::rewind(&consumer, &retry_consumer, &mut delayed, &rewind_only);
             }
             if items.is_empty() {
-                if failures == 0
-                    && assignment
-                        .lock()
-                        .expect("assignment lock")
-                        .to_restore
-                        .is_empty()
-                {
-                    self.health.set_ready();
+                let a = assignment.lock().expect("assignment lock");
+                if failures == 0 && a.to_restore.is_empty() {
+                    if a.owned.is_empty() {
+                        self.health.set_not_ready("no partitions assigned");
+                    } else {
+                        self.health.set_ready();
+                    }
                 }
                 continue;
             }

@@ -1,0 +1,165 @@
+//! Retries against the real broker: a failure that heals is retried until it
+//! succeeds (in process, or through the retry topic), one that never heals
+//! becomes `failed(permanent)` after the configured deliveries while other
+//! artifacts of the same partition complete meanwhile, and a pending retry
+//! survives a kill -9 of the stage.
+
+use artifact_domain::{MimeDetected, Outcome, Stage};
+use artifact_pipeline_tests::{StageProcess, TestEnv, header, wait_until};
+use std::path::Path;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_test-stage");
+
+async fn outputs(env: &TestEnv) -> Vec<MimeDetected> {
+    env.read_decoded(&env.names.output(Stage::MimeDetector))
+        .await
+        .expect("outputs decode")
+}
+
+fn by_name<'a>(out: &'a [MimeDetected], name: &str) -> Vec<&'a MimeDetected> {
+    out.iter()
+        .filter(|e| e.context.filename.as_deref() == Some(name))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_topic_heals_gives_up_and_never_blocks_the_partition() -> anyhow::Result<()> {
+    // One partition: every artifact shares it.
+    let env = TestEnv::new(1).await?;
+    let _stage = StageProcess::start(
+        &env,
+        Path::new(BIN),
+        &[
+            ("RETRY_INLINE_ATTEMPTS", "1".into()),
+            ("RETRY_DELAY_MS", "300".into()),
+            ("RETRY_MAX_DELIVERIES", "4".into()),
+        ],
+    )?;
+    let heals = TestEnv::created("fail-until-3");
+    let never = TestEnv::created("fail-always");
+    let permanent = TestEnv::created("permanent");
+    let panics = TestEnv::created("panic");
+    let others: Vec<_> = (0..5)
+        .map(|i| TestEnv::created(&format!("ok-{i}")))
+        .collect();
+    env.produce_created(&[heals.clone(), never.clone(), permanent, panics])
+        .await?;
+    env.produce_created(&others).await?;
+
+    wait_until(
+        "every artifact has an outcome",
+        Duration::from_secs(90),
+        || async { outputs(&env).await.len() >= 9 },
+    )
+    .await?;
+    let out = outputs(&env).await;
+    assert_eq!(out.len(), 9, "one outcome each");
+
+    let h = by_name(&out, "fail-until-3");
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].outcome, Outcome::Succeeded);
+    assert_eq!(h[0].result.as_ref().unwrap().method, "test:attempt-3");
+
+    let n = by_name(&out, "fail-always");
+    assert_eq!(n.len(), 1);
+    assert!(n[0].outcome.is_permanent_failure());
+    assert!(
+        n[0].outcome
+            .reason()
+            .unwrap()
+            .contains("gave up after 4 deliveries"),
+        "{:?}",
+        n[0].outcome
+    );
+
+    let p = by_name(&out, "permanent");
+    assert_eq!(p[0].outcome, Outcome::permanent("bad input"));
+    let x = by_name(&out, "panic");
+    assert!(
+        x[0].outcome.reason().unwrap().contains("stage panicked"),
+        "{:?}",
+        x[0].outcome
+    );
+
+    // The healthy artifacts, produced after the failing ones, completed
+    // before the never-healing one gave up: the partition did not wait.
+    let pos = |name: &str| {
+        out.iter()
+            .position(|e| e.context.filename.as_deref() == Some(name))
+            .unwrap()
+    };
+    for i in 0..5 {
+        assert!(pos(&format!("ok-{i}")) < pos("fail-always"));
+        assert!(pos(&format!("ok-{i}")) < pos("fail-until-3"));
+    }
+
+    // The retry topic holds deliveries 2..=4 of the never-healing one and 2..=3 of the healing one.
+    let retries = env.read_all(&env.names.retry(Stage::MimeDetector))?;
+    let mut attempts: Vec<String> = retries
+        .iter()
+        .filter_map(|m| header(m, "x-attempt"))
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts, vec!["2", "2", "3", "3", "4"]);
+    assert!(
+        retries
+            .iter()
+            .all(|m| header(m, "x-not-before").is_some() && header(m, "x-error").is_some())
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_retries_heal_without_the_retry_topic() -> anyhow::Result<()> {
+    let env = TestEnv::new(1).await?;
+    let _stage = StageProcess::start(
+        &env,
+        Path::new(BIN),
+        &[("RETRY_INLINE_ATTEMPTS", "3".into())],
+    )?;
+    env.produce_created(&[TestEnv::created("fail-until-3")])
+        .await?;
+    wait_until("the outcome", Duration::from_secs(60), || async {
+        !outputs(&env).await.is_empty()
+    })
+    .await?;
+    let out = outputs(&env).await;
+    assert_eq!(out[0].outcome, Outcome::Succeeded);
+    assert_eq!(out[0].result.as_ref().unwrap().method, "test:attempt-3");
+    assert!(
+        env.read_all(&env.names.retry(Stage::MimeDetector))?
+            .is_empty()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_retry_survives_a_kill_9() -> anyhow::Result<()> {
+    let env = TestEnv::new(1).await?;
+    let vars = [
+        ("RETRY_INLINE_ATTEMPTS", "1".to_owned()),
+        ("RETRY_DELAY_MS", "4000".to_owned()),
+        ("INSTANCE_ID", "retry-restart".to_owned()),
+    ];
+    let mut stage = StageProcess::start(&env, Path::new(BIN), &vars)?;
+    env.produce_created(&[TestEnv::created("fail-until-2")])
+        .await?;
+    let retry_topic = env.names.retry(Stage::MimeDetector);
+    wait_until("the retry record", Duration::from_secs(60), || async {
+        env.read_all(&retry_topic).is_ok_and(|v| !v.is_empty())
+    })
+    .await?;
+    assert!(outputs(&env).await.is_empty(), "not yet due");
+    stage.kill9();
+    let _stage = StageProcess::start(&env, Path::new(BIN), &vars)?;
+    wait_until("the healed outcome", Duration::from_secs(60), || async {
+        !outputs(&env).await.is_empty()
+    })
+    .await?;
+    let out = outputs(&env).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].outcome, Outcome::Succeeded);
+    assert_eq!(out[0].result.as_ref().unwrap().method, "test:attempt-2");
+    Ok(())
+}
