@@ -104,6 +104,35 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Produces one creation event carrying a `traceparent` header.
+    pub async fn produce_created_traced(
+        &self,
+        e: &ArtifactCreated,
+        traceparent: &str,
+    ) -> anyhow::Result<()> {
+        let topic = self.names.created();
+        let payload = self
+            .codec
+            .encode(&topic, EventSchema::ArtifactCreated, e)
+            .await?;
+        let key = e.artifact_id.to_string();
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "traceparent",
+            value: Some(traceparent),
+        });
+        self.producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(())
+    }
+
     /// Produces raw bytes to a topic under a key.
     pub async fn produce_raw(&self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
         self.producer

@@ -110,3 +110,81 @@ async fn poison_records_go_to_the_dlq_and_the_partition_moves_on() -> anyhow::Re
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_context_lag_and_readiness_are_visible() -> anyhow::Result<()> {
+    let env = TestEnv::new(2).await?;
+    let stage = StageProcess::start(&env, Path::new(BIN), &[])?;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    env.produce_created_traced(&TestEnv::created("traced.txt"), &incoming)
+        .await?;
+    let output = env.names.output(artifact_domain::Stage::MimeDetector);
+    wait_until("the outcome", Duration::from_secs(60), || async {
+        env.read_all(&output).is_ok_and(|v| !v.is_empty())
+    })
+    .await?;
+    let out = env.read_all(&output)?;
+    let tp = header(&out[0], "traceparent").expect("outcome carries a traceparent");
+    assert!(
+        tp.starts_with(&format!("00-{trace_id}-")),
+        "same trace: {tp}"
+    );
+    assert_ne!(tp, incoming, "a child step, not a copy");
+
+    wait_until("ready", Duration::from_secs(30), || stage.is_ready()).await?;
+    // Lag per partition, named and labelled as kafka_exporter users expect.
+    let group = format!("consumer_group=\"{}.group\"", env.conn.topic_prefix);
+    let topic = format!("topic=\"{}\"", env.names.created());
+    wait_until("consumer lag exported", Duration::from_secs(30), || async {
+        let text = stage.metrics().await.unwrap_or_default();
+        text.lines().any(|l| {
+            l.starts_with("artifact_pipeline_consumer_lag{")
+                && l.contains(&group)
+                && l.contains(&topic)
+                && l.contains("partition=\"")
+        })
+    })
+    .await?;
+    for name in [
+        "artifact_stage_records_consumed_total",
+        "artifact_stage_records_produced_total",
+        "artifact_stage_outcomes_total",
+        "artifact_stage_processing_seconds_bucket",
+        "artifact_stage_transaction_commit_seconds_bucket",
+        "artifact_stage_restore_seconds_bucket",
+    ] {
+        assert!(
+            stage.metric(name, &[]).await > 0.0,
+            "{name} missing from /metrics"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_to_start_when_topics_are_not_co_partitioned() -> anyhow::Result<()> {
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let conn = artifact_runtime::config::ConnectionConfig::local(&prefix);
+    let names = artifact_runtime::topics::TopicNames::from_config(&conn);
+    let (dedup, rest): (Vec<_>, Vec<_>) = names
+        .catalogue()
+        .into_iter()
+        .partition(|t| t.name == names.dedup(artifact_domain::Stage::MimeDetector));
+    artifact_runtime::topics::ensure_topics(&conn, &rest, 3, 1).await?;
+    artifact_runtime::topics::ensure_topics(&conn, &dedup, 2, 1).await?;
+    let out = std::process::Command::new(BIN)
+        .env("TOPIC_PREFIX", &prefix)
+        .env(
+            "HTTP_ADDR",
+            format!("127.0.0.1:{}", artifact_pipeline_tests::free_port()),
+        )
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has 3 partitions") && err.contains("has 2"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -1,9 +1,11 @@
-//! `mime-detector`: a stage of the artifact pipeline. It loads and validates its
-//! configuration; the processing loop is not wired in yet, so it says so and
-//! exits with status 2 rather than pretend to process anything.
+//! `mime-detector`: detects each artifact's real MIME type from its bytes.
 
-use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig, HttpConfig};
+use artifact_runtime::blob::BlobStore;
+use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig};
+use artifact_runtime::runner::RunnerConfig;
+use artifact_runtime::service::run_stage;
 use clap::Parser;
+use mime_detector::stage::MimeStage;
 
 /// The mime-detector stage.
 #[derive(Debug, Parser)]
@@ -12,25 +14,18 @@ struct Config {
     #[command(flatten)]
     conn: ConnectionConfig,
     #[command(flatten)]
-    http: HttpConfig,
+    runner: RunnerConfig,
     #[command(flatten)]
     blobs: BlobStoreConfig,
+    /// Health and metrics address.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9101")]
+    http_addr: std::net::SocketAddr,
 }
 
-/// Where this stage serves HTTP unless `HTTP_ADDR` says otherwise.
-const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9101";
-
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    cfg.conn.validate()?;
-    let blobs = cfg.blobs.url()?;
-    let http = cfg
-        .http
-        .http_addr
-        .map_or(DEFAULT_HTTP_ADDR.to_owned(), |a| a.to_string());
-    eprintln!(
-        "mime-detector: configuration valid (kafka {}, registry {}, blobs {blobs}, http {http}); the processing loop is not built yet",
-        cfg.conn.kafka_bootstrap_servers, cfg.conn.schema_registry_url
-    );
-    std::process::exit(2);
+    let blobs = BlobStore::from_url(&cfg.blobs.url()?)?;
+    run_stage(MimeStage { blobs }, cfg.conn, cfg.runner, cfg.http_addr).await?;
+    Ok(())
 }

@@ -1,9 +1,13 @@
-//! `pdf-parser`: a stage of the artifact pipeline. It loads and validates its
-//! configuration; the processing loop is not wired in yet, so it says so and
-//! exits with status 2 rather than pretend to process anything.
+//! `pdf-parser`: extracts page count, metadata and text from PDFs and text files.
 
-use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig, HttpConfig};
+use artifact_runtime::blob::BlobStore;
+use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig};
+use artifact_runtime::runner::RunnerConfig;
+use artifact_runtime::service::run_stage;
 use clap::Parser;
+use pdf_parser::Limits;
+use pdf_parser::stage::ParseStage;
+use std::time::Duration;
 
 /// The pdf-parser stage.
 #[derive(Debug, Parser)]
@@ -12,25 +16,39 @@ struct Config {
     #[command(flatten)]
     conn: ConnectionConfig,
     #[command(flatten)]
-    http: HttpConfig,
+    runner: RunnerConfig,
     #[command(flatten)]
     blobs: BlobStoreConfig,
+    /// Health and metrics address.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9103")]
+    http_addr: std::net::SocketAddr,
+    /// Largest document parsed, in bytes.
+    #[arg(long, env = "PARSE_MAX_BYTES", default_value_t = 100 << 20)]
+    max_bytes: usize,
+    /// Most pages parsed; longer PDFs fail permanently.
+    #[arg(long, env = "PARSE_MAX_PAGES", default_value_t = 1000)]
+    max_pages: usize,
+    /// Text kept per document, in characters; the rest is dropped.
+    #[arg(long, env = "PARSE_MAX_CHARS", default_value_t = 10_000_000)]
+    max_chars: usize,
+    /// Time limit per document, in milliseconds.
+    #[arg(long, env = "PARSE_TIMEOUT_MS", default_value_t = 20_000)]
+    timeout_ms: u64,
 }
 
-/// Where this stage serves HTTP unless `HTTP_ADDR` says otherwise.
-const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9103";
-
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    cfg.conn.validate()?;
-    let blobs = cfg.blobs.url()?;
-    let http = cfg
-        .http
-        .http_addr
-        .map_or(DEFAULT_HTTP_ADDR.to_owned(), |a| a.to_string());
-    eprintln!(
-        "pdf-parser: configuration valid (kafka {}, registry {}, blobs {blobs}, http {http}); the processing loop is not built yet",
-        cfg.conn.kafka_bootstrap_servers, cfg.conn.schema_registry_url
-    );
-    std::process::exit(2);
+    let blobs = BlobStore::from_url(&cfg.blobs.url()?)?;
+    let stage = ParseStage {
+        blobs,
+        limits: Limits {
+            max_bytes: cfg.max_bytes,
+            max_pages: cfg.max_pages,
+            max_chars: cfg.max_chars,
+        },
+        timeout: Duration::from_millis(cfg.timeout_ms),
+    };
+    run_stage(stage, cfg.conn, cfg.runner, cfg.http_addr).await?;
+    Ok(())
 }

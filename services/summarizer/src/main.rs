@@ -1,9 +1,12 @@
-//! `summarizer`: a stage of the artifact pipeline. It loads and validates its
-//! configuration; the processing loop is not wired in yet, so it says so and
-//! exits with status 2 rather than pretend to process anything.
+//! `summarizer`: writes an extractive summary of each artifact's text.
 
-use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig, HttpConfig};
+use artifact_runtime::blob::BlobStore;
+use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig};
+use artifact_runtime::runner::RunnerConfig;
+use artifact_runtime::service::run_stage;
 use clap::Parser;
+use summarizer::SummaryOptions;
+use summarizer::stage::SummaryStage;
 
 /// The summarizer stage.
 #[derive(Debug, Parser)]
@@ -12,25 +15,35 @@ struct Config {
     #[command(flatten)]
     conn: ConnectionConfig,
     #[command(flatten)]
-    http: HttpConfig,
+    runner: RunnerConfig,
     #[command(flatten)]
     blobs: BlobStoreConfig,
+    /// Health and metrics address.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9104")]
+    http_addr: std::net::SocketAddr,
+    /// Sentences in a summary, at most.
+    #[arg(long, env = "SUMMARY_MAX_SENTENCES", default_value_t = 3)]
+    max_sentences: usize,
+    /// Characters in a summary, at most.
+    #[arg(long, env = "SUMMARY_MAX_CHARS", default_value_t = 600)]
+    max_chars: usize,
+    /// Largest text read, in bytes.
+    #[arg(long, env = "SUMMARY_MAX_TEXT_BYTES", default_value_t = 50 << 20)]
+    max_text_bytes: u64,
 }
 
-/// Where this stage serves HTTP unless `HTTP_ADDR` says otherwise.
-const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9104";
-
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    cfg.conn.validate()?;
-    let blobs = cfg.blobs.url()?;
-    let http = cfg
-        .http
-        .http_addr
-        .map_or(DEFAULT_HTTP_ADDR.to_owned(), |a| a.to_string());
-    eprintln!(
-        "summarizer: configuration valid (kafka {}, registry {}, blobs {blobs}, http {http}); the processing loop is not built yet",
-        cfg.conn.kafka_bootstrap_servers, cfg.conn.schema_registry_url
-    );
-    std::process::exit(2);
+    let blobs = BlobStore::from_url(&cfg.blobs.url()?)?;
+    let stage = SummaryStage {
+        blobs,
+        options: SummaryOptions {
+            max_sentences: cfg.max_sentences,
+            max_chars: cfg.max_chars,
+        },
+        max_text_bytes: cfg.max_text_bytes,
+    };
+    run_stage(stage, cfg.conn, cfg.runner, cfg.http_addr).await?;
+    Ok(())
 }

@@ -51,9 +51,12 @@ use tokio::sync::watch;
 /// The runner stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
-    /// The topics do not fit the design (missing, or not co-partitioned).
+    /// The stage's topics are missing (may be created shortly).
     #[error("{0}")]
-    Topics(String),
+    TopicsMissing(String),
+    /// The stage's topics do not have one partition count.
+    #[error("{0}")]
+    NotCoPartitioned(String),
     /// A Kafka client could not be created or failed fatally (e.g. fenced by
     /// a newer instance with the same transactional id).
     #[error("fatal Kafka error: {0}")]
@@ -145,10 +148,10 @@ impl<S: StageLogic> StageRunner<S> {
             self.names.dlq(stage),
         ];
         let counts = partition_counts(&self.conn, &topics, Duration::from_secs(30))
-            .map_err(|e| RunnerError::Topics(e.to_string()))?;
+            .map_err(|e| RunnerError::TopicsMissing(e.to_string()))?;
         let missing: Vec<&String> = topics.iter().filter(|t| !counts.contains_key(*t)).collect();
         if !missing.is_empty() {
-            return Err(RunnerError::Topics(format!(
+            return Err(RunnerError::TopicsMissing(format!(
                 "topics {missing:?} do not exist; create them with `artifactctl topics create`"
             )));
         }
@@ -159,7 +162,7 @@ impl<S: StageLogic> StageRunner<S> {
             .map(|(t, n)| format!("{t} has {n}"))
             .collect();
         if !differ.is_empty() {
-            return Err(RunnerError::Topics(format!(
+            return Err(RunnerError::NotCoPartitioned(format!(
                 "input topic {} has {input} partitions but {}; the dedup state of partition p lives in \
                  partition p of the dedup topic, so all of a stage's topics need the same count",
                 topics[0],
@@ -180,7 +183,8 @@ impl<S: StageLogic> StageRunner<S> {
             match self.check_topics() {
                 Ok(_) => break,
                 Err(e) if *shutdown.borrow() => return Err(e),
-                Err(e @ RunnerError::Topics(_)) if backoff > 5 => return Err(e),
+                Err(e @ RunnerError::NotCoPartitioned(_)) => return Err(e),
+                Err(e) if backoff > 5 => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "topics not ready; retrying");
                     self.health.set_not_ready(e.to_string());

@@ -1,0 +1,125 @@
+//! Binary formats recognised by magic numbers.
+//!
+//! PDF is searched for ourselves (libmagic accepts `%PDF-` anywhere in the
+//! first 1024 bytes, after leading junk), ELF is refined by object type the
+//! way libmagic names it, and everything else is asked of the `infer` crate,
+//! whose names are mapped to libmagic's where they differ. `infer`'s text
+//! matchers are ignored: text is decided in [`crate::text`].
+
+use infer::MatcherType;
+
+/// A binary format found by its magic number.
+pub(crate) struct Magic {
+    /// The MIME type, in libmagic's spelling.
+    pub mime: String,
+    /// A short name for the `magic:<kind>` method.
+    pub kind: String,
+}
+
+/// How far into the file libmagic looks for `%PDF-`.
+const PDF_WINDOW: usize = 1024;
+
+/// Finds a binary format by magic number, or `None`.
+pub(crate) fn sniff(head: &[u8]) -> Option<Magic> {
+    let window = &head[..head.len().min(PDF_WINDOW)];
+    if window.windows(5).any(|w| w == b"%PDF-") {
+        return Some(magic("application/pdf", "pdf"));
+    }
+    if head.starts_with(b"\x7fELF") {
+        return Some(magic(elf_mime(head), "elf"));
+    }
+    if head.len() > 6 && head.starts_with(b"\x80\x01") && head[6..].starts_with(b"%!") {
+        return Some(magic("font/x-postscript-pfb", "pfb"));
+    }
+    let kind = infer::get(head)?;
+    // PEM certificates are text to libmagic.
+    if kind.matcher_type() == MatcherType::Text || head.starts_with(b"-----BEGIN") {
+        return None;
+    }
+    let mime = match kind.mime_type() {
+        // libmagic's names for the same formats.
+        "application/font-sfnt" | "font/otf" if head.starts_with(b"OTTO") => {
+            "application/vnd.ms-opentype"
+        }
+        "application/font-sfnt" | "font/ttf" | "font/otf" => "font/sfnt",
+        "application/x-unix-archive" => "application/x-archive",
+        "application/x-deb" => "application/vnd.debian.binary-package",
+        "image/x-icon" => "image/vnd.microsoft.icon",
+        other => other,
+    };
+    Some(magic(mime, kind.extension()))
+}
+
+fn magic(mime: &str, kind: &str) -> Magic {
+    Magic {
+        mime: mime.to_string(),
+        kind: kind.to_string(),
+    }
+}
+
+/// libmagic's MIME type for an ELF file, from its header's object type. A
+/// position-independent executable and a shared library are both `ET_DYN`;
+/// like libmagic we call one with a program interpreter (`PT_INTERP`) an
+/// executable.
+fn elf_mime(head: &[u8]) -> &'static str {
+    let little = head.get(5) == Some(&1);
+    let is64 = head.get(4) == Some(&2);
+    let u16_at = |at: usize| -> Option<u16> {
+        let b = head.get(at..at + 2)?;
+        Some(if little {
+            u16::from_le_bytes([b[0], b[1]])
+        } else {
+            u16::from_be_bytes([b[0], b[1]])
+        })
+    };
+    let u32_at = |at: usize| -> Option<u32> {
+        let b = head.get(at..at + 4)?;
+        let b = [b[0], b[1], b[2], b[3]];
+        Some(if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    let u64_at = |at: usize| -> Option<u64> {
+        if !is64 {
+            return u32_at(at).map(u64::from);
+        }
+        let b = head.get(at..at + 8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Some(if little {
+            u64::from_le_bytes(a)
+        } else {
+            u64::from_be_bytes(a)
+        })
+    };
+    match u16_at(16) {
+        Some(1) => "application/x-object",
+        Some(2) => "application/x-executable",
+        Some(4) => "application/x-coredump",
+        Some(3) => {
+            // e_phoff, e_phentsize, e_phnum
+            let (phoff, phentsize, phnum) = if is64 {
+                (u64_at(32), u16_at(54), u16_at(56))
+            } else {
+                (u64_at(28), u16_at(42), u16_at(44))
+            };
+            let has_interp = match (phoff, phentsize, phnum) {
+                (Some(off), Some(size), Some(n)) => (0..usize::from(n)).any(|i| {
+                    usize::try_from(off)
+                        .ok()
+                        .and_then(|off| u32_at(off + i * usize::from(size)))
+                        == Some(3)
+                }),
+                _ => false,
+            };
+            if has_interp {
+                "application/x-pie-executable"
+            } else {
+                "application/x-sharedlib"
+            }
+        }
+        _ => "application/octet-stream",
+    }
+}

@@ -1,0 +1,195 @@
+//! Loading a PDF with lopdf, safely, and extracting its pages and metadata.
+//!
+//! Safety against hostile files: lopdf runs on a dedicated thread with a
+//! large stack (deep nesting cannot overflow the caller's stack) inside
+//! `catch_unwind` (a panic becomes [`ParseError::Malformed`]); streams are
+//! decompressed under bounds; the page tree is walked iteratively, each
+//! node once (lopdf's own walk gives up on cycles), so cycles and depth are
+//! harmless; forms are followed with a depth limit and
+//! a per-page operator budget (see [`crate::layout`]).
+
+use crate::fonts::{FontCache, deref};
+use crate::{Extracted, Limits, Metadata, ParseError, layout};
+use lopdf::{Document, LoadOptions, Object, ObjectId};
+use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Mutex, PoisonError};
+
+/// Stack for the parsing thread: generous, since lopdf's parser recurses.
+const PARSER_STACK: usize = 64 << 20;
+
+/// Decompression bound for object and cross-reference streams.
+const LOAD_STREAM_LIMIT: usize = 64 << 20;
+
+pub(crate) fn extract_pdf(bytes: &[u8], limits: &Limits) -> Result<Extracted, ParseError> {
+    if bytes.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(ParseError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    guarded(|| extract(bytes, limits))
+}
+
+/// Runs `work` on a thread with a large stack, turning a panic into
+/// [`ParseError::Malformed`].
+fn guarded<T: Send>(work: impl FnOnce() -> Result<T, ParseError> + Send) -> Result<T, ParseError> {
+    let slot = Mutex::new(Some(work));
+    // Captures only `&slot`, so it is `Copy`: usable on this thread if no
+    // parser thread can be started.
+    let run = || {
+        let work = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match work {
+            Some(work) => {
+                catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|p| Err(panicked(&*p)))
+            }
+            None => Err(ParseError::Malformed("parser ran twice".into())),
+        }
+    };
+    std::thread::scope(|scope| {
+        match std::thread::Builder::new()
+            .name("pdf-parser".into())
+            .stack_size(PARSER_STACK)
+            .spawn_scoped(scope, run)
+        {
+            Ok(handle) => handle.join().unwrap_or_else(|p| Err(panicked(&*p))),
+            Err(_) => run(),
+        }
+    })
+}
+
+fn panicked(payload: &(dyn std::any::Any + Send)) -> ParseError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    ParseError::Malformed(format!("parser panicked: {message}"))
+}
+
+fn extract(bytes: &[u8], limits: &Limits) -> Result<Extracted, ParseError> {
+    let options = LoadOptions {
+        max_decompressed_size: Some(LOAD_STREAM_LIMIT),
+        ..LoadOptions::default()
+    };
+    // lopdf tries the empty user password itself; a document it could not
+    // open that way still has /Encrypt in its trailer.
+    let doc = Document::load_mem_with_options(bytes, options)
+        .map_err(|e| ParseError::Malformed(e.to_string()))?;
+    if doc.is_encrypted() {
+        return Err(ParseError::Encrypted);
+    }
+    let pages = page_ids(&doc);
+    if pages.is_empty() {
+        return Err(ParseError::Malformed(
+            "no readable pages (the page tree is missing or empty)".into(),
+        ));
+    }
+    if pages.len() > limits.max_pages {
+        return Err(ParseError::TooManyPages {
+            pages: pages.len(),
+            limit: limits.max_pages,
+        });
+    }
+    let mut fonts = FontCache::default();
+    let mut texts = Vec::with_capacity(pages.len());
+    let mut chars_left = limits.max_chars;
+    let mut truncated = false;
+    for (number, page_id) in pages.iter().enumerate() {
+        let text = layout::page_text(&doc, &mut fonts, *page_id)
+            .map_err(|e| ParseError::Malformed(format!("page {}: {e}", number + 1)))?;
+        // The form feed between pages counts as a character.
+        let budget = chars_left.saturating_sub(usize::from(number > 0));
+        let count = text.chars().count();
+        if count > budget {
+            texts.push(text.chars().take(budget).collect());
+            truncated = true;
+            break;
+        }
+        chars_left = budget - count;
+        texts.push(text);
+    }
+    Ok(Extracted {
+        pages: texts,
+        page_count: pages.len(),
+        metadata: metadata(&doc),
+        truncated,
+    })
+}
+
+/// The pages in document order. An iterative depth-first walk that expands
+/// each node once: cycles cannot loop, depth cannot overflow the stack, and
+/// a page reached twice is kept once.
+fn page_ids(doc: &Document) -> Vec<ObjectId> {
+    let Ok(root) = doc
+        .catalog()
+        .and_then(|c| c.get(b"Pages"))
+        .and_then(Object::as_reference)
+    else {
+        return Vec::new();
+    };
+    let mut pages = Vec::new();
+    let mut visited = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(id) = stack.pop() {
+        if !visited.insert(id) {
+            continue;
+        }
+        let Ok(node) = doc.get_dictionary(id) else {
+            continue;
+        };
+        match deref(doc, node.get(b"Kids")).and_then(Object::as_array) {
+            Ok(kids) if !node.has_type(b"Page") => {
+                stack.extend(kids.iter().rev().filter_map(|k| k.as_reference().ok()));
+            }
+            _ if id != root => pages.push(id),
+            _ => {}
+        }
+    }
+    pages
+}
+
+fn metadata(doc: &Document) -> Metadata {
+    let info = deref(doc, doc.trailer.get(b"Info"))
+        .and_then(Object::as_dict)
+        .ok();
+    let field = |key: &[u8]| -> Option<String> {
+        let value = deref(doc, info?.get(key)).ok()?;
+        let text = lopdf::decode_text_string(value).ok()?;
+        let text = text.trim_matches(char::from(0)).trim().to_string();
+        (!text.is_empty()).then_some(text)
+    };
+    Metadata {
+        title: field(b"Title"),
+        author: field(b"Author"),
+        creator: field(b"Creator"),
+        producer: field(b"Producer"),
+        creation_date: field(b"CreationDate"),
+        modification_date: field(b"ModDate"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_malformed() {
+        let result: Result<(), _> = guarded(|| panic!("boom in lopdf"));
+        assert_eq!(
+            result,
+            Err(ParseError::Malformed(
+                "parser panicked: boom in lopdf".into()
+            ))
+        );
+        let formatted: Result<(), _> = guarded(|| panic!("page {}", 3));
+        assert_eq!(
+            formatted,
+            Err(ParseError::Malformed("parser panicked: page 3".into()))
+        );
+        assert_eq!(guarded(|| Ok(7)), Ok(7));
+    }
+}

@@ -1,0 +1,465 @@
+//! Text of one page, from its content stream operators.
+//!
+//! A small interpreter follows the graphics and text state (`cm`, `q`/`Q`,
+//! `BT`, `Tf`, `Tc`, `Tw`, `Tz`, `TL`, `Ts`, `Td`, `TD`, `Tm`, `T*`) and
+//! the text-showing operators (`Tj`, `TJ`, `'`, `"`), and places every glyph
+//! in device space. Between consecutive glyphs it then decides, by position,
+//! what separates them: nothing, a space (a gap along the baseline wider
+//! than [`WORD_GAP`] of the font size: kerned `TJ` arrays and separately
+//! positioned words, space glyphs), or a line break (a move across the baseline of more
+//! than half the font size; a word hyphenated at the line end is joined, as
+//! pdftotext does). Form XObjects (`Do`) are followed, with a depth
+//! limit and a guard against forms that draw themselves. Glyphs are kept in
+//! content-stream order (no column reordering).
+
+use crate::fonts::{FontCache, FontInfo, deref};
+use lopdf::content::Content;
+use lopdf::{Dictionary, Document, Object, ObjectId};
+use std::rc::Rc;
+
+/// A gap along the baseline wider than this fraction of the font size
+/// separates words (poppler's threshold is of the same order).
+pub(crate) const WORD_GAP: f64 = 0.15;
+
+/// How deep forms may nest.
+const MAX_FORM_DEPTH: usize = 12;
+
+/// How many operators one page may run (forms drawn many times included),
+/// so that hostile files cannot make extraction run for ever.
+const MAX_OPERATIONS: usize = 5_000_000;
+
+/// Decompression bound for one page's content and each form.
+pub(crate) const CONTENT_LIMIT: usize = 64 << 20;
+
+type Matrix = [f64; 6];
+const IDENTITY: Matrix = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+
+fn mul(m: &Matrix, n: &Matrix) -> Matrix {
+    [
+        m[0] * n[0] + m[1] * n[2],
+        m[0] * n[1] + m[1] * n[3],
+        m[2] * n[0] + m[3] * n[2],
+        m[2] * n[1] + m[3] * n[3],
+        m[4] * n[0] + m[5] * n[2] + n[4],
+        m[4] * n[1] + m[5] * n[3] + n[5],
+    ]
+}
+
+fn translate(tx: f64, ty: f64) -> Matrix {
+    [1.0, 0.0, 0.0, 1.0, tx, ty]
+}
+
+#[derive(Clone)]
+struct GraphicsState {
+    ctm: Matrix,
+    font: Option<Rc<FontInfo>>,
+    size: f64,
+    char_spacing: f64,
+    word_spacing: f64,
+    scaling: f64,
+    leading: f64,
+    rise: f64,
+}
+
+/// Where the previous glyph ended, to decide what separates the next one.
+struct Pen {
+    end: (f64, f64),
+    /// Unit vector along the baseline.
+    dir: (f64, f64),
+    size: f64,
+}
+
+/// The page's text as it is assembled.
+struct PageText {
+    out: String,
+    pen: Option<Pen>,
+}
+
+impl PageText {
+    /// Whether the text so far ends in a letter and a hyphen and the next
+    /// line starts with a lower-case letter: a word hyphenated at a line end.
+    fn hyphenated_line_end(&self, next: &str) -> bool {
+        let mut tail = self.out.chars().rev();
+        matches!(tail.next(), Some('-' | '\u{ad}' | '\u{2010}'))
+            && tail.next().is_some_and(char::is_alphabetic)
+            && next.chars().next().is_some_and(char::is_lowercase)
+    }
+
+    fn glyph(
+        &mut self,
+        text: &str,
+        start: (f64, f64),
+        end: (f64, f64),
+        dir: (f64, f64),
+        size: f64,
+    ) {
+        if text.is_empty() {
+            return;
+        }
+        if let Some(pen) = &self.pen {
+            let (dx, dy) = (start.0 - pen.end.0, start.1 - pen.end.1);
+            let along = dx * pen.dir.0 + dy * pen.dir.1;
+            let across = -dx * pen.dir.1 + dy * pen.dir.0;
+            let size = size.max(pen.size).max(1e-3);
+            if across.abs() > 0.5 * size {
+                while self.out.ends_with(' ') {
+                    self.out.pop();
+                }
+                if self.hyphenated_line_end(text) {
+                    // Join the word broken across lines, as pdftotext does.
+                    self.out.pop();
+                } else if !self.out.is_empty() && !self.out.ends_with('\n') {
+                    self.out.push('\n');
+                }
+            } else if (along > WORD_GAP * size || along < -size)
+                && !self.out.ends_with(char::is_whitespace)
+                && !text.starts_with(char::is_whitespace)
+            {
+                self.out.push(' ');
+            }
+        }
+        if !(self.out.is_empty() || self.out.ends_with(char::is_whitespace))
+            || !text.trim().is_empty()
+        {
+            self.out.push_str(text);
+        }
+        self.pen = Some(Pen { end, dir, size });
+    }
+}
+
+/// Runs content streams and collects the text.
+struct Interpreter<'d> {
+    doc: &'d Document,
+    fonts: &'d mut FontCache,
+    page: PageText,
+    operations: usize,
+    /// Forms being drawn, to stop a form that draws itself.
+    form_path: Vec<ObjectId>,
+}
+
+/// Extracts the text of one page. Content that cannot be decoded yields
+/// what was read before it; `Err` only when the page's content exceeds the
+/// decompression bound.
+pub(crate) fn page_text(
+    doc: &Document,
+    fonts: &mut FontCache,
+    page_id: ObjectId,
+) -> Result<String, String> {
+    let data = doc
+        .get_page_content_with_limit(page_id, CONTENT_LIMIT)
+        .map_err(|e| format!("page content: {e}"))?;
+    let resources = page_resources(doc, page_id);
+    let mut interpreter = Interpreter {
+        doc,
+        fonts,
+        page: PageText {
+            out: String::new(),
+            pen: None,
+        },
+        operations: 0,
+        form_path: Vec::new(),
+    };
+    let state = GraphicsState {
+        ctm: IDENTITY,
+        font: None,
+        size: 0.0,
+        char_spacing: 0.0,
+        word_spacing: 0.0,
+        scaling: 1.0,
+        leading: 0.0,
+        rise: 0.0,
+    };
+    interpreter.run(&data, resources, state, 0);
+    let mut text = interpreter.page.out;
+    while text.ends_with(char::is_whitespace) {
+        text.pop();
+    }
+    Ok(text)
+}
+
+/// The page's resources, inherited from the nearest ancestor that has them.
+fn page_resources(doc: &Document, page_id: ObjectId) -> Option<&Dictionary> {
+    let mut node = doc.get_dictionary(page_id).ok()?;
+    for _ in 0..64 {
+        if let Ok(resources) = deref(doc, node.get(b"Resources")).and_then(Object::as_dict) {
+            return Some(resources);
+        }
+        node = deref(doc, node.get(b"Parent"))
+            .and_then(Object::as_dict)
+            .ok()?;
+    }
+    None
+}
+
+fn num(operands: &[Object], i: usize) -> f64 {
+    operands
+        .get(i)
+        .and_then(|o| o.as_float().ok())
+        .map_or(0.0, f64::from)
+}
+
+fn matrix(operands: &[Object]) -> Matrix {
+    [
+        num(operands, 0),
+        num(operands, 1),
+        num(operands, 2),
+        num(operands, 3),
+        num(operands, 4),
+        num(operands, 5),
+    ]
+}
+
+impl Interpreter<'_> {
+    fn run(
+        &mut self,
+        data: &[u8],
+        resources: Option<&Dictionary>,
+        mut gs: GraphicsState,
+        depth: usize,
+    ) {
+        let Ok(content) = Content::decode(data) else {
+            return;
+        };
+        let mut stack: Vec<GraphicsState> = Vec::new();
+        let mut tm = IDENTITY;
+        let mut tlm = IDENTITY;
+        for op in &content.operations {
+            self.operations += 1;
+            if self.operations > MAX_OPERATIONS {
+                return;
+            }
+            let ops = op.operands.as_slice();
+            match op.operator.as_str() {
+                "q" => stack.push(gs.clone()),
+                "Q" => {
+                    if let Some(saved) = stack.pop() {
+                        gs = saved;
+                    }
+                }
+                "cm" => gs.ctm = mul(&matrix(ops), &gs.ctm),
+                "BT" => {
+                    tm = IDENTITY;
+                    tlm = IDENTITY;
+                }
+                "Tf" => {
+                    gs.size = num(ops, 1);
+                    gs.font = ops
+                        .first()
+                        .and_then(|o| o.as_name().ok())
+                        .and_then(|name| self.font(resources, name));
+                }
+                "Tc" => gs.char_spacing = num(ops, 0),
+                "Tw" => gs.word_spacing = num(ops, 0),
+                "Tz" => gs.scaling = num(ops, 0) / 100.0,
+                "TL" => gs.leading = num(ops, 0),
+                "Ts" => gs.rise = num(ops, 0),
+                "Td" => {
+                    tlm = mul(&translate(num(ops, 0), num(ops, 1)), &tlm);
+                    tm = tlm;
+                }
+                "TD" => {
+                    gs.leading = -num(ops, 1);
+                    tlm = mul(&translate(num(ops, 0), num(ops, 1)), &tlm);
+                    tm = tlm;
+                }
+                "Tm" => {
+                    tlm = matrix(ops);
+                    tm = tlm;
+                }
+                "T*" => {
+                    tlm = mul(&translate(0.0, -gs.leading), &tlm);
+                    tm = tlm;
+                }
+                "Tj" => {
+                    if let Some(Ok(bytes)) = ops.first().map(Object::as_str) {
+                        self.show(bytes, &gs, &mut tm);
+                    }
+                }
+                "'" | "\"" => {
+                    if op.operator == "\"" {
+                        gs.word_spacing = num(ops, 0);
+                        gs.char_spacing = num(ops, 1);
+                    }
+                    tlm = mul(&translate(0.0, -gs.leading), &tlm);
+                    tm = tlm;
+                    if let Some(Ok(bytes)) = ops.last().map(Object::as_str) {
+                        self.show(bytes, &gs, &mut tm);
+                    }
+                }
+                "TJ" => {
+                    if let Some(Ok(items)) = ops.first().map(Object::as_array) {
+                        for item in items {
+                            match item {
+                                Object::String(bytes, _) => self.show(bytes, &gs, &mut tm),
+                                other => {
+                                    if let Ok(n) = other.as_float() {
+                                        let tx = -f64::from(n) / 1000.0 * gs.size * gs.scaling;
+                                        tm = mul(&translate(tx, 0.0), &tm);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                "Do" => {
+                    if let Some(name) = ops.first().and_then(|o| o.as_name().ok()) {
+                        self.form(resources, name, &gs, depth);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn font(&mut self, resources: Option<&Dictionary>, name: &[u8]) -> Option<Rc<FontInfo>> {
+        let fonts = deref(self.doc, resources?.get(b"Font"))
+            .and_then(Object::as_dict)
+            .ok()?;
+        let entry = fonts.get(name).ok()?;
+        self.fonts.font(self.doc, entry)
+    }
+
+    fn show(&mut self, bytes: &[u8], gs: &GraphicsState, tm: &mut Matrix) {
+        let Some(font) = gs.font.clone() else { return };
+        for glyph in font.decode(bytes) {
+            let trm = mul(
+                &mul(&[gs.size * gs.scaling, 0.0, 0.0, gs.size, 0.0, gs.rise], tm),
+                &gs.ctm,
+            );
+            let start = (trm[4], trm[5]);
+            let end = (glyph.width * trm[0] + trm[4], glyph.width * trm[1] + trm[5]);
+            let len = (trm[0] * trm[0] + trm[1] * trm[1]).sqrt();
+            let dir = if len > 0.0 {
+                (trm[0] / len, trm[1] / len)
+            } else {
+                (1.0, 0.0)
+            };
+            let size = font.em * (trm[2] * trm[2] + trm[3] * trm[3]).sqrt();
+            // A space glyph is not copied: the gap it leaves decides, so a
+            // space squeezed by negative word spacing does not split a word.
+            if !glyph.text.chars().all(char::is_whitespace) {
+                self.page.glyph(glyph.text, start, end, dir, size);
+            }
+            let spacing = gs.char_spacing
+                + if glyph.is_space_code {
+                    gs.word_spacing
+                } else {
+                    0.0
+                };
+            let tx = (glyph.width * gs.size + spacing) * gs.scaling;
+            *tm = mul(&translate(tx, 0.0), tm);
+        }
+    }
+
+    fn form(
+        &mut self,
+        resources: Option<&Dictionary>,
+        name: &[u8],
+        gs: &GraphicsState,
+        depth: usize,
+    ) {
+        if depth >= MAX_FORM_DEPTH {
+            return;
+        }
+        let doc = self.doc;
+        let Some(entry) = resources
+            .and_then(|r| deref(doc, r.get(b"XObject")).and_then(Object::as_dict).ok())
+            .and_then(|x| x.get(name).ok())
+        else {
+            return;
+        };
+        let id = entry.as_reference().ok();
+        if id.is_some_and(|id| self.form_path.contains(&id)) {
+            return;
+        }
+        let Ok(stream) = deref(doc, Ok(entry)).and_then(Object::as_stream) else {
+            return;
+        };
+        if stream.dict.get(b"Subtype").and_then(Object::as_name).ok() != Some(b"Form".as_slice()) {
+            return;
+        }
+        let Ok(data) = stream.get_plain_content_with_limit(CONTENT_LIMIT) else {
+            return;
+        };
+        let mut inner = gs.clone();
+        if let Ok(m) = deref(doc, stream.dict.get(b"Matrix")).and_then(Object::as_array) {
+            inner.ctm = mul(&matrix(m), &inner.ctm);
+        }
+        let form_resources = deref(doc, stream.dict.get(b"Resources"))
+            .and_then(Object::as_dict)
+            .ok()
+            .or(resources);
+        self.form_path.extend(id);
+        self.run(&data, form_resources, inner, depth + 1);
+        if id.is_some() {
+            self.form_path.pop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(glyphs: &[(&str, f64, f64, f64)]) -> String {
+        let mut p = PageText {
+            out: String::new(),
+            pen: None,
+        };
+        for &(t, x, y, w) in glyphs {
+            p.glyph(t, (x, y), (x + w, y), (1.0, 0.0), 10.0);
+        }
+        p.out
+    }
+
+    #[test]
+    fn adjacent_glyphs_join_and_gaps_make_spaces() {
+        assert_eq!(page(&[("a", 0.0, 0.0, 5.0), ("b", 5.0, 0.0, 5.0)]), "ab");
+        assert_eq!(page(&[("a", 0.0, 0.0, 5.0), ("b", 8.0, 0.0, 5.0)]), "a b");
+        // A small kerning gap is not a space.
+        assert_eq!(page(&[("a", 0.0, 0.0, 5.0), ("b", 6.0, 0.0, 5.0)]), "ab");
+    }
+
+    #[test]
+    fn baseline_moves_make_line_breaks() {
+        assert_eq!(
+            page(&[("a", 0.0, 100.0, 5.0), ("b", 0.0, 88.0, 5.0)]),
+            "a\nb"
+        );
+        // A small rise (superscript) stays on the line.
+        assert_eq!(
+            page(&[("a", 0.0, 100.0, 5.0), ("2", 5.0, 103.0, 5.0)]),
+            "a2"
+        );
+    }
+
+    #[test]
+    fn words_hyphenated_at_line_ends_are_joined() {
+        let glyphs = [
+            ("li", 0.0, 100.0, 8.0),
+            ("-", 8.0, 100.0, 3.0),
+            ("brary", 0.0, 88.0, 20.0),
+        ];
+        assert_eq!(page(&glyphs), "library");
+        let capital = [("x-", 0.0, 100.0, 8.0), ("Ray", 0.0, 88.0, 20.0)];
+        assert_eq!(page(&capital), "x-\nRay");
+    }
+
+    #[test]
+    fn explicit_spaces_are_not_doubled() {
+        assert_eq!(
+            page(&[
+                ("a", 0.0, 0.0, 5.0),
+                (" ", 5.0, 0.0, 3.0),
+                ("b", 20.0, 0.0, 5.0)
+            ]),
+            "a b"
+        );
+    }
+
+    #[test]
+    fn matrices_compose_like_pdf() {
+        let m = mul(&translate(10.0, 0.0), &[2.0, 0.0, 0.0, 2.0, 5.0, 5.0]);
+        assert_eq!(m, [2.0, 0.0, 0.0, 2.0, 25.0, 5.0]);
+    }
+}

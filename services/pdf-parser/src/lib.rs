@@ -1,0 +1,261 @@
+//! Text extraction for pdf-parser: PDFs (through lopdf, with our own
+//! layout-aware reading of content streams) and plain text.
+//!
+//! - [`extract_pdf`]: pages, page count and Info metadata of a PDF, within
+//!   [`Limits`]. Encrypted PDFs open when their user password is empty.
+//!   Hostile input cannot panic the caller, overflow its stack or run for
+//!   ever (see the `document` and `layout` modules).
+//! - [`extract_text`]: text/plain and text/markdown bytes normalised to UTF-8.
+//!
+//! Pure logic: no I/O, no async. Every error is permanent
+//! ([`ParseError::is_permanent`]): the same bytes fail the same way.
+
+mod document;
+mod error;
+mod fonts;
+mod layout;
+mod plain;
+mod recall;
+pub mod stage;
+
+pub use error::ParseError;
+pub use plain::extract_text;
+pub use recall::word_recall;
+
+/// Bounds on the work done for one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Larger inputs fail with [`ParseError::TooLarge`]. Default 100 MiB.
+    pub max_bytes: usize,
+    /// PDFs with more pages fail with [`ParseError::TooManyPages`].
+    /// Default 1000.
+    pub max_pages: usize,
+    /// Text beyond this many characters (form feeds between pages included)
+    /// is dropped and [`Extracted::truncated`] set. Default 10 million.
+    pub max_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 100 << 20,
+            max_pages: 1000,
+            max_chars: 10_000_000,
+        }
+    }
+}
+
+/// The PDF's document information dictionary, each entry as written (dates
+/// stay in PDF form, e.g. `D:20240102030405Z`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// `/Title`.
+    pub title: Option<String>,
+    /// `/Author`.
+    pub author: Option<String>,
+    /// `/Creator`: the application that made the original document.
+    pub creator: Option<String>,
+    /// `/Producer`: the application that wrote the PDF.
+    pub producer: Option<String>,
+    /// `/CreationDate`.
+    pub creation_date: Option<String>,
+    /// `/ModDate`.
+    pub modification_date: Option<String>,
+}
+
+/// Text extracted from a PDF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    /// One entry per page, in page order; lines separated by `\n`. Fewer
+    /// entries than `page_count` when the text was truncated.
+    pub pages: Vec<String>,
+    /// The document's number of pages.
+    pub page_count: usize,
+    /// The document information dictionary.
+    pub metadata: Metadata,
+    /// Whether text was dropped to stay within [`Limits::max_chars`].
+    pub truncated: bool,
+}
+
+impl Extracted {
+    /// All pages' text, pages separated by a form feed (`\u{c}`), as
+    /// `pdftotext` does.
+    pub fn full_text(&self) -> String {
+        self.pages.join("\u{c}")
+    }
+
+    /// Number of whitespace-separated words.
+    pub fn word_count(&self) -> usize {
+        self.pages
+            .iter()
+            .map(|p| p.split_whitespace().count())
+            .sum()
+    }
+
+    /// Number of characters (Unicode scalar values) of [`Extracted::full_text`].
+    pub fn char_count(&self) -> usize {
+        let chars: usize = self.pages.iter().map(|p| p.chars().count()).sum();
+        chars + self.pages.len().saturating_sub(1)
+    }
+
+    /// The first `n` characters of the text, with runs of whitespace (line
+    /// breaks, form feeds) collapsed to single spaces.
+    pub fn preview(&self, n: usize) -> String {
+        let mut out = String::new();
+        let mut count = 0;
+        for word in self.pages.iter().flat_map(|p| p.split_whitespace()) {
+            for c in (!out.is_empty())
+                .then_some(' ')
+                .into_iter()
+                .chain(word.chars())
+            {
+                if count == n {
+                    return out;
+                }
+                out.push(c);
+                count += 1;
+            }
+        }
+        out
+    }
+}
+
+/// Extracts the text of a PDF, page by page, with its metadata.
+///
+/// Errors: [`ParseError::Empty`] for no bytes, [`ParseError::TooLarge`] and
+/// [`ParseError::TooManyPages`] over the limits, [`ParseError::Encrypted`]
+/// when a non-empty user password is needed, [`ParseError::Malformed`] for
+/// anything lopdf cannot read (including a panic inside it).
+pub fn extract_pdf(bytes: &[u8], limits: &Limits) -> Result<Extracted, ParseError> {
+    document::extract_pdf(bytes, limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lopdf::content::{Content, Operation};
+    use lopdf::{Dictionary, Document, Object, Stream, dictionary};
+
+    /// A PDF made with lopdf: one page per entry of `pages`, each a list of
+    /// (x, y, text) shown with Helvetica 12.
+    fn pdf(pages: &[&[(i64, i64, &str)]], title: Option<&str>) -> Vec<u8> {
+        let mut doc = Document::with_version("1.5");
+        let pages_id = doc.new_object_id();
+        let font_id = doc.add_object(dictionary! {
+            "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Helvetica",
+            "Encoding" => "WinAnsiEncoding",
+        });
+        let resources_id =
+            doc.add_object(dictionary! { "Font" => dictionary! { "F1" => font_id } });
+        let mut kids = vec![];
+        for lines in pages {
+            let mut operations = vec![];
+            for &(x, y, text) in lines.iter() {
+                operations.push(Operation::new("BT", vec![]));
+                operations.push(Operation::new("Tf", vec!["F1".into(), 12.into()]));
+                operations.push(Operation::new("Td", vec![x.into(), y.into()]));
+                operations.push(Operation::new("Tj", vec![Object::string_literal(text)]));
+                operations.push(Operation::new("ET", vec![]));
+            }
+            let content = Content { operations };
+            let content_id =
+                doc.add_object(Stream::new(Dictionary::new(), content.encode().unwrap()));
+            let page_id = doc.add_object(dictionary! {
+                "Type" => "Page", "Parent" => pages_id, "Contents" => content_id,
+            });
+            kids.push(page_id.into());
+        }
+        let count = kids.len() as i64;
+        doc.objects.insert(
+            pages_id,
+            Object::Dictionary(dictionary! {
+                "Type" => "Pages", "Kids" => kids, "Count" => count, "Resources" => resources_id,
+                "MediaBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
+            }),
+        );
+        let catalog_id = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
+        doc.trailer.set("Root", catalog_id);
+        if let Some(title) = title {
+            let info = doc.add_object(dictionary! {
+                "Title" => Object::string_literal(title), "Producer" => Object::string_literal("unit test"),
+            });
+            doc.trailer.set("Info", info);
+        }
+        let mut out = Vec::new();
+        doc.save_to(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn extracts_pages_lines_and_metadata() {
+        let bytes = pdf(
+            &[
+                &[(72, 700, "Hello world"), (72, 680, "second line")],
+                &[(72, 700, "Page two")],
+            ],
+            Some("A title"),
+        );
+        let x = extract_pdf(&bytes, &Limits::default()).unwrap();
+        assert_eq!(x.page_count, 2);
+        assert_eq!(x.pages, vec!["Hello world\nsecond line", "Page two"]);
+        assert_eq!(x.full_text(), "Hello world\nsecond line\u{c}Page two");
+        assert_eq!(x.word_count(), 6);
+        assert_eq!(x.char_count(), x.full_text().chars().count());
+        assert_eq!(x.preview(14), "Hello world se");
+        assert_eq!(x.metadata.title.as_deref(), Some("A title"));
+        assert_eq!(x.metadata.producer.as_deref(), Some("unit test"));
+        assert!(!x.truncated);
+    }
+
+    #[test]
+    fn separately_placed_words_on_one_line_get_a_space() {
+        let bytes = pdf(&[&[(72, 700, "left"), (300, 700, "right")]], None);
+        let x = extract_pdf(&bytes, &Limits::default()).unwrap();
+        assert_eq!(x.pages, vec!["left right"]);
+    }
+
+    #[test]
+    fn limits() {
+        let bytes = pdf(
+            &[
+                &[(72, 700, "one")],
+                &[(72, 700, "two")],
+                &[(72, 700, "three")],
+            ],
+            None,
+        );
+        let small = Limits {
+            max_bytes: 10,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            extract_pdf(&bytes, &small),
+            Err(ParseError::TooLarge { limit: 10, .. })
+        ));
+        let few = Limits {
+            max_pages: 2,
+            ..Limits::default()
+        };
+        assert_eq!(
+            extract_pdf(&bytes, &few),
+            Err(ParseError::TooManyPages { pages: 3, limit: 2 })
+        );
+        let short = Limits {
+            max_chars: 5,
+            ..Limits::default()
+        };
+        let x = extract_pdf(&bytes, &short).unwrap();
+        assert_eq!(x.full_text(), "one\u{c}t");
+        assert!(x.truncated);
+        assert_eq!(x.page_count, 3);
+    }
+
+    #[test]
+    fn empty_and_garbage() {
+        assert_eq!(extract_pdf(b"", &Limits::default()), Err(ParseError::Empty));
+        assert!(matches!(
+            extract_pdf(b"%PDF-1.4\n garbage", &Limits::default()),
+            Err(ParseError::Malformed(_))
+        ));
+    }
+}

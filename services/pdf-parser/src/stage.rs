@@ -1,0 +1,129 @@
+//! pdf-parser as a pipeline stage. PDFs get page count, Info metadata and
+//! their text; text/plain and text/markdown are passed through as UTF-8; any
+//! other type is skipped with the reason. The full text is written as a
+//! UTF-8 blob at a location derived from (artifact id, generation), so a
+//! replay overwrites it. Parsing runs on a blocking thread within a time
+//! limit; every parse error is a permanent failure.
+
+use crate::{Limits, extract_pdf, extract_text};
+use artifact_domain::{LocationVerified, ParseResult, Stage};
+use artifact_runtime::blob::BlobStore;
+use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
+use std::time::Duration;
+
+/// Characters of text kept in the outcome's preview.
+pub const PREVIEW_CHARS: usize = 280;
+
+/// The stage.
+pub struct ParseStage {
+    /// Where artifacts are read and texts written.
+    pub blobs: BlobStore,
+    /// Bounds per document.
+    pub limits: Limits,
+    /// Time limit per document.
+    pub timeout: Duration,
+}
+
+fn blob_error(e: artifact_runtime::blob::BlobError) -> StageError {
+    if e.is_retriable() {
+        StageError::Retriable(e.to_string())
+    } else {
+        StageError::Permanent(e.to_string())
+    }
+}
+
+impl StageLogic for ParseStage {
+    const STAGE: Stage = Stage::PdfParser;
+    type Input = LocationVerified;
+    type Result = ParseResult;
+
+    async fn process(
+        &self,
+        input: &LocationVerified,
+        _ctx: &RecordContext,
+    ) -> Result<Processed<ParseResult>, StageError> {
+        let context = input.context();
+        let mime = context
+            .detected_content_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into());
+        let kind = mime
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if !matches!(
+            kind.as_str(),
+            "application/pdf" | "text/plain" | "text/markdown"
+        ) {
+            return Ok(Processed::skipped(
+                format!("{kind} is not parseable"),
+                context,
+            ));
+        }
+        let bytes = self
+            .blobs
+            .read_all(&context.storage_location, self.limits.max_bytes as u64)
+            .await
+            .map_err(blob_error)?;
+        let limits = self.limits.clone();
+        let is_pdf = kind == "application/pdf";
+        let charset = mime
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("charset="))
+            .map(str::to_owned);
+        let work = tokio::task::spawn_blocking(move || {
+            if is_pdf {
+                extract_pdf(&bytes, &limits).map(Some)
+            } else {
+                extract_text(&bytes, charset.as_deref()).map(|t| {
+                    Some(crate::Extracted {
+                        page_count: 0,
+                        pages: vec![t],
+                        metadata: Default::default(),
+                        truncated: false,
+                    })
+                })
+            }
+        });
+        let extracted = match tokio::time::timeout(self.timeout, work).await {
+            Err(_) => {
+                return Err(StageError::Permanent(format!(
+                    "parsing took longer than the limit of {:?}",
+                    self.timeout
+                )));
+            }
+            Ok(Err(join)) => return Err(StageError::Permanent(format!("parser failed: {join}"))),
+            Ok(Ok(Err(e))) => return Err(StageError::Permanent(e.to_string())),
+            Ok(Ok(Ok(x))) => x.expect("always Some"),
+        };
+        let text = extracted.full_text();
+        let text_location = self.blobs.location(&format!(
+            "texts/{}/{}.txt",
+            input.artifact_id(),
+            input.generation()
+        ));
+        self.blobs
+            .put(&text_location, text.as_bytes())
+            .await
+            .map_err(blob_error)?;
+        let m = &extracted.metadata;
+        let result = ParseResult {
+            text_location: text_location.clone(),
+            page_count: is_pdf.then_some(extracted.page_count as i32),
+            word_count: extracted.word_count() as i64,
+            char_count: extracted.char_count() as i64,
+            preview: extracted.preview(PREVIEW_CHARS),
+            title: m.title.clone(),
+            author: m.author.clone(),
+            creator: m.creator.clone(),
+            producer: m.producer.clone(),
+            creation_date: m.creation_date.clone(),
+            modification_date: m.modification_date.clone(),
+        };
+        let mut context = context;
+        context.text_location = Some(text_location);
+        Ok(Processed::succeeded(result, context))
+    }
+}

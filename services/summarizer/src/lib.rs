@@ -1,0 +1,187 @@
+//! Built-in extractive summarizer.
+//!
+//! [`summarize`] splits a text into sentences ([`sentences`]), scores them by
+//! TextRank centrality over a TF-IDF cosine-similarity graph, and returns the
+//! best-scoring sentences, within [`SummaryOptions`] bounds, in their
+//! original order. Deterministic: equal scores are broken by position, and no
+//! randomness or hashing order is involved.
+//!
+//! Pure logic: no I/O, no async.
+
+mod rank;
+mod segment;
+pub mod stage;
+
+pub use segment::sentences;
+
+/// Bounds of a summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryOptions {
+    /// At most this many sentences (at least one is always returned for a
+    /// non-empty text). Default 3.
+    pub max_sentences: usize,
+    /// At most this many characters (Unicode scalar values) in the summary.
+    /// A single sentence longer than this is cut at a word boundary and ends
+    /// with `…`. Default 600.
+    pub max_chars: usize,
+}
+
+impl Default for SummaryOptions {
+    fn default() -> Self {
+        SummaryOptions {
+            max_sentences: 3,
+            max_chars: 600,
+        }
+    }
+}
+
+/// Only the first this-many sentences are ranked, bounding the quadratic
+/// similarity graph (2 000 sentences is about 40 pages of prose).
+pub const MAX_RANKED_SENTENCES: usize = 2000;
+
+/// Summarizes `text` by extracting its most central sentences, or `None`
+/// when the text is empty or only whitespace.
+///
+/// Sentences are joined with a single space, in the order they appear in
+/// the text. The result never exceeds `opts.max_chars` characters nor
+/// `opts.max_sentences` sentences.
+pub fn summarize(text: &str, opts: &SummaryOptions) -> Option<String> {
+    if opts.max_chars == 0 {
+        return None;
+    }
+    let mut all = sentences(text);
+    all.truncate(MAX_RANKED_SENTENCES);
+    if all.is_empty() {
+        return None;
+    }
+    let scores = rank::textrank(&all);
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    // Best score first; equal scores: earlier sentence first.
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+
+    let max_sentences = opts.max_sentences.max(1);
+    let mut picked: Vec<usize> = Vec::new();
+    let mut chars = 0;
+    for &i in &order {
+        if picked.len() == max_sentences {
+            break;
+        }
+        let len = all[i].chars().count() + usize::from(!picked.is_empty());
+        if chars + len <= opts.max_chars {
+            picked.push(i);
+            chars += len;
+        }
+    }
+    if picked.is_empty() {
+        return Some(cut(&all[order[0]], opts.max_chars));
+    }
+    picked.sort_unstable();
+    Some(
+        picked
+            .iter()
+            .map(|&i| all[i].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// Cuts `sentence` to at most `max_chars` characters, at a word boundary
+/// when there is one, ending with `…`.
+fn cut(sentence: &str, max_chars: usize) -> String {
+    let keep = max_chars.saturating_sub(1);
+    let prefix: String = sentence.chars().take(keep).collect();
+    let at_word = match prefix.rfind(char::is_whitespace) {
+        Some(i) if i > 0 => prefix[..i].trim_end().to_string(),
+        _ => prefix,
+    };
+    format!("{at_word}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "Solar panels convert sunlight into electricity. \
+        The weather was pleasant on Tuesday. \
+        Modern solar panels convert more sunlight into electricity than older panels. \
+        My cat likes to sleep on the sofa. \
+        Electricity from solar panels is cheaper when panels convert sunlight efficiently. \
+        The bakery sells bread.";
+
+    #[test]
+    fn empty_or_whitespace_is_none() {
+        assert_eq!(summarize("", &SummaryOptions::default()), None);
+        assert_eq!(summarize(" \n\t \u{c} ", &SummaryOptions::default()), None);
+    }
+
+    #[test]
+    fn picks_central_sentences_in_original_order() {
+        let opts = SummaryOptions {
+            max_sentences: 2,
+            max_chars: 1000,
+        };
+        let summary = summarize(TEXT, &opts).unwrap();
+        let picked = sentences(&summary);
+        assert_eq!(picked.len(), 2, "{summary}");
+        for sentence in &picked {
+            assert!(
+                sentence.contains("solar") || sentence.contains("Solar"),
+                "{summary}"
+            );
+        }
+        let all = sentences(TEXT);
+        let positions: Vec<usize> = picked
+            .iter()
+            .map(|p| all.iter().position(|s| s == p).unwrap())
+            .collect();
+        assert!(
+            positions[0] < positions[1],
+            "original order kept: {summary}"
+        );
+    }
+
+    #[test]
+    fn deterministic() {
+        let opts = SummaryOptions::default();
+        let first = summarize(TEXT, &opts);
+        for _ in 0..20 {
+            assert_eq!(summarize(TEXT, &opts), first);
+        }
+    }
+
+    #[test]
+    fn bounds_respected() {
+        for max_sentences in 1..5 {
+            for max_chars in [1, 10, 50, 80, 120, 300, 10_000] {
+                let opts = SummaryOptions {
+                    max_sentences,
+                    max_chars,
+                };
+                let s = summarize(TEXT, &opts).unwrap();
+                assert!(s.chars().count() <= max_chars, "{max_chars}: {s}");
+                assert!(sentences(&s).len() <= max_sentences, "{max_sentences}: {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_single_sentence_is_cut_at_a_word() {
+        let opts = SummaryOptions {
+            max_sentences: 1,
+            max_chars: 20,
+        };
+        let s = summarize("A rather long sentence without any full stop in it", &opts).unwrap();
+        assert_eq!(s, "A rather long…");
+    }
+
+    #[test]
+    fn ties_break_by_position() {
+        // Identical sentences score the same: the first ones win.
+        let text = "Alpha beta gamma. Alpha beta gamma. Alpha beta gamma.";
+        let opts = SummaryOptions {
+            max_sentences: 1,
+            max_chars: 100,
+        };
+        assert_eq!(summarize(text, &opts).unwrap(), "Alpha beta gamma.");
+    }
+}

@@ -1,0 +1,185 @@
+//! `bench-runner`: measures the stage runner against its baselines, in one
+//! run, on the same broker, with the same records:
+//!
+//! 1. raw: a plain rdkafka consumer + producer pair copying each record to
+//!    an output topic (no decode, no dedup, no transactions);
+//! 2. the no-op `test-stage` in at-least-once mode;
+//! 3. the same stage in exactly-once mode (transactions);
+//!
+//! each rate taken from the output records' timestamps (first to last), so
+//! process start-up is not counted. Then the dedup restore: 1 000 000 keys in
+//! one partition of a dedup topic, restore time and resident memory per key.
+//!
+//! Usage: `bench-runner [--records N] [--restore-keys N]` with the local
+//! stack up (KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL).
+
+use anyhow::Context;
+use artifact_domain::outcome::OutcomeStatus;
+use artifact_domain::{ArtifactId, Generation, Stage};
+use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
+use artifact_runtime::dedup::{DedupEntry, restore_partition};
+use artifact_runtime::kafka::{client_config, producer_config};
+use artifact_runtime::schemas::EventSchema;
+use clap::Parser;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// Records per throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    records: usize,
+    /// Keys for the restore measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    restore_keys: usize,
+    /// Partitions of the throughput topics.
+    #[arg(long, default_value_t = 6)]
+    partitions: usize,
+}
+
+fn stage_bin() -> PathBuf {
+    std::env::current_exe()
+        .expect("own path")
+        .with_file_name("test-stage")
+}
+
+/// Records per second between the first and the last output timestamp.
+fn rate_from_timestamps(env: &TestEnv, topic: &str) -> anyhow::Result<(usize, f64)> {
+    let msgs = env.read_all(topic)?;
+    let ts: Vec<i64> = msgs.iter().filter_map(|m| m.timestamp().to_millis()).collect();
+    let (min, max) = (ts.iter().min().copied().unwrap_or(0), ts.iter().max().copied().unwrap_or(0));
+    let secs = ((max - min) as f64 / 1000.0).max(0.001);
+    Ok((msgs.len(), msgs.len() as f64 / secs))
+}
+
+async fn fill(env: &TestEnv, n: usize) -> anyhow::Result<()> {
+    let events: Vec<_> = (0..n).map(|i| TestEnv::created(&format!("bench-{i}"))).collect();
+    for chunk in events.chunks(5_000) {
+        env.produce_created(chunk).await?;
+    }
+    Ok(())
+}
+
+async fn raw_pair(n: usize, partitions: usize) -> anyhow::Result<f64> {
+    let env = TestEnv::new(partitions).await?;
+    fill(&env, n).await?;
+    let out_topic = env.names.output(Stage::MimeDetector);
+    let consumer: BaseConsumer = client_config(&env.conn, "raw-bench")
+        .set("group.id", format!("{}.raw", env.conn.topic_prefix))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&env.names.created()])?;
+    let producer: FutureProducer = producer_config(&env.conn, "raw-bench")
+        .set("linger.ms", "5")
+        .create()?;
+    let mut copied = 0;
+    let mut pending = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while copied < n {
+        anyhow::ensure!(Instant::now() < deadline, "raw pair stalled at {copied}");
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            let rec = FutureRecord::to(&out_topic)
+                .key(m.key().unwrap_or_default())
+                .payload(m.payload().unwrap_or_default());
+            pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
+            copied += 1;
+        }
+    }
+    for p in pending {
+        p.await?.map_err(|(e, _)| e)?;
+    }
+    let (count, rate) = rate_from_timestamps(&env, &out_topic)?;
+    anyhow::ensure!(count == n, "raw pair wrote {count} of {n}");
+    Ok(rate)
+}
+
+async fn stage_run(n: usize, partitions: usize, delivery: &str) -> anyhow::Result<f64> {
+    let env = TestEnv::new(partitions).await?;
+    fill(&env, n).await?;
+    let out_topic = env.names.output(Stage::MimeDetector);
+    let _stage = StageProcess::start(&env, &stage_bin(), &[("DELIVERY", delivery.to_owned())])?;
+    wait_until("all records processed", Duration::from_secs(600), || async {
+        env.read_all(&out_topic).map(|v| v.len()).unwrap_or(0) >= n
+    })
+    .await?;
+    let (count, rate) = rate_from_timestamps(&env, &out_topic)?;
+    anyhow::ensure!(count == n, "{delivery} wrote {count} outcomes for {n} inputs");
+    Ok(rate)
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+async fn restore_bench(keys: usize) -> anyhow::Result<(f64, f64, usize)> {
+    let env = TestEnv::new(1).await?;
+    let topic = env.names.dedup(Stage::MimeDetector);
+    let producer: FutureProducer = producer_config(&env.conn, "restore-bench")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut pending = Vec::with_capacity(10_000);
+    for i in 0..keys {
+        let e = DedupEntry {
+            artifact_id: ArtifactId::new_random(),
+            generation: Generation::FIRST,
+            outcome_status: OutcomeStatus::Succeeded,
+            processed_at: i as i64,
+        };
+        let payload = env.codec.encode(&topic, EventSchema::DedupEntry, &e).await?;
+        let key = e.artifact_id.to_string();
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(&topic).partition(0).key(&key).payload(&payload))
+                .map_err(|(e, _)| e)?,
+        );
+        if pending.len() == 10_000 {
+            for p in pending.drain(..) {
+                p.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for p in pending.drain(..) {
+        p.await?.map_err(|(e, _)| e)?;
+    }
+    let before = rss_bytes();
+    let started = Instant::now();
+    let restored = restore_partition(&env.conn, &env.codec, &topic, 0, Duration::from_secs(600))
+        .await
+        .context("restoring")?;
+    let secs = started.elapsed().as_secs_f64();
+    let after = rss_bytes();
+    let n = restored.entries.len();
+    anyhow::ensure!(n == keys, "restored {n} of {keys} keys");
+    let per_key = (after.saturating_sub(before)) as f64 / n as f64;
+    drop(restored);
+    Ok((secs, per_key, n))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let n = args.records;
+    println!("records per run: {n}, partitions: {}", args.partitions);
+    let raw = raw_pair(n, args.partitions).await?;
+    println!("raw consume+produce pair:   {raw:>9.0} records/s");
+    let alo = stage_run(n, args.partitions, "at-least-once").await?;
+    println!("no-op stage, at-least-once: {alo:>9.0} records/s");
+    let eos = stage_run(n, args.partitions, "exactly-once").await?;
+    println!("no-op stage, exactly-once:  {eos:>9.0} records/s");
+    println!(
+        "exactly-once / raw = {:.0}%, exactly-once / at-least-once = {:.0}%",
+        100.0 * eos / raw,
+        100.0 * eos / alo
+    );
+    let (secs, per_key, keys) = restore_bench(args.restore_keys).await?;
+    println!("dedup restore: {keys} keys in {secs:.2} s ({:.0} keys/s), {per_key:.0} bytes resident per key", keys as f64 / secs);
+    Ok(())
+}
