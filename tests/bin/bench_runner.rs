@@ -6,8 +6,8 @@
 //! 2. the no-op `test-stage` in at-least-once mode;
 //! 3. the same stage in exactly-once mode (transactions);
 //!
-//! each rate taken from the output records' timestamps (first to last), so
-//! process start-up is not counted. Then the dedup restore: 1 000 000 keys in
+//! each rate taken from the output records' broker append times (first to
+//! last), so process start-up is not counted. Then the dedup restore: 1 000 000 keys in
 //! one partition of a dedup topic, restore time and resident memory per key.
 //!
 //! Usage: `bench-runner [--records N] [--restore-keys N]` with the local
@@ -38,9 +38,24 @@ struct Args {
     /// Partitions of the throughput topics.
     #[arg(long, default_value_t = 6)]
     partitions: usize,
+    /// The stage binary (default: `test-stage` beside this one); e.g. a
+    /// wrapper that runs it under a profiler.
+    #[arg(long)]
+    stage_bin: Option<PathBuf>,
+    /// Runs only the stage in this delivery mode (no baselines, no restore).
+    #[arg(long, value_parser = ["exactly-once", "at-least-once"])]
+    only: Option<String>,
+    /// Rounds of each throughput variant; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
-fn stage_bin() -> PathBuf {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn default_stage_bin() -> PathBuf {
     std::env::current_exe()
         .expect("own path")
         .with_file_name("test-stage")
@@ -49,14 +64,35 @@ fn stage_bin() -> PathBuf {
 /// Records per second between the first and the last output timestamp.
 fn rate_from_timestamps(env: &TestEnv, topic: &str) -> anyhow::Result<(usize, f64)> {
     let msgs = env.read_all(topic)?;
-    let ts: Vec<i64> = msgs.iter().filter_map(|m| m.timestamp().to_millis()).collect();
-    let (min, max) = (ts.iter().min().copied().unwrap_or(0), ts.iter().max().copied().unwrap_or(0));
+    let ts: Vec<i64> = msgs
+        .iter()
+        .filter_map(|m| m.timestamp().to_millis())
+        .collect();
+    let (min, max) = (
+        ts.iter().min().copied().unwrap_or(0),
+        ts.iter().max().copied().unwrap_or(0),
+    );
     let secs = ((max - min) as f64 / 1000.0).max(0.001);
     Ok((msgs.len(), msgs.len() as f64 / secs))
 }
 
+/// Output timestamps are the broker's append times, so every variant is
+/// timed by the same clock at the same place.
+async fn broker_timestamps(env: &TestEnv, topic: &str) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin = artifact_runtime::kafka::admin_client(&env.conn)?;
+    let cfg = AlterConfig::new(ResourceSpecifier::Topic(topic))
+        .set("message.timestamp.type", "LogAppendTime");
+    for r in admin.alter_configs(&[cfg], &AdminOptions::new()).await? {
+        r.map_err(|(_, e)| anyhow::anyhow!("altering {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
 async fn fill(env: &TestEnv, n: usize) -> anyhow::Result<()> {
-    let events: Vec<_> = (0..n).map(|i| TestEnv::created(&format!("bench-{i}"))).collect();
+    let events: Vec<_> = (0..n)
+        .map(|i| TestEnv::created(&format!("bench-{i}")))
+        .collect();
     for chunk in events.chunks(5_000) {
         env.produce_created(chunk).await?;
     }
@@ -67,6 +103,7 @@ async fn raw_pair(n: usize, partitions: usize) -> anyhow::Result<f64> {
     let env = TestEnv::new(partitions).await?;
     fill(&env, n).await?;
     let out_topic = env.names.output(Stage::MimeDetector);
+    broker_timestamps(&env, &out_topic).await?;
     let consumer: BaseConsumer = client_config(&env.conn, "raw-bench")
         .set("group.id", format!("{}.raw", env.conn.topic_prefix))
         .set("auto.offset.reset", "earliest")
@@ -97,23 +134,38 @@ async fn raw_pair(n: usize, partitions: usize) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-async fn stage_run(n: usize, partitions: usize, delivery: &str) -> anyhow::Result<f64> {
+async fn stage_run(
+    bin: &std::path::Path,
+    n: usize,
+    partitions: usize,
+    delivery: &str,
+) -> anyhow::Result<f64> {
     let env = TestEnv::new(partitions).await?;
     fill(&env, n).await?;
     let out_topic = env.names.output(Stage::MimeDetector);
-    let _stage = StageProcess::start(&env, &stage_bin(), &[("DELIVERY", delivery.to_owned())])?;
-    wait_until("all records processed", Duration::from_secs(600), || async {
-        env.read_all(&out_topic).map(|v| v.len()).unwrap_or(0) >= n
-    })
+    broker_timestamps(&env, &out_topic).await?;
+    let _stage = StageProcess::start(&env, bin, &[("DELIVERY", delivery.to_owned())])?;
+    wait_until(
+        "all records processed",
+        Duration::from_secs(600),
+        || async { env.read_all(&out_topic).map(|v| v.len()).unwrap_or(0) >= n },
+    )
     .await?;
     let (count, rate) = rate_from_timestamps(&env, &out_topic)?;
-    anyhow::ensure!(count == n, "{delivery} wrote {count} outcomes for {n} inputs");
+    anyhow::ensure!(
+        count == n,
+        "{delivery} wrote {count} outcomes for {n} inputs"
+    );
     Ok(rate)
 }
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -133,11 +185,19 @@ async fn restore_bench(keys: usize) -> anyhow::Result<(f64, f64, usize)> {
             outcome_status: OutcomeStatus::Succeeded,
             processed_at: i as i64,
         };
-        let payload = env.codec.encode(&topic, EventSchema::DedupEntry, &e).await?;
+        let payload = env
+            .codec
+            .encode(&topic, EventSchema::DedupEntry, &e)
+            .await?;
         let key = e.artifact_id.to_string();
         pending.push(
             producer
-                .send_result(FutureRecord::to(&topic).partition(0).key(&key).payload(&payload))
+                .send_result(
+                    FutureRecord::to(&topic)
+                        .partition(0)
+                        .key(&key)
+                        .payload(&payload),
+                )
                 .map_err(|(e, _)| e)?,
         );
         if pending.len() == 10_000 {
@@ -167,19 +227,42 @@ async fn restore_bench(keys: usize) -> anyhow::Result<(f64, f64, usize)> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let n = args.records;
-    println!("records per run: {n}, partitions: {}", args.partitions);
-    let raw = raw_pair(n, args.partitions).await?;
-    println!("raw consume+produce pair:   {raw:>9.0} records/s");
-    let alo = stage_run(n, args.partitions, "at-least-once").await?;
-    println!("no-op stage, at-least-once: {alo:>9.0} records/s");
-    let eos = stage_run(n, args.partitions, "exactly-once").await?;
-    println!("no-op stage, exactly-once:  {eos:>9.0} records/s");
+    let bin = args.stage_bin.clone().unwrap_or_else(default_stage_bin);
+    if let Some(mode) = &args.only {
+        let rate = stage_run(&bin, n, args.partitions, mode).await?;
+        println!("no-op stage, {mode}: {rate:.0} records/s");
+        return Ok(());
+    }
+    println!(
+        "records per run: {n}, partitions: {}, rounds: {}",
+        args.partitions, args.rounds
+    );
+    let (mut raw, mut alo, mut eos) = (vec![], vec![], vec![]);
+    // Interleaved rounds, so drift on the machine touches every variant alike.
+    for round in 1..=args.rounds {
+        raw.push(raw_pair(n, args.partitions).await?);
+        alo.push(stage_run(&bin, n, args.partitions, "at-least-once").await?);
+        eos.push(stage_run(&bin, n, args.partitions, "exactly-once").await?);
+        println!(
+            "round {round}: raw {:.0}, at-least-once {:.0}, exactly-once {:.0} records/s",
+            raw[round - 1],
+            alo[round - 1],
+            eos[round - 1]
+        );
+    }
+    let (raw, alo, eos) = (median(raw), median(alo), median(eos));
+    println!("median raw consume+produce pair:   {raw:>9.0} records/s");
+    println!("median no-op stage, at-least-once: {alo:>9.0} records/s");
+    println!("median no-op stage, exactly-once:  {eos:>9.0} records/s");
     println!(
         "exactly-once / raw = {:.0}%, exactly-once / at-least-once = {:.0}%",
         100.0 * eos / raw,
         100.0 * eos / alo
     );
     let (secs, per_key, keys) = restore_bench(args.restore_keys).await?;
-    println!("dedup restore: {keys} keys in {secs:.2} s ({:.0} keys/s), {per_key:.0} bytes resident per key", keys as f64 / secs);
+    println!(
+        "dedup restore: {keys} keys in {secs:.2} s ({:.0} keys/s), {per_key:.0} bytes resident per key",
+        keys as f64 / secs
+    );
     Ok(())
 }

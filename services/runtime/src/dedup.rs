@@ -171,6 +171,8 @@ pub async fn restore_partition(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
+        // Reaching the end is the goal: do not let the broker hold fetches.
+        .set("fetch.wait.max.ms", "10")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "52428800")
         .create_with_context(QuietEof)

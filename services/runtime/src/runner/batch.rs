@@ -250,8 +250,15 @@ impl<S: StageLogic> StageRunner<S> {
         let offsets = commit_offsets(items);
         let started = Instant::now();
         self.commit(consumer, producer, &outs, offsets).await?;
+        let commit_secs = started.elapsed().as_secs_f64();
         metrics::histogram!("artifact_stage_transaction_commit_seconds", "stage" => name)
-            .record(started.elapsed().as_secs_f64());
+            .record(commit_secs);
+        tracing::debug!(
+            records = items.len(),
+            produced = outs.len(),
+            commit_secs,
+            "batch committed"
+        );
 
         // 5. The transaction committed: the state follows.
         for (p, id, generation) in recorded {
@@ -421,6 +428,9 @@ impl<S: StageLogic> StageRunner<S> {
                     Err((e, _)) => return Err(txn_error("produce", e)),
                 }
             }
+            // Wait for every acknowledgement before the offsets move: at
+            // least once needs it, and in a transaction it names a failed
+            // record early and keeps the commit's own flush short.
             for d in deliveries {
                 match d.await {
                     Ok(Ok(_)) => {}

@@ -33,10 +33,11 @@ pub struct RunnerConfig {
     pub delivery: Delivery,
 
     /// A transaction closes after this many input records…
-    #[arg(long, env = "TRANSACTION_MAX_RECORDS", default_value_t = 500)]
+    #[arg(long, env = "TRANSACTION_MAX_RECORDS", default_value_t = 2000)]
     pub transaction_max_records: usize,
 
-    /// …or this many milliseconds after its first record, whichever is first.
+    /// …or this many milliseconds after its first record, whichever is
+    /// first; it closes earlier when no more records are buffered.
     #[arg(long, env = "TRANSACTION_MAX_MS", default_value_t = 100)]
     pub transaction_max_ms: u64,
 

@@ -6,7 +6,6 @@
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -64,18 +63,41 @@ impl StageContext {
 }
 
 impl ClientContext for StageContext {
-    fn stats(&self, stats: Statistics) {
-        for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!(
-                        "artifact_pipeline_consumer_lag",
-                        "consumer_group" => self.group.clone(),
-                        "topic" => topic.clone(),
-                        "partition" => partition.to_string(),
-                    )
-                    .set(p.consumer_lag as f64);
+    /// Reads only what the lag gauge needs from librdkafka's statistics JSON
+    /// (its full schema changes between librdkafka versions).
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            tracing::warn!("unreadable librdkafka statistics");
+            return;
+        };
+        let Some(topics) = stats.get("topics").and_then(|t| t.as_object()) else {
+            return;
+        };
+        for (topic, t) in topics {
+            let Some(partitions) = t.get("partitions").and_then(|p| p.as_object()) else {
+                continue;
+            };
+            for (partition, p) in partitions {
+                let num = |k: &str| p.get(k).and_then(|v| v.as_i64()).unwrap_or(-1);
+                let assigned = p.get("fetch_state").and_then(|f| f.as_str()) != Some("none");
+                // Offsets committed through transactions are unknown to
+                // librdkafka's own `consumer_lag`, so lag is the last stable
+                // offset minus the position handed to the stage (or the
+                // committed offset, when known and ahead).
+                let position = num("app_offset").max(num("committed_offset"));
+                let Some(lag) = lag(num("ls_offset"), position) else {
+                    continue;
+                };
+                if partition.starts_with('-') || !assigned {
+                    continue;
                 }
+                metrics::gauge!(
+                    "artifact_pipeline_consumer_lag",
+                    "consumer_group" => self.group.clone(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.clone(),
+                )
+                .set(lag as f64);
             }
         }
     }
@@ -124,5 +146,31 @@ impl ConsumerContext for StageContext {
                 a.to_restore.insert(p);
             }
         }
+    }
+}
+
+/// Records behind: the end of the partition minus the position, when both
+/// are known (an empty partition has no lag whatever the position).
+fn lag(end: i64, position: i64) -> Option<i64> {
+    match (end, position) {
+        (e, _) if e < 0 => None,
+        (0, _) => Some(0),
+        (_, p) if p < 0 => None,
+        (e, p) => Some((e - p).max(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lag;
+
+    #[test]
+    fn lag_needs_both_ends_known() {
+        assert_eq!(lag(10, 4), Some(6));
+        assert_eq!(lag(10, 10), Some(0));
+        assert_eq!(lag(10, 12), Some(0));
+        assert_eq!(lag(0, -1001), Some(0));
+        assert_eq!(lag(10, -1001), None);
+        assert_eq!(lag(-1001, 3), None);
     }
 }

@@ -39,6 +39,7 @@ use crate::stage::StageLogic;
 use crate::telemetry::Health;
 use crate::topics::{TopicNames, partition_counts};
 use context::{Assignment, StageContext};
+use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
@@ -135,6 +136,46 @@ impl<S: StageLogic> StageRunner<S> {
             health,
             group,
         })
+    }
+
+    /// A record from the retry topic joins the batch when due and nothing of
+    /// its partition is held; otherwise it is held, in order, and its
+    /// partition paused until the head is due.
+    fn on_retry_record(
+        &self,
+        msg: OwnedMessage,
+        epoch: u64,
+        retry_consumer: &StreamConsumer,
+        delayed: &mut BTreeMap<i32, VecDeque<Delayed>>,
+        items: &mut Vec<Item>,
+    ) {
+        let delivery = header(&msg, retry::ATTEMPT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        let not_before_ms = header(&msg, retry::NOT_BEFORE)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let p = msg.partition();
+        let item = Item {
+            msg,
+            source: Source::Retry,
+            delivery,
+            epoch,
+        };
+        let queue = delayed.entry(p).or_default();
+        if queue.is_empty() && not_before_ms <= now_ms() {
+            items.push(item);
+            return;
+        }
+        if queue.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition(&self.names.retry(S::STAGE), p);
+            let _ = retry_consumer.pause(&tpl);
+        }
+        queue.push_back(Delayed {
+            item,
+            not_before_ms,
+        });
     }
 
     /// Checks that the stage's topics exist with one partition count.
@@ -281,50 +322,56 @@ impl<S: StageLogic> StageRunner<S> {
         let window = Duration::from_millis(self.cfg.transaction_max_ms);
 
         while !*shutdown.borrow() {
-            // Collect a batch.
+            // Collect a batch: wait (briefly) for a first record, then take
+            // what the clients have already buffered, without waiting, up to
+            // N records or T ms. Under load batches grow to N by themselves;
+            // at low load a record never waits for a batch to fill.
             let mut items: Vec<Item> = Vec::new();
             let idle_until = Instant::now() + Duration::from_millis(250);
-            let mut batch_until: Option<Instant> = None;
-            while items.len() < max_records {
-                let until = batch_until.unwrap_or(idle_until);
+            while items.is_empty() {
                 let epoch = assignment.lock().expect("assignment lock").epoch;
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
                     m = consumer.recv() => match m {
-                        Ok(m) => {
-                            items.push(Item { msg: m.detach(), source: Source::Input, delivery: 1, epoch });
-                        }
+                        Ok(m) => items.push(Item { msg: m.detach(), source: Source::Input, delivery: 1, epoch }),
                         Err(e) => {
                             tracing::warn!(error = %e, "consumer error");
                             self.health.set_not_ready(format!("Kafka consumer error: {e}"));
                         }
                     },
                     m = retry_consumer.recv() => match m {
-                        Ok(m) => {
-                            let msg = m.detach();
-                            let delivery = header(&msg, retry::ATTEMPT).and_then(|v| v.parse().ok()).unwrap_or(2);
-                            let not_before_ms = header(&msg, retry::NOT_BEFORE).and_then(|v| v.parse().ok()).unwrap_or(0);
-                            let p = msg.partition();
-                            let item = Item { msg, source: Source::Retry, delivery, epoch };
-                            let queue = delayed.entry(p).or_default();
-                            if queue.is_empty() && not_before_ms <= now_ms() {
-                                items.push(item);
-                            } else {
-                                if queue.is_empty() {
-                                    let mut tpl = TopicPartitionList::new();
-                                    let _ = tpl.add_partition(&retry_topic, p);
-                                    let _ = retry_consumer.pause(&tpl);
-                                }
-                                queue.push_back(Delayed { item, not_before_ms });
-                            }
-                        }
+                        Ok(m) => self.on_retry_record(m.detach(), epoch, &retry_consumer, &mut delayed, &mut items),
                         Err(e) => tracing::warn!(error = %e, "retry consumer error"),
                     },
-                    _ = tokio::time::sleep_until(until.into()) => break,
+                    _ = tokio::time::sleep_until(idle_until.into()) => break,
                 }
-                if batch_until.is_none() && !items.is_empty() {
-                    batch_until = Some(Instant::now() + window);
+            }
+            let batch_until = Instant::now() + window;
+            while !items.is_empty() && items.len() < max_records && Instant::now() < batch_until {
+                let epoch = assignment.lock().expect("assignment lock").epoch;
+                let mut got = false;
+                if let Some(Ok(m)) = consumer.recv().now_or_never() {
+                    items.push(Item {
+                        msg: m.detach(),
+                        source: Source::Input,
+                        delivery: 1,
+                        epoch,
+                    });
+                    got = true;
+                }
+                if let Some(Ok(m)) = retry_consumer.recv().now_or_never() {
+                    self.on_retry_record(
+                        m.detach(),
+                        epoch,
+                        &retry_consumer,
+                        &mut delayed,
+                        &mut items,
+                    );
+                    got = true;
+                }
+                if !got {
+                    break;
                 }
             }
 
@@ -354,40 +401,45 @@ impl<S: StageLogic> StageRunner<S> {
                 dedup.drop_partition(p);
                 delayed.remove(&p);
             }
-            for p in to_restore {
+            if !to_restore.is_empty() {
                 let topic = self.names.dedup(stage);
-                self.health
-                    .set_not_ready(format!("restoring dedup state of partition {p}"));
-                let started = Instant::now();
-                match restore_partition(
-                    &self.conn,
-                    &self.codec,
-                    &topic,
-                    p,
-                    Duration::from_millis(self.cfg.restore_timeout_ms),
-                )
-                .await
-                {
-                    Ok(r) => {
-                        let secs = started.elapsed().as_secs_f64();
-                        metrics::histogram!("artifact_stage_restore_seconds", "stage" => stage.name()).record(secs);
-                        tracing::info!(
-                            partition = p,
-                            keys = r.entries.len(),
-                            records = r.records,
-                            undecodable = r.undecodable,
-                            secs,
-                            "dedup state restored"
-                        );
-                        let mut a = assignment.lock().expect("assignment lock");
-                        // Still ours and not revoked meanwhile: install it.
-                        if a.owned.contains(&p) && a.to_restore.remove(&p) {
-                            dedup.install(p, r.entries);
-                        }
+                self.health.set_not_ready(format!(
+                    "restoring dedup state of partitions {to_restore:?}"
+                ));
+                let timeout = Duration::from_millis(self.cfg.restore_timeout_ms);
+                // Partitions restore concurrently, each from its own reader.
+                let (conn, codec) = (&self.conn, &self.codec);
+                let restores = to_restore.iter().map(|p| {
+                    let topic = topic.clone();
+                    async move {
+                        let started = Instant::now();
+                        let r = restore_partition(conn, codec, &topic, *p, timeout).await;
+                        (*p, r, started.elapsed().as_secs_f64())
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, partition = p, "dedup restore failed; will retry");
-                        self.health.set_not_ready(e.to_string());
+                });
+                for (p, result, secs) in futures::future::join_all(restores).await {
+                    match result {
+                        Ok(r) => {
+                            metrics::histogram!("artifact_stage_restore_seconds", "stage" => stage.name())
+                                .record(secs);
+                            tracing::info!(
+                                partition = p,
+                                keys = r.entries.len(),
+                                records = r.records,
+                                undecodable = r.undecodable,
+                                secs,
+                                "dedup state restored"
+                            );
+                            let mut a = assignment.lock().expect("assignment lock");
+                            // Still ours and not revoked meanwhile: install it.
+                            if a.owned.contains(&p) && a.to_restore.remove(&p) {
+                                dedup.install(p, r.entries);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, partition = p, "dedup restore failed; will retry");
+                            self.health.set_not_ready(e.to_string());
+                        }
                     }
                 }
             }
