@@ -1,9 +1,17 @@
-//! `artifact-api`: the upload API and read model of the artifact pipeline. It
-//! loads and validates its configuration; the HTTP API is not built yet, so it
-//! says so and exits with status 2 rather than pretend to serve anything.
+//! `artifact-api`: the upload API, read model and projector.
 
-use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig, HttpConfig};
+use artifact_api::app::{AppState, router};
+use artifact_api::auth::Tokens;
+use artifact_api::readmodel::{StatusTable, follow_status_topic};
+use artifact_runtime::blob::BlobStore;
+use artifact_runtime::codec::AvroCodec;
+use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig};
+use artifact_runtime::kafka::producer_config;
+use artifact_runtime::telemetry::{Health, health_router, init_logging, metrics_handle};
+use artifact_runtime::topics::TopicNames;
 use clap::Parser;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The artifact API.
 #[derive(Debug, Parser)]
@@ -12,25 +20,92 @@ struct Config {
     #[command(flatten)]
     conn: ConnectionConfig,
     #[command(flatten)]
-    http: HttpConfig,
-    #[command(flatten)]
     blobs: BlobStoreConfig,
+    /// Address to serve the API, health and metrics on.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: std::net::SocketAddr,
+    /// Bearer tokens accepted on write endpoints, comma-separated. Empty:
+    /// writes are open (a warning is logged).
+    #[arg(long, env = "API_TOKENS", default_value = "", hide_env_values = true)]
+    api_tokens: String,
+    /// A file with one token per line, added to API_TOKENS.
+    #[arg(long, env = "API_TOKENS_FILE")]
+    api_tokens_file: Option<std::path::PathBuf>,
+    /// Require a token on reads too.
+    #[arg(long, env = "API_PROTECT_READS", default_value_t = false)]
+    protect_reads: bool,
+    /// Largest upload, in bytes.
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 100 << 20)]
+    max_upload_bytes: u64,
+    /// Consumer group of the projector task.
+    #[arg(long, env = "PROJECTOR_GROUP", default_value = "artifact-projector")]
+    projector_group: String,
 }
 
-/// Where the API serves HTTP unless `HTTP_ADDR` says otherwise.
-const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
-
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
     let cfg = Config::parse();
     cfg.conn.validate()?;
-    let blobs = cfg.blobs.url()?;
-    let http = cfg
-        .http
-        .http_addr
-        .map_or(DEFAULT_HTTP_ADDR.to_owned(), |a| a.to_string());
-    eprintln!(
-        "artifact-api: configuration valid (kafka {}, registry {}, blobs {blobs}, http {http}); the HTTP API is not built yet",
-        cfg.conn.kafka_bootstrap_servers, cfg.conn.schema_registry_url
-    );
-    std::process::exit(2);
+    let blobs = BlobStore::from_url(&cfg.blobs.url()?)?;
+    let mut tokens = cfg.api_tokens.clone();
+    if let Some(f) = &cfg.api_tokens_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("API_TOKENS_FILE {}: {e}", f.display()))?;
+        tokens = format!("{tokens},{}", text.lines().collect::<Vec<_>>().join(","));
+    }
+    let tokens = Tokens::parse(&tokens);
+    if tokens.is_empty() {
+        tracing::warn!(
+            "API_TOKENS is empty: write endpoints are open to anyone who can reach the API"
+        );
+    }
+    let codec = Arc::new(AvroCodec::new(&cfg.conn.schema_registry_url)?);
+    let producer = producer_config(&cfg.conn, "artifact-api")
+        .set("message.timeout.ms", "10000")
+        .create()?;
+    let table = Arc::new(StatusTable::default());
+    let state = AppState {
+        names: TopicNames::from_config(&cfg.conn),
+        codec: codec.clone(),
+        producer,
+        blobs,
+        table: table.clone(),
+        tokens,
+        protect_reads: cfg.protect_reads,
+        max_upload_bytes: cfg.max_upload_bytes,
+    };
+
+    let health = Health::not_ready("restoring the read model from the status topic");
+    tokio::spawn(follow_status_topic(
+        cfg.conn.clone(),
+        codec.clone(),
+        table.clone(),
+    ));
+    let projector = tokio::spawn(artifact_api::projector::run_projector(
+        cfg.conn.clone(),
+        codec.clone(),
+        cfg.projector_group.clone(),
+    ));
+    {
+        let (health, table) = (health.clone(), table.clone());
+        tokio::spawn(async move {
+            while !table.is_restored() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            health.set_ready();
+        });
+    }
+
+    let app = router(state).merge(health_router(health, metrics_handle()));
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve HTTP on {}: {e}", cfg.http_addr))?;
+    tracing::info!(addr = %cfg.http_addr, "artifact-api serving");
+    tokio::select! {
+        r = axum::serve(listener, app) => r?,
+        r = projector => anyhow::bail!("projector stopped: {:?}", r),
+        _ = artifact_runtime::service::shutdown_signal() => tracing::info!("shutting down"),
+    }
+    Ok(())
 }

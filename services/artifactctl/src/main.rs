@@ -1,17 +1,39 @@
 //! `artifactctl`: the operator's command line for the artifact pipeline.
 
+mod api;
+mod ops;
+
 use anyhow::Context;
+use artifact_domain::Stage;
 use artifact_runtime::config::ConnectionConfig;
 use artifact_runtime::schemas::RegistryAdmin;
 use artifact_runtime::topics::{TopicNames, ensure_topics};
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// Operate the artifact pipeline: topics, schemas.
+/// Operate the artifact pipeline: topics, schemas, uploads, status, lag, dead letters.
 #[derive(Debug, Parser)]
 #[command(name = "artifactctl", version, about)]
 struct Cli {
     #[command(flatten)]
     conn: ConnectionConfig,
+    /// Base URL of artifact-api.
+    #[arg(
+        long,
+        env = "ARTIFACT_API_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    api_url: String,
+    /// Bearer token for artifact-api's write endpoints.
+    #[arg(
+        long,
+        env = "ARTIFACT_API_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +49,49 @@ enum Command {
     Schemas {
         #[command(subcommand)]
         command: SchemasCommand,
+    },
+    /// Uploads files through artifact-api.
+    Upload {
+        /// Files to upload.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Declared MIME type (default: from the file extension, if known).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Waits until every artifact reached a final state, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Shows an artifact's status (JSON).
+    Status {
+        /// Artifact id.
+        id: String,
+    },
+    /// Writes an ArtifactCreated straight to Kafka, as an external producer would.
+    Produce {
+        /// Where the bytes are (file:///… under the blob store root).
+        #[arg(long)]
+        storage_location: String,
+        /// Declared MIME type.
+        #[arg(long)]
+        content_type: Option<String>,
+        /// File name, for display.
+        #[arg(long)]
+        filename: Option<String>,
+    },
+    /// Consumer lag of every stage on its input topic.
+    Lag {
+        /// Prefix of the stages' consumer groups (groups are `<prefix><stage>`).
+        #[arg(long, default_value = "")]
+        group_prefix: String,
+    },
+    /// A stage's dead-letter topic.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
 }
 
@@ -52,11 +117,26 @@ enum SchemasCommand {
     Register,
 }
 
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Lists the dead letters of a stage with their errors.
+    List {
+        /// mime-detector, location-logger, pdf-parser or summarizer.
+        stage: Stage,
+    },
+    /// Produces a stage's dead letters back to the topics they came from.
+    Replay {
+        /// mime-detector, location-logger, pdf-parser or summarizer.
+        stage: Stage,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.conn.validate()?;
     let names = TopicNames::from_config(&cli.conn);
+    let api = api::Api::new(&cli.api_url, cli.token.clone());
     match cli.command {
         Command::Topics {
             command:
@@ -107,6 +187,121 @@ async fn main() -> anyhow::Result<()> {
                 "{} subjects registered with BACKWARD compatibility",
                 registered.len()
             );
+        }
+        Command::Upload {
+            files,
+            content_type,
+            wait,
+            timeout,
+        } => {
+            let mut ids = vec![];
+            for f in &files {
+                let a = api.upload(f, content_type.as_deref(), None).await?;
+                let name = f
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                println!(
+                    "uploaded {} as {} (generation {})",
+                    f.display(),
+                    a.artifact_id,
+                    a.generation
+                );
+                ids.push((a.artifact_id, a.generation, name));
+            }
+            if wait {
+                let done = api.wait(&ids, Duration::from_secs(timeout)).await?;
+                println!();
+                for v in done {
+                    let name = v.context.filename.clone().unwrap_or_default();
+                    match (&v.failed_stage, &v.summary) {
+                        (Some(stage), _) => println!(
+                            "{name}: FAILED at {stage}: {}",
+                            v.failure_reason.as_deref().unwrap_or_default()
+                        ),
+                        (None, Some(s)) => println!("{name}: COMPLETED, summary: {s}"),
+                        (None, None) => {
+                            let why = v
+                                .timeline
+                                .iter()
+                                .rev()
+                                .find_map(|r| r.outcome.reason())
+                                .unwrap_or_default();
+                            println!("{name}: COMPLETED without a summary ({why})")
+                        }
+                    }
+                }
+            }
+        }
+        Command::Status { id } => match api.status(&id).await? {
+            Some(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+            None => anyhow::bail!("no artifact {id} (yet)"),
+        },
+        Command::Produce {
+            storage_location,
+            content_type,
+            filename,
+        } => {
+            let event = ops::external_event(&storage_location, content_type, filename);
+            ops::produce(&cli.conn, &event).await?;
+            println!("{}", event.artifact_id);
+        }
+        Command::Lag { group_prefix } => {
+            let conn = cli.conn.clone();
+            let rows =
+                tokio::task::spawn_blocking(move || ops::lag(&conn, &group_prefix)).await??;
+            println!(
+                "{:<18} {:<36} {:>9} {:>10} {:>10} {:>8}",
+                "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG"
+            );
+            for r in &rows {
+                let committed = r.committed.map_or("-".to_owned(), |c| c.to_string());
+                println!(
+                    "{:<18} {:<36} {:>9} {:>10} {:>10} {:>8}",
+                    r.group,
+                    r.topic,
+                    r.partition,
+                    committed,
+                    r.end,
+                    r.lag()
+                );
+            }
+            println!(
+                "total lag: {}",
+                rows.iter().map(ops::LagRow::lag).sum::<i64>()
+            );
+        }
+        Command::Dlq {
+            command: DlqCommand::List { stage },
+        } => {
+            let conn = cli.conn.clone();
+            let letters =
+                tokio::task::spawn_blocking(move || ops::read_dlq(&conn, stage)).await??;
+            for m in &letters {
+                use rdkafka::Message;
+                println!(
+                    "{}:{} key={} kind={} source={}/{}@{} error={}",
+                    m.partition(),
+                    m.offset(),
+                    m.key().map(String::from_utf8_lossy).unwrap_or_default(),
+                    ops::header(m, "x-error-kind").unwrap_or_default(),
+                    ops::header(m, "x-source-topic").unwrap_or_default(),
+                    ops::header(m, "x-source-partition").unwrap_or_default(),
+                    ops::header(m, "x-source-offset").unwrap_or_default(),
+                    ops::header(m, "x-error").unwrap_or_default(),
+                );
+            }
+            println!("{} dead letters in {}", letters.len(), names.dlq(stage));
+        }
+        Command::Dlq {
+            command: DlqCommand::Replay { stage },
+        } => {
+            let conn = cli.conn.clone();
+            let letters =
+                tokio::task::spawn_blocking(move || ops::read_dlq(&conn, stage)).await??;
+            let n = ops::replay(&cli.conn, &letters).await?;
+            println!("replayed {n} dead letters of {stage} to their source topics");
         }
     }
     Ok(())

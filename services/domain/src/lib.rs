@@ -22,4 +22,4 @@ pub use events::{
 pub use ids::{ArtifactId, Generation, InvalidArtifactId, InvalidGeneration};
 pub use outcome::{FailureKind, Outcome};
 pub use stage::Stage;
-pub use status::{ArtifactState, ArtifactStatus, IllegalTransition, StageRecord};
+pub use status::{ArtifactState, ArtifactStatus, IllegalTransition, StageRecord, StatusView};

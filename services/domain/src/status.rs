@@ -43,6 +43,71 @@ pub struct StageRecord {
     pub processed_at: i64,
 }
 
+/// The read-model snapshot of one artifact, as written to the status topic
+/// (`schemas/artifact-status.avsc`) and served by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// The artifact.
+    pub artifact_id: ArtifactId,
+    /// The newest generation seen.
+    pub generation: Generation,
+    /// Where it stands.
+    pub state: ArtifactState,
+    /// The stage it waits on; `None` once final.
+    pub current_stage: Option<Stage>,
+    /// The stage that failed permanently, if any.
+    pub failed_stage: Option<Stage>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// The newest context known (location, types, size, digest, text location).
+    pub context: ArtifactContext,
+    /// Page count, once pdf-parser succeeded on a PDF.
+    pub page_count: Option<i32>,
+    /// Word count of the extracted text.
+    pub word_count: Option<i64>,
+    /// The summary, once summarizer succeeded.
+    pub summary: Option<String>,
+    /// `extractive` or `llm:<model>`.
+    pub summary_method: Option<String>,
+    /// Per-stage outcomes of this generation, in stage order.
+    pub timeline: Vec<StageRecord>,
+    /// When this generation was created (epoch ms).
+    pub created_at: Option<i64>,
+    /// The latest timestamp among the folded events (epoch ms).
+    pub updated_at: i64,
+}
+
+impl ArtifactStatus {
+    /// The snapshot of this status.
+    pub fn view(&self) -> StatusView {
+        let parse = match self.stage_event(Stage::PdfParser) {
+            Some(PipelineEvent::Parsed(p)) => p.result.as_ref(),
+            _ => None,
+        };
+        let summary = match self.stage_event(Stage::Summarizer) {
+            Some(PipelineEvent::Summarized(s)) => s.result.as_ref(),
+            _ => None,
+        };
+        let failure = self.failure();
+        StatusView {
+            artifact_id: self.artifact_id,
+            generation: self.generation,
+            state: self.state(),
+            current_stage: self.current_stage(),
+            failed_stage: failure.map(|f| f.0),
+            failure_reason: failure.map(|f| f.1.to_owned()),
+            context: self.context().unwrap_or_default(),
+            page_count: parse.and_then(|p| p.page_count),
+            word_count: parse.map(|p| p.word_count),
+            summary: summary.map(|s| s.summary.clone()),
+            summary_method: summary.map(|s| s.method.clone()),
+            timeline: self.timeline(),
+            created_at: self.created.as_ref().map(|c| c.created_at),
+            updated_at: self.updated_at().unwrap_or_default(),
+        }
+    }
+}
+
 /// Why an event is not the legal next step for an artifact, in order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IllegalTransition {

@@ -264,3 +264,32 @@ async fn registry_enforces_backward_compatibility() {
         .unwrap();
     assert_ne!(second.id, first.id);
 }
+
+#[tokio::test]
+async fn status_snapshots_round_trip() {
+    let conn = conn();
+    let names = TopicNames::from_config(&conn);
+    let codec = AvroCodec::new(&conn.schema_registry_url).unwrap();
+    let id = ArtifactId::new_random();
+    let created = ArtifactCreated {
+        artifact_id: id,
+        generation: Generation::FIRST,
+        storage_location: "file:///data/blobs/x".into(),
+        declared_content_type: Some("application/pdf".into()),
+        filename: Some("r.pdf".into()),
+        size_bytes: Some(10),
+        sha256: None,
+        created_at: 5,
+    };
+    let mut parsed: Parsed = stage_event(None, Outcome::permanent("corrupt xref"));
+    parsed.artifact_id = id;
+    parsed.generation = Generation::FIRST;
+    let view = ArtifactStatus::fold([
+        PipelineEvent::Created(created),
+        PipelineEvent::Parsed(parsed),
+    ])
+    .unwrap()
+    .view();
+    assert_eq!(view.failed_stage, Some(Stage::PdfParser));
+    round_trip(&codec, &names.status(), EventSchema::ArtifactStatus, &view).await;
+}

@@ -418,3 +418,34 @@ proptest! {
         prop_assert!(s.created().is_some());
     }
 }
+
+#[test]
+fn the_view_names_state_failure_and_results() {
+    let id = ArtifactId::new_random();
+    let mut s = ArtifactStatus::fold(full_run(id, g(1))).unwrap();
+    let v = s.view();
+    assert_eq!(v.state, ArtifactState::Completed);
+    assert_eq!(v.summary.as_deref(), Some("short"));
+    assert_eq!(v.summary_method.as_deref(), Some("extractive"));
+    assert_eq!(v.timeline.len(), 4);
+    assert_eq!(v.created_at, Some(1_000));
+    assert_eq!(v.updated_at, 1_040);
+    assert_eq!(v.failed_stage, None);
+
+    s.apply(created(id, g(2)));
+    s.apply(stage_event(
+        id,
+        g(2),
+        Stage::MimeDetector,
+        Outcome::permanent("unreadable"),
+    ));
+    let v = s.view();
+    assert_eq!(v.generation, g(2));
+    assert_eq!(v.state, ArtifactState::Failed);
+    assert_eq!(v.failed_stage, Some(Stage::MimeDetector));
+    assert_eq!(v.failure_reason.as_deref(), Some("unreadable"));
+    assert_eq!(
+        v.summary, None,
+        "a new generation starts without the old results"
+    );
+}

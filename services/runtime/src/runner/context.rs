@@ -80,14 +80,16 @@ impl ClientContext for StageContext {
             for (partition, p) in partitions {
                 let num = |k: &str| p.get(k).and_then(|v| v.as_i64()).unwrap_or(-1);
                 let assigned = p.get("fetch_state").and_then(|f| f.as_str()) != Some("none");
-                // Offsets committed through transactions are unknown to
-                // librdkafka's own `consumer_lag`, so lag is the last stable
-                // offset minus the position handed to the stage (or the
-                // committed offset, when known and ahead).
-                let position = num("app_offset").max(num("committed_offset"));
-                let Some(lag) = lag(num("ls_offset"), position) else {
+                // librdkafka's own `consumer_lag` is -1 when offsets are
+                // committed through transactions, and offsets alone count
+                // transaction markers as records. Lag is therefore what is
+                // not fetched yet (last stable offset minus the fetch
+                // position, which moves past markers) plus what is fetched
+                // but not yet handed to the stage.
+                let Some(behind) = lag(num("ls_offset"), num("next_offset")) else {
                     continue;
                 };
+                let lag = behind + num("fetchq_cnt").max(0);
                 if partition.starts_with('-') || !assigned {
                     continue;
                 }

@@ -1,0 +1,422 @@
+//! The HTTP API: routes, handlers and the OpenAPI document generated from
+//! them.
+
+use crate::auth::Tokens;
+use crate::problem::Problem;
+use crate::readmodel::StatusTable;
+use crate::upload;
+use artifact_domain::{ArtifactCreated, ArtifactId, ArtifactState, Generation, StatusView};
+use artifact_runtime::blob::BlobStore;
+use artifact_runtime::codec::AvroCodec;
+use artifact_runtime::schemas::EventSchema;
+use artifact_runtime::topics::TopicNames;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::{OpenApi, ToSchema};
+
+/// Artifact ids derived from idempotency keys live in this UUID namespace.
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1c_2a0e_8b7d_4e52_9c3a_51d7_e0b4_a913);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Topic names.
+    pub names: TopicNames,
+    /// Avro codec on the registry.
+    pub codec: Arc<AvroCodec>,
+    /// Idempotent producer (acks=all).
+    pub producer: FutureProducer,
+    /// Blob store.
+    pub blobs: BlobStore,
+    /// The read model.
+    pub table: Arc<StatusTable>,
+    /// Accepted bearer tokens.
+    pub tokens: Tokens,
+    /// Whether reads need a token too.
+    pub protect_reads: bool,
+    /// Largest upload, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+impl AppState {
+    fn check_write(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        if self.tokens.allows(headers) {
+            Ok(())
+        } else {
+            Err(Problem::unauthorized())
+        }
+    }
+
+    fn check_read(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        if self.protect_reads {
+            self.check_write(headers)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn publish(&self, event: &ArtifactCreated) -> Result<(), Problem> {
+        let topic = self.names.created();
+        let payload = self
+            .codec
+            .encode(&topic, EventSchema::ArtifactCreated, event)
+            .await
+            .map_err(|e| {
+                Problem::unavailable(format!(
+                    "{e}; the upload is kept, retry with the same Idempotency-Key"
+                ))
+            })?;
+        let key = event.artifact_id.to_string();
+        self.producer
+            .send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(15))
+            .await
+            .map_err(|(e, _)| {
+                Problem::unavailable(format!(
+                    "publishing to Kafka failed ({e}); the upload is kept, retry with the same Idempotency-Key"
+                ))
+            })?;
+        Ok(())
+    }
+}
+
+/// An accepted upload or reprocess.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    /// The artifact's id.
+    pub artifact_id: String,
+    /// The generation started.
+    pub generation: u32,
+    /// Where its status is served.
+    pub status_url: String,
+    /// Size in bytes.
+    pub size_bytes: Option<i64>,
+    /// Lowercase hex SHA-256.
+    pub sha256: Option<String>,
+}
+
+/// Upload query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct UploadQuery {
+    /// The file name, for display (raw uploads).
+    pub filename: Option<String>,
+}
+
+/// List query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Only artifacts in this state: PENDING, IN_PROGRESS, COMPLETED or FAILED.
+    pub state: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size (1–500, default 50).
+    pub limit: Option<usize>,
+}
+
+/// A page of artifacts.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    /// The artifacts, by id.
+    pub items: Vec<StatusView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn parse_id(id: &str) -> Result<ArtifactId, Problem> {
+    id.parse()
+        .map_err(|e: artifact_domain::InvalidArtifactId| Problem::bad_request(e.to_string()))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Upload an artifact.
+///
+/// Multipart (field `file`) or a raw body with its `Content-Type` and a
+/// `filename` query parameter. Streams to the blob store, then publishes
+/// `ArtifactCreated`. With an `Idempotency-Key`, the same key and bytes give
+/// the same artifact (a retry after a 503 completes the upload); the same
+/// key with other bytes is refused with 409. Needs a bearer token.
+#[utoipa::path(
+    post,
+    path = "/v1/artifacts",
+    tag = "artifacts",
+    params(UploadQuery, ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The artifact's bytes, or multipart/form-data with a `file` field"),
+    responses(
+        (status = 202, description = "Stored and published", body = Accepted),
+        (status = 401, description = "No valid bearer token"),
+        (status = 409, description = "Idempotency-Key reused for other bytes"),
+        (status = 413, description = "Larger than MAX_UPLOAD_BYTES"),
+        (status = 503, description = "Kafka or the registry unavailable; retry with the same Idempotency-Key"),
+    )
+)]
+pub async fn upload_artifact(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<UploadQuery>,
+    req: Request,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    st.check_write(&headers)?;
+    let limit = st.max_upload_bytes;
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit + 64 * 1024
+    {
+        metrics::counter!("artifact_api_uploads_total", "outcome" => "too_large").increment(1);
+        return Err(upload::too_large(limit));
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (staged, declared, filename) = if content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("multipart/form-data"))
+    {
+        let mut mp = Multipart::from_request(req, &st)
+            .await
+            .map_err(|e| Problem::bad_request(format!("not a multipart body: {e}")))?;
+        let mut found = None;
+        while let Some(field) = mp
+            .next_field()
+            .await
+            .map_err(|e| Problem::bad_request(format!("bad multipart body: {e}")))?
+        {
+            if field.name() != Some("file") {
+                continue;
+            }
+            let filename = field.file_name().map(str::to_owned);
+            let declared = field.content_type().map(str::to_owned);
+            let chunks = field.map(|c| c.map_err(|e| e.to_string())).boxed();
+            found = Some((
+                upload::stage(&st.blobs, chunks, limit).await,
+                declared,
+                filename,
+            ));
+            break;
+        }
+        let (staged, declared, filename) =
+            found.ok_or_else(|| Problem::bad_request("multipart body has no `file` field"))?;
+        (staged, declared, filename)
+    } else {
+        let chunks = req
+            .into_body()
+            .into_data_stream()
+            .map(|c| c.map_err(|e| e.to_string()))
+            .boxed();
+        (
+            upload::stage(&st.blobs, chunks, limit).await,
+            content_type,
+            q.filename,
+        )
+    };
+    let staged = staged.inspect_err(|p| {
+        let outcome = if p.status == 413 {
+            "too_large"
+        } else {
+            "failed"
+        };
+        metrics::counter!("artifact_api_uploads_total", "outcome" => outcome).increment(1);
+    })?;
+
+    let id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        Some(key) if !key.trim().is_empty() => ArtifactId::from_uuid(uuid::Uuid::new_v5(
+            &IDEMPOTENCY_NAMESPACE,
+            key.trim().as_bytes(),
+        )),
+        _ => ArtifactId::new_random(),
+    };
+    let (size, sha) = (staged.size as i64, staged.sha256.clone());
+    let location = upload::artifact_location(&st.blobs, id);
+    upload::commit(&st.blobs, staged, &location).await?;
+    let generation = st.table.get(id).map_or(Generation::FIRST, |v| v.generation);
+    let event = ArtifactCreated {
+        artifact_id: id,
+        generation,
+        storage_location: location,
+        declared_content_type: declared
+            .filter(|d| !d.is_empty() && d != "application/octet-stream"),
+        filename: filename.map(|f| f.chars().take(255).collect()),
+        size_bytes: Some(size),
+        sha256: Some(sha.clone()),
+        created_at: now_ms(),
+    };
+    st.publish(&event).await.inspect_err(|_| {
+        metrics::counter!("artifact_api_uploads_total", "outcome" => "unpublished").increment(1);
+    })?;
+    metrics::counter!("artifact_api_uploads_total", "outcome" => "accepted").increment(1);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            artifact_id: id.to_string(),
+            generation: generation.get(),
+            status_url: format!("/v1/artifacts/{id}"),
+            size_bytes: Some(size),
+            sha256: Some(sha),
+        }),
+    ))
+}
+
+/// An artifact's status: state, generation, per-stage timeline, detected
+/// type, size, digest, page count, summary.
+#[utoipa::path(get, path = "/v1/artifacts/{id}", tag = "artifacts",
+    params(("id" = String, Path, description = "Artifact id (UUID)")),
+    responses((status = 200, description = "The status (fields of schemas/artifact-status.avsc)"), (status = 404, description = "Unknown artifact")))]
+pub async fn get_artifact(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<StatusView>, Problem> {
+    st.check_read(&headers)?;
+    let id = parse_id(&id)?;
+    st.table.get(id).map(Json).ok_or_else(|| {
+        Problem::not_found(format!(
+            "no artifact {id} (yet): uploads appear within moments"
+        ))
+    })
+}
+
+/// Artifacts by id, optionally in one state, a page at a time.
+#[utoipa::path(get, path = "/v1/artifacts", tag = "artifacts", params(ListQuery),
+    responses((status = 200, description = "`items` and `next_cursor`"), (status = 400, description = "Bad state, cursor or limit")))]
+pub async fn list_artifacts(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page>, Problem> {
+    st.check_read(&headers)?;
+    let state = q
+        .state
+        .as_deref()
+        .map(|s| {
+            serde_json::from_value::<ArtifactState>(serde_json::Value::String(
+                s.to_ascii_uppercase(),
+            ))
+            .map_err(|_| {
+                Problem::bad_request(format!(
+                    "state {s:?} is not one of PENDING, IN_PROGRESS, COMPLETED, FAILED"
+                ))
+            })
+        })
+        .transpose()?;
+    let cursor = q.cursor.as_deref().map(parse_id).transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(Problem::bad_request("limit must be between 1 and 500"));
+    }
+    let (items, next) = st.table.list(state, cursor, limit);
+    Ok(Json(Page {
+        items,
+        next_cursor: next.map(|n| n.to_string()),
+    }))
+}
+
+/// The extracted text of an artifact (UTF-8, pages separated by form feeds).
+#[utoipa::path(get, path = "/v1/artifacts/{id}/text", tag = "artifacts",
+    params(("id" = String, Path, description = "Artifact id (UUID)")),
+    responses((status = 200, description = "The text", content_type = "text/plain"), (status = 404, description = "Unknown artifact, or no text (yet)")))]
+pub async fn get_text(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    st.check_read(&headers)?;
+    let id = parse_id(&id)?;
+    let view = st
+        .table
+        .get(id)
+        .ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
+    let location = view.context.text_location.ok_or_else(|| {
+        Problem::not_found(format!(
+            "artifact {id} has no extracted text (state {:?})",
+            view.state
+        ))
+    })?;
+    let bytes = st.blobs.read_all(&location, 256 << 20).await.map_err(|e| {
+        if e.is_retriable() {
+            Problem::unavailable(e.to_string())
+        } else {
+            Problem::internal(e.to_string())
+        }
+    })?;
+    Ok(([("content-type", "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+/// Starts a new generation of an artifact: every stage runs again.
+#[utoipa::path(post, path = "/v1/artifacts/{id}/reprocess", tag = "artifacts",
+    params(("id" = String, Path, description = "Artifact id (UUID)")),
+    responses((status = 202, description = "The new generation was published", body = Accepted), (status = 401, description = "No valid bearer token"), (status = 404, description = "Unknown artifact")))]
+pub async fn reprocess(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    st.check_write(&headers)?;
+    let id = parse_id(&id)?;
+    let view = st
+        .table
+        .get(id)
+        .ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
+    let generation = view.generation.next();
+    let c = &view.context;
+    let event = ArtifactCreated {
+        artifact_id: id,
+        generation,
+        storage_location: c.storage_location.clone(),
+        declared_content_type: c.declared_content_type.clone(),
+        filename: c.filename.clone(),
+        size_bytes: c.size_bytes,
+        sha256: c.sha256.clone(),
+        created_at: now_ms(),
+    };
+    st.publish(&event).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            artifact_id: id.to_string(),
+            generation: generation.get(),
+            status_url: format!("/v1/artifacts/{id}"),
+            size_bytes: c.size_bytes,
+            sha256: c.sha256.clone(),
+        }),
+    ))
+}
+
+/// The OpenAPI document of the routes above.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "artifact-pipeline API",
+        description = "Upload artifacts and follow them through the pipeline."
+    ),
+    paths(upload_artifact, get_artifact, list_artifacts, get_text, reprocess),
+    components(schemas(Accepted))
+)]
+pub struct ApiDoc;
+
+/// The API's routes (health and metrics are merged in by the binary).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/artifacts", post(upload_artifact).get(list_artifacts))
+        .route("/v1/artifacts/{id}", get(get_artifact))
+        .route("/v1/artifacts/{id}/text", get(get_text))
+        .route("/v1/artifacts/{id}/reprocess", post(reprocess))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        // Uploads enforce MAX_UPLOAD_BYTES themselves, while streaming.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}

@@ -1,0 +1,201 @@
+//! Talking to artifact-api: uploads, status, and waiting with a progress
+//! display.
+
+use anyhow::{Context, bail};
+use artifact_domain::{ArtifactState, StatusView};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// An API endpoint and its token.
+pub struct Api {
+    /// Base URL, e.g. http://127.0.0.1:8080.
+    pub url: String,
+    /// Bearer token, if any.
+    pub token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// What an upload answered.
+#[derive(Debug, serde::Deserialize)]
+pub struct Accepted {
+    /// The artifact.
+    pub artifact_id: String,
+    /// Its generation.
+    pub generation: u32,
+}
+
+fn guess_type(path: &Path) -> Option<&'static str> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "pdf" => Some("application/pdf"),
+        "txt" => Some("text/plain"),
+        "md" => Some("text/markdown"),
+        "png" => Some("image/png"),
+        "jpg" | "jpeg" => Some("image/jpeg"),
+        "json" => Some("application/json"),
+        _ => None,
+    }
+}
+
+impl Api {
+    /// A client.
+    pub fn new(url: &str, token: Option<String>) -> Self {
+        Api {
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()
+                .expect("HTTP client builds"),
+        }
+    }
+
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// Uploads a file (raw body, declared type from `content_type` or the extension).
+    pub async fn upload(
+        &self,
+        path: &Path,
+        content_type: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<Accepted> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("upload");
+        let mut rb = self
+            .http
+            .post(format!(
+                "{}/v1/artifacts?filename={}",
+                self.url,
+                percent_encode(name)
+            ))
+            .body(bytes);
+        if let Some(t) = content_type.or_else(|| guess_type(path)) {
+            rb = rb.header("content-type", t);
+        }
+        if let Some(k) = idempotency_key {
+            rb = rb.header("idempotency-key", k);
+        }
+        let resp = self
+            .auth(rb)
+            .send()
+            .await
+            .with_context(|| format!("artifact-api at {} did not answer", self.url))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("upload of {} refused: {status}: {body}", path.display());
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// An artifact's status, `None` while the API does not know it yet.
+    pub async fn status(&self, id: &str) -> anyhow::Result<Option<StatusView>> {
+        let resp = self
+            .auth(self.http.get(format!("{}/v1/artifacts/{id}", self.url)))
+            .send()
+            .await
+            .with_context(|| format!("artifact-api at {} did not answer", self.url))?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(resp.json().await?)),
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s => bail!(
+                "status of {id}: {s}: {}",
+                resp.text().await.unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Waits until every artifact reached a final state of at least its
+    /// generation, printing a line whenever one moves on.
+    pub async fn wait(
+        &self,
+        ids: &[(String, u32, String)],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<StatusView>> {
+        let deadline = Instant::now() + timeout;
+        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            let mut done = vec![];
+            for (id, generation, name) in ids {
+                let Some(v) = self.status(id).await? else {
+                    continue;
+                };
+                if v.generation.get() < *generation {
+                    continue;
+                }
+                let line = progress_line(&v, name);
+                if last.get(id) != Some(&line) {
+                    println!("{line}");
+                    last.insert(id.clone(), line);
+                }
+                if matches!(v.state, ArtifactState::Completed | ArtifactState::Failed) {
+                    done.push(v);
+                }
+            }
+            if done.len() == ids.len() {
+                return Ok(done);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {} artifacts reached a final state within {timeout:?}",
+                    done.len(),
+                    ids.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// `id name: stage=outcome … -> STATE`
+pub fn progress_line(v: &StatusView, name: &str) -> String {
+    let stages: Vec<String> = v
+        .timeline
+        .iter()
+        .map(|r| format!("{}={}", r.stage.name(), r.outcome.label()))
+        .collect();
+    format!(
+        "{} {name} (gen {}): {} -> {:?}",
+        v.artifact_id,
+        v.generation,
+        if stages.is_empty() {
+            "waiting".to_owned()
+        } else {
+            stages.join(" ")
+        },
+        v.state
+    )
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_encode;
+
+    #[test]
+    fn names_are_percent_encoded() {
+        assert_eq!(percent_encode("a b&c.pdf"), "a%20b%26c.pdf");
+        assert_eq!(percent_encode("é"), "%C3%A9");
+    }
+}

@@ -1,0 +1,225 @@
+//! Kafka-side operations: producing `ArtifactCreated` as an external producer
+//! would, consumer lag per stage, and the dead-letter topics.
+
+use anyhow::Context;
+use artifact_domain::{ArtifactCreated, ArtifactId, Generation, Stage};
+use artifact_runtime::codec::AvroCodec;
+use artifact_runtime::config::ConnectionConfig;
+use artifact_runtime::kafka::{client_config, producer_config};
+use artifact_runtime::retry;
+use artifact_runtime::schemas::EventSchema;
+use artifact_runtime::topics::{TopicNames, partition_counts};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::Duration;
+
+/// Writes one `ArtifactCreated` straight to `<prefix>.created`.
+pub async fn produce(conn: &ConnectionConfig, event: &ArtifactCreated) -> anyhow::Result<()> {
+    let topic = TopicNames::from_config(conn).created();
+    let codec = AvroCodec::new(&conn.schema_registry_url)?;
+    let payload = codec
+        .encode(&topic, EventSchema::ArtifactCreated, event)
+        .await?;
+    let producer: FutureProducer = producer_config(conn, "artifactctl").create()?;
+    let key = event.artifact_id.to_string();
+    producer
+        .send(
+            FutureRecord::to(&topic).key(&key).payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("producing to {topic}"))?;
+    Ok(())
+}
+
+/// A new external event.
+pub fn external_event(
+    location: &str,
+    content_type: Option<String>,
+    filename: Option<String>,
+) -> ArtifactCreated {
+    ArtifactCreated {
+        artifact_id: ArtifactId::new_random(),
+        generation: Generation::FIRST,
+        storage_location: location.to_owned(),
+        declared_content_type: content_type,
+        filename,
+        size_bytes: None,
+        sha256: None,
+        created_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    }
+}
+
+/// One row of `artifactctl lag`.
+#[derive(Debug)]
+pub struct LagRow {
+    /// Consumer group.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Committed offset (`None`: nothing committed yet).
+    pub committed: Option<i64>,
+    /// End (high watermark).
+    pub end: i64,
+}
+
+impl LagRow {
+    /// Records behind.
+    pub fn lag(&self) -> i64 {
+        (self.end - self.committed.unwrap_or(0)).max(0)
+    }
+}
+
+/// Committed offset, end and lag of every stage's group on its input topic.
+pub fn lag(conn: &ConnectionConfig, group_prefix: &str) -> anyhow::Result<Vec<LagRow>> {
+    let names = TopicNames::from_config(conn);
+    let timeout = Duration::from_secs(10);
+    let mut rows = vec![];
+    for stage in Stage::ALL {
+        let topic = names.input(stage);
+        let group = format!("{group_prefix}{}", stage.name());
+        let n = *partition_counts(conn, std::slice::from_ref(&topic), timeout)?
+            .get(&topic)
+            .with_context(|| format!("topic {topic} does not exist"))?;
+        let consumer: BaseConsumer = client_config(conn, "artifactctl-lag")
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..n as i32 {
+            tpl.add_partition(&topic, p);
+        }
+        let committed = consumer.committed_offsets(tpl, timeout)?;
+        for e in committed.elements() {
+            let (_, high) = consumer.fetch_watermarks(&topic, e.partition(), timeout)?;
+            let committed = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            // Transactions end with a marker that takes an offset but is no
+            // record: one offset behind may be nothing at all. Look.
+            let end = match committed {
+                Some(c) if high - c == 1 && only_markers_from(conn, &topic, e.partition(), c)? => c,
+                _ => high,
+            };
+            rows.push(LagRow {
+                group: group.clone(),
+                topic: topic.clone(),
+                partition: e.partition(),
+                committed,
+                end,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Whether a `read_committed` reader finds no record from `offset` to the end.
+fn only_markers_from(
+    conn: &ConnectionConfig,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> anyhow::Result<bool> {
+    let consumer: BaseConsumer = client_config(conn, "artifactctl-lag-probe")
+        .set("group.id", "artifactctl-lag-probe-unused")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(true),
+            Some(Ok(_)) => return Ok(false),
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+    Ok(false)
+}
+
+/// Every record of a stage's dead-letter topic.
+pub fn read_dlq(conn: &ConnectionConfig, stage: Stage) -> anyhow::Result<Vec<OwnedMessage>> {
+    let topic = TopicNames::from_config(conn).dlq(stage);
+    let timeout = Duration::from_secs(10);
+    let n = *partition_counts(conn, std::slice::from_ref(&topic), timeout)?
+        .get(&topic)
+        .with_context(|| format!("topic {topic} does not exist"))?;
+    let consumer: BaseConsumer = client_config(conn, "artifactctl-dlq")
+        .set("group.id", "artifactctl-dlq-unused")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n as i32 {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = vec![];
+    let mut at_end = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while at_end.len() < n && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => out.push(m.detach()),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A header as text.
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Produces dead letters back to the topic they came from (their key, value
+/// and trace header), e.g. after the schema they need was registered.
+pub async fn replay(conn: &ConnectionConfig, letters: &[OwnedMessage]) -> anyhow::Result<usize> {
+    let producer: FutureProducer = producer_config(conn, "artifactctl-replay").create()?;
+    let mut n = 0;
+    for m in letters {
+        let Some(topic) = header(m, retry::SOURCE_TOPIC) else {
+            continue;
+        };
+        let mut headers = OwnedHeaders::new();
+        if let Some(tp) = header(m, "traceparent") {
+            headers = headers.insert(Header {
+                key: "traceparent",
+                value: Some(&tp),
+            });
+        }
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
+            .payload(m.payload().unwrap_or_default())
+            .headers(headers);
+        if let Some(k) = m.key() {
+            rec = rec.key(k);
+        }
+        producer
+            .send(rec, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)?;
+        n += 1;
+    }
+    Ok(n)
+}
