@@ -5,7 +5,7 @@
 use artifact_domain::{ArtifactId, ArtifactState, StatusView};
 use artifact_runtime::codec::AvroCodec;
 use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::client_config;
+use artifact_runtime::kafka::{QuietEof, client_config};
 use artifact_runtime::topics::{TopicNames, partition_counts};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -105,12 +105,12 @@ pub async fn follow_status_topic(
             }
         }
     };
-    let consumer: StreamConsumer = client_config(&conn, "artifact-api-readmodel")
+    let consumer: StreamConsumer<QuietEof> = client_config(&conn, "artifact-api-readmodel")
         .set("group.id", "artifact-api-readmodel-unused")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
-        .create()?;
+        .create_with_context(QuietEof)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)?;

@@ -6,14 +6,13 @@
 
 use crate::codec::{AvroCodec, CodecError};
 use crate::config::ConnectionConfig;
+use crate::kafka::QuietEof;
 use crate::kafka::client_config;
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::{ArtifactId, DedupDecision, Generation, decide};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -121,24 +120,6 @@ pub enum RestoreError {
         timeout: Duration,
     },
 }
-
-/// A client context that does not log reaching the end of a partition as an
-/// error: for a restore, that is the goal.
-struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            tracing::error!(%error, reason, "dedup restore consumer error");
-        }
-    }
-}
-
-impl ConsumerContext for QuietEof {}
 
 /// What a restore read.
 #[derive(Debug, Default)]

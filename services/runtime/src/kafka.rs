@@ -5,7 +5,8 @@
 use crate::config::ConnectionConfig;
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::ConsumerContext;
 
 /// A Kafka operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,28 @@ impl KafkaError {
         }
     }
 }
+
+/// A client context for readers that read to the end of partitions
+/// (`enable.partition.eof`): reaching the end is their goal, not an error
+/// worth a log line. Other errors are logged.
+pub struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            rdkafka::error::KafkaError::PartitionEOF(_)
+                | rdkafka::error::KafkaError::Global(
+                    rdkafka::types::RDKafkaErrorCode::PartitionEOF
+                )
+        );
+        if !eof {
+            tracing::error!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
 
 /// Base client config: bootstrap servers, client id, extra properties.
 pub fn client_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig {

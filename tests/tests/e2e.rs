@@ -1,0 +1,490 @@
+//! End to end on the real stack, every service as its own process: the four
+//! stages and artifact-api (with its projector), documents made at test
+//! time, uploads through the HTTP API and an external producer's event
+//! through artifactctl.
+
+use artifact_domain::{ArtifactState, Outcome, Parsed, Stage, StatusView};
+use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const TOKEN: &str = "e2e-token";
+const MAX_UPLOAD: u64 = 2 << 20;
+
+fn bin(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_test-stage")).with_file_name(name)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixtures() -> PathBuf {
+    let dir = repo().join("target/fixtures/pdf");
+    let ok = Command::new("bash")
+        .arg(repo().join("scripts/fixtures/make-pdfs.sh"))
+        .arg(&dir)
+        .status()
+        .expect("make-pdfs.sh runs")
+        .success();
+    assert!(ok, "scripts/fixtures/make-pdfs.sh failed");
+    dir
+}
+
+/// The stages and the API on one topic prefix and blob root.
+struct Pipeline {
+    env: TestEnv,
+    blobs: PathBuf,
+    stages: HashMap<&'static str, StageProcess>,
+    api: Option<StageProcess>,
+    api_url: String,
+    http: reqwest::Client,
+}
+
+impl Pipeline {
+    async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::new(3).await?;
+        let blobs = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&blobs)?;
+        let mut p = Pipeline {
+            env,
+            blobs,
+            stages: HashMap::new(),
+            api: None,
+            api_url: String::new(),
+            http: reqwest::Client::new(),
+        };
+        for name in [
+            "mime-detector",
+            "location-logger",
+            "pdf-parser",
+            "summarizer",
+        ] {
+            p.start_stage(name)?;
+        }
+        p.start_api().await?;
+        Ok(p)
+    }
+
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BLOB_STORE_URL", format!("file://{}", self.blobs.display())),
+            ("RETRY_INLINE_ATTEMPTS", "2".into()),
+            ("RETRY_DELAY_MS", "300".into()),
+        ]
+    }
+
+    fn start_stage(&mut self, name: &'static str) -> anyhow::Result<()> {
+        let mut vars = self.vars();
+        // Each stage's group is its own, under this test's prefix.
+        vars.push((
+            "CONSUMER_GROUP",
+            format!("{}.{name}", self.env.conn.topic_prefix),
+        ));
+        vars.push(("INSTANCE_ID", format!("e2e-{name}")));
+        let p = StageProcess::start(&self.env, &bin(name), &vars)?;
+        self.stages.insert(name, p);
+        Ok(())
+    }
+
+    async fn start_api(&mut self) -> anyhow::Result<()> {
+        let mut vars = self.vars();
+        vars.push(("API_TOKENS", format!("other-token,{TOKEN}")));
+        vars.push(("MAX_UPLOAD_BYTES", MAX_UPLOAD.to_string()));
+        vars.push((
+            "PROJECTOR_GROUP",
+            format!("{}.projector", self.env.conn.topic_prefix),
+        ));
+        let api = StageProcess::start(&self.env, &bin("artifact-api"), &vars)?;
+        wait_until("the API ready", Duration::from_secs(60), || api.is_ready()).await?;
+        self.api_url = api.http.clone();
+        self.api = Some(api);
+        Ok(())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api_url)
+    }
+
+    async fn upload_raw(
+        &self,
+        bytes: Vec<u8>,
+        content_type: &str,
+        name: &str,
+        key: Option<&str>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut rb = self
+            .http
+            .post(self.url(&format!("/v1/artifacts?filename={name}")))
+            .bearer_auth(TOKEN)
+            .header("content-type", content_type)
+            .body(bytes);
+        if let Some(k) = key {
+            rb = rb.header("idempotency-key", k);
+        }
+        Ok(rb.send().await?)
+    }
+
+    async fn accepted_id(resp: reqwest::Response) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            resp.status() == 202,
+            "upload answered {}: {}",
+            resp.status(),
+            resp.text().await?
+        );
+        let v: Value = resp.json().await?;
+        Ok(v["artifact_id"].as_str().unwrap().to_owned())
+    }
+
+    async fn status(&self, id: &str) -> Option<StatusView> {
+        let r = self
+            .http
+            .get(self.url(&format!("/v1/artifacts/{id}")))
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    async fn wait_final(&self, id: &str, generation: u32) -> anyhow::Result<StatusView> {
+        wait_until(
+            &format!("{id} final at generation {generation}"),
+            Duration::from_secs(120),
+            || async {
+                self.status(id)
+                    .await
+                    .is_some_and(|v| v.generation.get() == generation && v.state.is_terminal())
+            },
+        )
+        .await?;
+        Ok(self.status(id).await.expect("status"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn documents_reach_their_final_states_through_the_api() -> anyhow::Result<()> {
+    let fx = fixtures();
+    let p = Pipeline::start().await?;
+    let pdf_path = fx.join("text/fpdf2-3.pdf");
+
+    // Multipart upload of a multi-page PDF.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(&pdf_path)?)
+            .file_name("../../etc/report.pdf")
+            .mime_str("application/pdf")?,
+    );
+    let resp = p
+        .http
+        .post(p.url("/v1/artifacts"))
+        .bearer_auth(TOKEN)
+        .multipart(form)
+        .send()
+        .await?;
+    let pdf = Pipeline::accepted_id(resp).await?;
+    // An image, rendered from the PDF by pdftoppm.
+    let png = p.blobs.join("page");
+    assert!(
+        Command::new("pdftoppm")
+            .args(["-png", "-r", "20", "-singlefile"])
+            .arg(&pdf_path)
+            .arg(&png)
+            .status()?
+            .success()
+    );
+    let image = Pipeline::accepted_id(
+        p.upload_raw(
+            std::fs::read(png.with_extension("png"))?,
+            "image/png",
+            "page.png",
+            None,
+        )
+        .await?,
+    )
+    .await?;
+    // A corrupt PDF.
+    let corrupt = Pipeline::accepted_id(
+        p.upload_raw(
+            std::fs::read(fx.join("malformed/truncated.pdf"))?,
+            "application/pdf",
+            "broken.pdf",
+            None,
+        )
+        .await?,
+    )
+    .await?;
+    // An external producer's event, through artifactctl.
+    let ext_path = p.blobs.join("external/notes.txt");
+    std::fs::create_dir_all(ext_path.parent().unwrap())?;
+    std::fs::write(
+        &ext_path,
+        "External producers write ArtifactCreated events themselves. The pipeline treats them like uploads. Their status shows in the same read model.",
+    )?;
+    let out = Command::new(bin("artifactctl"))
+        .env("TOPIC_PREFIX", &p.env.conn.topic_prefix)
+        .args([
+            "produce",
+            "--storage-location",
+            &format!("file://{}", ext_path.display()),
+            "--filename",
+            "notes.txt",
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let external = String::from_utf8(out.stdout)?.trim().to_owned();
+
+    let v = p.wait_final(&pdf, 1).await?;
+    assert_eq!(v.state, ArtifactState::Completed);
+    assert_eq!(
+        v.context.detected_content_type.as_deref(),
+        Some("application/pdf")
+    );
+    assert!(v.page_count.unwrap() >= 2);
+    assert!(v.summary.as_deref().is_some_and(|s| !s.is_empty()));
+    assert_eq!(
+        v.context.filename.as_deref(),
+        Some("../../etc/report.pdf"),
+        "kept for display"
+    );
+    assert!(
+        v.context
+            .storage_location
+            .ends_with(&format!("/uploads/{pdf}")),
+        "the server chose the path"
+    );
+    assert_eq!(
+        v.context.size_bytes,
+        Some(std::fs::metadata(&pdf_path)?.len() as i64)
+    );
+    assert_eq!(v.timeline.len(), 4);
+    let text = p
+        .http
+        .get(p.url(&format!("/v1/artifacts/{pdf}/text")))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(text.contains('\u{c}'), "pages separated by form feeds");
+    assert_eq!(
+        text.split_whitespace().count() as i64,
+        v.word_count.unwrap()
+    );
+
+    let v = p.wait_final(&image, 1).await?;
+    assert_eq!(v.state, ArtifactState::Completed);
+    assert!(
+        matches!(v.timeline[2].outcome, Outcome::Skipped { .. }),
+        "{:?}",
+        v.timeline
+    );
+    assert!(matches!(v.timeline[3].outcome, Outcome::Skipped { .. }));
+
+    let v = p.wait_final(&corrupt, 1).await?;
+    assert_eq!(v.state, ArtifactState::Failed);
+    assert_eq!(v.failed_stage, Some(Stage::PdfParser));
+    assert!(v.timeline[2].outcome.is_permanent_failure());
+
+    let v = p.wait_final(&external, 1).await?;
+    assert_eq!(v.state, ArtifactState::Completed);
+    assert!(v.summary.is_some());
+
+    // Listing by state, a page at a time.
+    let page: Value = p
+        .http
+        .get(p.url("/v1/artifacts?state=FAILED"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let failed: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["artifact_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, vec![corrupt.as_str()]);
+    let first: Value = p
+        .http
+        .get(p.url("/v1/artifacts?limit=2"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("more pages")
+        .to_owned();
+    let second: Value = p
+        .http
+        .get(p.url(&format!("/v1/artifacts?limit=2&cursor={cursor}")))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(second["items"].as_array().unwrap().len(), 2);
+    assert!(second["next_cursor"].is_null());
+
+    // Reprocess: generation 2 with its own timeline.
+    let before = p.status(&pdf).await.unwrap();
+    let resp = p
+        .http
+        .post(p.url(&format!("/v1/artifacts/{pdf}/reprocess")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 202);
+    let after = p.wait_final(&pdf, 2).await?;
+    assert_eq!(after.state, ArtifactState::Completed);
+    assert_eq!(after.timeline.len(), 4);
+    assert!(after.timeline[0].processed_at > before.timeline[3].processed_at);
+
+    // Exactly one pdf-parser outcome per (artifact, generation).
+    let parsed: Vec<Parsed> = p
+        .env
+        .read_decoded(&p.env.names.output(Stage::PdfParser))
+        .await?;
+    let mut seen = HashMap::new();
+    for e in &parsed {
+        *seen.entry((e.artifact_id, e.generation)).or_insert(0) += 1;
+    }
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    assert_eq!(seen.len(), 5, "four artifacts, one of them twice");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_limits_idempotency_restart_and_a_killed_stage() -> anyhow::Result<()> {
+    let mut p = Pipeline::start().await?;
+
+    // No token, or a wrong one: 401 as problem+json.
+    let r = p.http.post(p.url("/v1/artifacts")).body("x").send().await?;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = p
+        .http
+        .post(p.url("/v1/artifacts"))
+        .bearer_auth("nope")
+        .body("x")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+
+    // Oversized: 413, nothing stored.
+    let big = vec![b'a'; MAX_UPLOAD as usize + 1];
+    let r = p.upload_raw(big, "text/plain", "big.txt", None).await?;
+    assert_eq!(r.status(), 413);
+    let problem: Value = r.json().await?;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_UPLOAD_BYTES")
+    );
+    let uploads = p.blobs.join("uploads");
+    assert!(!uploads.exists() || std::fs::read_dir(&uploads)?.next().is_none());
+
+    // The same Idempotency-Key twice: one artifact. Other bytes: 409.
+    let body = b"Idempotent uploads return the same artifact. A retry is safe.".to_vec();
+    let a = Pipeline::accepted_id(
+        p.upload_raw(body.clone(), "text/plain", "a.txt", Some("key-1"))
+            .await?,
+    )
+    .await?;
+    let b = Pipeline::accepted_id(
+        p.upload_raw(body.clone(), "text/plain", "a.txt", Some("key-1"))
+            .await?,
+    )
+    .await?;
+    assert_eq!(a, b);
+    let r = p
+        .upload_raw(
+            b"other bytes".to_vec(),
+            "text/plain",
+            "a.txt",
+            Some("key-1"),
+        )
+        .await?;
+    assert_eq!(r.status(), 409);
+    let v = p.wait_final(&a, 1).await?;
+    assert_eq!(v.state, ArtifactState::Completed);
+    let list: Value = p
+        .http
+        .get(p.url("/v1/artifacts"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+
+    // The OpenAPI document lists every route.
+    let doc: Value = p
+        .http
+        .get(p.url("/openapi.json"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    for path in [
+        "/v1/artifacts",
+        "/v1/artifacts/{id}",
+        "/v1/artifacts/{id}/text",
+        "/v1/artifacts/{id}/reprocess",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from /openapi.json"
+        );
+    }
+
+    // API restarted: the read model is restored from the status topic.
+    p.api.take().unwrap().kill9();
+    p.start_api().await?;
+    assert_eq!(
+        p.status(&a).await.map(|v| v.state),
+        Some(ArtifactState::Completed)
+    );
+
+    // A stage killed mid-run and restarted: every artifact reaches one final state.
+    let mut ids = vec![];
+    for i in 0..20 {
+        let text = format!("Document {i} talks about exactly once delivery. It has two sentences.");
+        ids.push(
+            Pipeline::accepted_id(
+                p.upload_raw(text.into_bytes(), "text/plain", "d.txt", None)
+                    .await?,
+            )
+            .await?,
+        );
+    }
+    p.stages.get_mut("pdf-parser").unwrap().kill9();
+    p.start_stage("pdf-parser")?;
+    for id in &ids {
+        let v = p.wait_final(id, 1).await?;
+        assert_eq!(v.state, ArtifactState::Completed, "{id}");
+    }
+    let parsed: Vec<Parsed> = p
+        .env
+        .read_decoded(&p.env.names.output(Stage::PdfParser))
+        .await?;
+    let mut seen: HashMap<_, usize> = HashMap::new();
+    for e in &parsed {
+        *seen.entry(e.artifact_id).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 21);
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "one pdf-parser outcome each"
+    );
+    Ok(())
+}
