@@ -2,6 +2,8 @@
 //! test, producing events, running stage binaries as child processes,
 //! reading committed outputs, and waiting on conditions with deadlines.
 
+pub mod pipeline;
+
 use anyhow::{Context, bail};
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation};
 use artifact_runtime::codec::AvroCodec;
@@ -198,6 +200,18 @@ pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
         .find(|h| h.key == name)
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Runs `deploy/local/stack <cmd>` (e.g. `stop-registry`), failing the
+/// test if it fails.
+pub fn stack(cmd: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack");
+    let ok = Command::new(&script)
+        .arg(cmd)
+        .status()
+        .expect("the stack script runs")
+        .success();
+    assert!(ok, "deploy/local/stack {cmd} failed");
 }
 
 /// A free loopback port.

@@ -3,174 +3,27 @@
 //! time, uploads through the HTTP API and an external producer's event
 //! through artifactctl.
 
-use artifact_domain::{ArtifactState, Outcome, Parsed, Stage, StatusView};
-use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
+use artifact_domain::{ArtifactState, Outcome, Parsed, Stage};
+use artifact_pipeline_tests::pipeline::{MAX_UPLOAD, Pipeline, TOKEN, fixtures};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-const TOKEN: &str = "e2e-token";
-const MAX_UPLOAD: u64 = 2 << 20;
+const BIN_DIR_OF: &str = env!("CARGO_BIN_EXE_test-stage");
+
+async fn start() -> anyhow::Result<Pipeline> {
+    Pipeline::start(Path::new(BIN_DIR_OF).parent().unwrap()).await
+}
 
 fn bin(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_test-stage")).with_file_name(name)
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn fixtures() -> PathBuf {
-    let dir = repo().join("target/fixtures/pdf");
-    let ok = Command::new("bash")
-        .arg(repo().join("scripts/fixtures/make-pdfs.sh"))
-        .arg(&dir)
-        .status()
-        .expect("make-pdfs.sh runs")
-        .success();
-    assert!(ok, "scripts/fixtures/make-pdfs.sh failed");
-    dir
-}
-
-/// The stages and the API on one topic prefix and blob root.
-struct Pipeline {
-    env: TestEnv,
-    blobs: PathBuf,
-    stages: HashMap<&'static str, StageProcess>,
-    api: Option<StageProcess>,
-    api_url: String,
-    http: reqwest::Client,
-}
-
-impl Pipeline {
-    async fn start() -> anyhow::Result<Self> {
-        let env = TestEnv::new(3).await?;
-        let blobs = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&blobs)?;
-        let mut p = Pipeline {
-            env,
-            blobs,
-            stages: HashMap::new(),
-            api: None,
-            api_url: String::new(),
-            http: reqwest::Client::new(),
-        };
-        for name in [
-            "mime-detector",
-            "location-logger",
-            "pdf-parser",
-            "summarizer",
-        ] {
-            p.start_stage(name)?;
-        }
-        p.start_api().await?;
-        Ok(p)
-    }
-
-    fn vars(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("BLOB_STORE_URL", format!("file://{}", self.blobs.display())),
-            ("RETRY_INLINE_ATTEMPTS", "2".into()),
-            ("RETRY_DELAY_MS", "300".into()),
-        ]
-    }
-
-    fn start_stage(&mut self, name: &'static str) -> anyhow::Result<()> {
-        let mut vars = self.vars();
-        // Each stage's group is its own, under this test's prefix.
-        vars.push((
-            "CONSUMER_GROUP",
-            format!("{}.{name}", self.env.conn.topic_prefix),
-        ));
-        vars.push(("INSTANCE_ID", format!("e2e-{name}")));
-        let p = StageProcess::start(&self.env, &bin(name), &vars)?;
-        self.stages.insert(name, p);
-        Ok(())
-    }
-
-    async fn start_api(&mut self) -> anyhow::Result<()> {
-        let mut vars = self.vars();
-        vars.push(("API_TOKENS", format!("other-token,{TOKEN}")));
-        vars.push(("MAX_UPLOAD_BYTES", MAX_UPLOAD.to_string()));
-        vars.push((
-            "PROJECTOR_GROUP",
-            format!("{}.projector", self.env.conn.topic_prefix),
-        ));
-        let api = StageProcess::start(&self.env, &bin("artifact-api"), &vars)?;
-        wait_until("the API ready", Duration::from_secs(60), || api.is_ready()).await?;
-        self.api_url = api.http.clone();
-        self.api = Some(api);
-        Ok(())
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.api_url)
-    }
-
-    async fn upload_raw(
-        &self,
-        bytes: Vec<u8>,
-        content_type: &str,
-        name: &str,
-        key: Option<&str>,
-    ) -> anyhow::Result<reqwest::Response> {
-        let mut rb = self
-            .http
-            .post(self.url(&format!("/v1/artifacts?filename={name}")))
-            .bearer_auth(TOKEN)
-            .header("content-type", content_type)
-            .body(bytes);
-        if let Some(k) = key {
-            rb = rb.header("idempotency-key", k);
-        }
-        Ok(rb.send().await?)
-    }
-
-    async fn accepted_id(resp: reqwest::Response) -> anyhow::Result<String> {
-        anyhow::ensure!(
-            resp.status() == 202,
-            "upload answered {}: {}",
-            resp.status(),
-            resp.text().await?
-        );
-        let v: Value = resp.json().await?;
-        Ok(v["artifact_id"].as_str().unwrap().to_owned())
-    }
-
-    async fn status(&self, id: &str) -> Option<StatusView> {
-        let r = self
-            .http
-            .get(self.url(&format!("/v1/artifacts/{id}")))
-            .send()
-            .await
-            .ok()?;
-        if r.status() != 200 {
-            return None;
-        }
-        r.json().await.ok()
-    }
-
-    async fn wait_final(&self, id: &str, generation: u32) -> anyhow::Result<StatusView> {
-        wait_until(
-            &format!("{id} final at generation {generation}"),
-            Duration::from_secs(120),
-            || async {
-                self.status(id)
-                    .await
-                    .is_some_and(|v| v.generation.get() == generation && v.state.is_terminal())
-            },
-        )
-        .await?;
-        Ok(self.status(id).await.expect("status"))
-    }
+    Path::new(BIN_DIR_OF).with_file_name(name)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn documents_reach_their_final_states_through_the_api() -> anyhow::Result<()> {
     let fx = fixtures();
-    let p = Pipeline::start().await?;
+    let p = start().await?;
     let pdf_path = fx.join("text/fpdf2-3.pdf");
 
     // Multipart upload of a multi-page PDF.
@@ -365,7 +218,7 @@ async fn documents_reach_their_final_states_through_the_api() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_limits_idempotency_restart_and_a_killed_stage() -> anyhow::Result<()> {
-    let mut p = Pipeline::start().await?;
+    let mut p = start().await?;
 
     // No token, or a wrong one: 401 as problem+json.
     let r = p.http.post(p.url("/v1/artifacts")).body("x").send().await?;

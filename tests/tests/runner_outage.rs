@@ -4,24 +4,13 @@
 //! outcome. Runs alone in its binary: it stops the shared registry.
 
 use artifact_domain::{MimeDetected, Stage};
-use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
+use artifact_pipeline_tests::{StageProcess, TestEnv, stack, wait_until};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_test-stage");
 const ARTIFACTS: usize = 500;
-
-fn stack(cmd: &str) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack");
-    let ok = Command::new(&script)
-        .arg(cmd)
-        .status()
-        .expect("stack script runs")
-        .success();
-    assert!(ok, "deploy/local/stack {cmd} failed");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_outage_loses_nothing() -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -401,6 +402,11 @@ impl<S: StageLogic> StageRunner<S> {
         let exactly_once = self.cfg.delivery == Delivery::ExactlyOnce;
         let timeout = Duration::from_secs(30);
         if exactly_once {
+            if self.abort_pending.load(Ordering::Acquire) {
+                tokio::task::block_in_place(|| producer.abort_transaction(timeout))
+                    .map_err(|e| txn_error("finishing an earlier abort", e))?;
+                self.abort_pending.store(false, Ordering::Release);
+            }
             tokio::task::block_in_place(|| producer.begin_transaction())
                 .map_err(|e| txn_error("begin transaction", e))?;
         }
@@ -460,9 +466,13 @@ impl<S: StageLogic> StageRunner<S> {
         let Err(e) = result else { return Ok(()) };
         if exactly_once
             && let Err(abort) = tokio::task::block_in_place(|| producer.abort_transaction(timeout))
-            && let BatchError::Fatal(f) = txn_error("abort transaction", abort)
         {
-            return Err(BatchError::Fatal(f));
+            match txn_error("abort transaction", abort) {
+                BatchError::Fatal(f) => return Err(BatchError::Fatal(f)),
+                // Not finished (the broker is away): call it again first
+                // next time, as librdkafka requires.
+                BatchError::Transient(_) => self.abort_pending.store(true, Ordering::Release),
+            }
         }
         Err(e)
     }

@@ -96,6 +96,9 @@ pub struct StageRunner<S: StageLogic> {
     pub(crate) codec: Arc<AvroCodec>,
     pub(crate) health: Health,
     pub(crate) group: String,
+    /// An abort that did not finish (e.g. it timed out while the broker was
+    /// away): librdkafka requires the same call again before anything else.
+    pub(crate) abort_pending: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -135,6 +138,7 @@ impl<S: StageLogic> StageRunner<S> {
             codec: Arc::new(codec),
             health,
             group,
+            abort_pending: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -312,6 +316,7 @@ impl<S: StageLogic> StageRunner<S> {
                 }
             }
         }
+        zero_counters(stage.name());
         consumer.subscribe(&[&input_topic]).map_err(fatal)?;
         tracing::info!(stage = stage.name(), group = %self.group, %input_topic, exactly_once, "stage running");
 
@@ -521,6 +526,37 @@ impl<S: StageLogic> StageRunner<S> {
         let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5))).await;
         Ok(())
     }
+}
+
+/// Exports every counter series at zero from the start, so a rate or an
+/// increase sees the first event after a restart (a series that appears
+/// with its first increment has no earlier sample to compare with).
+fn zero_counters(stage: &'static str) {
+    for source in ["input", "retry"] {
+        metrics::counter!("artifact_stage_records_consumed_total", "stage" => stage, "source" => source).absolute(0);
+    }
+    for kind in ["output", "dedup", "retry", "dlq"] {
+        metrics::counter!("artifact_stage_records_produced_total", "stage" => stage, "kind" => kind).absolute(0);
+    }
+    for reason in ["duplicate", "stale", "upstream_failed"] {
+        metrics::counter!("artifact_stage_skipped_total", "stage" => stage, "reason" => reason)
+            .absolute(0);
+    }
+    for outcome in [
+        "succeeded",
+        "skipped",
+        "failed_retriable",
+        "failed_permanent",
+    ] {
+        metrics::counter!("artifact_stage_outcomes_total", "stage" => stage, "outcome" => outcome)
+            .absolute(0);
+    }
+    for kind in ["inline", "topic"] {
+        metrics::counter!("artifact_stage_retries_total", "stage" => stage, "kind" => kind)
+            .absolute(0);
+    }
+    metrics::counter!("artifact_stage_dlq_records_total", "stage" => stage).absolute(0);
+    metrics::counter!("artifact_stage_batch_failures_total", "stage" => stage).absolute(0);
 }
 
 /// Per-partition offsets to commit for a batch: the highest offset + 1.

@@ -1,0 +1,182 @@
+//! The whole pipeline as processes: the four stages and artifact-api on one
+//! topic prefix and blob root, with helpers to upload and wait.
+
+use crate::{StageProcess, TestEnv, wait_until};
+use artifact_domain::StatusView;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The stages and the API on one topic prefix and blob root.
+/// The bearer token the API accepts.
+pub const TOKEN: &str = "e2e-token";
+/// The API's upload limit.
+pub const MAX_UPLOAD: u64 = 2 << 20;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The generated PDF fixtures (made on first use).
+pub fn fixtures() -> PathBuf {
+    let dir = repo().join("target/fixtures/pdf");
+    let ok = Command::new("bash")
+        .arg(repo().join("scripts/fixtures/make-pdfs.sh"))
+        .arg(&dir)
+        .status()
+        .expect("make-pdfs.sh runs")
+        .success();
+    assert!(ok, "scripts/fixtures/make-pdfs.sh failed");
+    dir
+}
+
+pub struct Pipeline {
+    /// Topics and codec.
+    pub env: TestEnv,
+    /// The blob store root.
+    pub blobs: PathBuf,
+    /// The stage processes by name.
+    pub stages: HashMap<&'static str, StageProcess>,
+    /// The API process.
+    pub api: Option<StageProcess>,
+    /// The API's base URL.
+    pub api_url: String,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+    bin_dir: PathBuf,
+}
+
+impl Pipeline {
+    /// Starts the four stages and the API from the binaries in `bin_dir`.
+    pub async fn start(bin_dir: &Path) -> anyhow::Result<Self> {
+        let env = TestEnv::new(3).await?;
+        let blobs = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&blobs)?;
+        let mut p = Pipeline {
+            env,
+            blobs,
+            stages: HashMap::new(),
+            api: None,
+            api_url: String::new(),
+            http: reqwest::Client::new(),
+            bin_dir: bin_dir.to_owned(),
+        };
+        for name in [
+            "mime-detector",
+            "location-logger",
+            "pdf-parser",
+            "summarizer",
+        ] {
+            p.start_stage(name)?;
+        }
+        p.start_api().await?;
+        Ok(p)
+    }
+
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BLOB_STORE_URL", format!("file://{}", self.blobs.display())),
+            ("RETRY_INLINE_ATTEMPTS", "2".into()),
+            ("RETRY_DELAY_MS", "300".into()),
+        ]
+    }
+
+    /// Starts (or restarts) one stage.
+    pub fn start_stage(&mut self, name: &'static str) -> anyhow::Result<()> {
+        let mut vars = self.vars();
+        // Each stage's group is its own, under this test's prefix.
+        vars.push((
+            "CONSUMER_GROUP",
+            format!("{}.{name}", self.env.conn.topic_prefix),
+        ));
+        vars.push(("INSTANCE_ID", format!("e2e-{name}")));
+        let p = StageProcess::start(&self.env, &self.bin_dir.join(name), &vars)?;
+        self.stages.insert(name, p);
+        Ok(())
+    }
+
+    /// Starts (or restarts) the API and waits until it is ready.
+    pub async fn start_api(&mut self) -> anyhow::Result<()> {
+        let mut vars = self.vars();
+        vars.push(("API_TOKENS", format!("other-token,{TOKEN}")));
+        vars.push(("MAX_UPLOAD_BYTES", MAX_UPLOAD.to_string()));
+        vars.push((
+            "PROJECTOR_GROUP",
+            format!("{}.projector", self.env.conn.topic_prefix),
+        ));
+        let api = StageProcess::start(&self.env, &self.bin_dir.join("artifact-api"), &vars)?;
+        wait_until("the API ready", Duration::from_secs(60), || api.is_ready()).await?;
+        self.api_url = api.http.clone();
+        self.api = Some(api);
+        Ok(())
+    }
+
+    /// An API URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api_url)
+    }
+
+    /// Uploads a raw body with the token.
+    pub async fn upload_raw(
+        &self,
+        bytes: Vec<u8>,
+        content_type: &str,
+        name: &str,
+        key: Option<&str>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut rb = self
+            .http
+            .post(self.url(&format!("/v1/artifacts?filename={name}")))
+            .bearer_auth(TOKEN)
+            .header("content-type", content_type)
+            .body(bytes);
+        if let Some(k) = key {
+            rb = rb.header("idempotency-key", k);
+        }
+        Ok(rb.send().await?)
+    }
+
+    /// The artifact id of a 202 answer.
+    pub async fn accepted_id(resp: reqwest::Response) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            resp.status() == 202,
+            "upload answered {}: {}",
+            resp.status(),
+            resp.text().await?
+        );
+        let v: Value = resp.json().await?;
+        Ok(v["artifact_id"].as_str().unwrap().to_owned())
+    }
+
+    /// An artifact's status, if the API knows it.
+    pub async fn status(&self, id: &str) -> Option<StatusView> {
+        let r = self
+            .http
+            .get(self.url(&format!("/v1/artifacts/{id}")))
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Waits until an artifact is final at a generation.
+    pub async fn wait_final(&self, id: &str, generation: u32) -> anyhow::Result<StatusView> {
+        wait_until(
+            &format!("{id} final at generation {generation}"),
+            Duration::from_secs(120),
+            || async {
+                self.status(id)
+                    .await
+                    .is_some_and(|v| v.generation.get() == generation && v.state.is_terminal())
+            },
+        )
+        .await?;
+        Ok(self.status(id).await.expect("status"))
+    }
+}
