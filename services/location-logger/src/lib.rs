@@ -32,13 +32,7 @@ impl StageLogic for LocationStage {
             .blobs
             .resolve(location)
             .map_err(|e| StageError::Permanent(e.to_string()))?;
-        let digest = self.blobs.digest(location).await.map_err(|e| {
-            if e.is_retriable() {
-                StageError::Retriable(e.to_string())
-            } else {
-                StageError::Permanent(e.to_string())
-            }
-        })?;
+        let digest = self.blobs.digest(location).await?;
         let size = digest.size as i64;
         if let Some(declared) = input.context.size_bytes
             && declared != size

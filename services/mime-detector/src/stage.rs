@@ -25,14 +25,7 @@ impl StageLogic for MimeStage {
         let head = self
             .blobs
             .read_prefix(&input.storage_location, crate::SNIFF_BYTES)
-            .await
-            .map_err(|e| {
-                if e.is_retriable() {
-                    StageError::Retriable(e.to_string())
-                } else {
-                    StageError::Permanent(e.to_string())
-                }
-            })?;
+            .await?;
         let d = detect(&head, input.declared_content_type.as_deref());
         let mut context = input.context();
         context.detected_content_type = Some(d.detected.clone());

@@ -24,14 +24,6 @@ pub struct ParseStage {
     pub timeout: Duration,
 }
 
-fn blob_error(e: artifact_runtime::blob::BlobError) -> StageError {
-    if e.is_retriable() {
-        StageError::Retriable(e.to_string())
-    } else {
-        StageError::Permanent(e.to_string())
-    }
-}
-
 impl StageLogic for ParseStage {
     const STAGE: Stage = Stage::PdfParser;
     type Input = LocationVerified;
@@ -65,8 +57,7 @@ impl StageLogic for ParseStage {
         let bytes = self
             .blobs
             .read_all(&context.storage_location, self.limits.max_bytes as u64)
-            .await
-            .map_err(blob_error)?;
+            .await?;
         let limits = self.limits.clone();
         let is_pdf = kind == "application/pdf";
         let charset = mime
@@ -104,10 +95,7 @@ impl StageLogic for ParseStage {
             input.artifact_id(),
             input.generation()
         ));
-        self.blobs
-            .put(&text_location, text.as_bytes())
-            .await
-            .map_err(blob_error)?;
+        self.blobs.put(&text_location, text.as_bytes()).await?;
         let m = &extracted.metadata;
         let result = ParseResult {
             text_location: text_location.clone(),

@@ -68,6 +68,18 @@ pub enum StageError {
     Permanent(String),
 }
 
+impl From<crate::blob::BlobError> for StageError {
+    /// A blob that may appear or become readable later (not found, I/O) is
+    /// retriable; a location the store refuses or a blob over a limit is not.
+    fn from(e: crate::blob::BlobError) -> Self {
+        if e.is_retriable() {
+            StageError::Retriable(e.to_string())
+        } else {
+            StageError::Permanent(e.to_string())
+        }
+    }
+}
+
 /// An event a stage can read: it names its artifact, generation and context.
 pub trait StageInput: DeserializeOwned + Send + Sync + 'static {
     /// The artifact.

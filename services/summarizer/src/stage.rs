@@ -37,17 +37,7 @@ impl StageLogic for SummaryStage {
         let Some(location) = input.result.as_ref().map(|r| r.text_location.clone()) else {
             return Ok(Processed::skipped("no text to summarize", context));
         };
-        let bytes = self
-            .blobs
-            .read_all(&location, self.max_text_bytes)
-            .await
-            .map_err(|e| {
-                if e.is_retriable() {
-                    StageError::Retriable(e.to_string())
-                } else {
-                    StageError::Permanent(e.to_string())
-                }
-            })?;
+        let bytes = self.blobs.read_all(&location, self.max_text_bytes).await?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let options = self.options.clone();
         let summary = tokio::task::spawn_blocking(move || summarize(&text, &options))

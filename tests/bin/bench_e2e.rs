@@ -1,0 +1,127 @@
+//! `bench-e2e`: end-to-end throughput and latency of the whole pipeline on
+//! this machine. It starts the four stages and artifact-api (the binaries
+//! beside this one), then, for each offered load, uploads 1-page PDFs
+//! through the API at that rate for a while and measures, per artifact, the
+//! time from the upload's 202 to its summary's commit on the summarized
+//! topic (the record's broker append time). Completions per second over the
+//! run give the sustained throughput.
+//!
+//! Usage: `bench-e2e --pdf FILE [--loads 10,25,50,100] [--seconds 15]`
+//! with the local stack up.
+
+use anyhow::Context;
+use artifact_domain::{Stage, Summarized};
+use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
+use clap::Parser;
+use rdkafka::Message;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser)]
+struct Args {
+    /// The 1-page PDF to upload.
+    #[arg(long)]
+    pdf: PathBuf,
+    /// Offered loads, artifacts per second.
+    #[arg(long, value_delimiter = ',', default_value = "10,25,50,100")]
+    loads: Vec<u32>,
+    /// Seconds of uploads per load.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn pct(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let pdf = Arc::new(
+        std::fs::read(&args.pdf).with_context(|| format!("reading {}", args.pdf.display()))?,
+    );
+    let bin_dir = std::env::current_exe()?.parent().unwrap().to_owned();
+    let p = Arc::new(Pipeline::start(&bin_dir).await?);
+    let topic = p.env.names.output(Stage::Summarizer);
+    println!("| offered /s | uploaded | completed | throughput /s | p50 ms | p95 ms | p99 ms |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for load in args.loads {
+        let accepted: Arc<tokio::sync::Mutex<HashMap<String, i64>>> = Default::default();
+        let started = Instant::now();
+        let interval = Duration::from_secs_f64(1.0 / f64::from(load));
+        let total = u64::from(load) * args.seconds;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let due = started + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(due.into()).await;
+            let (p, pdf, accepted) = (p.clone(), pdf.clone(), accepted.clone());
+            tasks.spawn(async move {
+                let resp = p
+                    .http
+                    .post(p.url("/v1/artifacts?filename=one-page.pdf"))
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/pdf")
+                    .body(pdf.as_ref().clone())
+                    .send()
+                    .await;
+                if let Ok(r) = resp
+                    && r.status() == 202
+                {
+                    let at = now_ms();
+                    if let Ok(v) = r.json::<serde_json::Value>().await {
+                        let id = v["artifact_id"].as_str().unwrap_or_default().to_owned();
+                        accepted.lock().await.insert(id, at);
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let uploaded = accepted.lock().await.len();
+        // Wait for the stragglers (bounded), then read the summaries.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut done: HashMap<String, i64> = HashMap::new();
+        while Instant::now() < deadline {
+            done.clear();
+            let ids = accepted.lock().await;
+            for m in p.env.read_all(&topic)? {
+                let Ok(s) = p.env.codec.decode::<Summarized>(m.payload()).await else {
+                    continue;
+                };
+                let id = s.artifact_id.to_string();
+                if ids.contains_key(&id) {
+                    done.insert(id, m.timestamp().to_millis().unwrap_or(0));
+                }
+            }
+            if done.len() >= ids.len() {
+                break;
+            }
+            drop(ids);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let ids = accepted.lock().await;
+        let mut lat: Vec<i64> = done.iter().map(|(id, t)| t - ids[id]).collect();
+        lat.sort_unstable();
+        let first = ids.values().min().copied().unwrap_or(0);
+        let last = done.values().max().copied().unwrap_or(first);
+        let throughput = done.len() as f64 / ((last - first) as f64 / 1000.0).max(0.001);
+        println!(
+            "| {load} | {uploaded} | {} | {throughput:.1} | {} | {} | {} |",
+            done.len(),
+            pct(&lat, 0.50),
+            pct(&lat, 0.95),
+            pct(&lat, 0.99)
+        );
+    }
+    Ok(())
+}
