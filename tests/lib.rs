@@ -12,7 +12,7 @@ use artifact_runtime::kafka::{client_config, producer_config};
 use artifact_runtime::schemas::EventSchema;
 use artifact_runtime::topics::{TopicNames, ensure_topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
@@ -195,11 +195,7 @@ impl TestEnv {
 
 /// A header's value as text.
 pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
-    msg.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    artifact_runtime::kafka::header(msg, name).map(str::to_owned)
 }
 
 /// Runs `deploy/local/stack <cmd>` (e.g. `stop-registry`), failing the

@@ -12,12 +12,13 @@
 use anyhow::Context;
 use artifact_domain::{Stage, Summarized};
 use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
+use artifact_runtime::now_ms;
 use clap::Parser;
 use rdkafka::Message;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 struct Args {
@@ -30,12 +31,6 @@ struct Args {
     /// Seconds of uploads per load.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn pct(sorted: &[i64], p: f64) -> i64 {

@@ -8,6 +8,7 @@ use crate::upload;
 use artifact_domain::{ArtifactCreated, ArtifactId, ArtifactState, Generation, StatusView};
 use artifact_runtime::blob::BlobStore;
 use artifact_runtime::codec::AvroCodec;
+use artifact_runtime::now_ms;
 use artifact_runtime::schemas::EventSchema;
 use artifact_runtime::topics::TopicNames;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
@@ -133,12 +134,6 @@ pub struct Page {
 fn parse_id(id: &str) -> Result<ArtifactId, Problem> {
     id.parse()
         .map_err(|e: artifact_domain::InvalidArtifactId| Problem::bad_request(e.to_string()))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Upload an artifact.

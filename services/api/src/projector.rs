@@ -16,6 +16,7 @@ use artifact_domain::*;
 use artifact_runtime::codec::AvroCodec;
 use artifact_runtime::config::ConnectionConfig;
 use artifact_runtime::kafka::{client_config, producer_config};
+use artifact_runtime::now_ms;
 use artifact_runtime::schemas::EventSchema;
 use artifact_runtime::topics::TopicNames;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -139,10 +140,4 @@ pub async fn run_projector(
         metrics::counter!("artifact_api_status_snapshots_total").increment(1);
         written.insert(id, view);
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

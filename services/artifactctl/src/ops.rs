@@ -10,7 +10,7 @@ use artifact_runtime::retry;
 use artifact_runtime::schemas::EventSchema;
 use artifact_runtime::topics::{TopicNames, partition_counts};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
@@ -49,9 +49,7 @@ pub fn external_event(
         filename,
         size_bytes: None,
         sha256: None,
-        created_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
+        created_at: artifact_runtime::now_ms(),
     }
 }
 
@@ -186,11 +184,7 @@ pub fn read_dlq(conn: &ConnectionConfig, stage: Stage) -> anyhow::Result<Vec<Own
 
 /// A header as text.
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    artifact_runtime::kafka::header(m, name).map(str::to_owned)
 }
 
 /// Produces dead letters back to the topic they came from (their key, value

@@ -65,6 +65,16 @@ impl ClientContext for QuietEof {
 
 impl ConsumerContext for QuietEof {}
 
+/// A record header's value as UTF-8 text.
+pub fn header<'a>(msg: &'a rdkafka::message::OwnedMessage, name: &str) -> Option<&'a str> {
+    use rdkafka::message::{Headers, Message};
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
 /// Base client config: bootstrap servers, client id, extra properties.
 pub fn client_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();

@@ -17,3 +17,11 @@ pub mod stage;
 pub mod telemetry;
 pub mod topics;
 pub mod trace;
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp in the
+/// events (0 if the clock is before the epoch).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

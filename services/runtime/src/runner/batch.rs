@@ -1,6 +1,8 @@
 //! One batch: decode, dedup, process, and commit in one transaction.
 
-use super::{Delayed, Delivery, Item, Source, StageRunner, commit_offsets, header, now_ms};
+use super::{Delayed, Delivery, Item, Source, StageRunner, commit_offsets};
+use crate::kafka::header;
+use crate::now_ms;
 use crate::retry;
 use crate::schemas::EventSchema;
 use crate::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};

@@ -33,7 +33,8 @@ pub use config::{Delivery, RunnerConfig, RunnerConfigError};
 use crate::codec::AvroCodec;
 use crate::config::ConnectionConfig;
 use crate::dedup::{DedupState, restore_partition};
-use crate::kafka::{client_config, producer_config};
+use crate::kafka::{client_config, header, producer_config};
+use crate::now_ms;
 use crate::retry;
 use crate::stage::StageLogic;
 use crate::telemetry::Health;
@@ -41,7 +42,7 @@ use crate::topics::{TopicNames, partition_counts};
 use context::{Assignment, StageContext};
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -99,21 +100,6 @@ pub struct StageRunner<S: StageLogic> {
     /// An abort that did not finish (e.g. it timed out while the broker was
     /// away): librdkafka requires the same call again before anything else.
     pub(crate) abort_pending: std::sync::atomic::AtomicBool,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-pub(crate) fn header<'a>(msg: &'a OwnedMessage, name: &str) -> Option<&'a str> {
-    let headers = msg.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 impl<S: StageLogic> StageRunner<S> {
