@@ -1,9 +1,6 @@
 //! `mime-detector`: detects each artifact's real MIME type from its bytes.
 
-use artifact_runtime::blob::BlobStore;
-use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig};
-use artifact_runtime::runner::RunnerConfig;
-use artifact_runtime::service::run_stage;
+use artifact_runtime::service::StageArgs;
 use clap::Parser;
 use mime_detector::stage::MimeStage;
 
@@ -12,11 +9,7 @@ use mime_detector::stage::MimeStage;
 #[command(name = "mime-detector", version, about)]
 struct Config {
     #[command(flatten)]
-    conn: ConnectionConfig,
-    #[command(flatten)]
-    runner: RunnerConfig,
-    #[command(flatten)]
-    blobs: BlobStoreConfig,
+    stage: StageArgs,
     /// Health and metrics address.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9101")]
     http_addr: std::net::SocketAddr,
@@ -25,7 +18,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    let blobs = BlobStore::from_url(&cfg.blobs.url()?)?;
-    run_stage(MimeStage { blobs }, cfg.conn, cfg.runner, cfg.http_addr).await?;
+    let blobs = cfg.stage.blob_store()?;
+    cfg.stage.run(MimeStage { blobs }, cfg.http_addr).await?;
     Ok(())
 }

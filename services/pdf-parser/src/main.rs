@@ -1,9 +1,6 @@
 //! `pdf-parser`: extracts page count, metadata and text from PDFs and text files.
 
-use artifact_runtime::blob::BlobStore;
-use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig};
-use artifact_runtime::runner::RunnerConfig;
-use artifact_runtime::service::run_stage;
+use artifact_runtime::service::StageArgs;
 use clap::Parser;
 use pdf_parser::Limits;
 use pdf_parser::stage::ParseStage;
@@ -14,11 +11,7 @@ use std::time::Duration;
 #[command(name = "pdf-parser", version, about)]
 struct Config {
     #[command(flatten)]
-    conn: ConnectionConfig,
-    #[command(flatten)]
-    runner: RunnerConfig,
-    #[command(flatten)]
-    blobs: BlobStoreConfig,
+    stage: StageArgs,
     /// Health and metrics address.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9103")]
     http_addr: std::net::SocketAddr,
@@ -39,7 +32,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    let blobs = BlobStore::from_url(&cfg.blobs.url()?)?;
+    let blobs = cfg.stage.blob_store()?;
     let stage = ParseStage {
         blobs,
         limits: Limits {
@@ -49,6 +42,6 @@ async fn main() -> anyhow::Result<()> {
         },
         timeout: Duration::from_millis(cfg.timeout_ms),
     };
-    run_stage(stage, cfg.conn, cfg.runner, cfg.http_addr).await?;
+    cfg.stage.run(stage, cfg.http_addr).await?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The entry point every stage binary calls: logging, the health and metrics
 //! server, signal handling with a shutdown deadline, and the runner.
 
-use crate::config::ConnectionConfig;
+use crate::blob::BlobStore;
+use crate::config::{BlobStoreConfig, ConnectionConfig};
 use crate::runner::{RunnerConfig, StageRunner};
 use crate::stage::StageLogic;
 use crate::telemetry::{Health, health_router, init_logging, metrics_handle};
@@ -29,6 +30,43 @@ pub enum ServiceError {
     /// Shutdown took longer than allowed.
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
+}
+
+/// What every stage binary is configured with besides its own settings:
+/// where Kafka, the registry and the blobs are, and how the runner behaves.
+/// Each binary adds its own `HTTP_ADDR` (their defaults differ, so that all
+/// stages run side by side on one machine).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StageArgs {
+    /// Kafka, registry, topic prefix.
+    #[command(flatten)]
+    pub conn: ConnectionConfig,
+    /// Batching, retries, delivery, shutdown.
+    #[command(flatten)]
+    pub runner: RunnerConfig,
+    /// The blob store root.
+    #[command(flatten)]
+    pub blobs: BlobStoreConfig,
+}
+
+impl StageArgs {
+    /// The configured blob store.
+    pub fn blob_store(&self) -> Result<BlobStore, ServiceError> {
+        let url = self
+            .blobs
+            .url()
+            .map_err(|e| ServiceError::Config(e.to_string()))?;
+        BlobStore::from_url(&url).map_err(|e| ServiceError::Config(e.to_string()))
+    }
+
+    /// Runs `logic` with these settings until SIGTERM/SIGINT.
+    pub async fn run<S: StageLogic>(
+        self,
+        logic: S,
+        http_addr: SocketAddr,
+    ) -> Result<(), ServiceError> {
+        run_stage(logic, self.conn, self.runner, http_addr).await
+    }
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.

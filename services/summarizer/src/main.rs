@@ -1,9 +1,6 @@
 //! `summarizer`: writes an extractive summary of each artifact's text.
 
-use artifact_runtime::blob::BlobStore;
-use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig};
-use artifact_runtime::runner::RunnerConfig;
-use artifact_runtime::service::run_stage;
+use artifact_runtime::service::StageArgs;
 use clap::Parser;
 use summarizer::SummaryOptions;
 use summarizer::stage::SummaryStage;
@@ -13,11 +10,7 @@ use summarizer::stage::SummaryStage;
 #[command(name = "summarizer", version, about)]
 struct Config {
     #[command(flatten)]
-    conn: ConnectionConfig,
-    #[command(flatten)]
-    runner: RunnerConfig,
-    #[command(flatten)]
-    blobs: BlobStoreConfig,
+    stage: StageArgs,
     /// Health and metrics address.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9104")]
     http_addr: std::net::SocketAddr,
@@ -35,7 +28,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    let blobs = BlobStore::from_url(&cfg.blobs.url()?)?;
+    let blobs = cfg.stage.blob_store()?;
     let stage = SummaryStage {
         blobs,
         options: SummaryOptions {
@@ -44,6 +37,6 @@ async fn main() -> anyhow::Result<()> {
         },
         max_text_bytes: cfg.max_text_bytes,
     };
-    run_stage(stage, cfg.conn, cfg.runner, cfg.http_addr).await?;
+    cfg.stage.run(stage, cfg.http_addr).await?;
     Ok(())
 }
