@@ -69,8 +69,12 @@ impl DedupState {
     }
 
     /// Records a processed generation (after its transaction committed).
+    /// A partition not held (revoked meanwhile, or not restored yet) is left
+    /// alone: its state comes from the dedup topic when it is assigned.
     pub fn record(&mut self, partition: i32, id: ArtifactId, generation: Generation) {
-        let p = self.partitions.entry(partition).or_default();
+        let Some(p) = self.partitions.get_mut(&partition) else {
+            return;
+        };
         let slot = p.entry(id).or_insert(generation);
         if generation > *slot {
             *slot = generation;
@@ -230,6 +234,7 @@ mod tests {
     fn decisions_follow_recorded_generations_per_partition() {
         let mut s = DedupState::default();
         let id = ArtifactId::new_random();
+        s.install(0, HashMap::new());
         assert_eq!(s.decide(0, id, g(1)), DedupDecision::Process);
         s.record(0, id, g(1));
         assert_eq!(s.decide(0, id, g(1)), DedupDecision::Duplicate);
@@ -243,6 +248,10 @@ mod tests {
         assert_eq!(s.decide(1, id, g(1)), DedupDecision::Process);
         s.drop_partition(0);
         assert_eq!(s.last(0, id), None);
+        assert!(s.is_empty());
+        // A partition not held (revoked) does not come back by recording.
+        s.record(0, id, g(3));
+        assert!(!s.has_partition(0));
         assert!(s.is_empty());
     }
 }

@@ -11,13 +11,15 @@ use artifact_domain::events::StageEvent;
 use artifact_domain::outcome::OutcomeRecord;
 use artifact_domain::{ArtifactId, DedupDecision, Generation, Outcome, decide};
 use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -65,16 +67,94 @@ fn txn_error(what: &str, e: KafkaError) -> BatchError {
     }
 }
 
+/// A batch decoded, deduplicated, processed and encoded: the records of its
+/// transaction, and what becomes true once it commits.
+pub(crate) struct Prepared {
+    outs: Vec<Out>,
+    /// Processed `(partition, artifact, generation)`s with an outcome.
+    recorded: Vec<(i32, ArtifactId, Generation)>,
+    outcome_labels: Vec<&'static str>,
+}
+
+/// A batch whose transaction is committing on a blocking thread while the
+/// loop prepares the next one.
+pub(crate) struct InFlight {
+    pub items: Vec<Item>,
+    recorded: Vec<(i32, ArtifactId, Generation)>,
+    /// `recorded` by key: the next batch is decided against these too.
+    pub generations: HashMap<(i32, ArtifactId), Generation>,
+    outcome_labels: Vec<&'static str>,
+    produced: Vec<&'static str>,
+    handle: tokio::task::JoinHandle<Result<f64, BatchError>>,
+    /// The commit's result, once `finished` saw it.
+    result: Option<Result<f64, BatchError>>,
+}
+
+impl InFlight {
+    /// Waits for the commit to finish (cancel-safe).
+    pub async fn finished(&mut self) {
+        if self.result.is_none() {
+            let res = (&mut self.handle).await;
+            self.result = Some(res.unwrap_or_else(|e| {
+                Err(BatchError::Transient(format!("commit task failed: {e}")))
+            }));
+        }
+    }
+}
+
+/// Marks a transaction in flight. A revocation waits for it to finish, so
+/// that no offsets of a partition are committed after it changed hands.
+#[derive(Debug, Default)]
+pub(crate) struct TxnGate {
+    busy: Mutex<bool>,
+    idle: Condvar,
+}
+
+impl TxnGate {
+    fn enter(self: &Arc<Self>) -> GateGuard {
+        *self.busy.lock().expect("gate lock") = true;
+        GateGuard(self.clone())
+    }
+
+    /// Blocks until no transaction is in flight, or `timeout` passed.
+    pub fn wait_idle(&self, timeout: Duration) {
+        let busy = self.busy.lock().expect("gate lock");
+        let (_busy, res) = self
+            .idle
+            .wait_timeout_while(busy, timeout, |b| *b)
+            .expect("gate lock");
+        if res.timed_out() {
+            tracing::warn!(
+                ?timeout,
+                "a transaction was still in flight at a revocation"
+            );
+        }
+    }
+}
+
+/// Leaves the gate when dropped (also on a panic of the commit).
+struct GateGuard(Arc<TxnGate>);
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        *self.0.busy.lock().expect("gate lock") = false;
+        self.0.idle.notify_all();
+    }
+}
+
 impl<S: StageLogic> StageRunner<S> {
-    pub(crate) async fn handle_batch<C: ConsumerContext + 'static>(
+    /// Decodes, deduplicates (against the restored state, the batch still
+    /// in flight, and earlier records of this batch), processes and encodes
+    /// a batch. Nothing is produced yet.
+    pub(crate) async fn prepare(
         &self,
-        consumer: &StreamConsumer<C>,
-        producer: &FutureProducer,
-        dedup: &mut crate::dedup::DedupState,
+        dedup: &crate::dedup::DedupState,
+        in_flight: Option<&HashMap<(i32, ArtifactId), Generation>>,
         items: &[Item],
-    ) -> Result<(), BatchError> {
+    ) -> Result<Prepared, BatchError> {
         let stage = S::STAGE;
         let name = stage.name();
+        let t0 = Instant::now();
 
         // 1. Decode and decide.
         let mut pending: HashMap<(i32, ArtifactId), Generation> = HashMap::new();
@@ -93,7 +173,10 @@ impl<S: StageLogic> StageRunner<S> {
                 Ok(input) => {
                     let p = it.msg.partition();
                     let (id, generation) = (input.artifact_id(), input.generation());
-                    let last = dedup.last(p, id).max(pending.get(&(p, id)).copied());
+                    let last = dedup
+                        .last(p, id)
+                        .max(pending.get(&(p, id)).copied())
+                        .max(in_flight.and_then(|f| f.get(&(p, id)).copied()));
                     if input
                         .upstream_outcome()
                         .is_some_and(|o| !o.lets_pipeline_continue())
@@ -118,6 +201,7 @@ impl<S: StageLogic> StageRunner<S> {
             plans.push(plan);
         }
 
+        let t_decoded = t0.elapsed();
         // 2. Process concurrently.
         let work: Vec<usize> = plans
             .iter()
@@ -152,6 +236,7 @@ impl<S: StageLogic> StageRunner<S> {
             .collect()
             .await;
 
+        let t_processed = t0.elapsed();
         // 3. Build the records of the transaction.
         let policy = self.cfg.retry_policy();
         let output_topic = self.names.output(stage);
@@ -249,29 +334,124 @@ impl<S: StageLogic> StageRunner<S> {
             }
         }
 
-        // 4. Produce and commit.
-        let offsets = commit_offsets(items);
-        let started = Instant::now();
-        self.commit(consumer, producer, &outs, offsets).await?;
-        let commit_secs = started.elapsed().as_secs_f64();
-        metrics::histogram!("artifact_stage_transaction_commit_seconds", "stage" => name)
-            .record(commit_secs);
-        tracing::debug!(
+        tracing::trace!(
             records = items.len(),
             produced = outs.len(),
-            commit_secs,
+            decode_ms = t_decoded.as_secs_f64() * 1e3,
+            process_ms = (t_processed - t_decoded).as_secs_f64() * 1e3,
+            encode_ms = (t0.elapsed() - t_processed).as_secs_f64() * 1e3,
+            "batch prepared"
+        );
+        Ok(Prepared {
+            outs,
+            recorded,
+            outcome_labels,
+        })
+    }
+
+    /// Starts committing a prepared batch on a blocking thread: in
+    /// exactly-once mode one transaction with its records and offsets; in
+    /// at-least-once mode its records, acknowledged (the loop commits the
+    /// offsets when it settles the batch).
+    pub(crate) fn start_commit<C: ConsumerContext + 'static>(
+        &self,
+        consumer: &StreamConsumer<C>,
+        producer: &FutureProducer,
+        gate: &Arc<TxnGate>,
+        prepared: Prepared,
+        items: Vec<Item>,
+    ) -> Result<InFlight, (BatchError, Vec<Item>)> {
+        let exactly_once = self.cfg.delivery == Delivery::ExactlyOnce;
+        let group = match consumer.group_metadata() {
+            _ if !exactly_once => None,
+            Some(g) => Some(g),
+            None => {
+                let e = BatchError::Transient("no consumer group metadata yet".into());
+                return Err((e, items));
+            }
+        };
+        let Prepared {
+            outs,
+            recorded,
+            outcome_labels,
+        } = prepared;
+        let produced = outs.iter().map(|o| o.kind).collect();
+        let generations = recorded.iter().map(|(p, id, g)| ((*p, *id), *g)).collect();
+        let offsets = commit_offsets(&items);
+        let producer = producer.clone();
+        let abort_pending = self.abort_pending.clone();
+        let guard = gate.enter();
+        let handle = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let started = Instant::now();
+            commit_blocking(&producer, &outs, offsets, group.as_ref(), &abort_pending)
+                .map(|()| started.elapsed().as_secs_f64())
+        });
+        Ok(InFlight {
+            items,
+            recorded,
+            generations,
+            outcome_labels,
+            produced,
+            handle,
+            result: None,
+        })
+    }
+
+    /// Waits for an in-flight batch and applies its result: on success the
+    /// dedup state and the counters follow (and, at least once, the offsets
+    /// are committed). On failure nothing of the batch was committed and
+    /// its items come back to be read again.
+    pub(crate) async fn settle<C: ConsumerContext + 'static>(
+        &self,
+        consumer: &StreamConsumer<C>,
+        dedup: &mut crate::dedup::DedupState,
+        flight: InFlight,
+    ) -> Result<(), (BatchError, Vec<Item>)> {
+        let name = S::STAGE.name();
+        let mut flight = flight;
+        flight.finished().await;
+        let InFlight {
+            items,
+            recorded,
+            outcome_labels,
+            produced,
+            result,
+            ..
+        } = flight;
+        let secs = match result.expect("finished sets the result") {
+            Ok(secs) => secs,
+            Err(e) => return Err((e, items)),
+        };
+        if self.cfg.delivery == Delivery::AtLeastOnce {
+            let offsets = commit_offsets(&items);
+            if let Err(e) = tokio::task::block_in_place(|| {
+                consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+            }) {
+                return Err((BatchError::Transient(format!("commit offsets: {e}")), items));
+            }
+        }
+        metrics::histogram!("artifact_stage_transaction_commit_seconds", "stage" => name)
+            .record(secs);
+        tracing::debug!(
+            records = items.len(),
+            produced = produced.len(),
+            commit_ms = secs * 1e3,
             "batch committed"
         );
-
-        // 5. The transaction committed: the state follows.
+        // The transaction committed: the state follows.
         for (p, id, generation) in recorded {
             dedup.record(p, id, generation);
         }
-        for o in &outs {
-            metrics::counter!("artifact_stage_records_produced_total", "stage" => name, "kind" => o.kind)
-                .increment(1);
-            if o.kind == "dlq" {
-                metrics::counter!("artifact_stage_dlq_records_total", "stage" => name).increment(1);
+        let mut by_kind: HashMap<&'static str, u64> = HashMap::new();
+        for kind in produced {
+            *by_kind.entry(kind).or_default() += 1;
+        }
+        for (kind, n) in by_kind {
+            metrics::counter!("artifact_stage_records_produced_total", "stage" => name, "kind" => kind)
+                .increment(n);
+            if kind == "dlq" {
+                metrics::counter!("artifact_stage_dlq_records_total", "stage" => name).increment(n);
             }
         }
         for l in outcome_labels {
@@ -393,90 +573,111 @@ impl<S: StageLogic> StageRunner<S> {
         }
         Done::Retriable(last)
     }
+}
 
-    async fn commit<C: ConsumerContext + 'static>(
-        &self,
-        consumer: &StreamConsumer<C>,
-        producer: &FutureProducer,
-        outs: &[Out],
-        offsets: TopicPartitionList,
-    ) -> Result<(), BatchError> {
-        let exactly_once = self.cfg.delivery == Delivery::ExactlyOnce;
-        let timeout = Duration::from_secs(30);
-        if exactly_once {
-            if self.abort_pending.load(Ordering::Acquire) {
-                tokio::task::block_in_place(|| producer.abort_transaction(timeout))
-                    .map_err(|e| txn_error("finishing an earlier abort", e))?;
-                self.abort_pending.store(false, Ordering::Release);
-            }
-            tokio::task::block_in_place(|| producer.begin_transaction())
-                .map_err(|e| txn_error("begin transaction", e))?;
+/// Produces a batch's records and, in exactly-once mode (`group` given),
+/// commits them with the consumed offsets in one transaction. Runs on a
+/// blocking thread: librdkafka's transaction calls block.
+fn commit_blocking(
+    producer: &FutureProducer,
+    outs: &[Out],
+    offsets: TopicPartitionList,
+    group: Option<&ConsumerGroupMetadata>,
+    abort_pending: &AtomicBool,
+) -> Result<(), BatchError> {
+    let timeout = Duration::from_secs(30);
+    if group.is_some() {
+        if abort_pending.load(Ordering::Acquire) {
+            producer
+                .abort_transaction(timeout)
+                .map_err(|e| txn_error("finishing an earlier abort", e))?;
+            abort_pending.store(false, Ordering::Release);
         }
-        let result = async {
-            let mut deliveries = Vec::with_capacity(outs.len());
-            for o in outs {
-                let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
-                for (k, v) in &o.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v.as_bytes()),
-                    });
-                }
-                let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&o.topic)
-                    .payload(o.payload.as_slice())
-                    .headers(headers);
-                if let Some(k) = &o.key {
-                    rec = rec.key(k.as_slice());
-                }
-                if let Some(p) = o.partition {
-                    rec = rec.partition(p);
-                }
-                match producer.send_result(rec) {
-                    Ok(f) => deliveries.push(f),
-                    Err((e, _)) => return Err(txn_error("produce", e)),
-                }
-            }
-            // Wait for every acknowledgement before the offsets move: at
-            // least once needs it, and in a transaction it names a failed
-            // record early and keeps the commit's own flush short.
+        producer
+            .begin_transaction()
+            .map_err(|e| txn_error("begin transaction", e))?;
+    }
+    let t0 = Instant::now();
+    let result = (|| {
+        let mut deliveries = Vec::with_capacity(outs.len());
+        for o in outs {
+            deliveries.push(send(producer, o)?);
+        }
+        let t_sent = t0.elapsed();
+        let Some(group) = group else {
+            // At least once: every record acknowledged before the offsets move.
             for d in deliveries {
-                match d.await {
+                match futures::executor::block_on(d) {
                     Ok(Ok(_)) => {}
                     Ok(Err((e, _))) => return Err(txn_error("delivery", e)),
                     Err(_) => return Err(BatchError::Transient("delivery cancelled".into())),
                 }
             }
-            if exactly_once {
-                let meta = consumer.group_metadata().ok_or_else(|| {
-                    BatchError::Transient("no consumer group metadata yet".into())
-                })?;
-                tokio::task::block_in_place(|| {
-                    producer.send_offsets_to_transaction(&offsets, &meta, timeout)
-                })
-                .map_err(|e| txn_error("send offsets to transaction", e))?;
-                tokio::task::block_in_place(|| producer.commit_transaction(timeout))
-                    .map_err(|e| txn_error("commit transaction", e))?;
-            } else {
-                tokio::task::block_in_place(|| {
-                    consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
-                })
-                .map_err(|e| BatchError::Transient(format!("commit offsets: {e}")))?;
-            }
-            Ok(())
+            return Ok(());
+        };
+        // The commit flushes and fails if any record failed, so the
+        // offsets go out while the records are still being acknowledged.
+        drop(deliveries);
+        producer
+            .send_offsets_to_transaction(&offsets, group, timeout)
+            .map_err(|e| txn_error("send offsets to transaction", e))?;
+        let t_offsets = t0.elapsed();
+        producer
+            .commit_transaction(timeout)
+            .map_err(|e| txn_error("commit transaction", e))?;
+        tracing::trace!(
+            send_ms = t_sent.as_secs_f64() * 1e3,
+            offsets_ms = (t_offsets - t_sent).as_secs_f64() * 1e3,
+            commit_ms = (t0.elapsed() - t_offsets).as_secs_f64() * 1e3,
+            "transaction phases"
+        );
+        Ok(())
+    })();
+    let Err(e) = result else { return Ok(()) };
+    if group.is_some()
+        && let Err(abort) = producer.abort_transaction(timeout)
+    {
+        match txn_error("abort transaction", abort) {
+            BatchError::Fatal(f) => return Err(BatchError::Fatal(f)),
+            // Not finished (the broker is away): call it again first next
+            // time, as librdkafka requires.
+            BatchError::Transient(_) => abort_pending.store(true, Ordering::Release),
         }
-        .await;
-        let Err(e) = result else { return Ok(()) };
-        if exactly_once
-            && let Err(abort) = tokio::task::block_in_place(|| producer.abort_transaction(timeout))
-        {
-            match txn_error("abort transaction", abort) {
-                BatchError::Fatal(f) => return Err(BatchError::Fatal(f)),
-                // Not finished (the broker is away): call it again first
-                // next time, as librdkafka requires.
-                BatchError::Transient(_) => self.abort_pending.store(true, Ordering::Release),
+    }
+    Err(e)
+}
+
+/// Enqueues one record, waiting while the producer's queue is full.
+fn send(producer: &FutureProducer, o: &Out) -> Result<DeliveryFuture, BatchError> {
+    let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+    for (k, v) in &o.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&o.topic)
+        .payload(o.payload.as_slice())
+        .headers(headers);
+    if let Some(k) = &o.key {
+        rec = rec.key(k.as_slice());
+    }
+    if let Some(p) = o.partition {
+        rec = rec.partition(p);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match producer.send_result(rec) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                if Instant::now() < deadline =>
+            {
+                // librdkafka's queue drains as the broker acknowledges.
+                producer.poll(Duration::from_millis(5));
+                rec = r;
             }
+            Err((e, _)) => return Err(txn_error("produce", e)),
         }
-        Err(e)
     }
 }
 

@@ -36,6 +36,8 @@ impl Assignment {
 
 /// The context of the input consumer.
 pub struct StageContext {
+    /// Held while a batch's transaction commits.
+    pub(crate) gate: Arc<super::batch::TxnGate>,
     pub(crate) group: String,
     pub(crate) input_topic: String,
     pub(crate) retry_topic: String,
@@ -113,6 +115,9 @@ impl ConsumerContext for StageContext {
                 return;
             }
             tracing::info!(?parts, "partitions revoked");
+            // The batch in flight may hold offsets of these partitions: let
+            // it commit or abort before they change hands.
+            self.gate.wait_idle(std::time::Duration::from_secs(60));
             if let Some(rc) = self.retry_consumer.get()
                 && let Err(e) = rc.incremental_unassign(&self.retry_tpl(&parts, Offset::Invalid))
             {

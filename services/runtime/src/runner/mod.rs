@@ -99,7 +99,7 @@ pub struct StageRunner<S: StageLogic> {
     pub(crate) group: String,
     /// An abort that did not finish (e.g. it timed out while the broker was
     /// away): librdkafka requires the same call again before anything else.
-    pub(crate) abort_pending: std::sync::atomic::AtomicBool,
+    pub(crate) abort_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<S: StageLogic> StageRunner<S> {
@@ -124,7 +124,7 @@ impl<S: StageLogic> StageRunner<S> {
             codec: Arc::new(codec),
             health,
             group,
-            abort_pending: std::sync::atomic::AtomicBool::new(false),
+            abort_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -254,7 +254,9 @@ impl<S: StageLogic> StageRunner<S> {
         let assignment = Arc::new(Mutex::new(Assignment::default()));
         let slot = Arc::new(OnceLock::new());
         let _ = slot.set(retry_consumer.clone());
+        let gate = Arc::new(batch::TxnGate::default());
         let context = StageContext {
+            gate: gate.clone(),
             group: self.group.clone(),
             input_topic: input_topic.clone(),
             retry_topic: retry_topic.clone(),
@@ -309,6 +311,9 @@ impl<S: StageLogic> StageRunner<S> {
         let mut dedup = DedupState::default();
         let mut delayed: BTreeMap<i32, VecDeque<Delayed>> = BTreeMap::new();
         let mut failures: u32 = 0;
+        // The batch whose transaction commits while the next one is
+        // collected and processed.
+        let mut in_flight: Option<batch::InFlight> = None;
         let max_records = self.cfg.transaction_max_records;
         let window = Duration::from_millis(self.cfg.transaction_max_ms);
 
@@ -324,6 +329,11 @@ impl<S: StageLogic> StageRunner<S> {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
+                    // Nothing new: settle the batch in flight meanwhile.
+                    _ = async { in_flight.as_mut().expect("guarded").finished().await }, if in_flight.is_some() => {
+                        let flight = in_flight.take().expect("guarded");
+                        self.settle_or_rewind(&consumer, &retry_consumer, &mut dedup, &mut delayed, flight, Vec::new(), &mut failures, &mut shutdown).await?;
+                    }
                     m = consumer.recv() => match m {
                         Ok(m) => items.push(Item { msg: m.detach(), source: Source::Input, delivery: 1, epoch }),
                         Err(e) => {
@@ -472,35 +482,65 @@ impl<S: StageLogic> StageRunner<S> {
                 continue;
             }
 
-            match self
-                .handle_batch(&consumer, &producer, &mut dedup, &items)
-                .await
-            {
-                Ok(()) => {
-                    failures = 0;
-                    self.health.set_ready();
-                }
-                Err(batch::BatchError::Fatal(e)) => {
-                    self.health.set_not_ready(e.clone());
-                    return Err(RunnerError::Fatal(e));
-                }
-                Err(batch::BatchError::Transient(e)) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "batch failed; rewinding and retrying");
-                    metrics::counter!("artifact_stage_batch_failures_total", "stage" => stage.name()).increment(1);
-                    self.health.set_not_ready(e);
-                    batch::rewind(&consumer, &retry_consumer, &mut delayed, &items);
-                    let pause = retry::jittered(
-                        Duration::from_millis(200),
-                        Duration::from_secs(5),
-                        failures,
-                    );
-                    tokio::select! {
-                        _ = shutdown.changed() => {},
-                        _ = tokio::time::sleep(pause) => {},
-                    }
+            let prepared = self
+                .prepare(&dedup, in_flight.as_ref().map(|f| &f.generations), &items)
+                .await;
+            // One transaction at a time: the previous batch settles before
+            // this one's starts. If it failed, this batch is read again too.
+            if let Some(flight) = in_flight.take() {
+                match self
+                    .settle_or_rewind(
+                        &consumer,
+                        &retry_consumer,
+                        &mut dedup,
+                        &mut delayed,
+                        flight,
+                        items,
+                        &mut failures,
+                        &mut shutdown,
+                    )
+                    .await?
+                {
+                    Some(back) => items = back,
+                    None => continue,
                 }
             }
+            let failed = match prepared {
+                Err(e) => Some((e, items)),
+                Ok(p) => match self.start_commit(&consumer, &producer, &gate, p, items) {
+                    Ok(flight) => {
+                        in_flight = Some(flight);
+                        None
+                    }
+                    Err(back) => Some(back),
+                },
+            };
+            if let Some((e, items)) = failed {
+                // Nothing of this batch was produced.
+                self.failed_batch(
+                    &consumer,
+                    &retry_consumer,
+                    &mut delayed,
+                    e,
+                    &items,
+                    &mut failures,
+                    &mut shutdown,
+                )
+                .await?;
+            }
+        }
+        if let Some(flight) = in_flight.take() {
+            self.settle_or_rewind(
+                &consumer,
+                &retry_consumer,
+                &mut dedup,
+                &mut delayed,
+                flight,
+                Vec::new(),
+                &mut failures,
+                &mut shutdown,
+            )
+            .await?;
         }
 
         tracing::info!(stage = stage.name(), "shutting down: leaving the group");
@@ -510,6 +550,84 @@ impl<S: StageLogic> StageRunner<S> {
         drop(retry_consumer);
         let p = producer.clone();
         let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5))).await;
+        Ok(())
+    }
+}
+
+impl<S: StageLogic> StageRunner<S> {
+    /// Settles the batch in flight. On success returns `next` (the batch
+    /// prepared meanwhile) to be committed; on failure rewinds both batches
+    /// (nothing of either was committed), pauses, and returns `None`.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_or_rewind<C: rdkafka::consumer::ConsumerContext + 'static>(
+        &self,
+        consumer: &StreamConsumer<C>,
+        retry_consumer: &StreamConsumer,
+        dedup: &mut DedupState,
+        delayed: &mut BTreeMap<i32, VecDeque<Delayed>>,
+        flight: batch::InFlight,
+        next: Vec<Item>,
+        failures: &mut u32,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Vec<Item>>, RunnerError> {
+        match self.settle(consumer, dedup, flight).await {
+            Ok(()) => {
+                *failures = 0;
+                self.health.set_ready();
+                Ok(Some(next))
+            }
+            Err((e, mut items)) => {
+                items.extend(next);
+                self.failed_batch(
+                    consumer,
+                    retry_consumer,
+                    delayed,
+                    e,
+                    &items,
+                    failures,
+                    shutdown,
+                )
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A batch did not commit: fatal errors end the runner; otherwise its
+    /// records are read again after a pause that grows with each failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn failed_batch<C: rdkafka::consumer::ConsumerContext + 'static>(
+        &self,
+        consumer: &StreamConsumer<C>,
+        retry_consumer: &StreamConsumer,
+        delayed: &mut BTreeMap<i32, VecDeque<Delayed>>,
+        error: batch::BatchError,
+        items: &[Item],
+        failures: &mut u32,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), RunnerError> {
+        let e = match error {
+            batch::BatchError::Fatal(e) => {
+                self.health.set_not_ready(e.clone());
+                return Err(RunnerError::Fatal(e));
+            }
+            batch::BatchError::Transient(e) => e,
+        };
+        *failures += 1;
+        tracing::warn!(error = %e, failures = *failures, "batch failed; rewinding and retrying");
+        metrics::counter!("artifact_stage_batch_failures_total", "stage" => S::STAGE.name())
+            .increment(1);
+        self.health.set_not_ready(e);
+        batch::rewind(consumer, retry_consumer, delayed, items);
+        let pause = retry::jittered(
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+            *failures,
+        );
+        tokio::select! {
+            _ = shutdown.changed() => {},
+            _ = tokio::time::sleep(pause) => {},
+        }
         Ok(())
     }
 }
