@@ -118,8 +118,9 @@ impl Serialize for Generation {
 
 impl<'de> Deserialize<'de> for Generation {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = i64::deserialize(d)?;
-        Generation::new(n).map_err(serde::de::Error::custom)
+        // Avro `int` in every schema; schema-aware readers insist on i32.
+        let n = i32::deserialize(d)?;
+        Generation::new(n.into()).map_err(serde::de::Error::custom)
     }
 }
 

@@ -5,6 +5,9 @@
 //! the writer's schema by the id in the record.
 
 use crate::schemas::EventSchema;
+use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
@@ -13,6 +16,8 @@ use schema_registry_converter::schema_registry_common::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Encoding or decoding failed.
@@ -38,10 +43,23 @@ impl CodecError {
     }
 }
 
+/// A writer schema as registered for one topic, ready to write with.
+struct Writer {
+    id: u32,
+    writer: GenericDatumWriter<'static>,
+}
+
 /// Encodes and decodes event values; cheap to share behind an `Arc`.
+///
+/// The registry is asked once per topic and schema (writers) and once per
+/// schema id (readers); after that a record costs its Avro body alone.
+/// Parsed schemas are kept for the life of the process: there is one per
+/// schema id seen, a handful in practice.
 pub struct AvroCodec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
+    writers: RwLock<HashMap<EventSchema, HashMap<String, Arc<Writer>>>>,
+    readers: RwLock<HashMap<u32, Arc<GenericDatumReader<'static>>>>,
 }
 
 impl AvroCodec {
@@ -57,6 +75,8 @@ impl AvroCodec {
         Ok(AvroCodec {
             encoder: AvroEncoder::new(settings()?),
             decoder: AvroDecoder::new(settings()?),
+            writers: RwLock::default(),
+            readers: RwLock::default(),
         })
     }
 
@@ -67,13 +87,43 @@ impl AvroCodec {
         schema: EventSchema,
         value: &T,
     ) -> Result<Vec<u8>, CodecError> {
+        let writer = match self.cached_writer(topic, schema) {
+            Some(w) => w,
+            None => self.register_writer(topic, schema).await?,
+        };
+        let mut bytes = Vec::with_capacity(128);
+        bytes.push(0);
+        bytes.extend_from_slice(&writer.id.to_be_bytes());
+        writer
+            .writer
+            .write_ser(&mut bytes, value)
+            .map_err(|e| CodecError::Unencodable(format!("value does not fit the schema: {e}")))?;
+        Ok(bytes)
+    }
+
+    fn cached_writer(&self, topic: &str, schema: EventSchema) -> Option<Arc<Writer>> {
+        let writers = self.writers.read().expect("writers lock");
+        writers.get(&schema)?.get(topic).cloned()
+    }
+
+    /// Looks the schema up under the topic's subject (registering it if
+    /// needed, as Confluent serializers do with auto-registration).
+    async fn register_writer(
+        &self,
+        topic: &str,
+        schema: EventSchema,
+    ) -> Result<Arc<Writer>, CodecError> {
         let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
             topic.to_owned(),
             false,
             SuppliedSchema::new(None, SchemaType::Avro, schema.avsc().to_owned()),
         );
-        self.encoder
-            .encode_struct(value, &strategy)
+        let subject = strategy
+            .get_subject()
+            .map_err(|e| CodecError::Unencodable(describe(&e)))?;
+        let registered = self
+            .encoder
+            .get_schema_and_id(&subject, strategy)
             .await
             .map_err(|e| {
                 if e.retriable {
@@ -84,26 +134,91 @@ impl AvroCodec {
                 } else {
                     CodecError::Unencodable(describe(&e))
                 }
-            })
+            })?;
+        let parsed: &'static Schema = Box::leak(Box::new(registered.parsed.clone()));
+        let writer = GenericDatumWriter::builder(parsed)
+            .build()
+            .map_err(|e| CodecError::Unencodable(format!("schema of {subject}: {e}")))?;
+        let writer = Arc::new(Writer {
+            id: registered.id,
+            writer,
+        });
+        self.writers
+            .write()
+            .expect("writers lock")
+            .entry(schema)
+            .or_default()
+            .insert(topic.to_owned(), writer.clone());
+        Ok(writer)
     }
 
-    /// Decodes a record value written in the Confluent wire format.
+    /// Decodes a Confluent-framed Avro record into `T`, with the writer's
+    /// schema named by the record's schema id.
     pub async fn decode<T: DeserializeOwned>(&self, bytes: Option<&[u8]>) -> Result<T, CodecError> {
         let Some(bytes) = bytes else {
             return Err(CodecError::Undecodable(
                 "record has no value (tombstone)".into(),
             ));
         };
-        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
+        let (id, mut body) = match bytes {
+            [0, a, b, c, d, body @ ..] => (u32::from_be_bytes([*a, *b, *c, *d]), body),
+            [] => return Err(CodecError::Undecodable("empty record".into())),
+            [m, ..] if *m != 0 => {
+                return Err(CodecError::Undecodable(format!(
+                    "magic byte is {m:#04x}, not 0x00: not Confluent-framed Avro"
+                )));
+            }
+            short => {
+                return Err(CodecError::Undecodable(format!(
+                    "record of {} bytes is too short for the Confluent framing",
+                    short.len()
+                )));
+            }
+        };
+        let reader = match self.cached_reader(id) {
+            Some(r) => r,
+            None => self.fetch_reader(id).await?,
+        };
+        // Through an Avro `Value`: serde's struct names are not the records'
+        // (one generic `StageEvent` serves four record schemas).
+        let value = reader.read_value(&mut body).map_err(|e| {
+            CodecError::Undecodable(format!("body does not match schema {id}: {e}"))
+        })?;
+        if !body.is_empty() {
+            return Err(CodecError::Undecodable(format!(
+                "{} bytes left after the Avro body of schema {id}",
+                body.len()
+            )));
+        }
+        let value = apache_avro::from_value::<T>(&value).map_err(|e| {
+            CodecError::Undecodable(format!("value does not fit the event type: {e}"))
+        })?;
+        Ok(value)
+    }
+
+    fn cached_reader(&self, id: u32) -> Option<Arc<GenericDatumReader<'static>>> {
+        self.readers.read().expect("readers lock").get(&id).cloned()
+    }
+
+    async fn fetch_reader(&self, id: u32) -> Result<Arc<GenericDatumReader<'static>>, CodecError> {
+        let registered = self.decoder.get_schema(id).await.map_err(|e| {
             if e.retriable {
                 self.decoder.remove_errors_from_cache();
                 CodecError::RegistryUnavailable(describe(&e))
             } else {
-                CodecError::Undecodable(describe(&e))
+                CodecError::Undecodable(format!("schema id {id}: {}", describe(&e)))
             }
         })?;
-        apache_avro::from_value::<T>(&decoded.value)
-            .map_err(|e| CodecError::Undecodable(format!("value does not fit the event type: {e}")))
+        let parsed: &'static Schema = Box::leak(Box::new(registered.parsed.clone()));
+        let reader = GenericDatumReader::builder(parsed)
+            .build()
+            .map_err(|e| CodecError::Undecodable(format!("schema id {id}: {e}")))?;
+        let reader = Arc::new(reader);
+        self.readers
+            .write()
+            .expect("readers lock")
+            .insert(id, reader.clone());
+        Ok(reader)
     }
 }
 

@@ -25,11 +25,23 @@ fn is_hex(s: &str, len: usize) -> bool {
         && s.bytes().any(|b| b != b'0')
 }
 
+/// `bytes` (at most 16) random bytes as lowercase hex, never all zero
+/// (an all-zero id is invalid).
 fn random_hex(bytes: usize) -> String {
     let mut rng = rand::rng();
-    (0..bytes)
-        .map(|_| format!("{:02x}", rng.random::<u8>()))
-        .collect()
+    let bits = 8 * bytes as u32;
+    let mask = if bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    };
+    let n = loop {
+        let n = rng.random::<u128>() & mask;
+        if n != 0 {
+            break n;
+        }
+    };
+    format!("{n:0width$x}", width = 2 * bytes)
 }
 
 impl TraceParent {

@@ -159,14 +159,14 @@ impl<S: StageLogic> StageRunner<S> {
         // 1. Decode and decide.
         let mut pending: HashMap<(i32, ArtifactId), Generation> = HashMap::new();
         let mut plans: Vec<Plan<S::Input>> = Vec::with_capacity(items.len());
+        let mut consumed: HashMap<&'static str, u64> = HashMap::new();
         for it in items {
             let source = if it.source == Source::Input {
                 "input"
             } else {
                 "retry"
             };
-            metrics::counter!("artifact_stage_records_consumed_total", "stage" => name, "source" => source)
-                .increment(1);
+            *consumed.entry(source).or_default() += 1;
             let plan = match self.codec.decode::<S::Input>(it.msg.payload()).await {
                 Err(e) if e.is_retriable() => return Err(BatchError::Transient(e.to_string())),
                 Err(e) => Plan::DeadLetter(e.to_string()),
@@ -201,6 +201,10 @@ impl<S: StageLogic> StageRunner<S> {
             plans.push(plan);
         }
 
+        for (source, n) in consumed {
+            metrics::counter!("artifact_stage_records_consumed_total", "stage" => name, "source" => source)
+                .increment(n);
+        }
         let t_decoded = t0.elapsed();
         // 2. Process concurrently.
         let work: Vec<usize> = plans
@@ -209,6 +213,8 @@ impl<S: StageLogic> StageRunner<S> {
             .filter_map(|(i, p)| matches!(p, Plan::Process(_)).then_some(i))
             .collect();
         let plans_ref = &plans;
+        let processing_time =
+            &metrics::histogram!("artifact_stage_processing_seconds", "stage" => name);
         let mut done: HashMap<usize, (Done<S::Result>, String)> = futures::stream::iter(work)
             .map(|i| async move {
                 let Plan::Process(input) = &plans_ref[i] else {
@@ -227,7 +233,7 @@ impl<S: StageLogic> StageRunner<S> {
                     traceparent = %tp,
                 );
                 let d = self
-                    .process_with_retries(input, it, &tp)
+                    .process_with_retries(input, it, &tp, processing_time)
                     .instrument(span)
                     .await;
                 (i, (d, tp))
@@ -454,9 +460,13 @@ impl<S: StageLogic> StageRunner<S> {
                 metrics::counter!("artifact_stage_dlq_records_total", "stage" => name).increment(n);
             }
         }
+        let mut by_outcome: HashMap<&'static str, u64> = HashMap::new();
         for l in outcome_labels {
+            *by_outcome.entry(l).or_default() += 1;
+        }
+        for (l, n) in by_outcome {
             metrics::counter!("artifact_stage_outcomes_total", "stage" => name, "outcome" => l)
-                .increment(1);
+                .increment(n);
         }
         Ok(())
     }
@@ -524,6 +534,7 @@ impl<S: StageLogic> StageRunner<S> {
         input: &S::Input,
         it: &Item,
         traceparent: &str,
+        processing_time: &metrics::Histogram,
     ) -> Done<S::Result> {
         let name = S::STAGE.name();
         let policy = self.cfg.retry_policy();
@@ -540,8 +551,7 @@ impl<S: StageLogic> StageRunner<S> {
             let started = Instant::now();
             let fut = std::panic::AssertUnwindSafe(self.logic.process(input, &ctx)).catch_unwind();
             let res = tokio::time::timeout(limit, fut).await;
-            metrics::histogram!("artifact_stage_processing_seconds", "stage" => name)
-                .record(started.elapsed().as_secs_f64());
+            processing_time.record(started.elapsed().as_secs_f64());
             match res {
                 Ok(Ok(Ok(p))) => return Done::Ok(p),
                 Ok(Ok(Err(StageError::Permanent(r)))) => {
