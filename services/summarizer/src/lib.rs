@@ -8,6 +8,7 @@
 //!
 //! Pure logic: no I/O, no async.
 
+pub mod chunk;
 mod rank;
 mod segment;
 pub mod stage;
