@@ -1,14 +1,17 @@
-//! Built-in extractive summarizer.
+//! The summarizer stage's logic: the built-in extractive summarizer (this
+//! module), and the optional OpenAI-compatible backend ([`llm`], with its
+//! text [`chunk`]ing and [`config`]).
 //!
-//! [`summarize`] splits a text into sentences ([`sentences`]), scores them by
+//! The extractive summarizer: [`summarize`] splits a text into sentences ([`sentences`]), scores them by
 //! TextRank centrality over a TF-IDF cosine-similarity graph, and returns the
 //! best-scoring sentences, within [`SummaryOptions`] bounds, in their
 //! original order. Deterministic: equal scores are broken by position, and no
 //! randomness or hashing order is involved.
 //!
-//! Pure logic: no I/O, no async.
+//! The extractive summarizer is pure logic: no I/O, no async.
 
 pub mod chunk;
+pub mod config;
 pub mod llm;
 mod rank;
 mod segment;

@@ -16,7 +16,8 @@
 
 use crate::{bound_summary, chunk};
 use artifact_runtime::stage::StageError;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -223,11 +224,17 @@ impl LlmSummarizer {
         let of = chunks.len();
         tracing::debug!(chunks = of, "summarizing in parts");
         let mut partials = self
-            .complete_all(chunks.iter().enumerate().map(|(i, text)| Prompt::Part {
-                index: i + 1,
-                of,
-                text,
-            }))
+            .complete_all(
+                chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, text)| Prompt::Part {
+                        index: i + 1,
+                        of,
+                        text,
+                    })
+                    .collect(),
+            )
             .await?;
         loop {
             let joined = partials.join("\n\n");
@@ -236,8 +243,8 @@ impl LlmSummarizer {
             }
             // Each partial summary is at most `max_summary_chars` and one
             // paragraph, and a chunk holds at least two of them (validated:
-            // chunk_chars >= 2 * max_summary_chars + 2), so every round at
-            // least halves their number and this ends.
+            // chunk_chars >= 2 * max_summary_chars + 2): every group but the
+            // last has two or more, so each round has fewer and this ends.
             let groups = chunk::chunks(&joined, size);
             let of = groups.len();
             tracing::debug!(
@@ -245,28 +252,37 @@ impl LlmSummarizer {
                 groups = of,
                 "combining in groups"
             );
-            partials =
-                self.complete_all(groups.iter().enumerate().map(|(i, text)| {
-                    Prompt::CombineGroup {
-                        index: i + 1,
-                        of,
-                        text,
-                    }
-                }))
-                .await?;
+            let prompts = groups
+                .iter()
+                .enumerate()
+                .map(|(i, text)| Prompt::CombineGroup {
+                    index: i + 1,
+                    of,
+                    text,
+                })
+                .collect();
+            partials = self.complete_all(prompts).await?;
         }
     }
 
     /// Runs `prompts` with at most `concurrency` requests at once; answers
     /// in the prompts' order. The first error cancels the rest.
-    async fn complete_all<'a>(
-        &self,
-        prompts: impl Iterator<Item = Prompt<'a>>,
-    ) -> Result<Vec<String>, StageError> {
-        futures::stream::iter(prompts.map(|p| self.complete(p)))
-            .buffered(self.cfg.concurrency.max(1))
-            .try_collect()
-            .await
+    async fn complete_all(&self, prompts: Vec<Prompt<'_>>) -> Result<Vec<String>, StageError> {
+        let mut out = Vec::with_capacity(prompts.len());
+        let mut waiting = prompts.into_iter();
+        let mut running = FuturesOrdered::new();
+        loop {
+            while running.len() < self.cfg.concurrency.max(1) {
+                match waiting.next() {
+                    Some(prompt) => running.push_back(self.complete(prompt)),
+                    None => break,
+                }
+            }
+            match running.next().await {
+                Some(answer) => out.push(answer?),
+                None => return Ok(out),
+            }
+        }
     }
 
     fn request(&self, prompt: Prompt<'_>) -> ChatRequest<'_> {
