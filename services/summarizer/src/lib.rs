@@ -1,13 +1,18 @@
-//! Built-in extractive summarizer.
+//! The summarizer stage's logic: the built-in extractive summarizer (this
+//! module), and the optional OpenAI-compatible backend ([`llm`], with its
+//! text [`chunk`]ing and [`config`]).
 //!
-//! [`summarize`] splits a text into sentences ([`sentences`]), scores them by
+//! The extractive summarizer: [`summarize`] splits a text into sentences ([`sentences`]), scores them by
 //! TextRank centrality over a TF-IDF cosine-similarity graph, and returns the
 //! best-scoring sentences, within [`SummaryOptions`] bounds, in their
 //! original order. Deterministic: equal scores are broken by position, and no
 //! randomness or hashing order is involved.
 //!
-//! Pure logic: no I/O, no async.
+//! The extractive summarizer is pure logic: no I/O, no async.
 
+pub mod chunk;
+pub mod config;
+pub mod llm;
 mod rank;
 mod segment;
 pub mod stage;
@@ -83,6 +88,38 @@ pub fn summarize(text: &str, opts: &SummaryOptions) -> Option<String> {
             .collect::<Vec<_>>()
             .join(" "),
     )
+}
+
+/// Bounds a summary written by someone else (the LLM backend) as the
+/// extractive summary is bounded: runs of whitespace become one space; a
+/// summary over `max_chars` characters keeps its leading sentences that fit,
+/// or, when even the first does not, is cut at a word boundary and ends with
+/// `…`. `None` when nothing but whitespace is left (or `max_chars` is 0).
+pub fn bound_summary(summary: &str, max_chars: usize) -> Option<String> {
+    let flat = summary.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.is_empty() || max_chars == 0 {
+        return None;
+    }
+    if flat.chars().count() <= max_chars {
+        return Some(flat);
+    }
+    let mut out = String::new();
+    let mut chars = 0;
+    for sentence in sentences(&flat) {
+        let len = sentence.chars().count() + usize::from(!out.is_empty());
+        if chars + len > max_chars {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&sentence);
+        chars += len;
+    }
+    if out.is_empty() {
+        out = cut(&flat, max_chars);
+    }
+    Some(out)
 }
 
 /// Cuts `sentence` to at most `max_chars` characters, at a word boundary
@@ -172,6 +209,28 @@ mod tests {
         };
         let s = summarize("A rather long sentence without any full stop in it", &opts).unwrap();
         assert_eq!(s, "A rather long…");
+    }
+
+    #[test]
+    fn bound_summary_flattens_and_keeps_leading_sentences() {
+        assert_eq!(bound_summary(" \n\t ", 100), None);
+        assert_eq!(bound_summary("Some text.", 0), None);
+        assert_eq!(
+            bound_summary("  One  line.\n\nTwo\tlines. ", 100).as_deref(),
+            Some("One line. Two lines.")
+        );
+        assert_eq!(
+            bound_summary("First one. Second one. Third one.", 25).as_deref(),
+            Some("First one. Second one.")
+        );
+        assert_eq!(
+            bound_summary("A first sentence that is far too long. Short.", 20).as_deref(),
+            Some("A first sentence…")
+        );
+        for max in 1..60 {
+            let s = bound_summary(TEXT, max).unwrap();
+            assert!(s.chars().count() <= max, "{max}: {s}");
+        }
     }
 
     #[test]

@@ -1,20 +1,34 @@
 //! summarizer as a pipeline stage: reads the extracted text blob and writes
-//! the built-in extractive summary (deterministic, no network). Artifacts
-//! without text (parse skipped, empty text) get a `skipped` outcome.
+//! its summary, by the built-in extractive summarizer (deterministic, no
+//! network) or, when configured, by an OpenAI-compatible endpoint
+//! ([`crate::llm`]). Artifacts without text (parse skipped, empty text) get a
+//! `skipped` outcome.
 
+use crate::llm::LlmSummarizer;
 use crate::{SummaryOptions, summarize};
 use artifact_domain::{Outcome, Parsed, Stage, SummaryResult};
 use artifact_runtime::blob::BlobStore;
 use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
 
+/// Who writes the summaries.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The built-in extractive summarizer; method `extractive`.
+    Extractive,
+    /// An OpenAI-compatible endpoint; method `llm:<model>`.
+    Llm(Box<LlmSummarizer>),
+}
+
 /// The stage.
 pub struct SummaryStage {
     /// Where the texts are.
     pub blobs: BlobStore,
-    /// Summary length.
+    /// Summary length (the LLM backend uses `max_chars` only).
     pub options: SummaryOptions,
     /// Largest text read, in bytes.
     pub max_text_bytes: u64,
+    /// Who writes the summaries.
+    pub backend: Backend,
 }
 
 impl StageLogic for SummaryStage {
@@ -39,19 +53,19 @@ impl StageLogic for SummaryStage {
         };
         let bytes = self.blobs.read_all(&location, self.max_text_bytes).await?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        let options = self.options.clone();
-        let summary = tokio::task::spawn_blocking(move || summarize(&text, &options))
-            .await
-            .map_err(|e| StageError::Permanent(format!("summarizer failed: {e}")))?;
+        let (method, summary) = match &self.backend {
+            Backend::Extractive => {
+                let options = self.options.clone();
+                let summary = tokio::task::spawn_blocking(move || summarize(&text, &options))
+                    .await
+                    .map_err(|e| StageError::Permanent(format!("summarizer failed: {e}")))?;
+                ("extractive".to_owned(), summary)
+            }
+            Backend::Llm(llm) => (llm.method(), llm.summarize(&text).await?),
+        };
         Ok(match summary {
             None => Processed::skipped("the extracted text is empty", context),
-            Some(summary) => Processed::succeeded(
-                SummaryResult {
-                    method: "extractive".into(),
-                    summary,
-                },
-                context,
-            ),
+            Some(summary) => Processed::succeeded(SummaryResult { method, summary }, context),
         })
     }
 }
