@@ -1,6 +1,6 @@
 //! TextRank over a TF-IDF cosine-similarity graph of sentences.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Words that carry no topic.
 const STOPWORDS: [&str; 64] = [
@@ -37,16 +37,22 @@ pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
             *df.entry(term).or_insert(0.0) += 1.0;
         }
     }
-    // Smoothed IDF, so a term in every sentence still weighs something.
-    let vectors: Vec<Vec<(&str, f64)>> = tfs
+    // Terms numbered in their sorted order: the sparse vectors stay sorted
+    // (and their sums in the same order) while the n² comparisons below
+    // compare numbers instead of strings. Smoothed IDF, so a term in every
+    // sentence still weighs something.
+    let terms: HashMap<&str, (u32, f64)> = df
+        .iter()
+        .enumerate()
+        .map(|(id, (t, d))| (*t, (id as u32, 1.0 + ((1.0 + n as f64) / (1.0 + d)).ln())))
+        .collect();
+    let vectors: Vec<Vec<(u32, f64)>> = tfs
         .iter()
         .map(|tf| {
             tf.iter()
                 .map(|(t, &f)| {
-                    (
-                        t.as_str(),
-                        f * (1.0 + ((1.0 + n as f64) / (1.0 + df[t.as_str()])).ln()),
-                    )
+                    let (id, idf) = terms[t.as_str()];
+                    (id, f * idf)
                 })
                 .collect()
         })
@@ -88,13 +94,13 @@ pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
 }
 
 /// Cosine similarity of two sparse vectors sorted by term.
-fn cosine(a: &[(&str, f64)], b: &[(&str, f64)], na: f64, nb: f64) -> f64 {
+fn cosine(a: &[(u32, f64)], b: &[(u32, f64)], na: f64, nb: f64) -> f64 {
     if na == 0.0 || nb == 0.0 {
         return 0.0;
     }
     let (mut i, mut j, mut dot) = (0, 0, 0.0);
     while i < a.len() && j < b.len() {
-        match a[i].0.cmp(b[j].0) {
+        match a[i].0.cmp(&b[j].0) {
             std::cmp::Ordering::Less => i += 1,
             std::cmp::Ordering::Greater => j += 1,
             std::cmp::Ordering::Equal => {
