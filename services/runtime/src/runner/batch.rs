@@ -614,8 +614,7 @@ fn commit_blocking(
             deliveries.push(send(producer, o)?);
         }
         let t_sent = t0.elapsed();
-        let Some(group) = group else {
-            // At least once: every record acknowledged before the offsets move.
+        let acknowledged = || {
             for d in deliveries {
                 match futures::executor::block_on(d) {
                     Ok(Ok(_)) => {}
@@ -623,14 +622,20 @@ fn commit_blocking(
                     Err(_) => return Err(BatchError::Transient("delivery cancelled".into())),
                 }
             }
-            return Ok(());
+            Ok(())
         };
-        // The commit flushes and fails if any record failed, so the
-        // offsets go out while the records are still being acknowledged.
-        drop(deliveries);
+        let Some(group) = group else {
+            // At least once: every record acknowledged before the offsets move.
+            return acknowledged();
+        };
+        // The offsets go out while the records are being acknowledged. The
+        // acknowledgements are awaited before the commit: the commit's own
+        // flush would otherwise poll for delivery reports that the
+        // producer's polling thread serves, and wait out its 100 ms poll.
         producer
             .send_offsets_to_transaction(&offsets, group, timeout)
             .map_err(|e| txn_error("send offsets to transaction", e))?;
+        acknowledged()?;
         let t_offsets = t0.elapsed();
         producer
             .commit_transaction(timeout)

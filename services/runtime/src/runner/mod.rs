@@ -271,10 +271,18 @@ impl<S: StageLogic> StageRunner<S> {
                 .map_err(fatal)?;
 
         let mut pcfg = producer_config(&self.conn, &format!("{}-{instance}", self.group));
-        pcfg.set("linger.ms", "5");
+        // A transaction begins right after the previous one committed, and
+        // the coordinator answers CONCURRENT_TRANSACTIONS until that one's
+        // markers are written (a few ms); librdkafka retries the offsets'
+        // registration after `retry.backoff.ms`, 100 ms by default.
+        pcfg.set("linger.ms", "5").set("retry.backoff.ms", "10");
         if exactly_once {
             pcfg.set("transactional.id", format!("{}-{instance}", self.group))
                 .set("transaction.timeout.ms", "30000");
+        }
+        // Operators' KAFKA_PROPERTIES win over these defaults.
+        for (k, v) in &self.conn.kafka_properties.0 {
+            pcfg.set(k, v);
         }
         let producer: FutureProducer = pcfg.create().map_err(fatal)?;
         if exactly_once {
