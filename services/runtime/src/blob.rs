@@ -545,7 +545,10 @@ impl BlobStore {
                 Sink::File { file, path }
             }
         };
-        Ok(BlobWriter { location, sink })
+        Ok(BlobWriter {
+            location,
+            sink: Some(sink),
+        })
     }
 
     /// Moves the blob at `from` to `to` unless a blob is already at `to`.
@@ -580,12 +583,14 @@ impl BlobStore {
 }
 
 /// A blob being written piece by piece (see [`BlobStore::begin_staging`]).
-/// Call [`BlobWriter::finish`] or [`BlobWriter::abort`]: dropped unfinished,
-/// a file stays behind and an S3 multipart upload stays open (until a bucket
-/// lifecycle rule removes it).
+/// Call [`BlobWriter::finish`] or [`BlobWriter::abort`]. Dropped unfinished
+/// (say, with the request handler whose client went away), it aborts in a
+/// task of its own when a Tokio runtime is there; only a killed process
+/// leaves a file or an open S3 multipart upload behind.
 pub struct BlobWriter {
     location: String,
-    sink: Sink,
+    /// `None` once finished or aborted.
+    sink: Option<Sink>,
 }
 
 enum Sink {
@@ -594,6 +599,42 @@ enum Sink {
         path: PathBuf,
     },
     S3(WriteMultipart),
+}
+
+impl Sink {
+    /// Drops what was written (best effort).
+    async fn abort(self, location: &str) {
+        match self {
+            Sink::File { file, path } => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+            Sink::S3(w) => {
+                if let Err(e) = w.abort().await {
+                    tracing::warn!(%location, error = %e, "could not abort a multipart upload");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        let Some(sink) = self.sink.take() else {
+            return;
+        };
+        let location = std::mem::take(&mut self.location);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { sink.abort(&location).await });
+            }
+            Err(_) => {
+                if let Sink::File { path, .. } = sink {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Debug for BlobWriter {
@@ -613,7 +654,7 @@ impl BlobWriter {
     /// Appends a chunk. On S3 the chunks are gathered into parts; this waits
     /// while too many parts are in flight, so memory stays bounded.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError> {
-        match &mut self.sink {
+        match self.sink.as_mut().expect("an unfinished writer") {
             Sink::File { file, .. } => file
                 .write_all(&chunk)
                 .await
@@ -630,34 +671,27 @@ impl BlobWriter {
 
     /// Completes the blob (file synced to disk, multipart upload completed)
     /// and returns its location.
-    pub async fn finish(self) -> Result<String, BlobError> {
-        match self.sink {
+    pub async fn finish(mut self) -> Result<String, BlobError> {
+        let location = std::mem::take(&mut self.location);
+        match self.sink.take().expect("an unfinished writer") {
             Sink::File { file, path } => {
                 if let Err(e) = file.sync_all().await {
                     let _ = tokio::fs::remove_file(&path).await;
-                    return Err(BlobStore::io(&self.location)(e));
+                    return Err(BlobStore::io(&location)(e));
                 }
             }
             // On failure `finish` aborts the upload itself.
             Sink::S3(w) => {
-                w.finish().await.map_err(store_error(&self.location))?;
+                w.finish().await.map_err(store_error(&location))?;
             }
         }
-        Ok(self.location)
+        Ok(location)
     }
 
     /// Drops what was written (best effort).
-    pub async fn abort(self) {
-        match self.sink {
-            Sink::File { file, path } => {
-                drop(file);
-                let _ = tokio::fs::remove_file(&path).await;
-            }
-            Sink::S3(w) => {
-                if let Err(e) = w.abort().await {
-                    tracing::warn!(location = %self.location, error = %e, "could not abort a multipart upload");
-                }
-            }
+    pub async fn abort(mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.abort(&self.location).await;
         }
     }
 }
@@ -932,6 +966,22 @@ mod tests {
         w.abort().await;
         assert!(!s.exists(&loc).await.unwrap());
         assert!(dir.join("uploads/a").exists());
+
+        // Dropped unfinished (a handler whose client went away): removed by
+        // a task of its own.
+        let mut w = s.begin_staging().await.unwrap();
+        w.write(Bytes::from_static(b"cut off")).await.unwrap();
+        let loc = w.location().to_owned();
+        assert!(s.exists(&loc).await.unwrap());
+        drop(w);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while s.exists(&loc).await.unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a dropped writer's file is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
