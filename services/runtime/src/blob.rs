@@ -568,7 +568,10 @@ impl BlobStore {
                 .copy(&from_path, &to_path)
                 .await
                 .map_err(store_error(to))?;
-            self.delete(from).await?;
+            // The blob is in place; a copy left under `from` is only litter.
+            if let Err(e) = self.delete(from).await {
+                tracing::warn!(location = %from, error = %e, "could not remove a moved blob's source");
+            }
             return Ok(true);
         }
         let (from_path, to_path) = (self.file_path(from)?, self.file_path(to)?);
