@@ -3,6 +3,7 @@
 //! reading committed outputs, and waiting on conditions with deadlines.
 
 pub mod pipeline;
+pub mod s3;
 
 use anyhow::{Context, bail};
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation};

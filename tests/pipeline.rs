@@ -1,6 +1,8 @@
 //! The whole pipeline as processes: the four stages and artifact-api on one
-//! topic prefix and blob root, with helpers to upload and wait.
+//! topic prefix and blob root (a `file://` directory, or a prefix of the
+//! stack's S3 bucket), with helpers to upload and wait.
 
+use crate::s3::S3Prefix;
 use crate::{StageProcess, TestEnv, wait_until};
 use artifact_domain::StatusView;
 use serde_json::Value;
@@ -36,8 +38,10 @@ pub fn fixtures() -> PathBuf {
 pub struct Pipeline {
     /// Topics and codec.
     pub env: TestEnv,
-    /// The blob store root.
+    /// A scratch directory; the blob store root unless `s3` is set.
     pub blobs: PathBuf,
+    /// The blob store, when it is a prefix of the stack's S3 bucket.
+    pub s3: Option<S3Prefix>,
     /// The stage processes by name.
     pub stages: HashMap<&'static str, StageProcess>,
     /// The API process.
@@ -50,14 +54,25 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts the four stages and the API from the binaries in `bin_dir`.
+    /// Starts the four stages and the API from the binaries in `bin_dir`,
+    /// on a `file://` blob store.
     pub async fn start(bin_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_on(bin_dir, None).await
+    }
+
+    /// Like [`Pipeline::start`], on a fresh prefix of the stack's S3 bucket.
+    pub async fn start_s3(bin_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_on(bin_dir, Some(S3Prefix::fresh("e2e"))).await
+    }
+
+    async fn start_on(bin_dir: &Path, s3: Option<S3Prefix>) -> anyhow::Result<Self> {
         let env = TestEnv::new(3).await?;
         let blobs = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&blobs)?;
         let mut p = Pipeline {
             env,
             blobs,
+            s3,
             stages: HashMap::new(),
             api: None,
             api_url: String::new(),
@@ -77,11 +92,13 @@ impl Pipeline {
     }
 
     fn vars(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("BLOB_STORE_URL", format!("file://{}", self.blobs.display())),
-            ("RETRY_INLINE_ATTEMPTS", "2".into()),
-            ("RETRY_DELAY_MS", "300".into()),
-        ]
+        let mut vars = match &self.s3 {
+            Some(s3) => s3.vars(),
+            None => vec![("BLOB_STORE_URL", format!("file://{}", self.blobs.display()))],
+        };
+        vars.push(("RETRY_INLINE_ATTEMPTS", "2".into()));
+        vars.push(("RETRY_DELAY_MS", "300".into()));
+        vars
     }
 
     /// Starts (or restarts) one stage.

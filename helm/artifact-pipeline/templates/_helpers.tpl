@@ -137,6 +137,11 @@ scalars replace. Call with (list $ "mimeDetector"); returns YAML.
 {{- end -}}
 {{- end -}}
 
+{{/* Whether the blob store is the volume (blobStore.url empty) rather than S3. */}}
+{{- define "ap.blobsOnVolume" -}}
+{{- if not .Values.blobStore.url -}}true{{- end -}}
+{{- end -}}
+
 {{- define "ap.blobClaimName" -}}
 {{- if .Values.blobStore.persistence.existingClaim -}}
 {{- .Values.blobStore.persistence.existingClaim -}}
@@ -163,7 +168,7 @@ scalars replace. Call with (list $ "mimeDetector"); returns YAML.
 {{/* Whether the chart's Secret would hold anything. */}}
 {{- define "ap.secretHasData" -}}
 {{- with .Values.secrets -}}
-{{- if or .kafkaProperties .apiTokens .schemaRegistryUrl .llmApiKey -}}true{{- end -}}
+{{- if or .kafkaProperties .apiTokens .schemaRegistryUrl .llmApiKey .awsAccessKeyId .awsSecretAccessKey -}}true{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -192,7 +197,16 @@ scalars replace. Call with (list $ "mimeDetector"); returns YAML.
 {{- $_ := set $data "KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers -}}
 {{- $_ := set $data "SCHEMA_REGISTRY_URL" $root.Values.schemaRegistry.url -}}
 {{- $_ := set $data "TOPIC_PREFIX" $root.Values.kafka.topicPrefix -}}
-{{- $_ := set $data "BLOB_STORE_URL" (printf "file://%s" $root.Values.blobStore.mountPath) -}}
+{{- with $root.Values.blobStore -}}
+{{- if .url -}}
+{{- $_ := set $data "BLOB_STORE_URL" .url -}}
+{{- with .s3.endpoint }}{{ $_ := set $data "AWS_ENDPOINT_URL" . }}{{ end -}}
+{{- with .s3.region }}{{ $_ := set $data "AWS_REGION" . }}{{ end -}}
+{{- if .s3.allowHttp }}{{ $_ := set $data "AWS_ALLOW_HTTP" "true" }}{{ end -}}
+{{- else -}}
+{{- $_ := set $data "BLOB_STORE_URL" (printf "file://%s" .mountPath) -}}
+{{- end -}}
+{{- end -}}
 {{- $_ := set $data "HTTP_ADDR" "0.0.0.0:8080" -}}
 {{- $_ := set $data "RUST_LOG" $s.logLevel -}}
 {{- if eq $c.kind "stage" -}}

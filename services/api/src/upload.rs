@@ -1,16 +1,15 @@
-//! Streaming uploads: the body goes to a temporary file under the blob root
-//! while its SHA-256 and size are computed, never held whole in memory; past
-//! the size limit the upload stops with 413. The blob then moves to a
-//! server-chosen path (`uploads/<artifact id>`): a client's file name is kept
-//! for display only and never becomes a path.
+//! Streaming uploads: the body goes to a temporary blob under the store's
+//! root (`tmp/<uuid>`; on S3 a multipart upload of bounded parts) while its
+//! SHA-256 and size are computed, never held whole in memory; past the size
+//! limit the upload stops with 413 and the temporary blob is removed. The blob
+//! then moves to a server-chosen location (`uploads/<artifact id>`): a
+//! client's file name is kept for display only and never becomes a path.
 
 use crate::problem::Problem;
-use artifact_runtime::blob::BlobStore;
+use artifact_runtime::blob::{BlobError, BlobStore};
 use axum::http::StatusCode;
 use bytes_stream::ByteChunks;
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
-use tokio::io::AsyncWriteExt;
 
 /// Chunks of an upload body.
 pub mod bytes_stream {
@@ -22,10 +21,10 @@ pub mod bytes_stream {
         Pin<Box<dyn Stream<Item = Result<axum::body::Bytes, String>> + Send + 'a>>;
 }
 
-/// A blob written to a temporary file, not yet in place.
+/// A blob written to a temporary location, not yet in place.
 pub struct Staged {
-    /// The temporary file.
-    pub path: PathBuf,
+    /// The temporary location.
+    pub location: String,
     /// Bytes written.
     pub size: u64,
     /// Lowercase hex SHA-256.
@@ -33,10 +32,16 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Removes the temporary file.
-    pub async fn discard(self) {
-        let _ = tokio::fs::remove_file(&self.path).await;
+    /// Removes the temporary blob (best effort).
+    pub async fn discard(self, blobs: &BlobStore) {
+        if let Err(e) = blobs.delete(&self.location).await {
+            tracing::warn!(location = %self.location, error = %e, "could not remove a staged upload");
+        }
     }
+}
+
+fn unavailable(what: &str, e: BlobError) -> Problem {
+    Problem::unavailable(format!("{what}: {e}"))
 }
 
 /// The answer to an upload larger than the limit.
@@ -50,60 +55,46 @@ pub fn too_large(limit: u64) -> Problem {
     )
 }
 
-/// Streams `chunks` into a temporary file under the blob root.
+/// Streams `chunks` into a temporary blob under the store's root.
 pub async fn stage(
     blobs: &BlobStore,
     mut chunks: ByteChunks<'_>,
     limit: u64,
 ) -> Result<Staged, Problem> {
     use futures::StreamExt;
-    let dir = blobs.root().join("tmp");
-    tokio::fs::create_dir_all(&dir)
+    let mut writer = blobs
+        .begin_staging()
         .await
-        .map_err(|e| Problem::unavailable(format!("blob store not writable: {e}")))?;
-    let path = dir.join(uuid::Uuid::new_v4().simple().to_string());
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| Problem::unavailable(format!("blob store not writable: {e}")))?;
+        .map_err(|e| unavailable("blob store not writable", e))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let failed = |path: PathBuf, p: Problem| async move {
-        let _ = tokio::fs::remove_file(&path).await;
-        p
-    };
     while let Some(chunk) = chunks.next().await {
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                return Err(failed(
-                    path,
-                    Problem::bad_request(format!("upload interrupted: {e}")),
-                )
-                .await);
+                writer.abort().await;
+                return Err(Problem::bad_request(format!("upload interrupted: {e}")));
             }
         };
         size += chunk.len() as u64;
         if size > limit {
-            return Err(failed(path, too_large(limit)).await);
+            writer.abort().await;
+            return Err(too_large(limit));
         }
         hasher.update(&chunk);
-        if let Err(e) = file.write_all(&chunk).await {
-            return Err(failed(
-                path,
-                Problem::unavailable(format!("blob store write failed: {e}")),
-            )
-            .await);
+        // A failed write leaves the writer unusable; abort removes what it
+        // wrote (the error is already the answer).
+        if let Err(e) = writer.write(chunk).await {
+            writer.abort().await;
+            return Err(unavailable("blob store write failed", e));
         }
     }
-    if let Err(e) = file.sync_all().await {
-        return Err(failed(
-            path,
-            Problem::unavailable(format!("blob store write failed: {e}")),
-        )
-        .await);
-    }
+    let location = writer
+        .finish()
+        .await
+        .map_err(|e| unavailable("blob store write failed", e))?;
     Ok(Staged {
-        path,
+        location,
         size,
         sha256: hex::encode(hasher.finalize()),
     })
@@ -116,34 +107,29 @@ pub fn artifact_location(blobs: &BlobStore, id: artifact_domain::ArtifactId) -> 
 
 /// Moves a staged upload into place. If the place is taken (a retry with the
 /// same idempotency key), the bytes must be the same: then the staged copy is
-/// dropped; otherwise 409.
+/// dropped; otherwise 409. Either way no staged blob is left behind.
 pub async fn commit(blobs: &BlobStore, staged: Staged, location: &str) -> Result<(), Problem> {
-    let target = blobs
-        .resolve(location)
-        .map_err(|e| Problem::internal(e.to_string()))?;
-    if tokio::fs::try_exists(&target).await.unwrap_or(false) {
-        let existing = blobs
-            .digest(location)
-            .await
-            .map_err(|e| Problem::unavailable(e.to_string()))?;
-        let same = existing.sha256 == staged.sha256;
-        staged.discard().await;
-        return if same {
-            Ok(())
-        } else {
-            Err(Problem::new(
-                StatusCode::CONFLICT,
-                "Idempotency-Key reused",
-                "this Idempotency-Key was already used for different bytes; use a new key for a new artifact",
-            ))
-        };
+    let moved = match blobs.move_if_absent(&staged.location, location).await {
+        Ok(moved) => moved,
+        Err(e) => {
+            staged.discard(blobs).await;
+            return Err(unavailable("blob store write failed", e));
+        }
+    };
+    if moved {
+        return Ok(());
     }
-    if let Some(dir) = target.parent() {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| Problem::unavailable(format!("blob store not writable: {e}")))?;
+    let existing = blobs.digest(location).await;
+    let sha256 = staged.sha256.clone();
+    staged.discard(blobs).await;
+    let existing = existing.map_err(|e| unavailable("blob store not readable", e))?;
+    if existing.sha256 == sha256 {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Idempotency-Key reused",
+            "this Idempotency-Key was already used for different bytes; use a new key for a new artifact",
+        ))
     }
-    tokio::fs::rename(&staged.path, &target)
-        .await
-        .map_err(|e| Problem::unavailable(format!("blob store write failed: {e}")))
 }

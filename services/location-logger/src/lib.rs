@@ -53,7 +53,7 @@ impl StageLogic for LocationStage {
             artifact_id = %input.artifact_id(),
             generation = %input.generation(),
             location = %location,
-            path = %resolved.display(),
+            resolved = %resolved,
             size_bytes = size,
             sha256 = %digest.sha256,
             "artifact location verified"
@@ -63,7 +63,7 @@ impl StageLogic for LocationStage {
         context.sha256 = Some(digest.sha256.clone());
         Ok(Processed::succeeded(
             LocationCheck {
-                resolved_location: resolved.display().to_string(),
+                resolved_location: resolved.to_string(),
                 size_bytes: size,
                 sha256: digest.sha256,
             },

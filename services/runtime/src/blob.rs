@@ -1,11 +1,35 @@
 //! The blob store port: where artifact bytes and extracted texts live.
-//! Locations are URLs. `file:///…` locations must lie under the configured
-//! root (a path that escapes it is refused); other schemes are refused with a
-//! message saying what this build supports.
+//! Locations are URLs. A store is either
+//!
+//! - `file:///root`: `file://` locations must lie under the root (a path that
+//!   escapes it is refused), or
+//! - `s3://bucket/prefix` (through the `object_store` crate): `s3://` locations
+//!   must name the same bucket and lie under the prefix. The endpoint, region
+//!   and credentials come from the standard AWS environment variables
+//!   (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+//!   `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, …).
+//!
+//! A location with the other scheme, or any other, is refused with a message
+//! saying what the store serves. Reads and digests stream; uploads are written
+//! in bounded pieces (multipart on S3), never held whole in memory.
 
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 use sha2::{Digest, Sha256};
+use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Size of one part of a multipart upload to S3 (S3's minimum is 5 MiB).
+const S3_PART_BYTES: usize = 5 << 20;
+/// Parts of one upload in flight at once: an upload holds at most
+/// `(S3_PARTS_IN_FLIGHT + 1) * S3_PART_BYTES` in memory.
+const S3_PARTS_IN_FLIGHT: usize = 2;
 
 /// A blob operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -14,17 +38,37 @@ pub enum BlobError {
     #[error("no blob at {0}")]
     NotFound(String),
     /// The location names a scheme this store does not serve.
-    #[error(
-        "unsupported storage location {0:?}: this store serves file:// locations under its root"
-    )]
-    UnsupportedScheme(String),
-    /// The location escapes the store's root.
+    #[error("unsupported storage location {location:?}: this store serves {serves}")]
+    UnsupportedScheme {
+        /// The location.
+        location: String,
+        /// What the store serves, e.g. `file:// locations under file:///data/blobs`.
+        serves: String,
+    },
+    /// The location escapes the store's root (or names another bucket).
     #[error("storage location {location:?} is outside the storage root {root}")]
     OutsideRoot {
         /// The location.
         location: String,
         /// The root.
         root: String,
+    },
+    /// The location has the right scheme and root but cannot name a blob
+    /// (an empty or control-character path segment).
+    #[error("storage location {location:?} is not valid: {reason}")]
+    InvalidLocation {
+        /// The location.
+        location: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store URL or its settings cannot make a store.
+    #[error("blob store {url:?} cannot be used: {reason}")]
+    Config {
+        /// The store URL.
+        url: String,
+        /// Why.
+        reason: String,
     },
     /// The blob is larger than allowed.
     #[error("blob at {location} is larger than the limit of {limit} bytes")]
@@ -34,7 +78,7 @@ pub enum BlobError {
         /// The limit.
         limit: u64,
     },
-    /// Reading or writing failed.
+    /// Reading or writing a file failed.
     #[error("I/O on {location}: {source}")]
     Io {
         /// The location.
@@ -42,12 +86,27 @@ pub enum BlobError {
         /// The error.
         source: std::io::Error,
     },
+    /// The object store refused the request or could not be reached.
+    #[error("object store request for {location} failed: {message}")]
+    Store {
+        /// The location.
+        location: String,
+        /// The store's error.
+        message: String,
+        /// Whether trying again later may help (network, server, credentials
+        /// errors) or not (a request the store does not support).
+        retriable: bool,
+    },
 }
 
 impl BlobError {
     /// Whether trying again later may help.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, BlobError::NotFound(_) | BlobError::Io { .. })
+        match self {
+            BlobError::NotFound(_) | BlobError::Io { .. } => true,
+            BlobError::Store { retriable, .. } => *retriable,
+            _ => false,
+        }
     }
 }
 
@@ -60,47 +119,228 @@ pub struct BlobDigest {
     pub sha256: String,
 }
 
-/// A blob store rooted at a `file://` directory.
+/// Where a location resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// A file under the `file://` root.
+    File(PathBuf),
+    /// An object in the store's bucket, under its prefix.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+    },
+}
+
+impl fmt::Display for Resolved {
+    /// A file as its path, an object as `s3://bucket/key`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resolved::File(p) => write!(f, "{}", p.display()),
+            Resolved::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+        }
+    }
+}
+
+/// A blob store: a `file://` root or an `s3://` bucket and prefix.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
-    root: PathBuf,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    File { root: PathBuf },
+    S3(S3Backend),
+}
+
+#[derive(Clone)]
+struct S3Backend {
+    bucket: String,
+    /// Key prefix without leading or trailing `/`; empty for the whole bucket.
+    prefix: String,
+    store: Arc<AmazonS3>,
+}
+
+impl fmt::Debug for S3Backend {
+    /// Bucket and prefix only: the client's settings hold credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BlobStore {
-    /// A store at `file:///absolute/root`.
+    /// A store at `file:///absolute/root`, or at `s3://bucket[/prefix]` with
+    /// the S3 settings from the `AWS_*` environment variables.
     pub fn from_url(url: &str) -> Result<Self, BlobError> {
-        let path = url
-            .strip_prefix("file://")
-            .filter(|p| p.starts_with('/'))
-            .ok_or_else(|| BlobError::UnsupportedScheme(url.to_owned()))?;
+        Self::from_url_with(url, &[])
+    }
+
+    /// Like [`BlobStore::from_url`], with S3 settings that take precedence
+    /// over the environment's: `object_store` configuration keys such as
+    /// `aws_endpoint`, `aws_region`, `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_allow_http`. Ignored for `file://`.
+    pub fn from_url_with(url: &str, s3_settings: &[(&str, &str)]) -> Result<Self, BlobError> {
+        let config = |reason: &str| BlobError::Config {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(config(
+                    "a file:// store needs an absolute path: file:///root",
+                ));
+            }
+            return Ok(BlobStore {
+                backend: Backend::File {
+                    root: normalize(Path::new(path)),
+                },
+            });
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(config(
+                "expected file:///absolute/root or s3://bucket[/prefix]",
+            ));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty()
+            || !bucket
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+        {
+            return Err(config("expected s3://bucket[/prefix] with a bucket name"));
+        }
+        let prefix = prefix.trim_matches('/');
+        if !prefix.is_empty() {
+            check_key(prefix).map_err(|e| config(&format!("the prefix {e}")))?;
+        }
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            // The stage runner retries failed records itself, with backoff and
+            // a delivery limit: the client retries a little, briefly.
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(30),
+            });
+        for (key, value) in s3_settings {
+            let key: AmazonS3ConfigKey = key
+                .parse()
+                .map_err(|e| config(&format!("setting {key}: {e}")))?;
+            builder = builder.with_config(key, *value);
+        }
+        let store = builder.build().map_err(|e| config(&e.to_string()))?;
         Ok(BlobStore {
-            root: normalize(Path::new(path)),
+            backend: Backend::S3(S3Backend {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+                store: Arc::new(store),
+            }),
         })
     }
 
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The store's root as a URL: `file:///root` or `s3://bucket[/prefix]`.
+    pub fn root_url(&self) -> String {
+        match &self.backend {
+            Backend::File { root } => format!("file://{}", root.display()),
+            Backend::S3(s) if s.prefix.is_empty() => format!("s3://{}", s.bucket),
+            Backend::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
+        }
+    }
+
+    /// What this store serves, for messages.
+    fn serves(&self) -> String {
+        match &self.backend {
+            Backend::File { .. } => format!("file:// locations under {}", self.root_url()),
+            Backend::S3(_) => format!("s3:// locations under {}", self.root_url()),
+        }
     }
 
     /// The location URL of a path relative to the root.
     pub fn location(&self, relative: &str) -> String {
-        format!("file://{}", self.root.join(relative).display())
+        match &self.backend {
+            Backend::File { root } => format!("file://{}", root.join(relative).display()),
+            Backend::S3(_) => format!("{}/{relative}", self.root_url()),
+        }
     }
 
-    /// Resolves a location to a path under the root.
-    pub fn resolve(&self, location: &str) -> Result<PathBuf, BlobError> {
-        let raw = location
-            .strip_prefix("file://")
-            .ok_or_else(|| BlobError::UnsupportedScheme(location.to_owned()))?;
-        let path = normalize(Path::new(raw));
-        if !path.is_absolute() || !path.starts_with(&self.root) || path == self.root {
-            return Err(BlobError::OutsideRoot {
-                location: location.to_owned(),
-                root: self.root.display().to_string(),
-            });
+    /// Resolves a location to a path under the root or an object key under
+    /// the prefix.
+    pub fn resolve(&self, location: &str) -> Result<Resolved, BlobError> {
+        match &self.backend {
+            Backend::File { root } => {
+                let raw = location.strip_prefix("file://").ok_or_else(|| {
+                    BlobError::UnsupportedScheme {
+                        location: location.to_owned(),
+                        serves: self.serves(),
+                    }
+                })?;
+                let path = normalize(Path::new(raw));
+                if !path.is_absolute() || !path.starts_with(root) || &path == root {
+                    return Err(BlobError::OutsideRoot {
+                        location: location.to_owned(),
+                        root: self.root_url(),
+                    });
+                }
+                Ok(Resolved::File(path))
+            }
+            Backend::S3(s) => {
+                let rest =
+                    location
+                        .strip_prefix("s3://")
+                        .ok_or_else(|| BlobError::UnsupportedScheme {
+                            location: location.to_owned(),
+                            serves: self.serves(),
+                        })?;
+                let outside = || BlobError::OutsideRoot {
+                    location: location.to_owned(),
+                    root: self.root_url(),
+                };
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket != s.bucket {
+                    return Err(outside());
+                }
+                match check_key(key) {
+                    Ok(()) => {}
+                    Err(KeyError::DotSegment) => return Err(outside()),
+                    Err(e) => {
+                        return Err(BlobError::InvalidLocation {
+                            location: location.to_owned(),
+                            reason: format!("the object key {e}"),
+                        });
+                    }
+                }
+                let under = s.prefix.is_empty()
+                    || key
+                        .strip_prefix(s.prefix.as_str())
+                        .is_some_and(|r| r.starts_with('/'));
+                if !under {
+                    return Err(outside());
+                }
+                Ok(Resolved::S3 {
+                    bucket: s.bucket.clone(),
+                    key: key.to_owned(),
+                })
+            }
         }
-        Ok(path)
+    }
+
+    fn file_path(&self, location: &str) -> Result<PathBuf, BlobError> {
+        match self.resolve(location)? {
+            Resolved::File(p) => Ok(p),
+            Resolved::S3 { .. } => unreachable!("a file store resolves to files"),
+        }
+    }
+
+    fn object(&self, location: &str) -> Result<(&S3Backend, ObjectPath), BlobError> {
+        match (&self.backend, self.resolve(location)?) {
+            (Backend::S3(s), Resolved::S3 { key, .. }) => Ok((s, ObjectPath::from(key.as_str()))),
+            _ => unreachable!("an S3 store resolves to objects"),
+        }
     }
 
     fn io(location: &str) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
@@ -118,7 +358,23 @@ impl BlobStore {
 
     /// Reads at most the first `n` bytes.
     pub async fn read_prefix(&self, location: &str, n: usize) -> Result<Vec<u8>, BlobError> {
-        let path = self.resolve(location)?;
+        if let Backend::S3(_) = &self.backend {
+            let (s, path) = self.object(location)?;
+            // A range past the end of an empty object is not satisfiable:
+            // ask for the size first.
+            let meta = s.store.head(&path).await.map_err(store_error(location))?;
+            let end = meta.size.min(n as u64);
+            if end == 0 {
+                return Ok(Vec::new());
+            }
+            let bytes = s
+                .store
+                .get_range(&path, 0..end)
+                .await
+                .map_err(store_error(location))?;
+            return Ok(bytes.to_vec());
+        }
+        let path = self.file_path(location)?;
         let f = tokio::fs::File::open(&path)
             .await
             .map_err(Self::io(location))?;
@@ -132,7 +388,23 @@ impl BlobStore {
 
     /// Reads the whole blob, refusing blobs over `limit` bytes.
     pub async fn read_all(&self, location: &str, limit: u64) -> Result<Vec<u8>, BlobError> {
-        let path = self.resolve(location)?;
+        if let Backend::S3(_) = &self.backend {
+            let (s, path) = self.object(location)?;
+            let got = s.store.get(&path).await.map_err(store_error(location))?;
+            if got.meta.size > limit {
+                return Err(BlobError::TooLarge {
+                    location: location.to_owned(),
+                    limit,
+                });
+            }
+            let mut out = Vec::with_capacity(got.meta.size as usize);
+            let mut stream = got.into_stream();
+            while let Some(chunk) = stream.next().await {
+                out.extend_from_slice(&chunk.map_err(store_error(location))?);
+            }
+            return Ok(out);
+        }
+        let path = self.file_path(location)?;
         let meta = tokio::fs::metadata(&path)
             .await
             .map_err(Self::io(location))?;
@@ -147,20 +419,35 @@ impl BlobStore {
 
     /// Streams the blob through SHA-256.
     pub async fn digest(&self, location: &str) -> Result<BlobDigest, BlobError> {
-        let path = self.resolve(location)?;
-        let mut f = tokio::fs::File::open(&path)
-            .await
-            .map_err(Self::io(location))?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
         let mut size = 0u64;
-        loop {
-            let n = f.read(&mut buf).await.map_err(Self::io(location))?;
-            if n == 0 {
-                break;
+        if let Backend::S3(_) = &self.backend {
+            let (s, path) = self.object(location)?;
+            let mut stream = s
+                .store
+                .get(&path)
+                .await
+                .map_err(store_error(location))?
+                .into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(store_error(location))?;
+                size += chunk.len() as u64;
+                hasher.update(&chunk);
             }
-            size += n as u64;
-            hasher.update(&buf[..n]);
+        } else {
+            let path = self.file_path(location)?;
+            let mut f = tokio::fs::File::open(&path)
+                .await
+                .map_err(Self::io(location))?;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = f.read(&mut buf).await.map_err(Self::io(location))?;
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                hasher.update(&buf[..n]);
+            }
         }
         Ok(BlobDigest {
             size,
@@ -168,10 +455,35 @@ impl BlobStore {
         })
     }
 
-    /// Writes a blob atomically (temporary file, then rename), replacing
-    /// whatever was there: a replay overwrites instead of duplicating.
+    /// Whether a blob exists at the location.
+    pub async fn exists(&self, location: &str) -> Result<bool, BlobError> {
+        if let Backend::S3(_) = &self.backend {
+            let (s, path) = self.object(location)?;
+            return match s.store.head(&path).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(store_error(location)(e)),
+            };
+        }
+        let path = self.file_path(location)?;
+        tokio::fs::try_exists(&path)
+            .await
+            .map_err(Self::io(location))
+    }
+
+    /// Writes a blob atomically (a file: temporary file, then rename; an
+    /// object: one PUT), replacing whatever was there: a replay overwrites
+    /// instead of duplicating.
     pub async fn put(&self, location: &str, bytes: &[u8]) -> Result<(), BlobError> {
-        let path = self.resolve(location)?;
+        if let Backend::S3(_) = &self.backend {
+            let (s, path) = self.object(location)?;
+            s.store
+                .put(&path, PutPayload::from(Bytes::copy_from_slice(bytes)))
+                .await
+                .map_err(store_error(location))?;
+            return Ok(());
+        }
+        let path = self.file_path(location)?;
         if let Some(dir) = path.parent() {
             tokio::fs::create_dir_all(dir)
                 .await
@@ -187,6 +499,263 @@ impl BlobStore {
             .await
             .map_err(Self::io(location))
     }
+
+    /// Removes a blob; a missing one is not an error.
+    pub async fn delete(&self, location: &str) -> Result<(), BlobError> {
+        if let Backend::S3(_) = &self.backend {
+            let (s, path) = self.object(location)?;
+            return match s.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(store_error(location)(e)),
+            };
+        }
+        let path = self.file_path(location)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Self::io(location)(e)),
+        }
+    }
+
+    /// Starts writing a new blob at a fresh temporary location (`tmp/<uuid>`
+    /// under the root), to be moved into place with
+    /// [`BlobStore::move_if_absent`] once complete.
+    pub async fn begin_staging(&self) -> Result<BlobWriter, BlobError> {
+        let location = self.location(&format!("tmp/{}", uuid::Uuid::new_v4().simple()));
+        let sink = match &self.backend {
+            Backend::S3(_) => {
+                let (s, path) = self.object(&location)?;
+                let upload = s
+                    .store
+                    .put_multipart(&path)
+                    .await
+                    .map_err(store_error(&location))?;
+                Sink::S3(WriteMultipart::new_with_chunk_size(upload, S3_PART_BYTES))
+            }
+            Backend::File { .. } => {
+                let path = self.file_path(&location)?;
+                if let Some(dir) = path.parent() {
+                    tokio::fs::create_dir_all(dir)
+                        .await
+                        .map_err(Self::io(&location))?;
+                }
+                let file = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(Self::io(&location))?;
+                Sink::File { file, path }
+            }
+        };
+        Ok(BlobWriter {
+            location,
+            sink: Some(sink),
+        })
+    }
+
+    /// Moves the blob at `from` to `to` unless a blob is already at `to`.
+    /// Returns whether it moved; if not, `from` is left as it was.
+    ///
+    /// On S3 the move is a server-side copy and a delete of `from`; the check
+    /// and the copy are two requests, so two writers racing for one `to`
+    /// both see it absent and the later copy wins.
+    pub async fn move_if_absent(&self, from: &str, to: &str) -> Result<bool, BlobError> {
+        if self.exists(to).await? {
+            return Ok(false);
+        }
+        if let Backend::S3(_) = &self.backend {
+            let (s, from_path) = self.object(from)?;
+            let (_, to_path) = self.object(to)?;
+            s.store
+                .copy(&from_path, &to_path)
+                .await
+                .map_err(store_error(to))?;
+            // The blob is in place; a copy left under `from` is only litter.
+            if let Err(e) = self.delete(from).await {
+                tracing::warn!(location = %from, error = %e, "could not remove a moved blob's source");
+            }
+            return Ok(true);
+        }
+        let (from_path, to_path) = (self.file_path(from)?, self.file_path(to)?);
+        if let Some(dir) = to_path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(Self::io(to))?;
+        }
+        tokio::fs::rename(&from_path, &to_path)
+            .await
+            .map_err(Self::io(to))?;
+        Ok(true)
+    }
+}
+
+/// A blob being written piece by piece (see [`BlobStore::begin_staging`]).
+/// Call [`BlobWriter::finish`] or [`BlobWriter::abort`]. Dropped unfinished
+/// (say, with the request handler whose client went away), it aborts in a
+/// task of its own when a Tokio runtime is there; only a killed process
+/// leaves a file or an open S3 multipart upload behind.
+pub struct BlobWriter {
+    location: String,
+    /// `None` once finished or aborted.
+    sink: Option<Sink>,
+}
+
+enum Sink {
+    File {
+        file: tokio::fs::File,
+        path: PathBuf,
+    },
+    S3(WriteMultipart),
+}
+
+impl Sink {
+    /// Drops what was written (best effort).
+    async fn abort(self, location: &str) {
+        match self {
+            Sink::File { file, path } => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+            Sink::S3(w) => {
+                if let Err(e) = w.abort().await {
+                    tracing::warn!(%location, error = %e, "could not abort a multipart upload");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        let Some(sink) = self.sink.take() else {
+            return;
+        };
+        let location = std::mem::take(&mut self.location);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { sink.abort(&location).await });
+            }
+            Err(_) => {
+                if let Sink::File { path, .. } = sink {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobWriter {
+    /// Where the blob is being written.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Appends a chunk. On S3 the chunks are gathered into parts; this waits
+    /// while too many parts are in flight, so memory stays bounded.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError> {
+        match self.sink.as_mut().expect("an unfinished writer") {
+            Sink::File { file, .. } => file
+                .write_all(&chunk)
+                .await
+                .map_err(BlobStore::io(&self.location)),
+            Sink::S3(w) => {
+                w.wait_for_capacity(S3_PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(store_error(&self.location))?;
+                w.put(chunk);
+                Ok(())
+            }
+        }
+    }
+
+    /// Completes the blob (file synced to disk, multipart upload completed)
+    /// and returns its location.
+    pub async fn finish(mut self) -> Result<String, BlobError> {
+        let location = std::mem::take(&mut self.location);
+        match self.sink.take().expect("an unfinished writer") {
+            Sink::File { file, path } => {
+                if let Err(e) = file.sync_all().await {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    return Err(BlobStore::io(&location)(e));
+                }
+            }
+            // On failure `finish` aborts the upload itself.
+            Sink::S3(w) => {
+                w.finish().await.map_err(store_error(&location))?;
+            }
+        }
+        Ok(location)
+    }
+
+    /// Drops what was written (best effort).
+    pub async fn abort(mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.abort(&self.location).await;
+        }
+    }
+}
+
+/// Maps an object store error: a missing object is [`BlobError::NotFound`];
+/// requests the store cannot serve are permanent; the rest (network, server,
+/// credentials) may pass.
+fn store_error(location: &str) -> impl FnOnce(object_store::Error) -> BlobError + '_ {
+    move |e| match e {
+        object_store::Error::NotFound { .. } => BlobError::NotFound(location.to_owned()),
+        e => {
+            let retriable = !matches!(
+                e,
+                object_store::Error::InvalidPath { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::NotImplemented { .. }
+                    | object_store::Error::UnknownConfigurationKey { .. }
+            );
+            BlobError::Store {
+                location: location.to_owned(),
+                message: e.to_string(),
+                retriable,
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum KeyError {
+    Empty,
+    EmptySegment,
+    DotSegment,
+    Control,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyError::Empty => "is empty",
+            KeyError::EmptySegment => "has an empty segment (`//`, or a leading or trailing `/`)",
+            KeyError::DotSegment => "has a `.` or `..` segment",
+            KeyError::Control => "has a control character",
+        })
+    }
+}
+
+/// An object key the store accepts: `/`-separated non-empty segments, none
+/// of them `.` or `..`, no control characters.
+fn check_key(key: &str) -> Result<(), KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return Err(KeyError::EmptySegment),
+            "." | ".." => return Err(KeyError::DotSegment),
+            s if s.chars().any(|c| c.is_control()) => return Err(KeyError::Control),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Lexically normalizes a path: drops `.`, resolves `..` against earlier
@@ -218,11 +787,29 @@ mod tests {
         )
     }
 
+    /// An S3 store that is never contacted: resolving is local.
+    fn s3(url: &str) -> BlobStore {
+        BlobStore::from_url_with(
+            url,
+            &[
+                ("aws_endpoint", "http://127.0.0.1:1"),
+                ("aws_allow_http", "true"),
+                ("aws_region", "us-east-1"),
+                ("aws_access_key_id", "k"),
+                ("aws_secret_access_key", "s"),
+            ],
+        )
+        .unwrap()
+    }
+
     #[test]
     fn locations_outside_the_root_are_refused() {
         let (s, dir) = store();
         let inside = format!("file://{}/a/b.pdf", dir.display());
-        assert!(s.resolve(&inside).is_ok());
+        assert_eq!(
+            s.resolve(&inside).unwrap(),
+            Resolved::File(dir.join("a/b.pdf"))
+        );
         for bad in [
             format!("file://{}/../etc/passwd", dir.display()),
             "file:///etc/passwd".to_owned(),
@@ -236,17 +823,109 @@ mod tests {
         }
         for bad in ["s3://bucket/key", "http://x/y", "/plain/path"] {
             let e = s.resolve(bad).unwrap_err();
-            assert!(matches!(e, BlobError::UnsupportedScheme(_)), "{bad}");
+            assert!(matches!(e, BlobError::UnsupportedScheme { .. }), "{bad}");
+            assert!(!e.is_retriable());
+            assert!(
+                e.to_string().contains(&format!(
+                    "serves file:// locations under file://{}",
+                    dir.display()
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn s3_locations_must_be_in_the_bucket_under_the_prefix() {
+        let s = s3("s3://artifacts/team/a/");
+        assert_eq!(s.root_url(), "s3://artifacts/team/a");
+        assert_eq!(s.location("uploads/x"), "s3://artifacts/team/a/uploads/x");
+        assert_eq!(
+            s.resolve("s3://artifacts/team/a/uploads/x").unwrap(),
+            Resolved::S3 {
+                bucket: "artifacts".into(),
+                key: "team/a/uploads/x".into()
+            }
+        );
+        assert_eq!(
+            s.resolve("s3://artifacts/team/a/uploads/x")
+                .unwrap()
+                .to_string(),
+            "s3://artifacts/team/a/uploads/x"
+        );
+        for bad in [
+            "s3://other/team/a/uploads/x",
+            "s3://artifacts/team/ab/x",
+            "s3://artifacts/team/a",
+            "s3://artifacts/team/a/",
+            "s3://artifacts/team/a/../b/x",
+            "s3://artifacts/team/a/./x",
+            "s3://artifacts",
+        ] {
+            let e = s.resolve(bad).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    BlobError::OutsideRoot { .. } | BlobError::InvalidLocation { .. }
+                ),
+                "{bad}: {e:?}"
+            );
             assert!(!e.is_retriable());
         }
+        assert!(matches!(
+            s.resolve("s3://other/x").unwrap_err(),
+            BlobError::OutsideRoot { .. }
+        ));
+        assert!(matches!(
+            s.resolve("s3://artifacts/team/a/x//y").unwrap_err(),
+            BlobError::InvalidLocation { .. }
+        ));
+        for bad in [
+            "file:///data/blobs/x",
+            "gs://artifacts/team/a/x",
+            "artifacts/x",
+        ] {
+            let e = s.resolve(bad).unwrap_err();
+            assert!(matches!(e, BlobError::UnsupportedScheme { .. }), "{bad}");
+            assert!(
+                e.to_string()
+                    .contains("serves s3:// locations under s3://artifacts/team/a"),
+                "{e}"
+            );
+        }
+        let whole = s3("s3://artifacts");
+        assert_eq!(whole.location("x/y"), "s3://artifacts/x/y");
+        assert!(whole.resolve("s3://artifacts/x/y").is_ok());
+        assert!(whole.resolve("s3://artifacts/").is_err());
+    }
+
+    #[test]
+    fn store_urls_are_checked() {
+        for bad in [
+            "file://relative",
+            "ftp://x/y",
+            "s3://",
+            "s3:///prefix",
+            "s3://bucket/a//b",
+            "s3://bucket/../b",
+        ] {
+            assert!(
+                matches!(BlobStore::from_url(bad), Err(BlobError::Config { .. })),
+                "{bad}"
+            );
+        }
+        let e = BlobStore::from_url_with("s3://b", &[("aws_no_such_setting", "1")]).unwrap_err();
+        assert!(e.to_string().contains("aws_no_such_setting"), "{e}");
     }
 
     #[tokio::test]
     async fn put_read_digest_round_trip() {
         let (s, _) = store();
         let loc = s.location("x/y/blob.txt");
+        assert!(!s.exists(&loc).await.unwrap());
         s.put(&loc, b"hello world").await.unwrap();
         s.put(&loc, b"hello world").await.unwrap(); // a replay overwrites
+        assert!(s.exists(&loc).await.unwrap());
         assert_eq!(s.read_prefix(&loc, 5).await.unwrap(), b"hello");
         assert_eq!(s.read_all(&loc, 100).await.unwrap(), b"hello world");
         assert!(matches!(
@@ -259,6 +938,53 @@ mod tests {
             d.sha256,
             "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
         );
+        s.delete(&loc).await.unwrap();
+        s.delete(&loc).await.unwrap();
+        assert!(!s.exists(&loc).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn staged_blobs_move_into_place_only_once() {
+        let (s, dir) = store();
+        let mut w = s.begin_staging().await.unwrap();
+        assert!(w.location().starts_with(&s.location("tmp/")));
+        w.write(Bytes::from_static(b"first ")).await.unwrap();
+        w.write(Bytes::from_static(b"bytes")).await.unwrap();
+        let staged = w.finish().await.unwrap();
+        let target = s.location("uploads/a");
+        assert!(s.move_if_absent(&staged, &target).await.unwrap());
+        assert_eq!(s.read_all(&target, 100).await.unwrap(), b"first bytes");
+        assert!(!s.exists(&staged).await.unwrap());
+
+        let mut w = s.begin_staging().await.unwrap();
+        w.write(Bytes::from_static(b"other")).await.unwrap();
+        let staged = w.finish().await.unwrap();
+        assert!(!s.move_if_absent(&staged, &target).await.unwrap());
+        assert_eq!(s.read_all(&target, 100).await.unwrap(), b"first bytes");
+        assert_eq!(s.read_all(&staged, 100).await.unwrap(), b"other");
+
+        let mut w = s.begin_staging().await.unwrap();
+        w.write(Bytes::from_static(b"partial")).await.unwrap();
+        let loc = w.location().to_owned();
+        w.abort().await;
+        assert!(!s.exists(&loc).await.unwrap());
+        assert!(dir.join("uploads/a").exists());
+
+        // Dropped unfinished (a handler whose client went away): removed by
+        // a task of its own.
+        let mut w = s.begin_staging().await.unwrap();
+        w.write(Bytes::from_static(b"cut off")).await.unwrap();
+        let loc = w.location().to_owned();
+        assert!(s.exists(&loc).await.unwrap());
+        drop(w);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while s.exists(&loc).await.unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a dropped writer's file is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]

@@ -118,7 +118,10 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Args)]
 pub struct BlobStoreConfig {
     /// Blob store root: `file:///absolute/path` (default: `./data/blobs`
-    /// under the working directory).
+    /// under the working directory), or `s3://bucket[/prefix]` with the
+    /// endpoint, region and credentials from the standard `AWS_*` variables
+    /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, ...).
     #[arg(long, env = "BLOB_STORE_URL")]
     pub blob_store_url: Option<String>,
 }
@@ -128,10 +131,11 @@ impl BlobStoreConfig {
     pub fn url(&self) -> Result<String, ConfigError> {
         match &self.blob_store_url {
             Some(u) if u.starts_with("file:///") => Ok(u.clone()),
+            Some(u) if u.strip_prefix("s3://").is_some_and(|r| !r.is_empty()) => Ok(u.clone()),
             Some(u) => Err(ConfigError::Invalid {
                 name: "BLOB_STORE_URL",
                 value: u.clone(),
-                expected: "a file:/// URL with an absolute path",
+                expected: "a file:/// URL with an absolute path or an s3://bucket[/prefix] URL",
             }),
             None => {
                 let cwd = std::env::current_dir().map_err(|e| ConfigError::Io(e.to_string()))?;
@@ -226,20 +230,27 @@ mod tests {
     }
 
     #[test]
-    fn blob_store_accepts_file_urls_only() {
-        let ok = BlobStoreConfig {
-            blob_store_url: Some("file:///tmp/blobs".into()),
-        };
-        assert_eq!(ok.url().unwrap(), "file:///tmp/blobs");
-        let bad = BlobStoreConfig {
-            blob_store_url: Some("ftp://x".into()),
-        };
-        assert!(
-            bad.url()
-                .unwrap_err()
-                .to_string()
-                .contains("BLOB_STORE_URL")
-        );
+    fn blob_store_accepts_file_and_s3_urls_only() {
+        for ok in [
+            "file:///tmp/blobs",
+            "s3://artifacts",
+            "s3://artifacts/team/a",
+        ] {
+            let cfg = BlobStoreConfig {
+                blob_store_url: Some(ok.into()),
+            };
+            assert_eq!(cfg.url().unwrap(), ok);
+        }
+        for bad in ["ftp://x", "s3://", "file://relative", "/data/blobs"] {
+            let cfg = BlobStoreConfig {
+                blob_store_url: Some(bad.into()),
+            };
+            let err = cfg.url().unwrap_err().to_string();
+            assert!(
+                err.contains("BLOB_STORE_URL") && err.contains("s3://"),
+                "{bad}: {err}"
+            );
+        }
         let default = BlobStoreConfig {
             blob_store_url: None,
         };
