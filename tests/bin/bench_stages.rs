@@ -356,7 +356,7 @@ impl Doc {
         Ok(Doc {
             label: label.to_owned(),
             parse_copies,
-            path: path.to_owned(),
+            path: std::fs::canonicalize(path)?,
             bytes: pdf.len() as u64,
             blobs,
             pages: None,
@@ -575,7 +575,7 @@ async fn memory(args: &Args, r: &Runner, root: &Path) -> anyhow::Result<()> {
         );
         rows.push(format!(
             "| {} | {} | {} | {} | {outcome} | {:.1} | **{:.1}** | {} |",
-            path.display(),
+            doc.path.display(),
             doc.bytes,
             doc.pages.map_or("?".into(), |p| p.to_string()),
             args.memory_copies,
