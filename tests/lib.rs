@@ -148,6 +148,33 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Makes the broker stamp every record of `topic` with its append time
+    /// (`message.timestamp.type=LogAppendTime`), so rates taken from output
+    /// timestamps are timed by one clock, at one place.
+    pub async fn use_append_time(&self, topic: &str) -> anyhow::Result<()> {
+        use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+        let admin = artifact_runtime::kafka::admin_client(&self.conn)?;
+        let cfg = AlterConfig::new(ResourceSpecifier::Topic(topic))
+            .set("message.timestamp.type", "LogAppendTime");
+        for r in admin.alter_configs(&[cfg], &AdminOptions::new()).await? {
+            r.map_err(|(_, e)| anyhow::anyhow!("altering {topic}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every topic of this env's catalogue (for runs that make many
+    /// envs and would otherwise leave their topics on the broker).
+    pub async fn delete_topics(&self) -> anyhow::Result<()> {
+        use rdkafka::admin::AdminOptions;
+        let admin = artifact_runtime::kafka::admin_client(&self.conn)?;
+        let names: Vec<String> = self.names.catalogue().into_iter().map(|t| t.name).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        for r in admin.delete_topics(&refs, &AdminOptions::new()).await? {
+            r.map_err(|(t, e)| anyhow::anyhow!("deleting {t}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Every committed record of `topic` (`read_committed`), from the start to
     /// the current end.
     pub fn read_all(&self, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
@@ -227,11 +254,22 @@ pub struct StageProcess {
 }
 
 impl StageProcess {
-    /// Starts `bin` with the env's connection and extra env vars.
+    /// Starts `bin` with the env's connection and extra env vars; its logs
+    /// (stderr) go to this process's stderr.
     pub fn start(
         env: &TestEnv,
         bin: &std::path::Path,
         vars: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        Self::start_with_logs(env, bin, vars, Stdio::inherit())
+    }
+
+    /// Starts `bin` like [`StageProcess::start`], its logs going to `logs`.
+    pub fn start_with_logs(
+        env: &TestEnv,
+        bin: &std::path::Path,
+        vars: &[(&str, String)],
+        logs: Stdio,
     ) -> anyhow::Result<Self> {
         let port = free_port();
         let mut cmd = Command::new(bin);
@@ -246,7 +284,8 @@ impl StageProcess {
             )
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .stdout(Stdio::null())
+            .stderr(logs);
         for (k, v) in vars {
             cmd.env(k, v);
         }
@@ -281,6 +320,26 @@ impl StageProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its peak resident set size so far, in bytes (`VmHWM` in
+    /// `/proc/<pid>/status`); `None` once it has exited or off Linux.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
     }
 
     /// Whether it is still running.

@@ -76,19 +76,6 @@ fn rate_from_timestamps(env: &TestEnv, topic: &str) -> anyhow::Result<(usize, f6
     Ok((msgs.len(), msgs.len() as f64 / secs))
 }
 
-/// Output timestamps are the broker's append times, so every variant is
-/// timed by the same clock at the same place.
-async fn broker_timestamps(env: &TestEnv, topic: &str) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
-    let admin = artifact_runtime::kafka::admin_client(&env.conn)?;
-    let cfg = AlterConfig::new(ResourceSpecifier::Topic(topic))
-        .set("message.timestamp.type", "LogAppendTime");
-    for r in admin.alter_configs(&[cfg], &AdminOptions::new()).await? {
-        r.map_err(|(_, e)| anyhow::anyhow!("altering {topic}: {e}"))?;
-    }
-    Ok(())
-}
-
 async fn fill(env: &TestEnv, n: usize) -> anyhow::Result<()> {
     let events: Vec<_> = (0..n)
         .map(|i| TestEnv::created(&format!("bench-{i}")))
@@ -103,7 +90,7 @@ async fn raw_pair(n: usize, partitions: usize) -> anyhow::Result<f64> {
     let env = TestEnv::new(partitions).await?;
     fill(&env, n).await?;
     let out_topic = env.names.output(Stage::MimeDetector);
-    broker_timestamps(&env, &out_topic).await?;
+    env.use_append_time(&out_topic).await?;
     let consumer: BaseConsumer = client_config(&env.conn, "raw-bench")
         .set("group.id", format!("{}.raw", env.conn.topic_prefix))
         .set("auto.offset.reset", "earliest")
@@ -143,7 +130,7 @@ async fn stage_run(
     let env = TestEnv::new(partitions).await?;
     fill(&env, n).await?;
     let out_topic = env.names.output(Stage::MimeDetector);
-    broker_timestamps(&env, &out_topic).await?;
+    env.use_append_time(&out_topic).await?;
     let _stage = StageProcess::start(&env, bin, &[("DELIVERY", delivery.to_owned())])?;
     wait_until(
         "all records processed",
