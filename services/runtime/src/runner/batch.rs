@@ -636,6 +636,12 @@ fn commit_blocking(
             .send_offsets_to_transaction(&offsets, group, timeout)
             .map_err(|e| txn_error("send offsets to transaction", e))?;
         acknowledged()?;
+        // A resolved delivery future can precede librdkafka's own count of
+        // the message by a moment; the same 100 ms poll would follow.
+        let settled = Instant::now() + Duration::from_millis(200);
+        while producer.in_flight_count() > 0 && Instant::now() < settled {
+            std::thread::sleep(Duration::from_micros(200));
+        }
         let t_offsets = t0.elapsed();
         producer
             .commit_transaction(timeout)
