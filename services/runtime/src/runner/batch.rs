@@ -628,24 +628,13 @@ fn commit_blocking(
             // At least once: every record acknowledged before the offsets move.
             return acknowledged();
         };
-        // The offsets go out while the records are being acknowledged. The
-        // acknowledgements are awaited before the commit: the commit's own
-        // flush would otherwise poll for delivery reports that the
-        // producer's polling thread serves, and wait out its 100 ms poll.
+        // The offsets go out while the records are being acknowledged.
         producer
             .send_offsets_to_transaction(&offsets, group, timeout)
             .map_err(|e| txn_error("send offsets to transaction", e))?;
         acknowledged()?;
-        // A resolved delivery future can precede librdkafka's own count of
-        // the message by a moment; the same 100 ms poll would follow.
-        let settled = Instant::now() + Duration::from_millis(200);
-        while producer.in_flight_count() > 0 && Instant::now() < settled {
-            std::thread::sleep(Duration::from_micros(200));
-        }
         let t_offsets = t0.elapsed();
-        producer
-            .commit_transaction(timeout)
-            .map_err(|e| txn_error("commit transaction", e))?;
+        commit_transaction(producer, timeout)?;
         tracing::trace!(
             send_ms = t_sent.as_secs_f64() * 1e3,
             offsets_ms = (t_offsets - t_sent).as_secs_f64() * 1e3,
@@ -666,6 +655,37 @@ fn commit_blocking(
         }
     }
     Err(e)
+}
+
+/// librdkafka's `rd_kafka_commit_transaction`, called directly. rdkafka's
+/// wrapper flushes first by polling the delivery-report queue in 100 ms
+/// steps; the future producer's own thread serves that queue, so the wrapper
+/// could wait out a whole step after the last acknowledgement. librdkafka's
+/// commit flushes by itself, in 10 ms steps.
+fn commit_transaction(producer: &FutureProducer, timeout: Duration) -> Result<(), BatchError> {
+    use rdkafka::bindings as rd;
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the handle is the live producer's, borrowed for the call.
+    let err = unsafe { rd::rd_kafka_commit_transaction(producer.client().native_ptr(), millis) };
+    if err.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `err` is a non-null error object returned to us; it is read
+    // and then destroyed exactly once.
+    let (message, fatal) = unsafe {
+        let message = std::ffi::CStr::from_ptr(rd::rd_kafka_error_string(err))
+            .to_string_lossy()
+            .into_owned();
+        let fatal = rd::rd_kafka_error_is_fatal(err) != 0;
+        rd::rd_kafka_error_destroy(err);
+        (message, fatal)
+    };
+    let message = format!("commit transaction: {message}");
+    Err(if fatal {
+        BatchError::Fatal(message)
+    } else {
+        BatchError::Transient(message)
+    })
 }
 
 /// Enqueues one record, waiting while the producer's queue is full.
