@@ -9,7 +9,7 @@
 //! number of artifacts divided by the time from that commit to the broker
 //! append time of the stage's last output record. (The first output record
 //! is not a usable start: a stage writes a batch's outputs when the batch
-//! commits, and a batch holds up to 2 000 records, so with few slow
+//! commits, and a batch holds up to 5 000 records, so with few slow
 //! artifacts every output lands in one commit.)
 //!
 //! Inputs are made by the real upstream stages: the bench writes one blob per
@@ -44,7 +44,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "bench-stages", about)]
+#[command(
+    name = "bench-stages",
+    about = "Each stage's throughput on its own (1-page and 100-page PDFs) and pdf-parser's peak memory"
+)]
 struct Args {
     /// The 1-page PDF [default: reportlab-1-page.pdf of the fixture set].
     #[arg(long)]
