@@ -11,6 +11,7 @@ use artifact_runtime::codec::AvroCodec;
 use artifact_runtime::config::ConnectionConfig;
 use artifact_runtime::kafka::{client_config, producer_config};
 use artifact_runtime::schemas::EventSchema;
+use artifact_runtime::stage::StageInput;
 use artifact_runtime::topics::{TopicNames, ensure_topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -88,15 +89,23 @@ impl TestEnv {
 
     /// Produces creation events to `<prefix>.created`, keyed by artifact id.
     pub async fn produce_created(&self, events: &[ArtifactCreated]) -> anyhow::Result<()> {
-        let topic = self.names.created();
-        let mut futures = Vec::with_capacity(events.len());
+        self.produce_events(&self.names.created(), EventSchema::ArtifactCreated, events)
+            .await
+    }
+
+    /// Produces events of one schema to `topic`, keyed by artifact id, and
+    /// waits until every one is acknowledged.
+    pub async fn produce_events<'a, T: StageInput + serde::Serialize>(
+        &self,
+        topic: &str,
+        schema: EventSchema,
+        events: impl IntoIterator<Item = &'a T>,
+    ) -> anyhow::Result<()> {
+        let mut futures = Vec::new();
         for e in events {
-            let payload = self
-                .codec
-                .encode(&topic, EventSchema::ArtifactCreated, e)
-                .await?;
-            let key = e.artifact_id.to_string();
-            let rec = FutureRecord::to(&topic).key(&key).payload(&payload);
+            let payload = self.codec.encode(topic, schema, e).await?;
+            let key = e.artifact_id().to_string();
+            let rec = FutureRecord::to(topic).key(&key).payload(&payload);
             futures.push(self.producer.send_result(rec).map_err(|(e, _)| e)?);
         }
         for f in futures {

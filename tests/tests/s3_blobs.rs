@@ -19,7 +19,6 @@ use artifact_pipeline_tests::s3::S3Prefix;
 use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
 use artifact_runtime::schemas::EventSchema;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,21 +67,8 @@ fn detected(location: String, size: Option<i64>, sha: Option<String>) -> MimeDet
 
 async fn produce_detected(env: &TestEnv, events: &[MimeDetected]) -> anyhow::Result<()> {
     let topic = env.names.output(Stage::MimeDetector);
-    for e in events {
-        let payload = env
-            .codec
-            .encode(&topic, EventSchema::MimeDetected, e)
-            .await?;
-        let key = e.artifact_id.to_string();
-        env.producer
-            .send(
-                FutureRecord::to(&topic).key(&key).payload(&payload),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
-    }
-    Ok(())
+    env.produce_events(&topic, EventSchema::MimeDetected, events)
+        .await
 }
 
 async fn verified(env: &TestEnv) -> anyhow::Result<HashMap<ArtifactId, LocationVerified>> {

@@ -13,7 +13,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -183,18 +182,12 @@ async fn summarizer_with_the_llm_backend() -> anyhow::Result<()> {
     ];
     let mut stage = StageProcess::start(&env, &bin, &vars)?;
 
-    let topic = env.names.input(Stage::Summarizer);
-    for event in inputs.values() {
-        let payload = env.codec.encode(&topic, EventSchema::Parsed, event).await?;
-        let key = event.artifact_id.to_string();
-        env.producer
-            .send(
-                FutureRecord::to(&topic).key(&key).payload(&payload),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
-    }
+    env.produce_events(
+        &env.names.input(Stage::Summarizer),
+        EventSchema::Parsed,
+        inputs.values(),
+    )
+    .await?;
 
     let output = env.names.output(Stage::Summarizer);
     let outcomes = || async {
