@@ -80,8 +80,9 @@ pub(crate) struct Prepared {
 /// loop prepares the next one.
 pub(crate) struct InFlight {
     pub items: Vec<Item>,
-    recorded: Vec<(i32, ArtifactId, Generation)>,
-    /// `recorded` by key: the next batch is decided against these too.
+    /// Processed generations with an outcome, by key: the next batch is
+    /// decided against these too, and the dedup state records them once
+    /// the transaction committed.
     pub generations: HashMap<(i32, ArtifactId), Generation>,
     outcome_labels: Vec<&'static str>,
     produced: Vec<&'static str>,
@@ -382,7 +383,11 @@ impl<S: StageLogic> StageRunner<S> {
             outcome_labels,
         } = prepared;
         let produced = outs.iter().map(|o| o.kind).collect();
-        let generations = recorded.iter().map(|(p, id, g)| ((*p, *id), *g)).collect();
+        // Within a batch a key's generations only grow, so the last wins.
+        let generations = recorded
+            .into_iter()
+            .map(|(p, id, g)| ((p, id), g))
+            .collect();
         let offsets = commit_offsets(&items);
         let producer = producer.clone();
         let abort_pending = self.abort_pending.clone();
@@ -395,7 +400,6 @@ impl<S: StageLogic> StageRunner<S> {
         });
         Ok(InFlight {
             items,
-            recorded,
             generations,
             outcome_labels,
             produced,
@@ -419,7 +423,7 @@ impl<S: StageLogic> StageRunner<S> {
         flight.finished().await;
         let InFlight {
             items,
-            recorded,
+            generations,
             outcome_labels,
             produced,
             result,
@@ -446,7 +450,7 @@ impl<S: StageLogic> StageRunner<S> {
             "batch committed"
         );
         // The transaction committed: the state follows.
-        for (p, id, generation) in recorded {
+        for ((p, id), generation) in generations {
             dedup.record(p, id, generation);
         }
         let mut by_kind: HashMap<&'static str, u64> = HashMap::new();
