@@ -336,6 +336,19 @@ impl StageProcess {
         self.child.id()
     }
 
+    /// CPU time it has used so far (user + system), in seconds, from
+    /// `/proc/<pid>/stat` (in USER_HZ = 100 ticks per second, as Linux
+    /// reports it to user space); `None` once it has exited or off Linux.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The command name (field 2) may hold spaces; fields after it are plain.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / 100.0)
+    }
+
     /// Its peak resident set size so far, in bytes (`VmHWM` in
     /// `/proc/<pid>/status`); `None` once it has exited or off Linux.
     pub fn peak_rss_bytes(&self) -> Option<u64> {

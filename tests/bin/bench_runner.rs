@@ -16,12 +16,12 @@
 use anyhow::Context;
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::{ArtifactId, Generation, Stage};
-use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
+use artifact_pipeline_tests::{StageProcess, TestEnv};
 use artifact_runtime::dedup::{DedupEntry, restore_partition};
 use artifact_runtime::kafka::{client_config, producer_config};
 use artifact_runtime::schemas::EventSchema;
 use clap::Parser;
-use rdkafka::Message;
+use rdkafka::{Message, TopicPartitionList};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::path::PathBuf;
@@ -121,29 +121,78 @@ async fn raw_pair(n: usize, partitions: usize) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
+/// What one run of the stage measured.
+struct StageRun {
+    /// Records per second, from the output's append times.
+    rate: f64,
+    /// The stage process's CPU time per record, in microseconds.
+    cpu_us: f64,
+}
+
+/// Offsets the stage's group has committed on its input, summed.
+fn committed_total(
+    reader: &BaseConsumer,
+    topic: &str,
+    partitions: usize,
+) -> anyhow::Result<i64> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let committed = reader.committed_offsets(tpl, Duration::from_secs(5))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| e.offset().to_raw())
+        .filter(|o| *o > 0)
+        .sum())
+}
+
 async fn stage_run(
     bin: &std::path::Path,
     n: usize,
     partitions: usize,
     delivery: &str,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<StageRun> {
     let env = TestEnv::new(partitions).await?;
     fill(&env, n).await?;
     let out_topic = env.names.output(Stage::MimeDetector);
     env.use_append_time(&out_topic).await?;
-    let _stage = StageProcess::start(&env, bin, &[("DELIVERY", delivery.to_owned())])?;
-    wait_until(
-        "all records processed",
-        Duration::from_secs(600),
-        || async { env.read_all(&out_topic).map(|v| v.len()).unwrap_or(0) >= n },
-    )
-    .await?;
+    let stage = StageProcess::start(&env, bin, &[("DELIVERY", delivery.to_owned())])?;
+    // Progress is read from the group's committed offsets: cheap, unlike
+    // reading the output, which would take CPU from the stage it measures.
+    let reader: BaseConsumer = client_config(&env.conn, "bench-progress")
+        .set("group.id", format!("{}.group", env.conn.topic_prefix))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let input = env.names.created();
+    let mut cpu_start = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = committed_total(&reader, &input, partitions)?;
+        if done > 0 && cpu_start.is_none() {
+            cpu_start = stage.cpu_seconds();
+        }
+        if done >= n as i64 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{delivery}: {done} of {n} records committed after 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu = stage.cpu_seconds().unwrap_or(0.0) - cpu_start.unwrap_or(0.0);
+    drop(stage);
     let (count, rate) = rate_from_timestamps(&env, &out_topic)?;
     anyhow::ensure!(
         count == n,
         "{delivery} wrote {count} outcomes for {n} inputs"
     );
-    Ok(rate)
+    Ok(StageRun {
+        rate,
+        cpu_us: cpu * 1e6 / n as f64,
+    })
 }
 
 fn rss_bytes() -> u64 {
@@ -236,8 +285,11 @@ async fn main() -> anyhow::Result<()> {
     let n = args.records;
     let bin = args.stage_bin.clone().unwrap_or_else(default_stage_bin);
     if let Some(mode) = &args.only {
-        let rate = stage_run(&bin, n, args.partitions, mode).await?;
-        println!("no-op stage, {mode}: {rate:.0} records/s");
+        let r = stage_run(&bin, n, args.partitions, mode).await?;
+        println!(
+            "no-op stage, {mode}: {:.0} records/s, {:.1} µs of stage CPU per record",
+            r.rate, r.cpu_us
+        );
         return Ok(());
     }
     println!(
@@ -245,22 +297,33 @@ async fn main() -> anyhow::Result<()> {
         args.partitions, args.rounds
     );
     let (mut raw, mut alo, mut eos) = (vec![], vec![], vec![]);
+    let (mut alo_cpu, mut eos_cpu) = (vec![], vec![]);
     // Interleaved rounds, so drift on the machine touches every variant alike.
     for round in 1..=args.rounds {
         raw.push(raw_pair(n, args.partitions).await?);
-        alo.push(stage_run(&bin, n, args.partitions, "at-least-once").await?);
-        eos.push(stage_run(&bin, n, args.partitions, "exactly-once").await?);
+        let a = stage_run(&bin, n, args.partitions, "at-least-once").await?;
+        let e = stage_run(&bin, n, args.partitions, "exactly-once").await?;
         println!(
-            "round {round}: raw {:.0}, at-least-once {:.0}, exactly-once {:.0} records/s",
+            "round {round}: raw {:.0}, at-least-once {:.0} ({:.1} µs CPU/record), exactly-once {:.0} ({:.1} µs CPU/record) records/s",
             raw[round - 1],
-            alo[round - 1],
-            eos[round - 1]
+            a.rate,
+            a.cpu_us,
+            e.rate,
+            e.cpu_us
         );
+        (alo.push(a.rate), alo_cpu.push(a.cpu_us));
+        (eos.push(e.rate), eos_cpu.push(e.cpu_us));
     }
     let (raw, alo, eos) = (median(raw), median(alo), median(eos));
     println!("median raw consume+produce pair:   {raw:>9.0} records/s");
-    println!("median no-op stage, at-least-once: {alo:>9.0} records/s");
-    println!("median no-op stage, exactly-once:  {eos:>9.0} records/s");
+    println!(
+        "median no-op stage, at-least-once: {alo:>9.0} records/s, {:.1} µs of stage CPU per record",
+        median(alo_cpu)
+    );
+    println!(
+        "median no-op stage, exactly-once:  {eos:>9.0} records/s, {:.1} µs of stage CPU per record",
+        median(eos_cpu)
+    );
     println!(
         "exactly-once / raw = {:.0}%, exactly-once / at-least-once = {:.0}%",
         100.0 * eos / raw,
