@@ -6,6 +6,15 @@ use pdf_parser::Limits;
 use pdf_parser::stage::ParseStage;
 use std::time::Duration;
 
+/// mimalloc instead of glibc's malloc: lopdf allocates many small objects
+/// per page, and with mimalloc this stage parsed 1-page PDFs about 15 %
+/// faster and 100-page PDFs about 18 % faster (bench-stages, alternating
+/// runs), for 35–70 MiB more peak memory. The other binaries keep glibc's
+/// malloc: the summarizer gained nothing measurable and its resident set
+/// tripled.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The pdf-parser stage.
 #[derive(Debug, Parser)]
 #[command(name = "pdf-parser", version, about)]
