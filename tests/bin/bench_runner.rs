@@ -21,9 +21,9 @@ use artifact_runtime::dedup::{DedupEntry, restore_partition};
 use artifact_runtime::kafka::{client_config, producer_config};
 use artifact_runtime::schemas::EventSchema;
 use clap::Parser;
-use rdkafka::{Message, TopicPartitionList};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, TopicPartitionList};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -130,11 +130,7 @@ struct StageRun {
 }
 
 /// Offsets the stage's group has committed on its input, summed.
-fn committed_total(
-    reader: &BaseConsumer,
-    topic: &str,
-    partitions: usize,
-) -> anyhow::Result<i64> {
+fn committed_total(reader: &BaseConsumer, topic: &str, partitions: usize) -> anyhow::Result<i64> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         tpl.add_partition(topic, p);
@@ -311,8 +307,10 @@ async fn main() -> anyhow::Result<()> {
             e.rate,
             e.cpu_us
         );
-        (alo.push(a.rate), alo_cpu.push(a.cpu_us));
-        (eos.push(e.rate), eos_cpu.push(e.cpu_us));
+        alo.push(a.rate);
+        alo_cpu.push(a.cpu_us);
+        eos.push(e.rate);
+        eos_cpu.push(e.cpu_us);
     }
     let (raw, alo, eos) = (median(raw), median(alo), median(eos));
     println!("median raw consume+produce pair:   {raw:>9.0} records/s");
