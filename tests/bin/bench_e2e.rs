@@ -4,7 +4,9 @@
 //! through the API at that rate for a while and measures, per artifact, the
 //! time from the upload's 202 to its summary's commit on the summarized
 //! topic (the record's broker append time). Completions per second over the
-//! run give the sustained throughput.
+//! run give the sustained throughput. Per load it also prints the latency
+//! per hop and the CPU time per completed artifact of each process: the
+//! local broker, the API and each stage.
 //!
 //! Usage: `bench-e2e --pdf FILE [--loads 10,25,50,100] [--seconds 15]`
 //! with the local stack up.
@@ -12,6 +14,7 @@
 use anyhow::Context;
 use artifact_domain::{Stage, Summarized};
 use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
+use artifact_pipeline_tests::{broker_pid, process_cpu_seconds};
 use artifact_runtime::now_ms;
 use clap::Parser;
 use rdkafka::Message;
@@ -50,10 +53,28 @@ async fn main() -> anyhow::Result<()> {
     let p = Arc::new(Pipeline::start(&bin_dir).await?);
     let topic = p.env.names.output(Stage::Summarizer);
     let mut hops: Vec<String> = Vec::new();
+    let mut cpu_rows: Vec<String> = Vec::new();
+    // Whose CPU time is counted per artifact: the broker, the API, the stages.
+    let mut pids: Vec<(&str, u32)> = Vec::new();
+    pids.extend(broker_pid().map(|pid| ("broker", pid)));
+    if let Some(api) = &p.api {
+        pids.push(("artifact-api", api.pid()));
+    }
+    for stage in Stage::ALL {
+        if let Some(s) = p.stages.get(stage.name()) {
+            pids.push((stage.name(), s.pid()));
+        }
+    }
+    let cpu_now = |pids: &[(&str, u32)]| -> Vec<f64> {
+        pids.iter()
+            .map(|(_, pid)| process_cpu_seconds(*pid).unwrap_or(f64::NAN))
+            .collect()
+    };
     println!("| offered /s | uploaded | completed | throughput /s | p50 ms | p95 ms | p99 ms |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for load in args.loads {
         let accepted: Arc<tokio::sync::Mutex<HashMap<String, i64>>> = Default::default();
+        let cpu_before = cpu_now(&pids);
         let started = Instant::now();
         let interval = Duration::from_secs_f64(1.0 / f64::from(load));
         let total = u64::from(load) * args.seconds;
@@ -105,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
             drop(ids);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        let cpu_after = cpu_now(&pids);
         let ids = accepted.lock().await;
         let mut lat: Vec<i64> = done.iter().map(|(id, t)| t - ids[id]).collect();
         lat.sort_unstable();
@@ -139,6 +161,20 @@ async fn main() -> anyhow::Result<()> {
             previous = at;
         }
         hops.push(row);
+        // CPU per completed artifact, each process over the whole load
+        // (uploads, then the wait for the last summaries).
+        let n = done.len().max(1) as f64;
+        let per: Vec<f64> = cpu_before
+            .iter()
+            .zip(&cpu_after)
+            .map(|(b, a)| (a - b) * 1000.0 / n)
+            .collect();
+        let mut row = format!("| {load} |");
+        for v in &per {
+            row.push_str(&format!(" {v:.2} |"));
+        }
+        row.push_str(&format!(" {:.2} |", per.iter().sum::<f64>()));
+        cpu_rows.push(row);
     }
     println!();
     println!(
@@ -147,6 +183,14 @@ async fn main() -> anyhow::Result<()> {
     println!("| offered /s | → mime-detector | → location-logger | → pdf-parser | → summarizer |");
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for row in hops {
+        println!("{row}");
+    }
+    println!();
+    println!("CPU ms per completed artifact (user + system, /proc/<pid>/stat):");
+    let names: Vec<&str> = pids.iter().map(|(n, _)| *n).collect();
+    println!("| offered /s | {} | total |", names.join(" | "));
+    println!("|{}", " ---: |".repeat(names.len() + 2));
+    for row in cpu_rows {
         println!("{row}");
     }
     Ok(())
