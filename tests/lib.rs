@@ -54,6 +54,12 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
+    /// The consumer group of the stage processes started on this env
+    /// (`CONSUMER_GROUP`).
+    pub fn stage_group(&self) -> String {
+        format!("{}.group", self.conn.topic_prefix)
+    }
+
     /// Creates every topic under a fresh prefix with `partitions` partitions.
     pub async fn new(partitions: usize) -> anyhow::Result<Self> {
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
@@ -311,7 +317,7 @@ impl StageProcess {
         cmd.env("KAFKA_BOOTSTRAP_SERVERS", &env.conn.kafka_bootstrap_servers)
             .env("SCHEMA_REGISTRY_URL", &env.conn.schema_registry_url)
             .env("TOPIC_PREFIX", &env.conn.topic_prefix)
-            .env("CONSUMER_GROUP", format!("{}.group", env.conn.topic_prefix))
+            .env("CONSUMER_GROUP", env.stage_group())
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env(
                 "RUST_LOG",

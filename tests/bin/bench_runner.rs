@@ -55,6 +55,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median of the measured values (NaN if none was measured).
+fn median_measured(v: Vec<f64>) -> f64 {
+    let v: Vec<f64> = v.into_iter().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() { f64::NAN } else { median(v) }
+}
+
 fn default_stage_bin() -> PathBuf {
     std::env::current_exe()
         .expect("own path")
@@ -125,7 +131,8 @@ async fn raw_pair(n: usize, partitions: usize) -> anyhow::Result<f64> {
 struct StageRun {
     /// Records per second, from the output's append times.
     rate: f64,
-    /// The stage process's CPU time per record, in microseconds.
+    /// The stage process's CPU time per record, in microseconds, over the
+    /// records committed after its progress was first seen (NaN if none).
     cpu_us: f64,
 }
 
@@ -154,20 +161,25 @@ async fn stage_run(
     fill(&env, n).await?;
     let out_topic = env.names.output(Stage::MimeDetector);
     env.use_append_time(&out_topic).await?;
-    let stage = StageProcess::start(&env, bin, &[("DELIVERY", delivery.to_owned())])?;
     // Progress is read from the group's committed offsets: cheap, unlike
     // reading the output, which would take CPU from the stage it measures.
     let reader: BaseConsumer = client_config(&env.conn, "bench-progress")
-        .set("group.id", format!("{}.group", env.conn.topic_prefix))
+        .set("group.id", env.stage_group())
         .set("enable.auto.commit", "false")
         .create()?;
     let input = env.names.created();
-    let mut cpu_start = None;
+    // The first look finds the group's coordinator, which takes a while: done
+    // before the stage starts, so later looks see its progress in time.
+    committed_total(&reader, &input, partitions)?;
+    let stage = StageProcess::start(&env, bin, &[("DELIVERY", delivery.to_owned())])?;
+    // The stage's CPU time and its committed records when progress was
+    // first seen: CPU per record counts only the records committed after.
+    let mut start: Option<(f64, i64)> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let done = committed_total(&reader, &input, partitions)?;
-        if done > 0 && cpu_start.is_none() {
-            cpu_start = stage.cpu_seconds();
+        if done > 0 && start.is_none() {
+            start = stage.cpu_seconds().map(|cpu| (cpu, done));
         }
         if done >= n as i64 {
             break;
@@ -178,17 +190,20 @@ async fn stage_run(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cpu = stage.cpu_seconds().unwrap_or(0.0) - cpu_start.unwrap_or(0.0);
+    // Not measured (NaN) when the first look already found every record.
+    let cpu_us = match (start, stage.cpu_seconds()) {
+        (Some((cpu0, done0)), Some(cpu1)) if done0 < n as i64 => {
+            (cpu1 - cpu0) * 1e6 / (n as i64 - done0) as f64
+        }
+        _ => f64::NAN,
+    };
     drop(stage);
     let (count, rate) = rate_from_timestamps(&env, &out_topic)?;
     anyhow::ensure!(
         count == n,
         "{delivery} wrote {count} outcomes for {n} inputs"
     );
-    Ok(StageRun {
-        rate,
-        cpu_us: cpu * 1e6 / n as f64,
-    })
+    Ok(StageRun { rate, cpu_us })
 }
 
 fn rss_bytes() -> u64 {
@@ -316,11 +331,11 @@ async fn main() -> anyhow::Result<()> {
     println!("median raw consume+produce pair:   {raw:>9.0} records/s");
     println!(
         "median no-op stage, at-least-once: {alo:>9.0} records/s, {:.1} µs of stage CPU per record",
-        median(alo_cpu)
+        median_measured(alo_cpu)
     );
     println!(
         "median no-op stage, exactly-once:  {eos:>9.0} records/s, {:.1} µs of stage CPU per record",
-        median(eos_cpu)
+        median_measured(eos_cpu)
     );
     println!(
         "exactly-once / raw = {:.0}%, exactly-once / at-least-once = {:.0}%",
