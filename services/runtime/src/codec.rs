@@ -49,6 +49,24 @@ struct Writer {
     writer: GenericDatumWriter<'static>,
 }
 
+/// Encodes values with the schema registered for one topic.
+#[derive(Clone)]
+pub struct TopicWriter(Arc<Writer>);
+
+impl TopicWriter {
+    /// `value` in the Confluent wire format.
+    pub fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut bytes = Vec::with_capacity(128);
+        bytes.push(0);
+        bytes.extend_from_slice(&self.0.id.to_be_bytes());
+        self.0
+            .writer
+            .write_ser(&mut bytes, value)
+            .map_err(|e| CodecError::Unencodable(format!("value does not fit the schema: {e}")))?;
+        Ok(bytes)
+    }
+}
+
 /// Encodes and decodes event values; cheap to share behind an `Arc`.
 ///
 /// The registry is asked once per topic and schema (writers) and once per
@@ -87,18 +105,21 @@ impl AvroCodec {
         schema: EventSchema,
         value: &T,
     ) -> Result<Vec<u8>, CodecError> {
+        self.writer(topic, schema).await?.encode(value)
+    }
+
+    /// The writer for `topic` and `schema`, for encoding many values without
+    /// looking it up each time.
+    pub async fn writer(
+        &self,
+        topic: &str,
+        schema: EventSchema,
+    ) -> Result<TopicWriter, CodecError> {
         let writer = match self.cached_writer(topic, schema) {
             Some(w) => w,
             None => self.register_writer(topic, schema).await?,
         };
-        let mut bytes = Vec::with_capacity(128);
-        bytes.push(0);
-        bytes.extend_from_slice(&writer.id.to_be_bytes());
-        writer
-            .writer
-            .write_ser(&mut bytes, value)
-            .map_err(|e| CodecError::Unencodable(format!("value does not fit the schema: {e}")))?;
-        Ok(bytes)
+        Ok(TopicWriter(writer))
     }
 
     fn cached_writer(&self, topic: &str, schema: EventSchema) -> Option<Arc<Writer>> {

@@ -1,6 +1,8 @@
 //! One batch: decode, dedup, process, and commit in one transaction.
 
+use super::producer::StageProducer;
 use super::{Delayed, Delivery, Item, Source, StageRunner, commit_offsets};
+use crate::codec::TopicWriter;
 use crate::kafka::header;
 use crate::now_ms;
 use crate::retry;
@@ -14,7 +16,7 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -49,7 +51,7 @@ enum Done<R> {
 
 /// A record to produce in the batch's transaction.
 struct Out {
-    topic: String,
+    topic: Arc<str>,
     partition: Option<i32>,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
@@ -216,7 +218,9 @@ impl<S: StageLogic> StageRunner<S> {
         let plans_ref = &plans;
         let processing_time =
             &metrics::histogram!("artifact_stage_processing_seconds", "stage" => name);
-        let mut done: HashMap<usize, (Done<S::Result>, String)> = futures::stream::iter(work)
+        let mut done: Vec<Option<(Done<S::Result>, String)>> = Vec::new();
+        done.resize_with(items.len(), || None);
+        let mut finished = futures::stream::iter(work)
             .map(|i| async move {
                 let Plan::Process(input) = &plans_ref[i] else {
                     unreachable!("work holds processed items only")
@@ -239,14 +243,19 @@ impl<S: StageLogic> StageRunner<S> {
                     .await;
                 (i, (d, tp))
             })
-            .buffer_unordered(self.cfg.concurrency)
-            .collect()
-            .await;
+            .buffer_unordered(self.cfg.concurrency);
+        while let Some((i, d)) = finished.next().await {
+            done[i] = Some(d);
+        }
+        drop(finished);
 
         let t_processed = t0.elapsed();
         // 3. Build the records of the transaction.
         let policy = self.cfg.retry_policy();
-        let output_topic = self.names.output(stage);
+        let topics = &self.topics;
+        // Looked up when the batch first needs them.
+        let mut output_writer: Option<TopicWriter> = None;
+        let mut dedup_writer: Option<TopicWriter> = None;
         let mut outs: Vec<Out> = Vec::new();
         let mut recorded: Vec<(i32, ArtifactId, Generation)> = Vec::new();
         let mut outcome_labels: Vec<&'static str> = Vec::new();
@@ -259,7 +268,7 @@ impl<S: StageLogic> StageRunner<S> {
                 Plan::DeadLetter(err) => {
                     tracing::warn!(stage = name, topic = it.msg.topic(), partition = p, offset = it.msg.offset(), error = %err, "undecodable record sent to the dead-letter topic");
                     outs.push(Out {
-                        topic: self.names.dlq(stage),
+                        topic: topics.dlq.clone(),
                         partition: Some(p),
                         key,
                         payload: it.msg.payload().unwrap_or_default().to_vec(),
@@ -268,7 +277,7 @@ impl<S: StageLogic> StageRunner<S> {
                     });
                 }
                 Plan::Process(input) => {
-                    let (d, tp) = done.remove(&i).expect("every processed item has a result");
+                    let (d, tp) = done[i].take().expect("every processed item has a result");
                     let (id, generation) = (input.artifact_id(), input.generation());
                     let outcome_event = match d {
                         Done::Ok(processed) => Some(StageEvent {
@@ -290,7 +299,7 @@ impl<S: StageLogic> StageRunner<S> {
                             tracing::info!(stage = name, artifact_id = %id, %generation, delivery = next, not_before, error = %reason, "scheduled a delayed retry");
                             metrics::counter!("artifact_stage_retries_total", "stage" => name, "kind" => "topic").increment(1);
                             outs.push(Out {
-                                topic: self.names.retry(stage),
+                                topic: topics.retry.clone(),
                                 partition: Some(p),
                                 key,
                                 payload: it.msg.payload().unwrap_or_default().to_vec(),
@@ -307,13 +316,19 @@ impl<S: StageLogic> StageRunner<S> {
                     let Some(event) = outcome_event else { continue };
                     outcome_labels.push(event.outcome.label());
                     let status = OutcomeRecord::from(event.outcome.clone()).status;
-                    let payload = self
-                        .encode(&output_topic, EventSchema::output_of(stage), &event)
-                        .await?;
+                    let writer = match &output_writer {
+                        Some(w) => w,
+                        None => output_writer.insert(
+                            self.writer(&topics.output, EventSchema::output_of(stage))
+                                .await?,
+                        ),
+                    };
+                    let payload = encoded(writer, &topics.output, &event)?;
+                    let key = id.to_string().into_bytes();
                     outs.push(Out {
-                        topic: output_topic.clone(),
+                        topic: topics.output.clone(),
                         partition: None,
-                        key: Some(id.to_string().into_bytes()),
+                        key: Some(key.clone()),
                         payload,
                         headers: vec![(TRACEPARENT, tp)],
                         kind: "output",
@@ -324,14 +339,16 @@ impl<S: StageLogic> StageRunner<S> {
                         outcome_status: status,
                         processed_at: event.processed_at,
                     };
-                    let dedup_topic = self.names.dedup(stage);
-                    let payload = self
-                        .encode(&dedup_topic, EventSchema::DedupEntry, &entry)
-                        .await?;
+                    let writer = match &dedup_writer {
+                        Some(w) => w,
+                        None => dedup_writer
+                            .insert(self.writer(&topics.dedup, EventSchema::DedupEntry).await?),
+                    };
+                    let payload = encoded(writer, &topics.dedup, &entry)?;
                     outs.push(Out {
-                        topic: dedup_topic,
+                        topic: topics.dedup.clone(),
                         partition: Some(p),
-                        key: Some(id.to_string().into_bytes()),
+                        key: Some(key),
                         payload,
                         headers: vec![],
                         kind: "dedup",
@@ -363,7 +380,7 @@ impl<S: StageLogic> StageRunner<S> {
     pub(crate) fn start_commit<C: ConsumerContext + 'static>(
         &self,
         consumer: &StreamConsumer<C>,
-        producer: &FutureProducer,
+        producer: &StageProducer,
         gate: &Arc<TxnGate>,
         prepared: Prepared,
         items: Vec<Item>,
@@ -475,13 +492,8 @@ impl<S: StageLogic> StageRunner<S> {
         Ok(())
     }
 
-    async fn encode<T: serde::Serialize>(
-        &self,
-        topic: &str,
-        schema: EventSchema,
-        value: &T,
-    ) -> Result<Vec<u8>, BatchError> {
-        self.codec.encode(topic, schema, value).await.map_err(|e| {
+    async fn writer(&self, topic: &str, schema: EventSchema) -> Result<TopicWriter, BatchError> {
+        self.codec.writer(topic, schema).await.map_err(|e| {
             if e.is_retriable() {
                 BatchError::Transient(e.to_string())
             } else {
@@ -544,14 +556,15 @@ impl<S: StageLogic> StageRunner<S> {
         let policy = self.cfg.retry_policy();
         let limit = Duration::from_millis(self.cfg.processing_timeout_ms);
         let mut last = String::new();
+        let mut ctx = RecordContext {
+            topic: it.msg.topic().to_owned(),
+            partition: it.msg.partition(),
+            offset: it.msg.offset(),
+            attempt: 0,
+            traceparent: traceparent.to_owned(),
+        };
         for attempt in 1..=policy.inline_attempts {
-            let ctx = RecordContext {
-                topic: it.msg.topic().to_owned(),
-                partition: it.msg.partition(),
-                offset: it.msg.offset(),
-                attempt: (it.delivery - 1) * policy.inline_attempts + attempt,
-                traceparent: traceparent.to_owned(),
-            };
+            ctx.attempt = (it.delivery - 1) * policy.inline_attempts + attempt;
             let started = Instant::now();
             let fut = std::panic::AssertUnwindSafe(self.logic.process(input, &ctx)).catch_unwind();
             let res = tokio::time::timeout(limit, fut).await;
@@ -593,7 +606,7 @@ impl<S: StageLogic> StageRunner<S> {
 /// commits them with the consumed offsets in one transaction. Runs on a
 /// blocking thread: librdkafka's transaction calls block.
 fn commit_blocking(
-    producer: &FutureProducer,
+    producer: &StageProducer,
     outs: &[Out],
     offsets: TopicPartitionList,
     group: Option<&ConsumerGroupMetadata>,
@@ -613,30 +626,23 @@ fn commit_blocking(
     }
     let t0 = Instant::now();
     let result = (|| {
-        let mut deliveries = Vec::with_capacity(outs.len());
+        let deliveries = producer.context();
+        deliveries.begin();
         for o in outs {
-            deliveries.push(send(producer, o)?);
+            send(producer, o)?;
         }
         let t_sent = t0.elapsed();
-        let acknowledged = || {
-            for d in deliveries {
-                match futures::executor::block_on(d) {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(txn_error("delivery", e)),
-                    Err(_) => return Err(BatchError::Transient("delivery cancelled".into())),
-                }
-            }
-            Ok(())
-        };
         let Some(group) = group else {
             // At least once: every record acknowledged before the offsets move.
-            return acknowledged();
+            return deliveries
+                .wait_all(timeout)
+                .map_err(|e| BatchError::Transient(format!("delivery: {e}")));
         };
-        // The offsets go out while the records are being acknowledged.
+        // The offsets go out while the records are being acknowledged. The
+        // commit waits for every record and fails if any failed.
         producer
             .send_offsets_to_transaction(&offsets, group, timeout)
             .map_err(|e| txn_error("send offsets to transaction", e))?;
-        acknowledged()?;
         let t_offsets = t0.elapsed();
         commit_transaction(producer, timeout)?;
         tracing::trace!(
@@ -663,10 +669,10 @@ fn commit_blocking(
 
 /// librdkafka's `rd_kafka_commit_transaction`, called directly. rdkafka's
 /// wrapper flushes first by polling the delivery-report queue in 100 ms
-/// steps; the future producer's own thread serves that queue, so the wrapper
+/// steps; the producer's polling thread serves that queue, so the wrapper
 /// could wait out a whole step after the last acknowledgement. librdkafka's
 /// commit flushes by itself, in 10 ms steps.
-fn commit_transaction(producer: &FutureProducer, timeout: Duration) -> Result<(), BatchError> {
+fn commit_transaction(producer: &StageProducer, timeout: Duration) -> Result<(), BatchError> {
     use rdkafka::bindings as rd;
     let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the handle is the live producer's, borrowed for the call.
@@ -692,18 +698,32 @@ fn commit_transaction(producer: &FutureProducer, timeout: Duration) -> Result<()
     })
 }
 
+/// `value` encoded for `topic`; a value that does not fit its schema is a
+/// bug the runner cannot get past.
+fn encoded<T: serde::Serialize>(
+    writer: &TopicWriter,
+    topic: &str,
+    value: &T,
+) -> Result<Vec<u8>, BatchError> {
+    writer
+        .encode(value)
+        .map_err(|e| BatchError::Fatal(format!("cannot encode for {topic}: {e}")))
+}
+
 /// Enqueues one record, waiting while the producer's queue is full.
-fn send(producer: &FutureProducer, o: &Out) -> Result<DeliveryFuture, BatchError> {
-    let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
-    for (k, v) in &o.headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
+fn send(producer: &StageProducer, o: &Out) -> Result<(), BatchError> {
+    let mut rec: BaseRecord<'_, [u8], [u8]> =
+        BaseRecord::to(&o.topic).payload(o.payload.as_slice());
+    if !o.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+        for (k, v) in &o.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        rec = rec.headers(headers);
     }
-    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&o.topic)
-        .payload(o.payload.as_slice())
-        .headers(headers);
     if let Some(k) = &o.key {
         rec = rec.key(k.as_slice());
     }
@@ -711,17 +731,23 @@ fn send(producer: &FutureProducer, o: &Out) -> Result<DeliveryFuture, BatchError
         rec = rec.partition(p);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
+    let deliveries = producer.context();
     loop {
-        match producer.send_result(rec) {
-            Ok(f) => return Ok(f),
+        deliveries.enqueuing();
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
                 if Instant::now() < deadline =>
             {
+                deliveries.not_enqueued();
                 // librdkafka's queue drains as the broker acknowledges.
-                producer.poll(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(5));
                 rec = r;
             }
-            Err((e, _)) => return Err(txn_error("produce", e)),
+            Err((e, _)) => {
+                deliveries.not_enqueued();
+                return Err(txn_error("produce", e));
+            }
         }
     }
 }

@@ -27,6 +27,7 @@
 mod batch;
 pub mod config;
 mod context;
+mod producer;
 
 pub use config::{Delivery, RunnerConfig, RunnerConfigError};
 
@@ -43,7 +44,7 @@ use context::{Assignment, StageContext};
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -88,12 +89,33 @@ struct Delayed {
     not_before_ms: i64,
 }
 
+/// The topics a stage writes to.
+pub(crate) struct StageTopics {
+    pub output: Arc<str>,
+    pub dedup: Arc<str>,
+    pub retry: Arc<str>,
+    pub dlq: Arc<str>,
+}
+
+impl StageTopics {
+    fn new(names: &TopicNames, stage: artifact_domain::Stage) -> Self {
+        StageTopics {
+            output: names.output(stage).into(),
+            dedup: names.dedup(stage).into(),
+            retry: names.retry(stage).into(),
+            dlq: names.dlq(stage).into(),
+        }
+    }
+}
+
 /// Runs one stage.
 pub struct StageRunner<S: StageLogic> {
     pub(crate) logic: Arc<S>,
     pub(crate) conn: ConnectionConfig,
     pub(crate) cfg: RunnerConfig,
     pub(crate) names: TopicNames,
+    /// The topics the stage writes, named once.
+    pub(crate) topics: StageTopics,
     pub(crate) codec: Arc<AvroCodec>,
     pub(crate) health: Health,
     pub(crate) group: String,
@@ -119,6 +141,7 @@ impl<S: StageLogic> StageRunner<S> {
         Ok(StageRunner {
             logic: Arc::new(logic),
             names: TopicNames::from_config(&conn),
+            topics: StageTopics::new(&TopicNames::from_config(&conn), S::STAGE),
             conn,
             cfg,
             codec: Arc::new(codec),
@@ -288,7 +311,9 @@ impl<S: StageLogic> StageRunner<S> {
         for (k, v) in &self.conn.kafka_properties.0 {
             pcfg.set(k, v);
         }
-        let producer: FutureProducer = pcfg.create().map_err(fatal)?;
+        let producer: producer::StageProducer = pcfg
+            .create_with_context(producer::Deliveries::default())
+            .map_err(fatal)?;
         if exactly_once {
             self.health.set_not_ready("initializing transactions");
             let mut attempt = 1;
