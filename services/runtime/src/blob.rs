@@ -20,10 +20,10 @@ use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Size of one part of a multipart upload to S3 (S3's minimum is 5 MiB).
 const S3_PART_BYTES: usize = 5 << 20;
@@ -375,15 +375,15 @@ impl BlobStore {
             return Ok(bytes.to_vec());
         }
         let path = self.file_path(location)?;
-        let f = tokio::fs::File::open(&path)
-            .await
-            .map_err(Self::io(location))?;
-        let mut buf = Vec::with_capacity(n.min(1 << 20));
-        f.take(n as u64)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(Self::io(location))?;
-        Ok(buf)
+        on_disk(move || {
+            let mut buf = Vec::with_capacity(n.min(1 << 20));
+            std::fs::File::open(&path)?
+                .take(n as u64)
+                .read_to_end(&mut buf)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(Self::io(location))
     }
 
     /// Reads the whole blob, refusing blobs over `limit` bytes.
@@ -405,16 +405,24 @@ impl BlobStore {
             return Ok(out);
         }
         let path = self.file_path(location)?;
-        let meta = tokio::fs::metadata(&path)
-            .await
-            .map_err(Self::io(location))?;
-        if meta.len() > limit {
-            return Err(BlobError::TooLarge {
-                location: location.to_owned(),
-                limit,
-            });
-        }
-        tokio::fs::read(&path).await.map_err(Self::io(location))
+        // `None`: over the limit.
+        let bytes = on_disk(move || {
+            let f = std::fs::File::open(&path)?;
+            let len = f.metadata()?.len();
+            if len > limit {
+                return Ok(None);
+            }
+            // A file that grows while being read is still cut at the limit.
+            let mut buf = Vec::with_capacity(len as usize);
+            f.take(limit + 1).read_to_end(&mut buf)?;
+            Ok((buf.len() as u64 <= limit).then_some(buf))
+        })
+        .await
+        .map_err(Self::io(location))?;
+        bytes.ok_or_else(|| BlobError::TooLarge {
+            location: location.to_owned(),
+            limit,
+        })
     }
 
     /// Streams the blob through SHA-256.
@@ -436,18 +444,20 @@ impl BlobStore {
             }
         } else {
             let path = self.file_path(location)?;
-            let mut f = tokio::fs::File::open(&path)
-                .await
-                .map_err(Self::io(location))?;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = f.read(&mut buf).await.map_err(Self::io(location))?;
-                if n == 0 {
-                    break;
+            (hasher, size) = on_disk(move || {
+                let mut f = std::fs::File::open(&path)?;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok((hasher, size));
+                    }
+                    size += n as u64;
+                    hasher.update(&buf[..n]);
                 }
-                size += n as u64;
-                hasher.update(&buf[..n]);
-            }
+            })
+            .await
+            .map_err(Self::io(location))?;
         }
         Ok(BlobDigest {
             size,
@@ -484,20 +494,25 @@ impl BlobStore {
             return Ok(());
         }
         let path = self.file_path(location)?;
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(Self::io(location))?;
-        }
-        let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-        let mut f = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(Self::io(location))?;
-        f.write_all(bytes).await.map_err(Self::io(location))?;
-        f.sync_all().await.map_err(Self::io(location))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(Self::io(location))
+        let bytes = bytes.to_vec();
+        on_disk(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+            let written = (|| {
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written
+        })
+        .await
+        .map_err(Self::io(location))
     }
 
     /// Removes a blob; a missing one is not an error.
@@ -532,18 +547,12 @@ impl BlobStore {
                     .map_err(store_error(&location))?;
                 Sink::S3(WriteMultipart::new_with_chunk_size(upload, S3_PART_BYTES))
             }
-            Backend::File { .. } => {
-                let path = self.file_path(&location)?;
-                if let Some(dir) = path.parent() {
-                    tokio::fs::create_dir_all(dir)
-                        .await
-                        .map_err(Self::io(&location))?;
-                }
-                let file = tokio::fs::File::create(&path)
-                    .await
-                    .map_err(Self::io(&location))?;
-                Sink::File { file, path }
-            }
+            // The file is created with the first spill or at the finish.
+            Backend::File { .. } => Sink::File(FileSink {
+                path: self.file_path(&location)?,
+                file: None,
+                buf: Vec::new(),
+            }),
         };
         Ok(BlobWriter {
             location,
@@ -558,10 +567,10 @@ impl BlobStore {
     /// and the copy are two requests, so two writers racing for one `to`
     /// both see it absent and the later copy wins.
     pub async fn move_if_absent(&self, from: &str, to: &str) -> Result<bool, BlobError> {
-        if self.exists(to).await? {
-            return Ok(false);
-        }
         if let Backend::S3(_) = &self.backend {
+            if self.exists(to).await? {
+                return Ok(false);
+            }
             let (s, from_path) = self.object(from)?;
             let (_, to_path) = self.object(to)?;
             s.store
@@ -575,13 +584,18 @@ impl BlobStore {
             return Ok(true);
         }
         let (from_path, to_path) = (self.file_path(from)?, self.file_path(to)?);
-        if let Some(dir) = to_path.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(Self::io(to))?;
-        }
-        tokio::fs::rename(&from_path, &to_path)
-            .await
-            .map_err(Self::io(to))?;
-        Ok(true)
+        on_disk(move || {
+            if to_path.try_exists()? {
+                return Ok(false);
+            }
+            if let Some(dir) = to_path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::rename(&from_path, &to_path)?;
+            Ok(true)
+        })
+        .await
+        .map_err(Self::io(to))
     }
 }
 
@@ -597,20 +611,74 @@ pub struct BlobWriter {
 }
 
 enum Sink {
-    File {
-        file: tokio::fs::File,
-        path: PathBuf,
-    },
+    File(FileSink),
     S3(WriteMultipart),
+}
+
+/// A file being written: chunks gather in memory up to
+/// [`FILE_BUFFER_BYTES`], then go to disk, so a small blob costs one trip to
+/// the blocking pool (create, write, sync) and a large one is never held
+/// whole.
+struct FileSink {
+    path: PathBuf,
+    /// Created at the first spill.
+    file: Option<std::fs::File>,
+    buf: Vec<u8>,
+}
+
+/// Bytes a file blob gathers in memory before they are written.
+const FILE_BUFFER_BYTES: usize = 1 << 20;
+
+impl FileSink {
+    /// Writes the gathered bytes (creating the file first if needed), and
+    /// with `sync` flushes the file to disk.
+    async fn spill(&mut self, sync: bool) -> std::io::Result<()> {
+        let path = self.path.clone();
+        let file = self.file.take();
+        let mut buf = std::mem::take(&mut self.buf);
+        let (file, buf) = on_disk(move || {
+            let mut f = match file {
+                Some(f) => f,
+                None => {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::File::create(&path)?
+                }
+            };
+            f.write_all(&buf)?;
+            if sync {
+                f.sync_all()?;
+            }
+            buf.clear();
+            Ok((f, buf))
+        })
+        .await?;
+        self.file = Some(file);
+        self.buf = buf;
+        Ok(())
+    }
+
+    /// Removes the file if it was created.
+    fn remove(self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl Sink {
     /// Drops what was written (best effort).
     async fn abort(self, location: &str) {
         match self {
-            Sink::File { file, path } => {
-                drop(file);
-                let _ = tokio::fs::remove_file(&path).await;
+            Sink::File(f) => {
+                if f.file.is_some() {
+                    let _ = on_disk(move || {
+                        f.remove();
+                        Ok(())
+                    })
+                    .await;
+                }
             }
             Sink::S3(w) => {
                 if let Err(e) = w.abort().await {
@@ -632,8 +700,8 @@ impl Drop for BlobWriter {
                 rt.spawn(async move { sink.abort(&location).await });
             }
             Err(_) => {
-                if let Sink::File { path, .. } = sink {
-                    let _ = std::fs::remove_file(path);
+                if let Sink::File(f) = sink {
+                    f.remove();
                 }
             }
         }
@@ -658,10 +726,13 @@ impl BlobWriter {
     /// while too many parts are in flight, so memory stays bounded.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError> {
         match self.sink.as_mut().expect("an unfinished writer") {
-            Sink::File { file, .. } => file
-                .write_all(&chunk)
-                .await
-                .map_err(BlobStore::io(&self.location)),
+            Sink::File(f) => {
+                f.buf.extend_from_slice(&chunk);
+                if f.buf.len() < FILE_BUFFER_BYTES {
+                    return Ok(());
+                }
+                f.spill(false).await.map_err(BlobStore::io(&self.location))
+            }
             Sink::S3(w) => {
                 w.wait_for_capacity(S3_PARTS_IN_FLIGHT)
                     .await
@@ -677,9 +748,11 @@ impl BlobWriter {
     pub async fn finish(mut self) -> Result<String, BlobError> {
         let location = std::mem::take(&mut self.location);
         match self.sink.take().expect("an unfinished writer") {
-            Sink::File { file, path } => {
-                if let Err(e) = file.sync_all().await {
-                    let _ = tokio::fs::remove_file(&path).await;
+            Sink::File(mut f) => {
+                if let Err(e) = f.spill(true).await {
+                    // The file may exist even if its handle was lost.
+                    let path = f.path.clone();
+                    let _ = on_disk(move || std::fs::remove_file(path)).await;
                     return Err(BlobStore::io(&location)(e));
                 }
             }
@@ -697,6 +770,16 @@ impl BlobWriter {
             sink.abort(&self.location).await;
         }
     }
+}
+
+/// Runs file-system work in one trip to Tokio's blocking pool (each
+/// `tokio::fs` call is a trip of its own: a thread hand-off and a wake-up).
+async fn on_disk<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("file task failed: {e}"))))
 }
 
 /// Maps an object store error: a missing object is [`BlobError::NotFound`];
@@ -970,10 +1053,31 @@ mod tests {
         assert!(!s.exists(&loc).await.unwrap());
         assert!(dir.join("uploads/a").exists());
 
+        // A small blob stays in memory until the finish: nothing on disk.
+        let mut w = s.begin_staging().await.unwrap();
+        w.write(Bytes::from_static(b"cut off")).await.unwrap();
+        let loc = w.location().to_owned();
+        assert!(!s.exists(&loc).await.unwrap());
+        drop(w);
+
+        // A large one is written as it comes, and comes back whole.
+        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut w = s.begin_staging().await.unwrap();
+        for _ in 0..40 {
+            w.write(Bytes::from(chunk.clone())).await.unwrap();
+        }
+        assert!(s.exists(w.location()).await.unwrap(), "spilled to disk");
+        let staged = w.finish().await.unwrap();
+        let back = s.read_all(&staged, 10 << 20).await.unwrap();
+        assert_eq!(back.len(), 40 * chunk.len());
+        assert!(back.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
+
         // Dropped unfinished (a handler whose client went away): removed by
         // a task of its own.
         let mut w = s.begin_staging().await.unwrap();
-        w.write(Bytes::from_static(b"cut off")).await.unwrap();
+        w.write(Bytes::from(vec![7u8; FILE_BUFFER_BYTES + 1]))
+            .await
+            .unwrap();
         let loc = w.location().to_owned();
         assert!(s.exists(&loc).await.unwrap());
         drop(w);
