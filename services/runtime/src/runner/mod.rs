@@ -353,6 +353,11 @@ impl<S: StageLogic> StageRunner<S> {
         let mut in_flight: Option<batch::InFlight> = None;
         let max_records = self.cfg.transaction_max_records;
         let window = Duration::from_millis(self.cfg.transaction_max_ms);
+        let linger = Duration::from_millis(self.cfg.transaction_linger_ms);
+        // Records the last batch collected: a batch lingers only when the
+        // one before held more than one record, so a lone record at low
+        // load is never held back.
+        let mut last_collected = 0usize;
 
         while !*shutdown.borrow() {
             // Collect a batch: wait (briefly) for a first record, then take
@@ -386,6 +391,11 @@ impl<S: StageLogic> StageRunner<S> {
                 }
             }
             let batch_until = Instant::now() + window;
+            let linger_until = if last_collected > 1 {
+                Instant::now() + linger
+            } else {
+                Instant::now()
+            };
             while !items.is_empty() && items.len() < max_records && Instant::now() < batch_until {
                 let epoch = assignment.lock().expect("assignment lock").epoch;
                 let mut got = false;
@@ -409,9 +419,25 @@ impl<S: StageLogic> StageRunner<S> {
                     got = true;
                 }
                 if !got {
-                    break;
+                    if Instant::now() >= linger_until {
+                        break;
+                    }
+                    // Lingering: wait for the next record, up to the linger.
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => break,
+                        m = consumer.recv() => if let Ok(m) = m {
+                            items.push(Item { msg: m.detach(), source: Source::Input, delivery: 1, epoch });
+                        },
+                        m = retry_consumer.recv() => if let Ok(m) = m {
+                            self.on_retry_record(m.detach(), epoch, &retry_consumer, &mut delayed, &mut items);
+                        },
+                        _ = tokio::time::sleep_until(linger_until.into()) => break,
+                    }
                 }
             }
+
+            last_collected = items.len();
 
             // Due retries join the batch, in order per partition.
             let now = now_ms();
