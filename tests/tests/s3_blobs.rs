@@ -273,7 +273,8 @@ async fn uploads_are_parsed_and_served_from_s3() -> anyhow::Result<()> {
     let text_location = v.context.text_location.clone().expect("a text location");
     assert_eq!(
         text_location,
-        s3.store.location(&format!("texts/{id}/1.txt"))
+        s3.store
+            .location(&format!("texts/{}/{id}-1.txt", &id.to_string()[..2]))
     );
     let stored = String::from_utf8(s3.store.read_all(&text_location, 1 << 20).await?)?;
     assert!(stored.split_whitespace().count() > 100, "{stored}");
