@@ -41,12 +41,13 @@ pub struct RunnerConfig {
     #[arg(long, env = "TRANSACTION_MAX_MS", default_value_t = 100)]
     pub transaction_max_ms: u64,
 
-    /// Under load (the previous batch held more than one record), wait up
-    /// to this many milliseconds after a batch's first record for more
-    /// before processing it; 0 takes only what is already buffered. Fewer,
-    /// larger transactions cost the broker and the stage less per record,
-    /// for up to this much added latency per stage under load. A lone
-    /// record at low load never waits.
+    /// Under load (the previous batch held more than one record and took
+    /// less than this to process), wait up to this many milliseconds after
+    /// a batch's first record for more before processing it; 0 takes only
+    /// what is already buffered. Fewer, larger transactions cost the broker
+    /// and the stage less per record, for up to this much added latency per
+    /// stage under load. A lone record at low load never waits, nor does a
+    /// stage whose batches take longer to process than the linger.
     #[arg(long, env = "TRANSACTION_LINGER_MS", default_value_t = 10)]
     pub transaction_linger_ms: u64,
 

@@ -354,10 +354,12 @@ impl<S: StageLogic> StageRunner<S> {
         let max_records = self.cfg.transaction_max_records;
         let window = Duration::from_millis(self.cfg.transaction_max_ms);
         let linger = Duration::from_millis(self.cfg.transaction_linger_ms);
-        // Records the last batch collected: a batch lingers only when the
-        // one before held more than one record, so a lone record at low
-        // load is never held back.
+        // A batch lingers only when the one before held more than one
+        // record (so a lone record at low load is never held back) and was
+        // processed in less than the linger (a stage whose batches take
+        // longer to process, pdf-parser under load, would only sit idle).
         let mut last_collected = 0usize;
+        let mut last_prepare = Duration::MAX;
 
         while !*shutdown.borrow() {
             // Collect a batch: wait (briefly) for a first record, then take
@@ -391,7 +393,7 @@ impl<S: StageLogic> StageRunner<S> {
                 }
             }
             let batch_until = Instant::now() + window;
-            let linger_until = if last_collected > 1 {
+            let linger_until = if last_collected > 1 && last_prepare < linger {
                 Instant::now() + linger
             } else {
                 Instant::now()
@@ -545,9 +547,11 @@ impl<S: StageLogic> StageRunner<S> {
                 continue;
             }
 
+            let prepare_started = Instant::now();
             let prepared = self
                 .prepare(&dedup, in_flight.as_ref().map(|f| &f.generations), &items)
                 .await;
+            last_prepare = prepare_started.elapsed();
             // One transaction at a time: the previous batch settles before
             // this one's starts. If it failed, this batch is read again too.
             if let Some(flight) = in_flight.take() {
