@@ -45,6 +45,17 @@ fn pct(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// The p50 / p95 table cell of one hop: per artifact, the time from its
+/// record in `from` to its record in `to`.
+fn hop_cell(from: &HashMap<String, i64>, to: &HashMap<String, i64>) -> String {
+    let mut d: Vec<i64> = to
+        .iter()
+        .filter_map(|(id, t)| from.get(id).map(|p| t - p))
+        .collect();
+    d.sort_unstable();
+    format!(" {} / {} |", pct(&d, 0.50), pct(&d, 0.95))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -176,20 +187,10 @@ async fn main() -> anyhow::Result<()> {
                     at.insert(key, m.timestamp().to_millis().unwrap_or(0));
                 }
             }
-            let mut d: Vec<i64> = at
-                .iter()
-                .filter_map(|(id, t)| previous.get(id).map(|p| t - p))
-                .collect();
-            d.sort_unstable();
-            row.push_str(&format!(" {} / {} |", pct(&d, 0.50), pct(&d, 0.95)));
+            row.push_str(&hop_cell(&previous, &at));
             previous = at;
         }
-        let mut d: Vec<i64> = done
-            .iter()
-            .filter_map(|(id, t)| previous.get(id).map(|p| t - p))
-            .collect();
-        d.sort_unstable();
-        row.push_str(&format!(" {} / {} |", pct(&d, 0.50), pct(&d, 0.95)));
+        row.push_str(&hop_cell(&previous, &done));
         hops.push(row);
         // CPU per completed artifact, each process over the whole load
         // (uploads, then the wait for the last summaries).

@@ -316,13 +316,13 @@ impl<S: StageLogic> StageRunner<S> {
                     let Some(event) = outcome_event else { continue };
                     outcome_labels.push(event.outcome.label());
                     let status = OutcomeRecord::from(event.outcome.clone()).status;
-                    let writer = match &output_writer {
-                        Some(w) => w,
-                        None => output_writer.insert(
-                            self.writer(&topics.output, EventSchema::output_of(stage))
-                                .await?,
-                        ),
-                    };
+                    let writer = self
+                        .writer_once(
+                            &mut output_writer,
+                            &topics.output,
+                            EventSchema::output_of(stage),
+                        )
+                        .await?;
                     let payload = encoded(writer, &topics.output, &event)?;
                     let key = id.to_string().into_bytes();
                     outs.push(Out {
@@ -339,11 +339,9 @@ impl<S: StageLogic> StageRunner<S> {
                         outcome_status: status,
                         processed_at: event.processed_at,
                     };
-                    let writer = match &dedup_writer {
-                        Some(w) => w,
-                        None => dedup_writer
-                            .insert(self.writer(&topics.dedup, EventSchema::DedupEntry).await?),
-                    };
+                    let writer = self
+                        .writer_once(&mut dedup_writer, &topics.dedup, EventSchema::DedupEntry)
+                        .await?;
                     let payload = encoded(writer, &topics.dedup, &entry)?;
                     outs.push(Out {
                         topic: topics.dedup.clone(),
@@ -492,14 +490,24 @@ impl<S: StageLogic> StageRunner<S> {
         Ok(())
     }
 
-    async fn writer(&self, topic: &str, schema: EventSchema) -> Result<TopicWriter, BatchError> {
-        self.codec.writer(topic, schema).await.map_err(|e| {
-            if e.is_retriable() {
-                BatchError::Transient(e.to_string())
-            } else {
-                BatchError::Fatal(format!("cannot encode for {topic}: {e}"))
-            }
-        })
+    /// The writer held in `slot`, looked up on first use.
+    async fn writer_once<'a>(
+        &self,
+        slot: &'a mut Option<TopicWriter>,
+        topic: &str,
+        schema: EventSchema,
+    ) -> Result<&'a TopicWriter, BatchError> {
+        if slot.is_none() {
+            let writer = self.codec.writer(topic, schema).await.map_err(|e| {
+                if e.is_retriable() {
+                    BatchError::Transient(e.to_string())
+                } else {
+                    BatchError::Fatal(format!("cannot encode for {topic}: {e}"))
+                }
+            })?;
+            *slot = Some(writer);
+        }
+        Ok(slot.as_ref().expect("set above"))
     }
 
     fn failed(&self, input: &S::Input, reason: String) -> StageEvent<S::Result> {

@@ -83,6 +83,18 @@ pub(crate) struct Item {
     pub epoch: u64,
 }
 
+impl Item {
+    /// A record of the input topic, on its first delivery.
+    fn input(msg: OwnedMessage, epoch: u64) -> Self {
+        Item {
+            msg,
+            source: Source::Input,
+            delivery: 1,
+            epoch,
+        }
+    }
+}
+
 /// A retry record held until its not-before time.
 struct Delayed {
     item: Item,
@@ -138,10 +150,11 @@ impl<S: StageLogic> StageRunner<S> {
             .consumer_group
             .clone()
             .unwrap_or_else(|| S::STAGE.name().to_owned());
+        let names = TopicNames::from_config(&conn);
         Ok(StageRunner {
             logic: Arc::new(logic),
-            names: TopicNames::from_config(&conn),
-            topics: StageTopics::new(&TopicNames::from_config(&conn), S::STAGE),
+            topics: StageTopics::new(&names, S::STAGE),
+            names,
             conn,
             cfg,
             codec: Arc::new(codec),
@@ -182,7 +195,7 @@ impl<S: StageLogic> StageRunner<S> {
         }
         if queue.is_empty() {
             let mut tpl = TopicPartitionList::new();
-            let _ = tpl.add_partition(&self.names.retry(S::STAGE), p);
+            let _ = tpl.add_partition(&self.topics.retry, p);
             let _ = retry_consumer.pause(&tpl);
         }
         queue.push_back(Delayed {
@@ -379,7 +392,7 @@ impl<S: StageLogic> StageRunner<S> {
                         self.settle_or_rewind(&consumer, &retry_consumer, &mut dedup, &mut delayed, flight, Vec::new(), &mut failures, &mut shutdown).await?;
                     }
                     m = consumer.recv() => match m {
-                        Ok(m) => items.push(Item { msg: m.detach(), source: Source::Input, delivery: 1, epoch }),
+                        Ok(m) => items.push(Item::input(m.detach(), epoch)),
                         Err(e) => {
                             tracing::warn!(error = %e, "consumer error");
                             self.health.set_not_ready(format!("Kafka consumer error: {e}"));
@@ -402,12 +415,7 @@ impl<S: StageLogic> StageRunner<S> {
                 let epoch = assignment.lock().expect("assignment lock").epoch;
                 let mut got = false;
                 if let Some(Ok(m)) = consumer.recv().now_or_never() {
-                    items.push(Item {
-                        msg: m.detach(),
-                        source: Source::Input,
-                        delivery: 1,
-                        epoch,
-                    });
+                    items.push(Item::input(m.detach(), epoch));
                     got = true;
                 }
                 if let Some(Ok(m)) = retry_consumer.recv().now_or_never() {
@@ -429,7 +437,7 @@ impl<S: StageLogic> StageRunner<S> {
                         biased;
                         _ = shutdown.changed() => break,
                         m = consumer.recv() => if let Ok(m) = m {
-                            items.push(Item { msg: m.detach(), source: Source::Input, delivery: 1, epoch });
+                            items.push(Item::input(m.detach(), epoch));
                         },
                         m = retry_consumer.recv() => if let Ok(m) = m {
                             self.on_retry_record(m.detach(), epoch, &retry_consumer, &mut delayed, &mut items);
