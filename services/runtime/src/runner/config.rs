@@ -41,14 +41,13 @@ pub struct RunnerConfig {
     #[arg(long, env = "TRANSACTION_MAX_MS", default_value_t = 100)]
     pub transaction_max_ms: u64,
 
-    /// Under load (the previous batch held more than one record and took
-    /// less than this to process), a batch closes no sooner than this many
-    /// milliseconds after the previous one closed, collecting what arrives
-    /// meanwhile; 0 takes only what is already buffered. Fewer, larger
-    /// transactions cost the broker and the stage less per record, for up
-    /// to this much added latency per stage under load. A lone record at
-    /// low load never waits, nor does a stage whose batches take longer to
-    /// process than the linger.
+    /// When the stage is busy (its recent input rate brings at least two
+    /// records per linger and its last batch took less than this to
+    /// process), a batch closes no sooner than this many milliseconds after
+    /// the previous one closed, collecting what arrives meanwhile; 0 takes
+    /// only what is already buffered. Fewer, larger transactions cost the
+    /// broker and the stage less per record, for up to this much added
+    /// latency per stage under load. At lower rates a record never waits.
     #[arg(long, env = "TRANSACTION_LINGER_MS", default_value_t = 25)]
     pub transaction_linger_ms: u64,
 

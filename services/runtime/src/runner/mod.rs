@@ -27,6 +27,7 @@
 mod batch;
 pub mod config;
 mod context;
+mod pace;
 mod producer;
 
 pub use config::{Delivery, RunnerConfig, RunnerConfigError};
@@ -367,16 +368,7 @@ impl<S: StageLogic> StageRunner<S> {
         let max_records = self.cfg.transaction_max_records;
         let window = Duration::from_millis(self.cfg.transaction_max_ms);
         let linger = Duration::from_millis(self.cfg.transaction_linger_ms);
-        // Under load transactions are paced: when the previous batch held
-        // more than one record and was processed in less than the linger, a
-        // batch closes no sooner than the linger after the previous one
-        // closed, so a busy stage commits at most one transaction per linger
-        // however its records trickle in. A lone record at low load never
-        // waits, nor does a stage whose batches take longer to process than
-        // the linger (pdf-parser under load): waiting would leave it idle.
-        let mut last_closed: Option<Instant> = None;
-        let mut last_collected = 0usize;
-        let mut last_prepare = Duration::MAX;
+        let mut pacer = pace::Pacer::new(linger);
 
         while !*shutdown.borrow() {
             // Collect a batch: wait (briefly) for a first record, then take
@@ -410,13 +402,7 @@ impl<S: StageLogic> StageRunner<S> {
                 }
             }
             let batch_until = Instant::now() + window;
-            let linger_until = pace(
-                Instant::now(),
-                last_closed,
-                last_collected,
-                last_prepare,
-                linger,
-            );
+            let linger_until = pacer.close_at(Instant::now());
             while !items.is_empty() && items.len() < max_records && Instant::now() < batch_until {
                 let epoch = assignment.lock().expect("assignment lock").epoch;
                 let mut got = false;
@@ -454,8 +440,7 @@ impl<S: StageLogic> StageRunner<S> {
             }
 
             if !items.is_empty() {
-                last_closed = Some(Instant::now());
-                last_collected = items.len();
+                pacer.closed(Instant::now(), items.len());
             }
 
             // Due retries join the batch, in order per partition.
@@ -568,7 +553,7 @@ impl<S: StageLogic> StageRunner<S> {
             let prepared = self
                 .prepare(&dedup, in_flight.as_ref().map(|f| &f.generations), &items)
                 .await;
-            last_prepare = prepare_started.elapsed();
+            pacer.processed(prepare_started.elapsed());
             // One transaction at a time: the previous batch settles before
             // this one's starts. If it failed, this batch is read again too.
             if let Some(flight) = in_flight.take() {
@@ -748,23 +733,6 @@ fn zero_counters(stage: &'static str) {
 }
 
 /// Per-partition offsets to commit for a batch: the highest offset + 1.
-/// When the batch being collected may close: no sooner than `linger` after
-/// the previous batch closed, if that one held more than one record and was
-/// processed in less than `linger`; otherwise as soon as nothing more is
-/// buffered (`now`).
-fn pace(
-    now: Instant,
-    last_closed: Option<Instant>,
-    last_collected: usize,
-    last_prepare: Duration,
-    linger: Duration,
-) -> Instant {
-    match last_closed {
-        Some(closed) if last_collected > 1 && last_prepare < linger => (closed + linger).max(now),
-        _ => now,
-    }
-}
-
 pub(crate) fn commit_offsets(items: &[Item]) -> TopicPartitionList {
     let mut next: HashMap<(String, i32), i64> = HashMap::new();
     for it in items {
@@ -777,38 +745,4 @@ pub(crate) fn commit_offsets(items: &[Item]) -> TopicPartitionList {
         let _ = tpl.add_partition_offset(&t, p, Offset::Offset(o));
     }
     tpl
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pace;
-    use std::time::{Duration, Instant};
-
-    const LINGER: Duration = Duration::from_millis(25);
-    const FAST: Duration = Duration::from_millis(2);
-
-    #[test]
-    fn a_busy_stage_closes_a_batch_a_linger_after_the_previous_one() {
-        let closed = Instant::now();
-        let now = closed + Duration::from_millis(5);
-        assert_eq!(pace(now, Some(closed), 3, FAST, LINGER), closed + LINGER);
-    }
-
-    #[test]
-    fn a_batch_after_a_quiet_spell_goes_at_once() {
-        let closed = Instant::now();
-        let now = closed + Duration::from_millis(40);
-        assert_eq!(pace(now, Some(closed), 3, FAST, LINGER), now);
-    }
-
-    #[test]
-    fn a_lone_record_slow_processing_or_a_first_batch_never_waits() {
-        let closed = Instant::now();
-        let now = closed + Duration::from_millis(5);
-        assert_eq!(pace(now, Some(closed), 1, FAST, LINGER), now);
-        let slow = Duration::from_millis(30);
-        assert_eq!(pace(now, Some(closed), 3, slow, LINGER), now);
-        assert_eq!(pace(now, None, 0, Duration::MAX, LINGER), now);
-        assert_eq!(pace(now, Some(closed), 3, FAST, Duration::ZERO), now);
-    }
 }
