@@ -253,12 +253,34 @@ pub fn stack(cmd: &str) {
     assert!(ok, "deploy/local/stack {cmd} failed");
 }
 
-/// A free loopback port.
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range
+/// (32768-60999), which outgoing connections draw from.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free loopback port for a child process to listen on. The port is free
+/// when checked and is then handed to the child; a port from the kernel's
+/// ephemeral range could meanwhile be taken by one of the many outgoing
+/// connections of the Kafka clients, and the child would fail to listen.
+/// Ports come in turn from a range below it, starting at a place that
+/// depends on the process id, so test processes do not pick the same ones.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PORTS.end - PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = PORTS.start + u16::try_from(offset).expect("offset within the range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?}");
 }
 
 /// CPU time process `pid` has used so far (user + system), in seconds, from
