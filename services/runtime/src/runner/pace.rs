@@ -1,7 +1,7 @@
 //! Transaction pacing: when a stage is busy, a batch closes no sooner than
 //! the linger after the previous one closed, so the stage commits at most
 //! one transaction per linger however its records trickle in. Every
-//! transaction costs the broker a dozen requests (a produce and a
+//! transaction costs the broker about twenty requests (a produce and a
 //! verification per partition, the offsets, the end, the markers) whatever
 //! it holds.
 //!
