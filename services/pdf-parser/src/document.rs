@@ -1,7 +1,8 @@
 //! Loading a PDF with lopdf, safely, and extracting its pages and metadata.
 //!
-//! Safety against hostile files: lopdf runs on a dedicated thread with a
-//! large stack (deep nesting cannot overflow the caller's stack) inside
+//! Safety against hostile files: lopdf runs on a thread with a large stack
+//! (a dedicated one, unless the caller's was started with such a stack:
+//! deep nesting cannot overflow the caller's stack) inside
 //! `catch_unwind` (a panic becomes [`ParseError::Malformed`]); streams are
 //! decompressed under bounds; the page tree is walked iteratively, each
 //! node once (lopdf's own walk gives up on cycles), so cycles and depth are
@@ -11,12 +12,28 @@
 use crate::fonts::{FontCache, deref};
 use crate::{Extracted, Limits, Metadata, ParseError, layout};
 use lopdf::{Document, LoadOptions, Object, ObjectId};
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Mutex, PoisonError};
 
 /// Stack for the parsing thread: generous, since lopdf's parser recurses.
-const PARSER_STACK: usize = 64 << 20;
+pub const PARSER_STACK: usize = 64 << 20;
+
+thread_local! {
+    /// Whether this thread was started with a stack of `PARSER_STACK`.
+    static LARGE_STACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Declares that the calling thread was started with a stack of at least
+/// [`PARSER_STACK`] bytes, so that PDFs parsed on it are parsed in place
+/// rather than on a thread started for each document, which costs about a
+/// third of the time of a one-page PDF (mapping and unmapping the stack,
+/// the allocator's thread heap). pdf-parser starts its runtime's threads
+/// with such stacks and declares them with this.
+pub fn large_stack_thread() {
+    LARGE_STACK.with(|large| large.set(true));
+}
 
 /// Decompression bound for object and cross-reference streams.
 const LOAD_STREAM_LIMIT: usize = 64 << 20;
@@ -34,9 +51,12 @@ pub(crate) fn extract_pdf(bytes: &[u8], limits: &Limits) -> Result<Extracted, Pa
     guarded(|| extract(bytes, limits))
 }
 
-/// Runs `work` on a thread with a large stack, turning a panic into
-/// [`ParseError::Malformed`].
+/// Runs `work` on a thread with a large stack (this one if declared so by
+/// [`large_stack_thread`]), turning a panic into [`ParseError::Malformed`].
 fn guarded<T: Send>(work: impl FnOnce() -> Result<T, ParseError> + Send) -> Result<T, ParseError> {
+    if LARGE_STACK.with(Cell::get) {
+        return catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|p| Err(panicked(&*p)));
+    }
     let slot = Mutex::new(Some(work));
     // Captures only `&slot`, so it is `Copy`: usable on this thread if no
     // parser thread can be started.
@@ -191,5 +211,29 @@ mod tests {
             Err(ParseError::Malformed("parser panicked: page 3".into()))
         );
         assert_eq!(guarded(|| Ok(7)), Ok(7));
+    }
+
+    #[test]
+    fn a_thread_declared_large_parses_in_place() {
+        let caller = std::thread::current().id();
+        let elsewhere = guarded(|| Ok(std::thread::current().id())).unwrap();
+        assert_ne!(elsewhere, caller, "an undeclared thread hands the work on");
+        std::thread::Builder::new()
+            .stack_size(PARSER_STACK)
+            .spawn(|| {
+                large_stack_thread();
+                let caller = std::thread::current().id();
+                assert_eq!(guarded(|| Ok(std::thread::current().id())), Ok(caller));
+                let result: Result<(), _> = guarded(|| panic!("boom in place"));
+                assert_eq!(
+                    result,
+                    Err(ParseError::Malformed(
+                        "parser panicked: boom in place".into()
+                    ))
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -9,7 +9,9 @@
 //! `/Widths` (simple fonts) or `/W` and `/DW` (CID fonts).
 
 use lopdf::{Dictionary, Document, Object, ObjectId, Stream};
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// Decompression bound for font programs and CMaps.
 const FONT_STREAM_LIMIT: usize = 16 << 20;
@@ -23,14 +25,27 @@ pub(crate) struct Glyph<'f> {
     pub width: f64,
     /// Whether it is the single-byte code 32, which word spacing applies to.
     pub is_space_code: bool,
+    /// Whether its text is empty or only whitespace.
+    pub blank: bool,
+}
+
+/// Text, advance and blankness of one single-byte code, worked out when
+/// the font is built so that showing a glyph is a table lookup.
+struct Code {
+    text: Cow<'static, str>,
+    width: f64,
+    blank: bool,
 }
 
 /// A font, resolved once per document.
 pub(crate) struct FontInfo {
     /// CID fonts use two-byte codes.
     two_byte: bool,
-    /// Text per code (single-byte codes, or two-byte codes for CID fonts).
+    /// Single-byte fonts: each of the 256 codes (empty for CID fonts).
+    simple: Vec<Code>,
+    /// CID fonts: text per two-byte code.
     text: HashMap<u32, String>,
+    /// CID fonts: width per two-byte code.
     widths: HashMap<u32, f64>,
     default_width: f64,
     /// Glyph space to text space (0.001 except for Type 3 fonts).
@@ -85,19 +100,31 @@ impl FontCache {
         }
         let text = self.simple_text(doc, font);
         let (widths, default_width) = simple_widths(doc, font);
+        // Codes beyond 255 in `/Differences` or `/Widths` cannot be shown
+        // by a single-byte font.
+        let simple = text
+            .into_iter()
+            .zip(0u32..)
+            .map(|(text, code)| Code {
+                blank: text.chars().all(char::is_whitespace),
+                text,
+                width: widths.get(&code).copied().unwrap_or(default_width) * scale,
+            })
+            .collect();
         FontInfo {
             two_byte: false,
-            text,
-            widths,
+            simple,
+            text: HashMap::new(),
+            widths: HashMap::new(),
             default_width,
             scale,
             em,
         }
     }
 
-    /// Text for each single-byte code: ToUnicode, else differences, else base.
-    fn simple_text(&mut self, doc: &Document, font: &Dictionary) -> HashMap<u32, String> {
-        let mut table: HashMap<u32, String> = HashMap::new();
+    /// Text for each single-byte code: ToUnicode, else differences, else
+    /// base. Always 256 entries, empty where the code has no text.
+    fn simple_text(&mut self, doc: &Document, font: &Dictionary) -> Vec<Cow<'static, str>> {
         // Base encoding: a name, or the embedded program's, or Standard.
         let encoding = deref(doc, font.get(b"Encoding")).ok();
         let base_name = match encoding {
@@ -114,28 +141,29 @@ impl FontCache {
         } else {
             None
         };
-        if let Some(names) = builtin {
-            for (code, name) in names.iter().enumerate() {
-                if let Some(name) = name
-                    && let Some(t) = self.glyph_text(doc, name)
-                {
-                    table.insert(code as u32, t);
-                }
-            }
-        } else {
-            let name = base_name.unwrap_or_else(|| b"StandardEncoding".to_vec());
-            let mut probe = font_dict();
-            probe.set("Encoding", Object::Name(name));
-            if let Ok(enc) = probe.get_font_encoding(doc) {
-                for code in 0..=255u8 {
-                    if let Ok(t) = enc.bytes_to_string(&[code])
-                        && !t.is_empty()
+        let mut table: Vec<Cow<'static, str>> = match builtin {
+            Some(names) => {
+                let mut table = vec![Cow::Borrowed(""); 256];
+                for (code, name) in names.iter().enumerate().take(256) {
+                    if let Some(name) = name
+                        && let Some(t) = self.glyph_text(doc, name)
                     {
-                        table.insert(u32::from(code), t);
+                        table[code] = expand_ligatures(t);
                     }
                 }
+                table
             }
-        }
+            None => {
+                let name = base_name.unwrap_or_else(|| b"StandardEncoding".to_vec());
+                match named_encoding(&name) {
+                    Some(known) => known.iter().map(|t| Cow::Borrowed(t.as_str())).collect(),
+                    None => encoding_table(doc, name)
+                        .into_iter()
+                        .map(Cow::Owned)
+                        .collect(),
+                }
+            }
+        };
         // Differences on top.
         if let Some(Object::Dictionary(d)) = encoding
             && let Ok(diffs) = deref(doc, d.get(b"Differences")).and_then(Object::as_array)
@@ -145,10 +173,12 @@ impl FontCache {
                 match item {
                     Object::Integer(c) => code = u32::try_from(*c).unwrap_or(0),
                     Object::Name(name) => {
-                        match self.glyph_text(doc, name) {
-                            Some(t) => table.insert(code, t),
-                            None => table.remove(&code),
-                        };
+                        let text = self.glyph_text(doc, name);
+                        if let Some(slot) =
+                            usize::try_from(code).ok().and_then(|c| table.get_mut(c))
+                        {
+                            *slot = text.map_or(Cow::Borrowed(""), expand_ligatures);
+                        }
                         code += 1;
                     }
                     _ => {}
@@ -158,11 +188,8 @@ impl FontCache {
         // ToUnicode wins.
         for (code, t) in to_unicode(doc, font) {
             if code < 256 {
-                table.insert(code, t);
+                table[code as usize] = expand_ligatures(t);
             }
-        }
-        for t in table.values_mut() {
-            *t = expand_ligatures(t);
         }
         table
     }
@@ -170,7 +197,7 @@ impl FontCache {
     fn build_cid(&mut self, doc: &Document, font: &Dictionary) -> FontInfo {
         let text: HashMap<u32, String> = to_unicode(doc, font)
             .into_iter()
-            .map(|(code, t)| (code, expand_ligatures(&t)))
+            .map(|(code, t)| (code, expand_ligatures(t).into_owned()))
             .collect();
         let descendant = deref(doc, font.get(b"DescendantFonts"))
             .and_then(Object::as_array)
@@ -190,6 +217,7 @@ impl FontCache {
         }
         FontInfo {
             two_byte: true,
+            simple: Vec::new(),
             text,
             widths,
             default_width,
@@ -211,28 +239,37 @@ impl FontCache {
 
 impl FontInfo {
     /// Splits a shown string into glyphs.
-    pub fn decode<'f>(&'f self, bytes: &[u8]) -> Vec<Glyph<'f>> {
-        let codes: Vec<u32> = if self.two_byte {
-            bytes
-                .chunks(2)
-                .map(|c| (u32::from(c[0]) << 8) | u32::from(*c.get(1).unwrap_or(&0)))
-                .collect()
+    pub fn decode<'f>(&'f self, bytes: &'f [u8]) -> impl Iterator<Item = Glyph<'f>> + 'f {
+        let (simple, two_byte) = if self.two_byte {
+            (&[][..], bytes)
         } else {
-            bytes.iter().map(|&b| u32::from(b)).collect()
+            (bytes, &[][..])
         };
-        codes
-            .into_iter()
-            .map(|code| Glyph {
-                text: self.text.get(&code).map_or("", String::as_str),
+        let simple = simple.iter().map(|&b| {
+            let code = &self.simple[usize::from(b)];
+            Glyph {
+                text: &code.text,
+                width: code.width,
+                is_space_code: b == 32,
+                blank: code.blank,
+            }
+        });
+        let two_byte = two_byte.chunks(2).map(|c| {
+            let code = (u32::from(c[0]) << 8) | u32::from(*c.get(1).unwrap_or(&0));
+            let text = self.text.get(&code).map_or("", String::as_str);
+            Glyph {
+                text,
                 width: self
                     .widths
                     .get(&code)
                     .copied()
                     .unwrap_or(self.default_width)
                     * self.scale,
-                is_space_code: !self.two_byte && code == 32,
-            })
-            .collect()
+                is_space_code: false,
+                blank: text.chars().all(char::is_whitespace),
+            }
+        });
+        simple.chain(two_byte)
     }
 }
 
@@ -565,21 +602,53 @@ fn glyph_name_text(doc: &Document, name: &[u8]) -> Option<String> {
 }
 
 /// Spells out Latin ligature characters (ﬁ → fi), as pdftotext does.
-fn expand_ligatures(text: &str) -> String {
+fn expand_ligatures(text: String) -> Cow<'static, str> {
     if !text.chars().any(|c| ('\u{fb00}'..='\u{fb06}').contains(&c)) {
-        return text.to_string();
+        return Cow::Owned(text);
     }
-    text.chars()
-        .map(|c| match c {
-            '\u{fb00}' => "ff".to_string(),
-            '\u{fb01}' => "fi".to_string(),
-            '\u{fb02}' => "fl".to_string(),
-            '\u{fb03}' => "ffi".to_string(),
-            '\u{fb04}' => "ffl".to_string(),
-            '\u{fb05}' | '\u{fb06}' => "st".to_string(),
-            c => c.to_string(),
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        match c {
+            '\u{fb00}' => out.push_str("ff"),
+            '\u{fb01}' => out.push_str("fi"),
+            '\u{fb02}' => out.push_str("fl"),
+            '\u{fb03}' => out.push_str("ffi"),
+            '\u{fb04}' => out.push_str("ffl"),
+            '\u{fb05}' | '\u{fb06}' => out.push_str("st"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The text of the 256 codes of a named base encoding, through lopdf's
+/// tables (empty where a code has none).
+fn encoding_table(doc: &Document, name: Vec<u8>) -> Vec<String> {
+    let mut probe = font_dict();
+    probe.set("Encoding", Object::Name(name));
+    let mut table = vec![String::new(); 256];
+    if let Ok(enc) = probe.get_font_encoding(doc) {
+        for (code, slot) in (0..=255u8).zip(table.iter_mut()) {
+            if let Ok(t) = enc.bytes_to_string(&[code]) {
+                *slot = expand_ligatures(t).into_owned();
+            }
+        }
+    }
+    table
+}
+
+/// The standard base encodings, worked out once per process rather than
+/// with 256 lookups through lopdf for every font that names one.
+fn named_encoding(name: &[u8]) -> Option<&'static [String]> {
+    const NAMES: [&[u8]; 4] = [
+        b"StandardEncoding",
+        b"WinAnsiEncoding",
+        b"MacRomanEncoding",
+        b"MacExpertEncoding",
+    ];
+    static TABLES: [OnceLock<Vec<String>>; 4] = [const { OnceLock::new() }; 4];
+    let i = NAMES.iter().position(|n| *n == name)?;
+    Some(TABLES[i].get_or_init(|| encoding_table(&Document::new(), name.to_vec())))
 }
 
 #[cfg(test)]
@@ -614,6 +683,6 @@ mod tests {
 
     #[test]
     fn ligatures_expand() {
-        assert_eq!(expand_ligatures("\u{fb01}nd \u{fb04}"), "find ffl");
+        assert_eq!(expand_ligatures("\u{fb01}nd \u{fb04}".into()), "find ffl");
     }
 }

@@ -321,23 +321,25 @@ impl Interpreter<'_> {
 
     fn show(&mut self, bytes: &[u8], gs: &GraphicsState, tm: &mut Matrix) {
         let Some(font) = gs.font.clone() else { return };
+        let text_space = [gs.size * gs.scaling, 0.0, 0.0, gs.size, 0.0, gs.rise];
+        // Showing a glyph only translates the text matrix, so the glyphs of
+        // one string share the linear part of the rendering matrix: its
+        // direction and size are worked out once.
+        let linear = mul(&mul(&text_space, tm), &gs.ctm);
+        let len = (linear[0] * linear[0] + linear[1] * linear[1]).sqrt();
+        let dir = if len > 0.0 {
+            (linear[0] / len, linear[1] / len)
+        } else {
+            (1.0, 0.0)
+        };
+        let size = font.em * (linear[2] * linear[2] + linear[3] * linear[3]).sqrt();
         for glyph in font.decode(bytes) {
-            let trm = mul(
-                &mul(&[gs.size * gs.scaling, 0.0, 0.0, gs.size, 0.0, gs.rise], tm),
-                &gs.ctm,
-            );
+            let trm = mul(&mul(&text_space, tm), &gs.ctm);
             let start = (trm[4], trm[5]);
             let end = (glyph.width * trm[0] + trm[4], glyph.width * trm[1] + trm[5]);
-            let len = (trm[0] * trm[0] + trm[1] * trm[1]).sqrt();
-            let dir = if len > 0.0 {
-                (trm[0] / len, trm[1] / len)
-            } else {
-                (1.0, 0.0)
-            };
-            let size = font.em * (trm[2] * trm[2] + trm[3] * trm[3]).sqrt();
             // A space glyph is not copied: the gap it leaves decides, so a
             // space squeezed by negative word spacing does not split a word.
-            if !glyph.text.chars().all(char::is_whitespace) {
+            if !glyph.blank {
                 self.page.glyph(glyph.text, start, end, dir, size);
             }
             let spacing = gs.char_spacing

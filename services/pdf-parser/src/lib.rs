@@ -18,6 +18,7 @@ mod plain;
 mod recall;
 pub mod stage;
 
+pub use document::{PARSER_STACK, large_stack_thread};
 pub use error::ParseError;
 pub use plain::extract_text;
 pub use recall::word_recall;

@@ -38,9 +38,21 @@ struct Config {
     timeout_ms: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
+    // Every thread of the runtime, the blocking ones that parse included,
+    // gets the parser's large stack, so a PDF is parsed on the thread that
+    // takes it. The stack is address space: only the pages a parse touches
+    // become memory.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(pdf_parser::PARSER_STACK)
+        .on_thread_start(pdf_parser::large_stack_thread)
+        .build()?
+        .block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
     let blobs = cfg.stage.blob_store()?;
     let stage = ParseStage {
         blobs,
