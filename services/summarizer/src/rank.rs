@@ -1,6 +1,6 @@
 //! TextRank over a TF-IDF cosine-similarity graph of sentences.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Words that carry no topic.
 const STOPWORDS: [&str; 64] = [
@@ -15,45 +15,88 @@ const DAMPING: f64 = 0.85;
 const ITERATIONS: usize = 100;
 const TOLERANCE: f64 = 1e-9;
 
-fn terms(sentence: &str) -> BTreeMap<String, f64> {
-    let mut tf = BTreeMap::new();
-    for word in sentence.split(|c: char| !c.is_alphanumeric()) {
-        let word = word.to_lowercase();
-        if word.chars().count() < 2 || STOPWORDS.contains(&word.as_str()) {
-            continue;
-        }
-        *tf.entry(word).or_insert(0.0) += 1.0;
+/// Lower-cases `raw` into `word`.
+fn lower(raw: &str, word: &mut String) {
+    word.clear();
+    if raw.is_ascii() {
+        word.push_str(raw);
+        word.make_ascii_lowercase();
+    } else {
+        word.push_str(&raw.to_lowercase());
     }
-    tf
+}
+
+/// Whether a lower-cased word is a term: not a stopword (all of which are
+/// at most five bytes long), at least two characters.
+fn is_term(word: &str) -> bool {
+    word.chars().nth(1).is_some() && !(word.len() <= 5 && STOPWORDS.contains(&word))
 }
 
 /// TextRank scores, one per sentence (higher is more central).
 pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
     let n = sentences.len();
-    let tfs: Vec<BTreeMap<String, f64>> = sentences.iter().map(|s| terms(s)).collect();
-    let mut df: BTreeMap<&str, f64> = BTreeMap::new();
-    for tf in &tfs {
-        for term in tf.keys() {
-            *df.entry(term).or_insert(0.0) += 1.0;
+    // Each sentence's terms, numbered as first seen in the text.
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut word = String::new();
+    let mut seen: Vec<Vec<u32>> = Vec::with_capacity(n);
+    for sentence in sentences {
+        let mut terms = Vec::new();
+        for raw in sentence.split(|c: char| !c.is_alphanumeric()) {
+            lower(raw, &mut word);
+            if !is_term(&word) {
+                continue;
+            }
+            let id = match ids.get(word.as_str()) {
+                Some(&id) => id,
+                None => {
+                    let id = ids.len() as u32;
+                    ids.insert(word.clone(), id);
+                    id
+                }
+            };
+            terms.push(id);
         }
+        seen.push(terms);
     }
-    // Terms numbered in their sorted order: the sparse vectors stay sorted
-    // (and their sums in the same order) while the n² comparisons below
-    // compare numbers instead of strings. Smoothed IDF, so a term in every
-    // sentence still weighs something.
-    let terms: HashMap<&str, (u32, f64)> = df
+    // Terms renumbered in their sorted order: the sparse vectors are sorted
+    // by term, so every sum below runs in the same order whatever the text
+    // looked like, and the comparisons are of numbers, not strings.
+    let mut sorted: Vec<(&str, u32)> = ids.iter().map(|(t, &id)| (t.as_str(), id)).collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut rank = vec![0u32; sorted.len()];
+    for (r, &(_, id)) in sorted.iter().enumerate() {
+        rank[id as usize] = r as u32;
+    }
+    // Term frequencies per sentence and document frequencies per term.
+    let mut df = vec![0.0f64; sorted.len()];
+    let tfs: Vec<Vec<(u32, f64)>> = seen
+        .into_iter()
+        .map(|terms| {
+            let mut terms: Vec<u32> = terms.into_iter().map(|id| rank[id as usize]).collect();
+            terms.sort_unstable();
+            let mut tf: Vec<(u32, f64)> = Vec::new();
+            for id in terms {
+                match tf.last_mut() {
+                    Some((last, count)) if *last == id => *count += 1.0,
+                    _ => {
+                        df[id as usize] += 1.0;
+                        tf.push((id, 1.0));
+                    }
+                }
+            }
+            tf
+        })
+        .collect();
+    // Smoothed IDF, so a term in every sentence still weighs something.
+    let idf: Vec<f64> = df
         .iter()
-        .enumerate()
-        .map(|(id, (t, d))| (*t, (id as u32, 1.0 + ((1.0 + n as f64) / (1.0 + d)).ln())))
+        .map(|d| 1.0 + ((1.0 + n as f64) / (1.0 + d)).ln())
         .collect();
     let vectors: Vec<Vec<(u32, f64)>> = tfs
-        .iter()
+        .into_iter()
         .map(|tf| {
-            tf.iter()
-                .map(|(t, &f)| {
-                    let (id, idf) = terms[t.as_str()];
-                    (id, f * idf)
-                })
+            tf.into_iter()
+                .map(|(id, f)| (id, f * idf[id as usize]))
                 .collect()
         })
         .collect();
@@ -62,10 +105,31 @@ pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
         .map(|v| v.iter().map(|(_, w)| w * w).sum::<f64>().sqrt())
         .collect();
 
+    // Dot products through the sentences of each term, terms in ascending
+    // order: each pair's products are summed in the order a merge of the
+    // two sorted vectors would sum them, but only pairs that share a term
+    // cost anything.
+    let mut postings: Vec<Vec<(usize, f64)>> = vec![Vec::new(); idf.len()];
+    for (i, vector) in vectors.iter().enumerate() {
+        for &(id, w) in vector {
+            postings[id as usize].push((i, w));
+        }
+    }
     let mut weights = vec![vec![0.0; n]; n];
+    for sentences in &postings {
+        for (k, &(i, wi)) in sentences.iter().enumerate() {
+            for &(j, wj) in &sentences[k + 1..] {
+                weights[i][j] += wi * wj;
+            }
+        }
+    }
     for i in 0..n {
         for j in i + 1..n {
-            let sim = cosine(&vectors[i], &vectors[j], norms[i], norms[j]);
+            let sim = if norms[i] == 0.0 || norms[j] == 0.0 {
+                0.0
+            } else {
+                weights[i][j] / (norms[i] * norms[j])
+            };
             weights[i][j] = sim;
             weights[j][i] = sim;
         }
@@ -91,26 +155,6 @@ pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
         }
     }
     scores
-}
-
-/// Cosine similarity of two sparse vectors sorted by term.
-fn cosine(a: &[(u32, f64)], b: &[(u32, f64)], na: f64, nb: f64) -> f64 {
-    if na == 0.0 || nb == 0.0 {
-        return 0.0;
-    }
-    let (mut i, mut j, mut dot) = (0, 0, 0.0);
-    while i < a.len() && j < b.len() {
-        match a[i].0.cmp(&b[j].0) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                dot += a[i].1 * b[j].1;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    dot / (na * nb)
 }
 
 #[cfg(test)]
