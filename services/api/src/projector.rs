@@ -97,8 +97,7 @@ pub async fn run_projector(
                 None => break,
             }
         }
-        let mut changed: Vec<ArtifactId> = Vec::new();
-        let mut seen: HashSet<ArtifactId> = HashSet::new();
+        let mut changed: HashSet<ArtifactId> = HashSet::new();
         for m in batch {
             let event = loop {
                 match decode(&codec, &names, m.topic(), m.payload()).await {
@@ -130,9 +129,7 @@ pub async fn run_projector(
                         .record((view.updated_at - created).max(0) as f64 / 1000.0);
                 }
             }
-            if seen.insert(id) {
-                changed.push(id);
-            }
+            changed.insert(id);
         }
         let mut deliveries = Vec::new();
         for id in changed {

@@ -116,9 +116,9 @@ pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
         }
     }
     let mut weights = vec![vec![0.0; n]; n];
-    for sentences in &postings {
-        for (k, &(i, wi)) in sentences.iter().enumerate() {
-            for &(j, wj) in &sentences[k + 1..] {
+    for holders in &postings {
+        for (k, &(i, wi)) in holders.iter().enumerate() {
+            for &(j, wj) in &holders[k + 1..] {
                 weights[i][j] += wi * wj;
             }
         }
