@@ -25,9 +25,9 @@ fn is_hex(s: &str, len: usize) -> bool {
         && s.bytes().any(|b| b != b'0')
 }
 
-/// `bytes` (at most 16) random bytes as lowercase hex, never all zero
-/// (an all-zero id is invalid).
-fn random_hex(bytes: usize) -> String {
+/// `bytes` (at most 16) random bytes, never all zero (an all-zero id is
+/// invalid).
+fn random_id(bytes: usize) -> u128 {
     let mut rng = rand::rng();
     let bits = 8 * bytes as u32;
     let mask = if bits >= 128 {
@@ -35,27 +35,71 @@ fn random_hex(bytes: usize) -> String {
     } else {
         (1u128 << bits) - 1
     };
-    let n = loop {
+    loop {
         let n = rng.random::<u128>() & mask;
         if n != 0 {
             break n;
         }
+    }
+}
+
+/// Appends the low `digits` hex digits of `n`, lowercase, zero-padded.
+fn push_hex(out: &mut String, n: u128, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((n >> (4 * i)) & 0xf) as usize]));
+    }
+}
+
+/// `bytes` (at most 16) random bytes as lowercase hex, never all zero.
+fn random_hex(bytes: usize) -> String {
+    let mut s = String::with_capacity(2 * bytes);
+    push_hex(&mut s, random_id(bytes), 2 * bytes);
+    s
+}
+
+/// The trace id, parent id and flags of a valid version-00 value.
+fn parts(value: &str) -> Option<(&str, &str, u8)> {
+    let mut parts = value.trim().split('-');
+    let (v, t, p, f) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || v != "00" || !is_hex(t, 32) || !is_hex(p, 16) || f.len() != 2 {
+        return None;
+    }
+    Some((t, p, u8::from_str_radix(f, 16).ok()?))
+}
+
+/// The header value of the child of an incoming header value, or of a new
+/// root when there is none or it is invalid: what
+/// `TraceParent::continue_from(value).to_string()` gives, built in one
+/// allocation (the runner makes one per record).
+pub fn child_value(value: Option<&str>) -> String {
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    let flags = match value.and_then(parts) {
+        Some((trace_id, _, flags)) => {
+            out.push_str(trace_id);
+            flags
+        }
+        None => {
+            push_hex(&mut out, random_id(16), 32);
+            1
+        }
     };
-    format!("{n:0width$x}", width = 2 * bytes)
+    out.push('-');
+    push_hex(&mut out, random_id(8), 16);
+    out.push('-');
+    push_hex(&mut out, u128::from(flags), 2);
+    out
 }
 
 impl TraceParent {
     /// Parses a header value; `None` if it is not a valid version-00 value.
     pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = value.trim().split('-');
-        let (v, t, p, f) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || v != "00" || !is_hex(t, 32) || !is_hex(p, 16) || f.len() != 2 {
-            return None;
-        }
+        let (trace_id, parent_id, flags) = parts(value)?;
         Some(TraceParent {
-            trace_id: t.to_owned(),
-            parent_id: p.to_owned(),
-            flags: u8::from_str_radix(f, 16).ok()?,
+            trace_id: trace_id.to_owned(),
+            parent_id: parent_id.to_owned(),
+            flags,
         })
     }
 
@@ -130,5 +174,23 @@ mod tests {
         assert_ne!(child.parent_id, root.parent_id);
         let fresh = TraceParent::continue_from(Some("garbage"));
         assert_ne!(fresh.trace_id, root.trace_id);
+    }
+
+    #[test]
+    fn a_child_value_is_the_child_in_header_form() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let child = TraceParent::parse(&child_value(Some(parent))).expect("valid");
+        assert_eq!(child.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(child.parent_id, "00f067aa0ba902b7");
+        assert_eq!(child.flags, 0, "flags carry over");
+        for missing in [None, Some("garbage")] {
+            let root = TraceParent::parse(&child_value(missing)).expect("valid root");
+            assert_ne!(root.trace_id, child.trace_id);
+            assert_eq!(root.flags, 1, "a new root is sampled");
+        }
+        // Ids are zero-padded to their full width.
+        let mut s = String::new();
+        push_hex(&mut s, 0xab, 16);
+        assert_eq!(s, "00000000000000ab");
     }
 }

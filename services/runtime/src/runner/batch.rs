@@ -8,7 +8,7 @@ use crate::now_ms;
 use crate::retry;
 use crate::schemas::EventSchema;
 use crate::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
-use crate::trace::{TRACEPARENT, TraceParent};
+use crate::trace::TRACEPARENT;
 use artifact_domain::events::StageEvent;
 use artifact_domain::outcome::OutcomeRecord;
 use artifact_domain::{ArtifactId, DedupDecision, Generation, Outcome, decide};
@@ -226,7 +226,7 @@ impl<S: StageLogic> StageRunner<S> {
                     unreachable!("work holds processed items only")
                 };
                 let it = &items[i];
-                let tp = TraceParent::continue_from(header(&it.msg, TRACEPARENT)).to_string();
+                let tp = crate::trace::child_value(header(&it.msg, TRACEPARENT));
                 let span = tracing::info_span!(
                     "record",
                     stage = name,
@@ -238,10 +238,10 @@ impl<S: StageLogic> StageRunner<S> {
                     traceparent = %tp,
                 );
                 let d = self
-                    .process_with_retries(input, it, &tp, processing_time)
+                    .process_with_retries(input, it, tp, processing_time)
                     .instrument(span)
                     .await;
-                (i, (d, tp))
+                (i, d)
             })
             .buffer_unordered(self.cfg.concurrency);
         while let Some((i, d)) = finished.next().await {
@@ -557,9 +557,9 @@ impl<S: StageLogic> StageRunner<S> {
         &self,
         input: &S::Input,
         it: &Item,
-        traceparent: &str,
+        traceparent: String,
         processing_time: &metrics::Histogram,
-    ) -> Done<S::Result> {
+    ) -> (Done<S::Result>, String) {
         let name = S::STAGE.name();
         let policy = self.cfg.retry_policy();
         let limit = Duration::from_millis(self.cfg.processing_timeout_ms);
@@ -569,7 +569,7 @@ impl<S: StageLogic> StageRunner<S> {
             partition: it.msg.partition(),
             offset: it.msg.offset(),
             attempt: 0,
-            traceparent: traceparent.to_owned(),
+            traceparent,
         };
         for attempt in 1..=policy.inline_attempts {
             ctx.attempt = (it.delivery - 1) * policy.inline_attempts + attempt;
@@ -578,10 +578,10 @@ impl<S: StageLogic> StageRunner<S> {
             let res = tokio::time::timeout(limit, fut).await;
             processing_time.record(started.elapsed().as_secs_f64());
             match res {
-                Ok(Ok(Ok(p))) => return Done::Ok(p),
+                Ok(Ok(Ok(p))) => return (Done::Ok(p), ctx.traceparent),
                 Ok(Ok(Err(StageError::Permanent(r)))) => {
                     tracing::info!(error = %r, "permanent failure");
-                    return Done::Permanent(r);
+                    return (Done::Permanent(r), ctx.traceparent);
                 }
                 Ok(Ok(Err(StageError::Retriable(r)))) => last = r,
                 Ok(Err(panic)) => {
@@ -591,7 +591,10 @@ impl<S: StageLogic> StageRunner<S> {
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                         .unwrap_or_else(|| "unknown panic".into());
                     tracing::error!(panic = %what, "stage panicked");
-                    return Done::Permanent(format!("stage panicked: {what}"));
+                    return (
+                        Done::Permanent(format!("stage panicked: {what}")),
+                        ctx.traceparent,
+                    );
                 }
                 Err(_) => last = format!("processing took longer than {limit:?}"),
             }
@@ -606,7 +609,7 @@ impl<S: StageLogic> StageRunner<S> {
                 .await;
             }
         }
-        Done::Retriable(last)
+        (Done::Retriable(last), ctx.traceparent)
     }
 }
 
