@@ -227,7 +227,10 @@ impl TestEnv {
     }
 
     /// Every committed record of `topic`, decoded.
-    pub async fn read_decoded<T: DeserializeOwned>(&self, topic: &str) -> anyhow::Result<Vec<T>> {
+    pub async fn read_decoded<T: DeserializeOwned + 'static>(
+        &self,
+        topic: &str,
+    ) -> anyhow::Result<Vec<T>> {
         let mut out = vec![];
         for m in self.read_all(topic)? {
             out.push(self.codec.decode(m.payload()).await?);

@@ -16,7 +16,8 @@ use schema_registry_converter::schema_registry_common::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::any::TypeId;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -78,6 +79,8 @@ pub struct AvroCodec {
     decoder: AvroDecoder,
     writers: RwLock<HashMap<EventSchema, HashMap<String, Arc<Writer>>>>,
     readers: RwLock<HashMap<u32, Arc<GenericDatumReader<'static>>>>,
+    /// Schema ids and types that decode through an Avro `Value` only.
+    through_value: RwLock<HashSet<(u32, TypeId)>>,
 }
 
 impl AvroCodec {
@@ -95,6 +98,7 @@ impl AvroCodec {
             decoder: AvroDecoder::new(settings()?),
             writers: RwLock::default(),
             readers: RwLock::default(),
+            through_value: RwLock::default(),
         })
     }
 
@@ -175,7 +179,10 @@ impl AvroCodec {
 
     /// Decodes a Confluent-framed Avro record into `T`, with the writer's
     /// schema named by the record's schema id.
-    pub async fn decode<T: DeserializeOwned>(&self, bytes: Option<&[u8]>) -> Result<T, CodecError> {
+    pub async fn decode<T: DeserializeOwned + 'static>(
+        &self,
+        bytes: Option<&[u8]>,
+    ) -> Result<T, CodecError> {
         let Some(bytes) = bytes else {
             return Err(CodecError::Undecodable(
                 "record has no value (tombstone)".into(),
@@ -200,8 +207,25 @@ impl AvroCodec {
             Some(r) => r,
             None => self.fetch_reader(id).await?,
         };
-        // Through an Avro `Value`: serde's struct names are not the records'
-        // (one generic `StageEvent` serves four record schemas).
+        // Straight into `T` when its serde record names are the schema's.
+        // Where they are not (one generic `StageEvent` serves four record
+        // schemas), the direct read fails at once and the record goes
+        // through an Avro `Value`; a schema id and type that needed the
+        // `Value` once take it from then on.
+        let key = (id, TypeId::of::<T>());
+        let direct = !self
+            .through_value
+            .read()
+            .expect("through_value lock")
+            .contains(&key);
+        if direct {
+            let mut rest = body;
+            if let Ok(value) = reader.read_deser::<T>(&mut rest)
+                && rest.is_empty()
+            {
+                return Ok(value);
+            }
+        }
         let value = reader.read_value(&mut body).map_err(|e| {
             CodecError::Undecodable(format!("body does not match schema {id}: {e}"))
         })?;
@@ -214,6 +238,12 @@ impl AvroCodec {
         let value = apache_avro::from_value::<T>(&value).map_err(|e| {
             CodecError::Undecodable(format!("value does not fit the event type: {e}"))
         })?;
+        if direct {
+            self.through_value
+                .write()
+                .expect("through_value lock")
+                .insert(key);
+        }
         Ok(value)
     }
 

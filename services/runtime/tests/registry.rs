@@ -29,7 +29,7 @@ fn context() -> ArtifactContext {
 
 async fn round_trip<T>(codec: &AvroCodec, topic: &str, schema: EventSchema, value: &T)
 where
-    T: Serialize + DeserializeOwned + PartialEq + Debug,
+    T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
 {
     let bytes = codec.encode(topic, schema, value).await.unwrap();
     assert_eq!(bytes[0], 0, "Confluent magic byte");
