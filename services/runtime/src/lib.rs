@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod dedup;
 pub mod kafka;
+pub mod logfields;
 pub mod retry;
 pub mod runner;
 pub mod schemas;

@@ -19,8 +19,9 @@ pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(filter)
         .with_current_span(true)
+        .fmt_fields(crate::logfields::JsonSpanFields)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
 }
