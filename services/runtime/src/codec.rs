@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::TypeId;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -47,6 +48,11 @@ impl CodecError {
 /// A writer schema as registered for one topic, ready to write with.
 struct Writer {
     id: u32,
+    schema: &'static Schema,
+    names: crate::avro_write::Names<'static>,
+    /// Cleared when a value's shape is one `avro_write` does not handle;
+    /// from then on apache-avro writes every value of this writer.
+    direct: AtomicBool,
     writer: GenericDatumWriter<'static>,
 }
 
@@ -55,13 +61,29 @@ struct Writer {
 pub struct TopicWriter(Arc<Writer>);
 
 impl TopicWriter {
+    /// Whether values are still written by the codec's own one-pass writer;
+    /// false once a value's shape needed apache-avro's serializer.
+    pub fn writes_directly(&self) -> bool {
+        self.0.direct.load(Ordering::Relaxed)
+    }
+
     /// `value` in the Confluent wire format.
     pub fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, CodecError> {
-        let mut bytes = Vec::with_capacity(128);
+        let w = &self.0;
+        let mut bytes = Vec::with_capacity(256);
         bytes.push(0);
-        bytes.extend_from_slice(&self.0.id.to_be_bytes());
-        self.0
-            .writer
+        bytes.extend_from_slice(&w.id.to_be_bytes());
+        if w.direct.load(Ordering::Relaxed) {
+            match crate::avro_write::write(w.schema, &w.names, value, &mut bytes) {
+                Ok(()) => return Ok(bytes),
+                Err(e) => {
+                    tracing::debug!(schema_id = w.id, reason = %e, "values of this schema are written by apache-avro");
+                    w.direct.store(false, Ordering::Relaxed);
+                    bytes.truncate(5);
+                }
+            }
+        }
+        w.writer
             .write_ser(&mut bytes, value)
             .map_err(|e| CodecError::Unencodable(format!("value does not fit the schema: {e}")))?;
         Ok(bytes)
@@ -164,8 +186,15 @@ impl AvroCodec {
         let writer = GenericDatumWriter::builder(parsed)
             .build()
             .map_err(|e| CodecError::Unencodable(format!("schema of {subject}: {e}")))?;
+        let names = apache_avro::schema::ResolvedSchema::try_from(parsed)
+            .map_err(|e| CodecError::Unencodable(format!("schema of {subject}: {e}")))?
+            .get_names()
+            .clone();
         let writer = Arc::new(Writer {
             id: registered.id,
+            schema: parsed,
+            names,
+            direct: AtomicBool::new(true),
             writer,
         });
         self.writers

@@ -4,6 +4,7 @@
 //! its keyed dedup state, retries and dead letters, shared configuration and
 //! telemetry. Stages and the API build on it; the domain crate never sees it.
 
+mod avro_write;
 pub mod blob;
 pub mod codec;
 pub mod config;

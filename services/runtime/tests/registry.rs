@@ -2,9 +2,11 @@
 //! event round-trips through the Confluent wire format, registration is
 //! idempotent, and BACKWARD compatibility is enforced by the registry.
 
+use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::*;
 use artifact_runtime::codec::{AvroCodec, CodecError};
 use artifact_runtime::config::ConnectionConfig;
+use artifact_runtime::dedup::DedupEntry;
 use artifact_runtime::schemas::{EventSchema, RegistryAdmin, RegistryError};
 use artifact_runtime::topics::TopicNames;
 use serde::Serialize;
@@ -31,8 +33,22 @@ async fn round_trip<T>(codec: &AvroCodec, topic: &str, schema: EventSchema, valu
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
 {
-    let bytes = codec.encode(topic, schema, value).await.unwrap();
+    let writer = codec.writer(topic, schema).await.unwrap();
+    let bytes = writer.encode(value).unwrap();
     assert_eq!(bytes[0], 0, "Confluent magic byte");
+    // The codec's one-pass writer wrote it, the bytes apache-avro writes.
+    assert!(writer.writes_directly(), "{schema:?} left to apache-avro");
+    let parsed = apache_avro::Schema::parse_str(schema.avsc()).unwrap();
+    let reference = apache_avro::writer::datum::GenericDatumWriter::builder(&parsed)
+        .build()
+        .unwrap()
+        .write_ser_to_vec(value)
+        .unwrap();
+    assert_eq!(
+        &bytes[5..],
+        reference,
+        "{schema:?}: not apache-avro's bytes"
+    );
     let back: T = codec.decode(Some(&bytes)).await.unwrap();
     assert_eq!(&back, value, "{schema:?} did not round-trip");
 }
@@ -167,6 +183,26 @@ async fn every_event_round_trips_through_the_registry() {
         &failed,
     )
     .await;
+
+    for status in [
+        OutcomeStatus::Succeeded,
+        OutcomeStatus::Skipped,
+        OutcomeStatus::Failed,
+    ] {
+        let entry = DedupEntry {
+            artifact_id: ArtifactId::new_random(),
+            generation: Generation::new(7).unwrap(),
+            outcome_status: status,
+            processed_at: 1_764_000_000_456,
+        };
+        round_trip(
+            &codec,
+            &names.dedup(Stage::PdfParser),
+            EventSchema::DedupEntry,
+            &entry,
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
