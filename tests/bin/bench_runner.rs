@@ -48,6 +48,10 @@ struct Args {
     /// Rounds of each throughput variant; the median is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// RUST_LOG of the stage: by default the stages' own default, so each
+    /// record's span is formatted as in production.
+    #[arg(long, default_value = "info")]
+    stage_log: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -156,6 +160,7 @@ async fn stage_run(
     n: usize,
     partitions: usize,
     delivery: &str,
+    log: &str,
 ) -> anyhow::Result<StageRun> {
     let env = TestEnv::new(partitions).await?;
     fill(&env, n).await?;
@@ -171,7 +176,11 @@ async fn stage_run(
     // The first look finds the group's coordinator, which takes a while: done
     // before the stage starts, so later looks see its progress in time.
     committed_total(&reader, &input, partitions)?;
-    let stage = StageProcess::start(&env, bin, &[("DELIVERY", delivery.to_owned())])?;
+    let vars = [
+        ("DELIVERY", delivery.to_owned()),
+        ("RUST_LOG", log.to_owned()),
+    ];
+    let stage = StageProcess::start(&env, bin, &vars)?;
     // The stage's CPU time and its committed records when progress was
     // first seen: CPU per record counts only the records committed after.
     let mut start: Option<(f64, i64)> = None;
@@ -296,7 +305,7 @@ async fn main() -> anyhow::Result<()> {
     let n = args.records;
     let bin = args.stage_bin.clone().unwrap_or_else(default_stage_bin);
     if let Some(mode) = &args.only {
-        let r = stage_run(&bin, n, args.partitions, mode).await?;
+        let r = stage_run(&bin, n, args.partitions, mode, &args.stage_log).await?;
         println!(
             "no-op stage, {mode}: {:.0} records/s, {:.1} µs of stage CPU per record",
             r.rate, r.cpu_us
@@ -312,8 +321,8 @@ async fn main() -> anyhow::Result<()> {
     // Interleaved rounds, so drift on the machine touches every variant alike.
     for round in 1..=args.rounds {
         raw.push(raw_pair(n, args.partitions).await?);
-        let a = stage_run(&bin, n, args.partitions, "at-least-once").await?;
-        let e = stage_run(&bin, n, args.partitions, "exactly-once").await?;
+        let a = stage_run(&bin, n, args.partitions, "at-least-once", &args.stage_log).await?;
+        let e = stage_run(&bin, n, args.partitions, "exactly-once", &args.stage_log).await?;
         println!(
             "round {round}: raw {:.0}, at-least-once {:.0} ({:.1} µs CPU/record), exactly-once {:.0} ({:.1} µs CPU/record) records/s",
             raw[round - 1],
