@@ -256,7 +256,8 @@ impl<S: StageLogic> StageRunner<S> {
         // Looked up when the batch first needs them.
         let mut output_writer: Option<TopicWriter> = None;
         let mut dedup_writer: Option<TopicWriter> = None;
-        let mut outs: Vec<Out> = Vec::new();
+        // An outcome and a dedup record per item at most.
+        let mut outs: Vec<Out> = Vec::with_capacity(2 * items.len());
         let mut recorded: Vec<(i32, ArtifactId, Generation)> = Vec::new();
         let mut outcome_labels: Vec<&'static str> = Vec::new();
         for (i, plan) in plans.into_iter().enumerate() {
