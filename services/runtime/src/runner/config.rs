@@ -33,7 +33,7 @@ pub struct RunnerConfig {
     pub delivery: Delivery,
 
     /// A transaction closes after this many input records…
-    #[arg(long, env = "TRANSACTION_MAX_RECORDS", default_value_t = 5000)]
+    #[arg(long, env = "TRANSACTION_MAX_RECORDS", default_value_t = 10000)]
     pub transaction_max_records: usize,
 
     /// …or this many milliseconds after its first record, whichever is
