@@ -16,7 +16,7 @@
 use artifact_domain::*;
 use artifact_runtime::codec::AvroCodec;
 use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{client_config, producer_config};
+use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, producer_config};
 use artifact_runtime::now_ms;
 use artifact_runtime::schemas::EventSchema;
 use artifact_runtime::topics::TopicNames;
@@ -61,6 +61,7 @@ pub async fn run_projector(
     topics.extend(Stage::ALL.map(|s| names.output(s)));
     let consumer: StreamConsumer = client_config(&conn, "artifact-projector")
         .set("group.id", &group)
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")

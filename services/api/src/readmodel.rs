@@ -5,7 +5,7 @@
 use artifact_domain::{ArtifactId, ArtifactState, StatusView};
 use artifact_runtime::codec::AvroCodec;
 use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{QuietEof, client_config};
+use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config};
 use artifact_runtime::topics::{TopicNames, partition_counts};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -107,6 +107,7 @@ pub async fn follow_status_topic(
     };
     let consumer: StreamConsumer<QuietEof> = client_config(&conn, "artifact-api-readmodel")
         .set("group.id", "artifact-api-readmodel-unused")
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")

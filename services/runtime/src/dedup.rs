@@ -158,6 +158,10 @@ pub async fn restore_partition(
         .set("enable.partition.eof", "true")
         // Reaching the end is the goal: do not let the broker hold fetches.
         .set("fetch.wait.max.ms", "10")
+        .set(
+            "fetch.queue.backoff.ms",
+            crate::kafka::FETCH_QUEUE_BACKOFF_MS,
+        )
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "52428800")
         .create_with_context(QuietEof)

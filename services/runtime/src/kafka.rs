@@ -75,6 +75,15 @@ pub fn header<'a>(msg: &'a rdkafka::message::OwnedMessage, name: &str) -> Option
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
+/// `fetch.queue.backoff.ms` for consumers that read a backlog: librdkafka
+/// stops fetching a partition whose local queue passed its thresholds
+/// (`queued.min.messages`, `queued.max.messages.kbytes`) and by default
+/// waits 1 000 ms before fetching it again, although the queue drains in a
+/// fraction of that; a consumer catching up (a stage after downtime, a
+/// dedup restore, the API re-reading its topics) then idled for most of
+/// every second.
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// Base client config: bootstrap servers, client id, extra properties.
 pub fn client_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();

@@ -35,7 +35,7 @@ pub use config::{Delivery, RunnerConfig, RunnerConfigError};
 use crate::codec::AvroCodec;
 use crate::config::ConnectionConfig;
 use crate::dedup::{DedupState, restore_partition};
-use crate::kafka::{client_config, header, producer_config};
+use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, header, producer_config};
 use crate::now_ms;
 use crate::retry;
 use crate::stage::StageLogic;
@@ -276,7 +276,8 @@ impl<S: StageLogic> StageRunner<S> {
                 .set("auto.offset.reset", "earliest")
                 // A crashed instance's partitions move on after 10 s.
                 .set("session.timeout.ms", "10000")
-                .set("heartbeat.interval.ms", "3000");
+                .set("heartbeat.interval.ms", "3000")
+                .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
             // Operators' KAFKA_PROPERTIES win over these defaults.
             for (k, v) in &self.conn.kafka_properties.0 {
                 c.set(k, v);
