@@ -20,7 +20,7 @@ struct Config {
 /// dozen small objects per record. The no-op test stage, which runs the
 /// same path, used 9.8–12.3 µs of CPU per record with it against
 /// 10.7–18.1 µs without (three alternating `bench-runner` runs), and about
-/// 40 MiB more peak memory (168 against 128 MiB).
+/// 40 MiB more peak memory (164 against 125 MiB).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
