@@ -174,8 +174,16 @@ async fn stage_run(
         .create()?;
     let input = env.names.created();
     // The first look finds the group's coordinator, which takes a while: done
-    // before the stage starts, so later looks see its progress in time.
-    committed_total(&reader, &input, partitions)?;
+    // before the stage starts, so later looks see its progress in time. On a
+    // broker just started the coordinator may not be there yet
+    // (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE): asked again until then.
+    let found_by = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = committed_total(&reader, &input, partitions) {
+        if Instant::now() >= found_by {
+            return Err(e.context("no group coordinator after 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let vars = [
         ("DELIVERY", delivery.to_owned()),
         ("RUST_LOG", log.to_owned()),
@@ -186,7 +194,8 @@ async fn stage_run(
     let mut start: Option<(f64, i64)> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let done = committed_total(&reader, &input, partitions)?;
+        // A failed look (the coordinator moving) is looked again.
+        let done = committed_total(&reader, &input, partitions).unwrap_or(0);
         if done > 0 && start.is_none() {
             start = stage.cpu_seconds().map(|cpu| (cpu, done));
         }
