@@ -51,13 +51,6 @@ fn push_hex(out: &mut String, n: u128, digits: usize) {
     }
 }
 
-/// `bytes` (at most 16) random bytes as lowercase hex, never all zero.
-fn random_hex(bytes: usize) -> String {
-    let mut s = String::with_capacity(2 * bytes);
-    push_hex(&mut s, random_id(bytes), 2 * bytes);
-    s
-}
-
 /// The trace id, parent id and flags of a valid version-00 value.
 fn parts(value: &str) -> Option<(&str, &str, u8)> {
     let mut parts = value.trim().split('-');
@@ -68,10 +61,10 @@ fn parts(value: &str) -> Option<(&str, &str, u8)> {
     Some((t, p, u8::from_str_radix(f, 16).ok()?))
 }
 
-/// The header value of the child of an incoming header value, or of a new
-/// root when there is none or it is invalid: what
-/// `TraceParent::continue_from(value).to_string()` gives, built in one
-/// allocation (the runner makes one per record).
+/// The header value of the child of an incoming header value (same trace id
+/// and flags, a new parent id), or of a new sampled root when there is none
+/// or it is invalid. Built in one allocation: the runner makes one per
+/// record.
 pub fn child_value(value: Option<&str>) -> String {
     let mut out = String::with_capacity(55);
     out.push_str("00-");
@@ -101,32 +94,6 @@ impl TraceParent {
             parent_id: parent_id.to_owned(),
             flags,
         })
-    }
-
-    /// A new trace (sampled).
-    pub fn new_root() -> Self {
-        TraceParent {
-            trace_id: random_hex(16),
-            parent_id: random_hex(8),
-            flags: 1,
-        }
-    }
-
-    /// A child step of this trace: same trace id, a new parent id.
-    pub fn child(&self) -> Self {
-        TraceParent {
-            trace_id: self.trace_id.clone(),
-            parent_id: random_hex(8),
-            flags: self.flags,
-        }
-    }
-
-    /// The child of an incoming header value, or a new root when there is
-    /// none or it is invalid.
-    pub fn continue_from(value: Option<&str>) -> Self {
-        value
-            .and_then(Self::parse)
-            .map_or_else(Self::new_root, |p| p.child())
     }
 }
 
@@ -167,12 +134,11 @@ mod tests {
 
     #[test]
     fn a_child_keeps_the_trace_and_changes_the_parent() {
-        let root = TraceParent::new_root();
-        assert!(TraceParent::parse(&root.to_string()).is_some());
-        let child = TraceParent::continue_from(Some(&root.to_string()));
+        let root = TraceParent::parse(&child_value(None)).expect("a valid root");
+        let child = TraceParent::parse(&child_value(Some(&root.to_string()))).expect("valid");
         assert_eq!(child.trace_id, root.trace_id);
         assert_ne!(child.parent_id, root.parent_id);
-        let fresh = TraceParent::continue_from(Some("garbage"));
+        let fresh = TraceParent::parse(&child_value(Some("garbage"))).expect("valid");
         assert_ne!(fresh.trace_id, root.trace_id);
     }
 
