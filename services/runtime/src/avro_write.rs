@@ -132,16 +132,38 @@ impl<'a, 's> Writer<'a, 's> {
             s => unsupported("a long", s),
         }
     }
+
+    /// Starts an array's items or a map's values, of `schema`: one block
+    /// whose count is written up front.
+    fn block(
+        self,
+        schema: &'s Schema,
+        len: Option<usize>,
+        what: &str,
+    ) -> Result<Block<'a, 's>, Unsupported> {
+        let Some(len) = len else {
+            return unsupported(&format!("{what} of unknown length"), self.schema);
+        };
+        if len > 0 {
+            zigzag(len as i64, self.out);
+        }
+        Ok(Block {
+            schema,
+            names: self.names,
+            out: self.out,
+            len,
+        })
+    }
 }
 
 impl<'a, 's> ser::Serializer for Writer<'a, 's> {
     type Ok = ();
     type Error = Unsupported;
-    type SerializeSeq = Items<'a, 's>;
+    type SerializeSeq = Block<'a, 's>;
     type SerializeTuple = ser::Impossible<(), Unsupported>;
     type SerializeTupleStruct = ser::Impossible<(), Unsupported>;
     type SerializeTupleVariant = ser::Impossible<(), Unsupported>;
-    type SerializeMap = Entries<'a, 's>;
+    type SerializeMap = Block<'a, 's>;
     type SerializeStruct = Fields<'a, 's>;
     type SerializeStructVariant = ser::Impossible<(), Unsupported>;
 
@@ -305,22 +327,11 @@ impl<'a, 's> ser::Serializer for Writer<'a, 's> {
         unsupported("a newtype variant", self.schema)
     }
 
-    fn serialize_seq(self, len: Option<usize>) -> Result<Items<'a, 's>, Unsupported> {
-        let Schema::Array(a) = self.resolved()? else {
-            return unsupported("a sequence", self.schema);
-        };
-        let Some(len) = len else {
-            return unsupported("a sequence of unknown length", self.schema);
-        };
-        if len > 0 {
-            zigzag(len as i64, self.out);
+    fn serialize_seq(self, len: Option<usize>) -> Result<Block<'a, 's>, Unsupported> {
+        match self.resolved()? {
+            Schema::Array(a) => self.block(&a.items, len, "a sequence"),
+            s => unsupported("a sequence", s),
         }
-        Ok(Items {
-            items: &a.items,
-            names: self.names,
-            out: self.out,
-            len,
-        })
     }
 
     fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsupported> {
@@ -345,22 +356,11 @@ impl<'a, 's> ser::Serializer for Writer<'a, 's> {
         unsupported("a tuple variant", self.schema)
     }
 
-    fn serialize_map(self, len: Option<usize>) -> Result<Entries<'a, 's>, Unsupported> {
-        let Schema::Map(m) = self.resolved()? else {
-            return unsupported("a map", self.schema);
-        };
-        let Some(len) = len else {
-            return unsupported("a map of unknown length", self.schema);
-        };
-        if len > 0 {
-            zigzag(len as i64, self.out);
+    fn serialize_map(self, len: Option<usize>) -> Result<Block<'a, 's>, Unsupported> {
+        match self.resolved()? {
+            Schema::Map(m) => self.block(&m.types, len, "a map"),
+            s => unsupported("a map", s),
         }
-        Ok(Entries {
-            values: &m.types,
-            names: self.names,
-            out: self.out,
-            len,
-        })
     }
 
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Fields<'a, 's>, Unsupported> {
@@ -426,30 +426,40 @@ impl ser::SerializeStruct for Fields<'_, '_> {
     }
 }
 
-/// An array's items; the count was written up front.
-pub(crate) struct Items<'a, 's> {
-    items: &'s Schema,
+/// An array's items or a map's entries, in one block whose count was
+/// written up front.
+pub(crate) struct Block<'a, 's> {
+    /// The items' or the values' schema.
+    schema: &'s Schema,
     names: &'a Names<'s>,
     out: &'a mut Vec<u8>,
+    /// Items or entries still to come.
     len: usize,
 }
 
-impl ser::SerializeSeq for Items<'_, '_> {
-    type Ok = ();
-    type Error = Unsupported;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+impl<'a, 's> Block<'a, 's> {
+    /// Counts one more item or entry against the announced count.
+    fn next(&mut self) -> Result<(), Unsupported> {
         self.len = self
             .len
             .checked_sub(1)
             .ok_or_else(|| Unsupported("more items than announced".into()))?;
+        Ok(())
+    }
+
+    fn write<T: Serialize + ?Sized>(
+        &mut self,
+        schema: &'s Schema,
+        value: &T,
+    ) -> Result<(), Unsupported> {
         value.serialize(Writer {
-            schema: self.items,
+            schema,
             names: self.names,
             out: self.out,
         })
     }
 
+    /// Ends the block, with the zero count that ends an array or a map.
     fn end(self) -> Result<(), Unsupported> {
         if self.len != 0 {
             return Err(Unsupported("fewer items than announced".into()));
@@ -459,44 +469,35 @@ impl ser::SerializeSeq for Items<'_, '_> {
     }
 }
 
-/// A map's entries; the count was written up front.
-pub(crate) struct Entries<'a, 's> {
-    values: &'s Schema,
-    names: &'a Names<'s>,
-    out: &'a mut Vec<u8>,
-    len: usize,
+impl ser::SerializeSeq for Block<'_, '_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        self.next()?;
+        self.write(self.schema, value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        Block::end(self)
+    }
 }
 
-impl ser::SerializeMap for Entries<'_, '_> {
+impl ser::SerializeMap for Block<'_, '_> {
     type Ok = ();
     type Error = Unsupported;
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Unsupported> {
-        self.len = self
-            .len
-            .checked_sub(1)
-            .ok_or_else(|| Unsupported("more entries than announced".into()))?;
-        key.serialize(Writer {
-            schema: &Schema::String,
-            names: self.names,
-            out: self.out,
-        })
+        self.next()?;
+        self.write(&Schema::String, key)
     }
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
-        value.serialize(Writer {
-            schema: self.values,
-            names: self.names,
-            out: self.out,
-        })
+        self.write(self.schema, value)
     }
 
     fn end(self) -> Result<(), Unsupported> {
-        if self.len != 0 {
-            return Err(Unsupported("fewer entries than announced".into()));
-        }
-        self.out.push(0);
-        Ok(())
+        Block::end(self)
     }
 }
 
