@@ -73,13 +73,14 @@ impl TopicWriter {
         let mut bytes = Vec::with_capacity(256);
         bytes.push(0);
         bytes.extend_from_slice(&w.id.to_be_bytes());
+        let framing = bytes.len();
         if w.direct.load(Ordering::Relaxed) {
             match crate::avro_write::write(w.schema, &w.names, value, &mut bytes) {
                 Ok(()) => return Ok(bytes),
                 Err(e) => {
                     tracing::debug!(schema_id = w.id, reason = %e, "values of this schema are written by apache-avro");
                     w.direct.store(false, Ordering::Relaxed);
-                    bytes.truncate(5);
+                    bytes.truncate(framing);
                 }
             }
         }
