@@ -2,7 +2,9 @@
 //! run, on the same broker, with the same records:
 //!
 //! 1. raw: a plain rdkafka consumer + producer pair copying each record to
-//!    an output topic (no decode, no dedup, no transactions);
+//!    an output topic (no decode, no dedup, no transactions), and the same
+//!    pair writing two copies of each record, as a stage writes an outcome
+//!    and a dedup record;
 //! 2. the no-op `test-stage` in at-least-once mode;
 //! 3. the same stage in exactly-once mode (transactions);
 //!
@@ -18,10 +20,11 @@ use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::{ArtifactId, Generation, Stage};
 use artifact_pipeline_tests::{StageProcess, TestEnv};
 use artifact_runtime::dedup::{DedupEntry, restore_partition};
-use artifact_runtime::kafka::{client_config, producer_config};
+use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, producer_config};
 use artifact_runtime::schemas::EventSchema;
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, TopicPartitionList};
 use std::path::PathBuf;
@@ -29,8 +32,10 @@ use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 struct Args {
-    /// Records per throughput run.
-    #[arg(long, default_value_t = 20_000)]
+    /// Records per throughput run. A run much shorter than a second
+    /// measures a burst: 100 000 records fit in the consumers' prefetch
+    /// buffers, and the raw pair then only appends what it already holds.
+    #[arg(long, default_value_t = 1_000_000)]
     records: usize,
     /// Keys for the restore measurement.
     #[arg(long, default_value_t = 1_000_000)]
@@ -96,39 +101,90 @@ async fn fill(env: &TestEnv, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn raw_pair(n: usize, partitions: usize) -> anyhow::Result<f64> {
-    let env = TestEnv::new(partitions).await?;
-    fill(&env, n).await?;
+/// Records the raw pair writes per record it reads.
+#[derive(Clone, Copy, PartialEq)]
+enum RawOut {
+    /// A copy to the output topic.
+    One,
+    /// A copy to the output topic and one to a second topic (the stage's
+    /// dedup topic): the two records a stage writes per record, without
+    /// decoding, encoding or transactions.
+    Two,
+}
+
+async fn raw_pair(env: &TestEnv, n: usize, out: RawOut) -> anyhow::Result<f64> {
+    fill(env, n).await?;
     let out_topic = env.names.output(Stage::MimeDetector);
+    let second_topic = env.names.dedup(Stage::MimeDetector);
     env.use_append_time(&out_topic).await?;
+    let targets: &[&str] = match out {
+        RawOut::One => &[&out_topic],
+        RawOut::Two => &[&out_topic, &second_topic],
+    };
+    // The stage's consumer fetch setting: with librdkafka's default of 1 s
+    // the pair, once its local queue is full, idles up to a second after
+    // draining it, and a run longer than one queue's worth measures that.
     let consumer: BaseConsumer = client_config(&env.conn, "raw-bench")
         .set("group.id", format!("{}.raw", env.conn.topic_prefix))
         .set("auto.offset.reset", "earliest")
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .create()?;
     consumer.subscribe(&[&env.names.created()])?;
     let producer: FutureProducer = producer_config(&env.conn, "raw-bench")
         .set("linger.ms", "5")
         .create()?;
     let mut copied = 0;
-    let mut pending = Vec::with_capacity(n);
+    let mut pending = std::collections::VecDeque::with_capacity(n);
     let deadline = Instant::now() + Duration::from_secs(300);
     while copied < n {
         anyhow::ensure!(Instant::now() < deadline, "raw pair stalled at {copied}");
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m?;
-            let rec = FutureRecord::to(&out_topic)
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        for topic in targets {
+            let mut rec = FutureRecord::to(topic)
                 .key(m.key().unwrap_or_default())
                 .payload(m.payload().unwrap_or_default());
-            pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
-            copied += 1;
+            loop {
+                match producer.send_result(rec) {
+                    Ok(delivery) => break pending.push_back(delivery),
+                    // The producer's queue is full: wait for the oldest
+                    // delivery, then try again.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        rec = r;
+                        let oldest = pending.pop_front().context("queue full, nothing pending")?;
+                        oldest.await?.map_err(|(e, _)| e)?;
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
         }
+        copied += 1;
     }
     for p in pending {
         p.await?.map_err(|(e, _)| e)?;
     }
-    let (count, rate) = rate_from_timestamps(&env, &out_topic)?;
+    let (count, rate) = rate_from_timestamps(env, &out_topic)?;
     anyhow::ensure!(count == n, "raw pair wrote {count} of {n}");
     Ok(rate)
+}
+
+/// Runs `run` in a fresh set of topics, deleted afterwards: a run of a
+/// million records leaves about a gigabyte on the broker otherwise.
+async fn in_env<T>(
+    partitions: usize,
+    run: impl AsyncFnOnce(&TestEnv) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let env = TestEnv::new(partitions).await?;
+    let result = run(&env).await;
+    if let Err(e) = env.delete_topics().await {
+        eprintln!(
+            "warning: could not delete the topics of {}: {e}",
+            env.conn.topic_prefix
+        );
+    }
+    result
 }
 
 /// What one run of the stage measured.
@@ -156,14 +212,14 @@ fn committed_total(reader: &BaseConsumer, topic: &str, partitions: usize) -> any
 }
 
 async fn stage_run(
+    env: &TestEnv,
     bin: &std::path::Path,
     n: usize,
     partitions: usize,
     delivery: &str,
     log: &str,
 ) -> anyhow::Result<StageRun> {
-    let env = TestEnv::new(partitions).await?;
-    fill(&env, n).await?;
+    fill(env, n).await?;
     let out_topic = env.names.output(Stage::MimeDetector);
     env.use_append_time(&out_topic).await?;
     // Progress is read from the group's committed offsets: cheap, unlike
@@ -188,7 +244,7 @@ async fn stage_run(
         ("DELIVERY", delivery.to_owned()),
         ("RUST_LOG", log.to_owned()),
     ];
-    let stage = StageProcess::start(&env, bin, &vars)?;
+    let stage = StageProcess::start(env, bin, &vars)?;
     // The stage's CPU time and its committed records when progress was
     // first seen: CPU per record counts only the records committed after.
     let mut start: Option<(f64, i64)> = None;
@@ -216,7 +272,7 @@ async fn stage_run(
         _ => f64::NAN,
     };
     drop(stage);
-    let (count, rate) = rate_from_timestamps(&env, &out_topic)?;
+    let (count, rate) = rate_from_timestamps(env, &out_topic)?;
     anyhow::ensure!(
         count == n,
         "{delivery} wrote {count} outcomes for {n} inputs"
@@ -243,8 +299,7 @@ struct Restore {
     keys: usize,
 }
 
-async fn restore_bench(keys: usize) -> anyhow::Result<Restore> {
-    let env = TestEnv::new(1).await?;
+async fn restore_bench(env: &TestEnv, keys: usize) -> anyhow::Result<Restore> {
     let topic = env.names.dedup(Stage::MimeDetector);
     let producer: FutureProducer = producer_config(&env.conn, "restore-bench")
         .set("linger.ms", "20")
@@ -314,7 +369,10 @@ async fn main() -> anyhow::Result<()> {
     let n = args.records;
     let bin = args.stage_bin.clone().unwrap_or_else(default_stage_bin);
     if let Some(mode) = &args.only {
-        let r = stage_run(&bin, n, args.partitions, mode, &args.stage_log).await?;
+        let r = in_env(args.partitions, async |env| {
+            stage_run(env, &bin, n, args.partitions, mode, &args.stage_log).await
+        })
+        .await?;
         println!(
             "no-op stage, {mode}: {:.0} records/s, {:.1} µs of stage CPU per record",
             r.rate, r.cpu_us
@@ -325,16 +383,26 @@ async fn main() -> anyhow::Result<()> {
         "records per run: {n}, partitions: {}, rounds: {}",
         args.partitions, args.rounds
     );
-    let (mut raw, mut alo, mut eos) = (vec![], vec![], vec![]);
+    let (mut raw, mut raw2, mut alo, mut eos) = (vec![], vec![], vec![], vec![]);
     let (mut alo_cpu, mut eos_cpu) = (vec![], vec![]);
     // Interleaved rounds, so drift on the machine touches every variant alike.
     for round in 1..=args.rounds {
-        raw.push(raw_pair(n, args.partitions).await?);
-        let a = stage_run(&bin, n, args.partitions, "at-least-once", &args.stage_log).await?;
-        let e = stage_run(&bin, n, args.partitions, "exactly-once", &args.stage_log).await?;
+        let p = args.partitions;
+        raw.push(in_env(p, async |env| raw_pair(env, n, RawOut::One).await).await?);
+        raw2.push(in_env(p, async |env| raw_pair(env, n, RawOut::Two).await).await?);
+        let log = &args.stage_log;
+        let a = in_env(p, async |env| {
+            stage_run(env, &bin, n, p, "at-least-once", log).await
+        })
+        .await?;
+        let e = in_env(p, async |env| {
+            stage_run(env, &bin, n, p, "exactly-once", log).await
+        })
+        .await?;
         println!(
-            "round {round}: raw {:.0}, at-least-once {:.0} ({:.1} µs CPU/record), exactly-once {:.0} ({:.1} µs CPU/record) records/s",
+            "round {round}: raw {:.0}, raw two out {:.0}, at-least-once {:.0} ({:.1} µs CPU/record), exactly-once {:.0} ({:.1} µs CPU/record) records/s",
             raw[round - 1],
+            raw2[round - 1],
             a.rate,
             a.cpu_us,
             e.rate,
@@ -345,8 +413,9 @@ async fn main() -> anyhow::Result<()> {
         eos.push(e.rate);
         eos_cpu.push(e.cpu_us);
     }
-    let (raw, alo, eos) = (median(raw), median(alo), median(eos));
+    let (raw, raw2, alo, eos) = (median(raw), median(raw2), median(alo), median(eos));
     println!("median raw consume+produce pair:   {raw:>9.0} records/s");
+    println!("median raw pair, two records out:  {raw2:>9.0} records/s");
     println!(
         "median no-op stage, at-least-once: {alo:>9.0} records/s, {:.1} µs of stage CPU per record",
         median_measured(alo_cpu)
@@ -356,11 +425,12 @@ async fn main() -> anyhow::Result<()> {
         median_measured(eos_cpu)
     );
     println!(
-        "exactly-once / raw = {:.0}%, exactly-once / at-least-once = {:.0}%",
+        "exactly-once / raw = {:.0}%, exactly-once / raw two out = {:.0}%, exactly-once / at-least-once = {:.0}%",
         100.0 * eos / raw,
+        100.0 * eos / raw2,
         100.0 * eos / alo
     );
-    let r = restore_bench(args.restore_keys).await?;
+    let r = in_env(1, async |env| restore_bench(env, args.restore_keys).await).await?;
     println!(
         "dedup restore: {} keys in {:.2} s ({:.0} keys/s); per key: {:.0} bytes of hash table, {:.0} bytes of resident-set growth",
         r.keys,
