@@ -10,8 +10,8 @@
 //! time per completed artifact of each process: the local broker, the API
 //! and each stage.
 //!
-//! Usage: `bench-e2e --pdf FILE [--loads 10,25,50,100] [--seconds 15]`
-//! with the local stack up.
+//! Usage: `bench-e2e --pdf FILE [--loads 10,25,50,100] [--seconds 15]
+//! [--service-log info]` with the local stack up.
 
 use anyhow::Context;
 use artifact_domain::{ArtifactState, Stage, StatusView, Summarized};
@@ -36,6 +36,11 @@ struct Args {
     /// Seconds of uploads per load.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
+    /// RUST_LOG of the services: by default their own production default,
+    /// so each record's span is formatted and location-logger writes its
+    /// line per artifact (to this program's standard error).
+    #[arg(long, default_value = "info")]
+    service_log: String,
 }
 
 fn pct(sorted: &[i64], p: f64) -> i64 {
@@ -56,9 +61,15 @@ fn hop_cell(from: &HashMap<String, i64>, to: &HashMap<String, i64>) -> String {
     format!(" {} / {} |", pct(&d, 0.50), pct(&d, 0.95))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The services are started with STAGE_LOG as their RUST_LOG.
+    // SAFETY: no other thread exists yet: the runtime is built below.
+    unsafe { std::env::set_var("STAGE_LOG", &args.service_log) };
+    tokio::runtime::Runtime::new()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let pdf = Arc::new(
         std::fs::read(&args.pdf).with_context(|| format!("reading {}", args.pdf.display()))?,
     );
