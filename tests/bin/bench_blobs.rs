@@ -80,7 +80,7 @@ async fn upload_steps(root: &Path, i: usize, body: Bytes) -> anyhow::Result<()> 
     );
     tokio::fs::create_dir_all(to.parent().unwrap()).await?;
     tokio::fs::rename(&tmp, &to).await?;
-    Ok(())
+    sync_dir(to.parent().unwrap()).await
 }
 
 async fn upload_store(store: &BlobStore, i: usize, body: Bytes) -> anyhow::Result<()> {
@@ -95,13 +95,22 @@ async fn upload_store(store: &BlobStore, i: usize, body: Bytes) -> anyhow::Resul
 /// The put's steps, one `tokio::fs` call each.
 async fn put_steps(root: &Path, i: usize, body: Bytes) -> anyhow::Result<()> {
     let path = root.join("texts").join(format!("p{i}")).join("1.txt");
-    tokio::fs::create_dir_all(path.parent().unwrap()).await?;
+    let dir = path.parent().unwrap();
+    tokio::fs::create_dir_all(dir).await?;
+    sync_dir(dir.parent().unwrap()).await?;
     let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
     let mut f = tokio::fs::File::create(&tmp).await?;
     f.write_all(&body).await?;
     f.sync_all().await?;
     drop(f);
     tokio::fs::rename(&tmp, &path).await?;
+    sync_dir(dir).await
+}
+
+/// Flushes a directory, as the store does after creating or renaming
+/// into it.
+async fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    tokio::fs::File::open(dir).await?.sync_all().await?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -497,14 +498,15 @@ impl BlobStore {
         let bytes = bytes.to_vec();
         on_disk(move || {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+                durable_dir(dir)?;
             }
             let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
             let written = (|| {
                 let mut f = std::fs::File::create(&tmp)?;
                 f.write_all(&bytes)?;
                 f.sync_all()?;
-                std::fs::rename(&tmp, &path)
+                std::fs::rename(&tmp, &path)?;
+                sync_parent(&path)
             })();
             if written.is_err() {
                 let _ = std::fs::remove_file(&tmp);
@@ -589,9 +591,10 @@ impl BlobStore {
                 return Ok(false);
             }
             if let Some(dir) = to_path.parent() {
-                std::fs::create_dir_all(dir)?;
+                durable_dir(dir)?;
             }
             std::fs::rename(&from_path, &to_path)?;
+            sync_parent(&to_path)?;
             Ok(true)
         })
         .await
@@ -769,6 +772,93 @@ impl BlobWriter {
         if let Some(sink) = self.sink.take() {
             sink.abort(&self.location).await;
         }
+    }
+}
+
+/// Flushes the directory holding `path` to disk, so a file just renamed
+/// into it is still there after a crash of the machine: syncing the file
+/// makes its bytes durable, not the directory entry naming it.
+fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => DIR_SYNCS.sync(dir, |d| std::fs::File::open(d)?.sync_all()),
+        None => Ok(()),
+    }
+}
+
+static DIR_SYNCS: std::sync::LazyLock<DirSyncs> = std::sync::LazyLock::new(DirSyncs::default);
+
+/// Group commit of directory syncs. Every upload lands in one directory,
+/// and a sync of a directory covers every entry changed before it started:
+/// a caller whose change came before a sync that is under way waits for
+/// the next one, which one caller runs for all that wait.
+#[derive(Default)]
+struct DirSyncs {
+    dirs: std::sync::Mutex<HashMap<PathBuf, DirSync>>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct DirSync {
+    /// Callers so far; a caller's ticket is the count including itself.
+    requested: u64,
+    /// Every ticket up to this one is covered by a finished sync.
+    synced: u64,
+    running: bool,
+}
+
+impl DirSyncs {
+    /// Returns once a sync of `dir` that started after this call finished
+    /// (`sync_once` runs it), or with the error of the sync this caller ran.
+    fn sync(
+        &self,
+        dir: &std::path::Path,
+        mut sync_once: impl FnMut(&std::path::Path) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut dirs = self.dirs.lock().expect("dir sync lock");
+        let entry = dirs.entry(dir.to_owned()).or_default();
+        entry.requested += 1;
+        let ticket = entry.requested;
+        loop {
+            // Entries stay (one per directory ever synced: the store's few
+            // shard directories), so a ticket always means the same count.
+            let entry = dirs.get_mut(dir).expect("entries are kept");
+            if entry.synced >= ticket {
+                return Ok(());
+            }
+            if entry.running {
+                dirs = self.done.wait(dirs).expect("dir sync lock");
+                continue;
+            }
+            entry.running = true;
+            let covers = entry.requested;
+            drop(dirs);
+            let result = sync_once(dir);
+            dirs = self.dirs.lock().expect("dir sync lock");
+            let entry = dirs.get_mut(dir).expect("entries are kept");
+            entry.running = false;
+            if result.is_ok() {
+                entry.synced = entry.synced.max(covers);
+            }
+            self.done.notify_all();
+            // On failure the callers still waiting run a sync of their own.
+            result?;
+        }
+    }
+}
+
+/// Creates `dir` and any missing parent, each synced into its own parent
+/// like a renamed file (see [`sync_parent`]).
+fn durable_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        durable_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_parent(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -999,6 +1089,128 @@ mod tests {
         }
         let e = BlobStore::from_url_with("s3://b", &[("aws_no_such_setting", "1")]).unwrap_err();
         assert!(e.to_string().contains("aws_no_such_setting"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_sync_covers_every_change_made_before_it_started() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let syncs = Arc::new(DirSyncs::default());
+        let changes = Arc::new(AtomicU64::new(0));
+        let covered = Arc::new(AtomicU64::new(0));
+        let count = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (syncs, changes, covered, count) = (
+                    syncs.clone(),
+                    changes.clone(),
+                    covered.clone(),
+                    count.clone(),
+                );
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        let mine = changes.fetch_add(1, Ordering::SeqCst) + 1;
+                        syncs
+                            .sync(Path::new("/d"), |_| {
+                                count.fetch_add(1, Ordering::SeqCst);
+                                covered.fetch_max(changes.load(Ordering::SeqCst), Ordering::SeqCst);
+                                std::thread::yield_now();
+                                Ok(())
+                            })
+                            .unwrap();
+                        assert!(covered.load(Ordering::SeqCst) >= mine);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(count.load(Ordering::SeqCst) <= 400);
+        let dirs = syncs.dirs.lock().unwrap();
+        let entry = &dirs[Path::new("/d")];
+        assert_eq!((entry.requested, entry.synced), (400, 400));
+    }
+
+    #[test]
+    fn callers_waiting_on_a_running_sync_share_the_next_one() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let syncs = Arc::new(DirSyncs::default());
+        let count = Arc::new(AtomicU64::new(0));
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(std::sync::Mutex::new(released));
+        let caller = |syncs: Arc<DirSyncs>| {
+            let (count, released) = (count.clone(), released.clone());
+            std::thread::spawn(move || {
+                syncs.sync(Path::new("/d"), |_| {
+                    // The first sync waits to be released; later ones do not.
+                    if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                        released.lock().unwrap().recv().unwrap();
+                    }
+                    Ok(())
+                })
+            })
+        };
+        let requested = |syncs: &DirSyncs| {
+            syncs
+                .dirs
+                .lock()
+                .unwrap()
+                .get(Path::new("/d"))
+                .map_or(0, |e| e.requested)
+        };
+        let wait_for = |n: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while requested(&syncs) < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "callers did not arrive"
+                );
+                std::thread::yield_now();
+            }
+        };
+        let first = caller(syncs.clone());
+        wait_for(1);
+        let later: Vec<_> = (0..3).map(|_| caller(syncs.clone())).collect();
+        wait_for(4);
+        release.send(()).unwrap();
+        first.join().unwrap().unwrap();
+        for t in later {
+            t.join().unwrap().unwrap();
+        }
+        // The first caller's sync, then one for the three that waited.
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_failed_directory_sync_fails_its_caller_and_the_next_caller_syncs_again() {
+        let syncs = DirSyncs::default();
+        let err = syncs
+            .sync(Path::new("/d"), |_| Err(std::io::Error::other("disk gone")))
+            .unwrap_err();
+        assert!(err.to_string().contains("disk gone"));
+        let mut ran = false;
+        syncs
+            .sync(Path::new("/d"), |_| {
+                ran = true;
+                Ok(())
+            })
+            .unwrap();
+        assert!(ran);
+    }
+
+    #[test]
+    fn durable_dir_creates_every_missing_level_once() {
+        let root = std::env::temp_dir().join(format!("durable-{}", uuid::Uuid::new_v4().simple()));
+        let leaf = root.join("a").join("b").join("c");
+        durable_dir(&leaf).unwrap();
+        assert!(leaf.is_dir());
+        // Present already: nothing to do, no error.
+        durable_dir(&leaf).unwrap();
+        // A file in the way is an error, not a directory.
+        let file = root.join("a").join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(durable_dir(&file.join("below")).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[tokio::test]
