@@ -102,7 +102,7 @@ async fn fill(env: &TestEnv, n: usize) -> anyhow::Result<()> {
 }
 
 /// Records the raw pair writes per record it reads.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum RawOut {
     /// A copy to the output topic.
     One,
@@ -168,23 +168,6 @@ async fn raw_pair(env: &TestEnv, n: usize, out: RawOut) -> anyhow::Result<f64> {
     let (count, rate) = rate_from_timestamps(env, &out_topic)?;
     anyhow::ensure!(count == n, "raw pair wrote {count} of {n}");
     Ok(rate)
-}
-
-/// Runs `run` in a fresh set of topics, deleted afterwards: a run of a
-/// million records leaves about a gigabyte on the broker otherwise.
-async fn in_env<T>(
-    partitions: usize,
-    run: impl AsyncFnOnce(&TestEnv) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let env = TestEnv::new(partitions).await?;
-    let result = run(&env).await;
-    if let Err(e) = env.delete_topics().await {
-        eprintln!(
-            "warning: could not delete the topics of {}: {e}",
-            env.conn.topic_prefix
-        );
-    }
-    result
 }
 
 /// What one run of the stage measured.
@@ -369,7 +352,7 @@ async fn main() -> anyhow::Result<()> {
     let n = args.records;
     let bin = args.stage_bin.clone().unwrap_or_else(default_stage_bin);
     if let Some(mode) = &args.only {
-        let r = in_env(args.partitions, async |env| {
+        let r = TestEnv::scoped(args.partitions, async |env| {
             stage_run(env, &bin, n, args.partitions, mode, &args.stage_log).await
         })
         .await?;
@@ -388,14 +371,14 @@ async fn main() -> anyhow::Result<()> {
     // Interleaved rounds, so drift on the machine touches every variant alike.
     for round in 1..=args.rounds {
         let p = args.partitions;
-        raw.push(in_env(p, async |env| raw_pair(env, n, RawOut::One).await).await?);
-        raw2.push(in_env(p, async |env| raw_pair(env, n, RawOut::Two).await).await?);
+        raw.push(TestEnv::scoped(p, async |env| raw_pair(env, n, RawOut::One).await).await?);
+        raw2.push(TestEnv::scoped(p, async |env| raw_pair(env, n, RawOut::Two).await).await?);
         let log = &args.stage_log;
-        let a = in_env(p, async |env| {
+        let a = TestEnv::scoped(p, async |env| {
             stage_run(env, &bin, n, p, "at-least-once", log).await
         })
         .await?;
-        let e = in_env(p, async |env| {
+        let e = TestEnv::scoped(p, async |env| {
             stage_run(env, &bin, n, p, "exactly-once", log).await
         })
         .await?;
@@ -430,7 +413,7 @@ async fn main() -> anyhow::Result<()> {
         100.0 * eos / raw2,
         100.0 * eos / alo
     );
-    let r = in_env(1, async |env| restore_bench(env, args.restore_keys).await).await?;
+    let r = TestEnv::scoped(1, async |env| restore_bench(env, args.restore_keys).await).await?;
     println!(
         "dedup restore: {} keys in {:.2} s ({:.0} keys/s); per key: {:.0} bytes of hash table, {:.0} bytes of resident-set growth",
         r.keys,

@@ -222,15 +222,10 @@ impl Runner {
         blobs: &Path,
         inputs: &[PipelineEvent],
     ) -> anyhow::Result<Run> {
-        let env = TestEnv::new(self.partitions).await?;
-        let result = self.run_in(&env, stage, blobs, inputs).await;
-        if let Err(e) = env.delete_topics().await {
-            eprintln!(
-                "warning: could not delete the topics of {}: {e}",
-                env.conn.topic_prefix
-            );
-        }
-        result
+        TestEnv::scoped(self.partitions, async |env| {
+            self.run_in(env, stage, blobs, inputs).await
+        })
+        .await
     }
 
     async fn run_in(

@@ -778,7 +778,7 @@ impl BlobWriter {
 /// Flushes the directory holding `path` to disk, so a file just renamed
 /// into it is still there after a crash of the machine: syncing the file
 /// makes its bytes durable, not the directory entry naming it.
-fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
+fn sync_parent(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) => DIR_SYNCS.sync(dir, |d| std::fs::File::open(d)?.sync_all()),
         None => Ok(()),
@@ -811,8 +811,8 @@ impl DirSyncs {
     /// (`sync_once` runs it), or with the error of the sync this caller ran.
     fn sync(
         &self,
-        dir: &std::path::Path,
-        mut sync_once: impl FnMut(&std::path::Path) -> std::io::Result<()>,
+        dir: &Path,
+        mut sync_once: impl FnMut(&Path) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         let mut dirs = self.dirs.lock().expect("dir sync lock");
         let entry = dirs.entry(dir.to_owned()).or_default();
@@ -848,7 +848,7 @@ impl DirSyncs {
 
 /// Creates `dir` and any missing parent, each synced into its own parent
 /// like a renamed file (see [`sync_parent`]).
-fn durable_dir(dir: &std::path::Path) -> std::io::Result<()> {
+fn durable_dir(dir: &Path) -> std::io::Result<()> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
