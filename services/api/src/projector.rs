@@ -16,7 +16,7 @@
 use artifact_domain::*;
 use artifact_runtime::codec::AvroCodec;
 use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, producer_config};
+use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, ordered_producer_config};
 use artifact_runtime::now_ms;
 use artifact_runtime::schemas::EventSchema;
 use artifact_runtime::topics::TopicNames;
@@ -69,7 +69,7 @@ pub async fn run_projector(
         .create()?;
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
-    let producer: FutureProducer = producer_config(&conn, "artifact-projector").create()?;
+    let producer: FutureProducer = ordered_producer_config(&conn, "artifact-projector").create()?;
     let status_topic = names.status();
     let started_ms = now_ms();
     let mut folds: HashMap<ArtifactId, ArtifactStatus> = HashMap::new();
@@ -149,9 +149,10 @@ pub async fn run_projector(
                 }
             };
             let key = id.to_string();
-            // Snapshots are not awaited one by one: the idempotent producer
-            // keeps their order per artifact and retries them; a failure is
-            // logged.
+            // Snapshots are not awaited one by one: the producer (one
+            // request in flight) keeps their order per artifact and retries
+            // them; a failure is logged. A retry may write a snapshot twice
+            // in a row, which the read model takes like one.
             let delivery = loop {
                 let rec = FutureRecord::to(&status_topic).key(&key).payload(&payload);
                 match producer.send_result(rec) {

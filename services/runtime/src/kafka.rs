@@ -104,6 +104,27 @@ pub fn producer_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig
     cfg
 }
 
+/// Config for a producer that streams records continuously and needs their
+/// order per partition but not the broker's de-duplication of retries: one
+/// request in flight per connection, `acks=all`, no idempotence.
+///
+/// librdkafka (2.12) caps an idempotent producer's in-flight *messages* per
+/// partition at 5, the broker's window of *requests*. A continuous stream
+/// therefore has a single request in flight per partition, and while it
+/// waits for that response with records queued past `linger.ms`, the
+/// producer's broker thread polls its socket with a zero timeout, over and
+/// over. With one request in flight per connection the thread sleeps until
+/// the response instead. A retry can still write a record twice, right after
+/// itself: use this only where a duplicate is harmless.
+pub fn ordered_producer_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig {
+    let mut cfg = client_config(conn, client_id);
+    cfg.set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("acks", "all");
+    cfg
+}
+
 /// An admin client.
 pub fn admin_client(
     conn: &ConnectionConfig,
@@ -124,6 +145,16 @@ mod tests {
         assert_eq!(cfg.get("partitioner"), Some("murmur2_random"));
         assert_eq!(cfg.get("enable.idempotence"), Some("true"));
         assert_eq!(cfg.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn ordered_producers_keep_one_request_in_flight() {
+        let conn = ConnectionConfig::local("t");
+        let cfg = ordered_producer_config(&conn, "p");
+        assert_eq!(cfg.get("enable.idempotence"), Some("false"));
+        assert_eq!(cfg.get("max.in.flight.requests.per.connection"), Some("1"));
+        assert_eq!(cfg.get("acks"), Some("all"));
+        assert_eq!(cfg.get("partitioner"), Some("murmur2_random"));
     }
 
     #[test]
