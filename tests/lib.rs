@@ -318,6 +318,24 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Busy CPU time of the whole machine so far, all CPUs, in seconds, from
+/// the first line of `/proc/stat`: everything but idle and I/O wait (every
+/// process and kernel thread, such as the flusher threads writing files
+/// back). `None` off Linux.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    // In USER_HZ = 100 ticks per second, like `/proc/<pid>/stat`.
+    Some((ticks.iter().sum::<u64>() - idle) as f64 / 100.0)
+}
+
 /// The local stack's Kafka broker process (a JVM running `kafka.Kafka`), if
 /// one runs on this machine.
 pub fn broker_pid() -> Option<u32> {

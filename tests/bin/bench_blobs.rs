@@ -9,13 +9,15 @@
 //!   for every extracted text).
 //!
 //! `--concurrency` operations run at once on a multi-threaded runtime; the
-//! bench reports wall time and process CPU time (user + system) per
-//! operation. No Kafka, no registry.
+//! bench reports wall time, process CPU time (user + system) and the
+//! machine's CPU time (every process and kernel thread: a sync's write-back
+//! may run in the kernel's flusher threads) per operation. No Kafka, no
+//! registry; run it on an otherwise idle machine.
 //!
 //! Usage: `bench-blobs [--ops N] [--size BYTES] [--concurrency N] [--rounds N]`
 
 use anyhow::Context;
-use artifact_pipeline_tests::process_cpu_seconds;
+use artifact_pipeline_tests::{machine_busy_seconds, process_cpu_seconds};
 use artifact_runtime::blob::BlobStore;
 use bytes::Bytes;
 use clap::Parser;
@@ -121,12 +123,14 @@ async fn put_store(store: &BlobStore, i: usize, body: Bytes) -> anyhow::Result<(
     Ok(())
 }
 
-/// Runs `ops` operations of `v`; returns (wall µs, CPU µs) per operation.
-async fn run(v: Variant, args: &Args, root: &Path) -> anyhow::Result<(f64, f64)> {
+/// Runs `ops` operations of `v`; returns (wall µs, process CPU µs, machine
+/// CPU µs) per operation.
+async fn run(v: Variant, args: &Args, root: &Path) -> anyhow::Result<(f64, f64, f64)> {
     let store = BlobStore::from_url(&format!("file://{}", root.display()))?;
     let body = Bytes::from(vec![b'%'; args.size]);
     let pid = std::process::id();
     let cpu0 = process_cpu_seconds(pid).context("reading /proc/self/stat")?;
+    let busy0 = machine_busy_seconds().context("reading /proc/stat")?;
     let t0 = Instant::now();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..args.ops)
         .map(|i| {
@@ -145,11 +149,12 @@ async fn run(v: Variant, args: &Args, root: &Path) -> anyhow::Result<(f64, f64)>
         .await;
     let wall = t0.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds(pid).context("reading /proc/self/stat")? - cpu0;
+    let busy = machine_busy_seconds().context("reading /proc/stat")? - busy0;
     for r in results {
         r?;
     }
     let n = args.ops as f64;
-    Ok((wall * 1e6 / n, cpu * 1e6 / n))
+    Ok((wall * 1e6 / n, cpu * 1e6 / n, busy * 1e6 / n))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -174,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
         Variant::PutSteps,
         Variant::PutStore,
     ];
-    let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); variants.len()];
+    let mut results: Vec<[Vec<f64>; 3]> = vec![Default::default(); variants.len()];
     for round in 0..args.rounds {
         // Variants alternate within a round, so a slow spell of the machine
         // falls on all of them.
@@ -182,13 +187,14 @@ async fn main() -> anyhow::Result<()> {
             let root = base.join(format!("r{round}-{k}"));
             let _ = std::fs::remove_dir_all(&root);
             std::fs::create_dir_all(&root)?;
-            let (wall, cpu) = run(*v, &args, &root).await?;
+            let (wall, cpu, busy) = run(*v, &args, &root).await?;
             eprintln!(
-                "round {round}: {}: {wall:.1} µs wall, {cpu:.1} µs CPU",
+                "round {round}: {}: {wall:.1} µs wall, {cpu:.1} µs CPU, {busy:.1} µs machine CPU",
                 v.name()
             );
-            results[k].0.push(wall);
-            results[k].1.push(cpu);
+            for (r, x) in results[k].iter_mut().zip([wall, cpu, busy]) {
+                r.push(x);
+            }
         }
     }
     // Removed at the end only: on ext4 without a journal, creating a file
@@ -199,15 +205,16 @@ async fn main() -> anyhow::Result<()> {
         "{} blobs of {} bytes, {} at once, median of {} rounds",
         args.ops, args.size, args.concurrency, args.rounds
     );
-    println!("| operation | wall µs per blob | CPU µs per blob |");
-    println!("| --- | ---: | ---: |");
+    println!("| operation | wall µs per blob | CPU µs per blob | machine CPU µs per blob |");
+    println!("| --- | ---: | ---: | ---: |");
     for (k, v) in variants.iter().enumerate() {
-        let (wall, cpu) = &results[k];
+        let [wall, cpu, busy] = &results[k];
         println!(
-            "| {} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {:.1} |",
             v.name(),
             median(wall.clone()),
-            median(cpu.clone())
+            median(cpu.clone()),
+            median(busy.clone())
         );
     }
     Ok(())
