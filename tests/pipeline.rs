@@ -53,6 +53,16 @@ pub struct Pipeline {
     bin_dir: PathBuf,
 }
 
+impl Drop for Pipeline {
+    /// Stops the processes, then removes the scratch directory, so runs do
+    /// not fill the disk with uploads and texts.
+    fn drop(&mut self) {
+        self.stages.clear();
+        self.api = None;
+        let _ = std::fs::remove_dir_all(&self.blobs);
+    }
+}
+
 impl Pipeline {
     /// Starts the four stages and the API from the binaries in `bin_dir`,
     /// on a `file://` blob store.

@@ -16,7 +16,7 @@
 use anyhow::Context;
 use artifact_domain::{ArtifactState, Stage, StatusView, Summarized};
 use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
-use artifact_pipeline_tests::{broker_pid, process_cpu_seconds};
+use artifact_pipeline_tests::{broker_pid, machine_busy_seconds, process_cpu_seconds};
 use artifact_runtime::now_ms;
 use clap::Parser;
 use rdkafka::Message;
@@ -99,6 +99,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for load in args.loads {
         let accepted: Arc<tokio::sync::Mutex<HashMap<String, i64>>> = Default::default();
         let cpu_before = cpu_now(&pids);
+        let machine_before = machine_busy_seconds().unwrap_or(f64::NAN);
         let started = Instant::now();
         let interval = Duration::from_secs_f64(1.0 / f64::from(load));
         let total = u64::from(load) * args.seconds;
@@ -151,6 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let cpu_after = cpu_now(&pids);
+        let machine_after = machine_busy_seconds().unwrap_or(f64::NAN);
         let ids = accepted.lock().await;
         // Visible: the first completed snapshot of each summarized artifact
         // (the projector may still be a little behind the summaries).
@@ -216,6 +218,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             row.push_str(&format!(" {v:.2} |"));
         }
         row.push_str(&format!(" {:.2} |", per.iter().sum::<f64>()));
+        row.push_str(&format!(
+            " {:.2} |",
+            (machine_after - machine_before) * 1000.0 / n
+        ));
         cpu_rows.push(row);
     }
     println!();
@@ -230,12 +236,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("{row}");
     }
     println!();
-    println!("CPU ms per completed artifact (user + system, /proc/<pid>/stat):");
+    println!(
+        "CPU ms per completed artifact (user + system, /proc/<pid>/stat; machine: every process and kernel thread, /proc/stat):"
+    );
     let names: Vec<&str> = pids.iter().map(|(n, _)| *n).collect();
-    println!("| offered /s | {} | total |", names.join(" | "));
-    println!("|{}", " ---: |".repeat(names.len() + 2));
+    println!("| offered /s | {} | total | machine |", names.join(" | "));
+    println!("|{}", " ---: |".repeat(names.len() + 3));
     for row in cpu_rows {
         println!("{row}");
+    }
+    // The services stop first, then the run's topics go: runs would
+    // otherwise pile up partitions on the broker, which slows it down.
+    if let Ok(mut p) = Arc::try_unwrap(p) {
+        p.stages.clear();
+        p.api = None;
+        if let Err(e) = p.env.delete_topics().await {
+            eprintln!("warning: could not delete this run's topics: {e}");
+        }
     }
     Ok(())
 }
