@@ -829,6 +829,18 @@ impl RootSync {
     }
 }
 
+/// Why a sync of a file store failed in this process, if one has: the
+/// process can no longer vouch for what it wrote, and `/healthz` says so
+/// until it is restarted.
+pub fn failed_sync() -> Option<String> {
+    let syncs = ROOT_SYNCS.lock().expect("root syncs lock");
+    syncs.iter().find_map(|(root, s)| {
+        s.group
+            .failure()
+            .map(|reason| format!("syncing the blob store at {}: {reason}", root.display()))
+    })
+}
+
 /// Flushes the whole file system holding `dir` to disk and waits for it.
 fn syncfs(dir: &std::fs::File) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
@@ -870,6 +882,11 @@ struct GroupState {
 }
 
 impl GroupSync {
+    /// Why a sync failed, once one has.
+    fn failure(&self) -> Option<String> {
+        self.state.lock().expect("group sync lock").failed.clone()
+    }
+
     /// Returns once a sync that started after this call finished
     /// (`sync_once` runs it), or with the error of a failed sync.
     fn sync(&self, mut sync_once: impl FnMut() -> std::io::Result<()>) -> std::io::Result<()> {
@@ -1234,6 +1251,22 @@ mod tests {
         assert!(!ran);
         assert!(err.to_string().contains("disk gone"), "{err}");
         assert!(err.to_string().contains("restart"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_sync_of_a_store_is_reported_for_the_health_check() {
+        let root = std::env::temp_dir().join(format!("blobs-{}", uuid::Uuid::new_v4().simple()));
+        let sync = RootSync::of(&root).unwrap();
+        assert!(
+            failed_sync().is_none_or(|r| !r.contains(&root.display().to_string())),
+            "a fresh store has not failed"
+        );
+        let _ = sync.group.sync(|| Err(std::io::Error::other("disk gone")));
+        let reason = failed_sync().expect("the failure is reported");
+        assert!(reason.contains("disk gone"), "{reason}");
+        assert!(reason.contains(&root.display().to_string()), "{reason}");
+        ROOT_SYNCS.lock().unwrap().remove(&root);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[tokio::test]

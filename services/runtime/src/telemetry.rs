@@ -3,8 +3,10 @@
 //! Logs are JSON lines through `tracing`, filtered by `RUST_LOG` (default
 //! `info`). Metrics go through the `metrics` facade into a Prometheus
 //! recorder; `/metrics` renders them in the text format. `/healthz` answers
-//! while the process lives; `/readyz` answers 200 only while the binary
-//! reports itself ready, and 503 with the reason otherwise.
+//! 200 while the process lives, and 500 with the reason once a sync of its
+//! blob store has failed (it can no longer vouch for what it wrote: restart
+//! it); `/readyz` answers 200 only while the binary reports itself ready,
+//! and 503 with the reason otherwise.
 
 use axum::Router;
 use axum::extract::State;
@@ -81,7 +83,18 @@ impl Health {
 /// The router of `/healthz`, `/readyz` and `/metrics`.
 pub fn health_router(health: Health, metrics: PrometheusHandle) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|| async {
+                match crate::blob::failed_sync() {
+                    None => (StatusCode::OK, "ok\n".to_owned()),
+                    Some(r) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("failed: {r}; restart the process\n"),
+                    ),
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(h): State<Health>| async move {
