@@ -42,6 +42,13 @@ struct Config {
     projector_group: String,
 }
 
+/// mimalloc instead of glibc's malloc: with glibc, growing request buffers
+/// and the projector's tables kept taking fresh pages from the kernel. In
+/// profiles at 1 000 uploads/s, the kernel zeroing pages took 9.8 % of the
+/// API's CPU with glibc and 4.8 % with mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();

@@ -33,6 +33,13 @@ struct Config {
     backend: BackendArgs,
 }
 
+/// mimalloc instead of glibc's malloc, like the other stages: TextRank
+/// allocates many small vectors per text. In three alternating end-to-end
+/// runs at 1 000/s offered the summarizer used 0.23–0.26 ms of CPU per
+/// artifact with it, against 0.27–0.33 ms without.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
