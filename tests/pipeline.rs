@@ -57,13 +57,18 @@ impl Drop for Pipeline {
     /// Stops the processes, then removes the scratch directory, so runs do
     /// not fill the disk with uploads and texts.
     fn drop(&mut self) {
-        self.stages.clear();
-        self.api = None;
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.blobs);
     }
 }
 
 impl Pipeline {
+    /// Kills every stage and the API.
+    pub fn stop(&mut self) {
+        self.stages.clear();
+        self.api = None;
+    }
+
     /// Starts the four stages and the API from the binaries in `bin_dir`,
     /// on a `file://` blob store.
     pub async fn start(bin_dir: &Path) -> anyhow::Result<Self> {

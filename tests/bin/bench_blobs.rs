@@ -109,8 +109,8 @@ async fn put_steps(root: &Path, i: usize, body: Bytes) -> anyhow::Result<()> {
     sync_dir(dir).await
 }
 
-/// Flushes a directory, as the store does after creating or renaming
-/// into it.
+/// Flushes a directory, as the store did after creating or renaming into
+/// it before one `syncfs` of the file system replaced its `fsync`s.
 async fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     tokio::fs::File::open(dir).await?.sync_all().await?;
     Ok(())

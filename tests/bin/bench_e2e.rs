@@ -248,8 +248,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The services stop first, then the run's topics go: runs would
     // otherwise pile up partitions on the broker, which slows it down.
     if let Ok(mut p) = Arc::try_unwrap(p) {
-        p.stages.clear();
-        p.api = None;
+        p.stop();
         if let Err(e) = p.env.delete_topics().await {
             eprintln!("warning: could not delete this run's topics: {e}");
         }

@@ -117,11 +117,9 @@ pub fn producer_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig
 /// the response instead. A retry can still write a record twice, right after
 /// itself: use this only where a duplicate is harmless.
 pub fn ordered_producer_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig {
-    let mut cfg = client_config(conn, client_id);
-    cfg.set("partitioner", "murmur2_random")
-        .set("enable.idempotence", "false")
-        .set("max.in.flight.requests.per.connection", "1")
-        .set("acks", "all");
+    let mut cfg = producer_config(conn, client_id);
+    cfg.set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1");
     cfg
 }
 
