@@ -167,10 +167,32 @@ impl TestEnv {
     /// (`message.timestamp.type=LogAppendTime`), so rates taken from output
     /// timestamps are timed by one clock, at one place.
     pub async fn use_append_time(&self, topic: &str) -> anyhow::Result<()> {
+        self.set_topic_configs(topic, &[("message.timestamp.type", "LogAppendTime")])
+            .await
+    }
+
+    /// Sets a catalogue topic's configuration overrides to `configs` plus its
+    /// cleanup policy. The admin client's `AlterConfigs` replaces every
+    /// override of the topic, so the policy is set again each time and any
+    /// other earlier override goes back to the broker's default.
+    pub async fn set_topic_configs(
+        &self,
+        topic: &str,
+        configs: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+        let spec = self
+            .names
+            .catalogue()
+            .into_iter()
+            .find(|t| t.name == topic)
+            .with_context(|| format!("{topic} is not in the catalogue"))?;
         let admin = artifact_runtime::kafka::admin_client(&self.conn)?;
-        let cfg = AlterConfig::new(ResourceSpecifier::Topic(topic))
-            .set("message.timestamp.type", "LogAppendTime");
+        let mut cfg = AlterConfig::new(ResourceSpecifier::Topic(topic))
+            .set("cleanup.policy", spec.cleanup.policy());
+        for (k, v) in configs {
+            cfg = cfg.set(k, v);
+        }
         for r in admin.alter_configs(&[cfg], &AdminOptions::new()).await? {
             r.map_err(|(_, e)| anyhow::anyhow!("altering {topic}: {e}"))?;
         }

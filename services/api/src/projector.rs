@@ -11,7 +11,10 @@
 //! co-partitioned, and the range assignor gives one member the same
 //! partition number of every topic, so one artifact's events meet in one
 //! fold. Writing an unchanged snapshot again is harmless; the table keeps
-//! the newest.
+//! the newest. A snapshot the broker does not take (an outage longer than
+//! the producer's `message.timeout.ms`, a record the topic refuses) is
+//! written again a second later from the artifact's current fold, until it
+//! is delivered: the status topic never stays behind the events for good.
 
 use artifact_domain::*;
 use artifact_runtime::codec::AvroCodec;
@@ -22,11 +25,12 @@ use artifact_runtime::schemas::EventSchema;
 use artifact_runtime::topics::TopicNames;
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
 
 /// Most events folded before their snapshots are written.
 const MAX_BATCH: usize = 500;
@@ -69,78 +73,151 @@ pub async fn run_projector(
         .create()?;
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
-    let producer: FutureProducer = ordered_producer_config(&conn, "artifact-projector").create()?;
-    let status_topic = names.status();
+    let mut writer = SnapshotWriter {
+        producer: ordered_producer_config(&conn, "artifact-projector").create()?,
+        codec: codec.clone(),
+        topic: names.status(),
+        written: HashMap::new(),
+    };
+    let (undelivered_tx, mut undelivered) = tokio::sync::mpsc::unbounded_channel();
     let started_ms = now_ms();
     let mut folds: HashMap<ArtifactId, ArtifactStatus> = HashMap::new();
-    let mut written: HashMap<ArtifactId, StatusView> = HashMap::new();
     tracing::info!(%group, "projector running");
     loop {
-        // Everything the consumer already holds is folded before snapshots
-        // are written, so an artifact whose events arrive together (a
-        // projector catching up, a burst) gets one snapshot, not one per
-        // event.
-        let mut batch = Vec::new();
-        match consumer.recv().await {
-            Ok(m) => batch.push(m.detach()),
-            Err(e) => {
-                tracing::warn!(error = %e, "projector consumer error");
-                continue;
-            }
-        }
-        while batch.len() < MAX_BATCH {
-            match consumer.recv().now_or_never() {
-                Some(Ok(m)) => batch.push(m.detach()),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "projector consumer error");
-                    break;
-                }
-                None => break,
-            }
-        }
-        let mut changed: HashSet<ArtifactId> = HashSet::new();
-        for m in batch {
-            let event = loop {
-                match decode(&codec, &names, m.topic(), m.payload()).await {
-                    Ok(e) => break Some(e),
-                    Err(e) if e.is_retriable() => {
-                        tracing::warn!(error = %e, "projector waits for the registry");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+        let changed = tokio::select! {
+            first = consumer.recv() => {
+                let batch = match first {
+                    Ok(m) => take_held(&consumer, m.detach()),
                     Err(e) => {
-                        tracing::warn!(error = %e, topic = m.topic(), offset = m.offset(), "undecodable event skipped by the projector");
-                        break None;
+                        tracing::warn!(error = %e, "projector consumer error");
+                        continue;
                     }
-                }
-            };
-            let Some(event) = event else { continue };
-            let id = event.artifact_id();
-            let is_summary = matches!(event, PipelineEvent::Summarized(_));
-            let status = folds
-                .entry(id)
-                .or_insert_with(|| ArtifactStatus::empty(id, event.generation()));
-            status.apply(event);
-            if is_summary {
-                let view = status.view();
-                if view.state == ArtifactState::Completed
-                    && view.updated_at >= started_ms
-                    && let Some(created) = view.created_at
-                {
-                    metrics::histogram!("artifact_pipeline_end_to_end_seconds")
-                        .record((view.updated_at - created).max(0) as f64 / 1000.0);
-                }
+                };
+                fold_batch(&codec, &names, &mut folds, batch, started_ms).await
             }
-            changed.insert(id);
+            Some(ids) = undelivered.recv() => writer.forget(ids),
+        };
+        writer
+            .write(&folds, changed, undelivered_tx.clone())
+            .await?;
+    }
+}
+
+/// `first` and everything else the consumer already holds, up to
+/// [`MAX_BATCH`] records: an artifact whose events arrive together (a
+/// projector catching up, a burst) then gets one snapshot, not one per event.
+fn take_held(consumer: &StreamConsumer, first: OwnedMessage) -> Vec<OwnedMessage> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match consumer.recv().now_or_never() {
+            Some(Ok(m)) => batch.push(m.detach()),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "projector consumer error");
+                break;
+            }
+            None => break,
         }
-        let mut deliveries = Vec::new();
-        for id in changed {
-            let view = folds[&id].view();
-            if written.get(&id) == Some(&view) {
-                continue;
+    }
+    batch
+}
+
+/// Folds a batch into `folds`; returns the artifacts it touched.
+async fn fold_batch(
+    codec: &AvroCodec,
+    names: &TopicNames,
+    folds: &mut HashMap<ArtifactId, ArtifactStatus>,
+    batch: Vec<OwnedMessage>,
+    started_ms: i64,
+) -> HashSet<ArtifactId> {
+    let mut changed = HashSet::new();
+    for m in batch {
+        let event = loop {
+            match decode(codec, names, m.topic(), m.payload()).await {
+                Ok(e) => break Some(e),
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!(error = %e, "projector waits for the registry");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = m.topic(), offset = m.offset(), "undecodable event skipped by the projector");
+                    break None;
+                }
             }
+        };
+        let Some(event) = event else { continue };
+        let id = event.artifact_id();
+        let is_summary = matches!(event, PipelineEvent::Summarized(_));
+        let status = folds
+            .entry(id)
+            .or_insert_with(|| ArtifactStatus::empty(id, event.generation()));
+        status.apply(event);
+        if is_summary {
+            let view = status.view();
+            if view.state == ArtifactState::Completed
+                && view.updated_at >= started_ms
+                && let Some(created) = view.created_at
+            {
+                metrics::histogram!("artifact_pipeline_end_to_end_seconds")
+                    .record((view.updated_at - created).max(0) as f64 / 1000.0);
+            }
+        }
+        changed.insert(id);
+    }
+    changed
+}
+
+/// Writes status snapshots and remembers, per artifact, a fingerprint of
+/// the last one written (not the snapshot itself: the fold and the read
+/// model's table already hold an artifact's data).
+struct SnapshotWriter {
+    producer: FutureProducer,
+    codec: Arc<AvroCodec>,
+    topic: String,
+    written: HashMap<ArtifactId, u64>,
+}
+
+/// How long a snapshot that was not delivered waits before it is written
+/// again.
+const RESEND_AFTER: Duration = Duration::from_secs(1);
+
+impl SnapshotWriter {
+    /// Takes back snapshots that were not delivered and returns their
+    /// artifacts, to be written again: those whose last written snapshot is
+    /// the undelivered one. An artifact written again since has that write's
+    /// own delivery to report.
+    fn forget(&mut self, undelivered: Vec<(ArtifactId, u64)>) -> HashSet<ArtifactId> {
+        let mut ids = HashSet::new();
+        for (id, fingerprint) in undelivered {
+            if self.written.get(&id) == Some(&fingerprint) {
+                self.written.remove(&id);
+                ids.insert(id);
+            }
+        }
+        ids
+    }
+
+    /// Writes the snapshot of each of `ids` whose view differs from the
+    /// last one written. Snapshots are not awaited one by one: the producer
+    /// (one request in flight) keeps their order per artifact and retries
+    /// them until `message.timeout.ms`. A task watches the deliveries; the
+    /// artifacts of undelivered snapshots go back through `undelivered`
+    /// after [`RESEND_AFTER`], and their current views are written again,
+    /// so a snapshot lost to a long broker outage or a rejected write
+    /// (a topic's `max.message.bytes`) is not lost for good. A retry may
+    /// write a snapshot twice in a row, which the read model takes like one.
+    async fn write(
+        &mut self,
+        folds: &HashMap<ArtifactId, ArtifactStatus>,
+        ids: HashSet<ArtifactId>,
+        undelivered: UnboundedSender<Vec<(ArtifactId, u64)>>,
+    ) -> anyhow::Result<()> {
+        let mut deliveries = Vec::new();
+        for id in ids {
+            let view = folds[&id].view();
             let payload = loop {
-                match codec
-                    .encode(&status_topic, EventSchema::ArtifactStatus, &view)
+                match self
+                    .codec
+                    .encode(&self.topic, EventSchema::ArtifactStatus, &view)
                     .await
                 {
                     Ok(p) => break p,
@@ -148,14 +225,14 @@ pub async fn run_projector(
                     Err(e) => anyhow::bail!("cannot encode a status snapshot: {e}"),
                 }
             };
+            let fingerprint = fingerprint(&payload);
+            if self.written.get(&id) == Some(&fingerprint) {
+                continue;
+            }
             let key = id.to_string();
-            // Snapshots are not awaited one by one: the producer (one
-            // request in flight) keeps their order per artifact and retries
-            // them; a failure is logged. A retry may write a snapshot twice
-            // in a row, which the read model takes like one.
             let delivery = loop {
-                let rec = FutureRecord::to(&status_topic).key(&key).payload(&payload);
-                match producer.send_result(rec) {
+                let rec = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+                match self.producer.send_result(rec) {
                     Ok(d) => break d,
                     Err((e, _)) => {
                         tracing::warn!(error = %e, "status snapshot not queued; retrying");
@@ -163,18 +240,38 @@ pub async fn run_projector(
                     }
                 }
             };
-            deliveries.push(delivery);
+            deliveries.push((id, fingerprint, delivery));
             metrics::counter!("artifact_api_status_snapshots_total").increment(1);
-            written.insert(id, view);
+            self.written.insert(id, fingerprint);
         }
         if !deliveries.is_empty() {
             tokio::spawn(async move {
-                for delivery in deliveries {
-                    if let Ok(Err((e, _))) = delivery.await {
-                        tracing::error!(error = %e, "a status snapshot was not delivered");
-                    }
+                let mut failed = Vec::new();
+                for (id, fingerprint, delivery) in deliveries {
+                    let error = match delivery.await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err((e, _))) => e.to_string(),
+                        Err(_) => "the producer was dropped".to_owned(),
+                    };
+                    tracing::error!(%id, %error, "a status snapshot was not delivered; it will be written again");
+                    metrics::counter!("artifact_api_status_snapshot_failures_total").increment(1);
+                    failed.push((id, fingerprint));
+                }
+                if !failed.is_empty() {
+                    tokio::time::sleep(RESEND_AFTER).await;
+                    let _ = undelivered.send(failed);
                 }
             });
         }
+        Ok(())
     }
+}
+
+/// A 64-bit fingerprint of an encoded snapshot. Two different consecutive
+/// snapshots of one artifact share one with probability 2^-64.
+fn fingerprint(payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
 }
