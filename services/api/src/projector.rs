@@ -80,6 +80,9 @@ pub async fn run_projector(
         written: HashMap::new(),
     };
     let (undelivered_tx, mut undelivered) = tokio::sync::mpsc::unbounded_channel();
+    // Exported from the start, at zero, so that an alert's increase() sees
+    // the first failure.
+    metrics::counter!("artifact_api_status_snapshot_failures_total").increment(0);
     let started_ms = now_ms();
     let mut folds: HashMap<ArtifactId, ArtifactStatus> = HashMap::new();
     tracing::info!(%group, "projector running");
