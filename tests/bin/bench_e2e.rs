@@ -16,7 +16,7 @@
 use anyhow::Context;
 use artifact_domain::{ArtifactState, Stage, StatusView, Summarized};
 use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
-use artifact_pipeline_tests::{broker_pid, machine_busy_seconds, process_cpu_seconds};
+use artifact_pipeline_tests::{broker_pid, machine_busy_seconds, process_cpu_seconds, wait_until};
 use artifact_runtime::now_ms;
 use clap::Parser;
 use rdkafka::Message;
@@ -75,6 +75,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let bin_dir = std::env::current_exe()?.parent().unwrap().to_owned();
     let p = Arc::new(Pipeline::start(&bin_dir).await?);
+    // The first load measures a running pipeline, not its start: a stage is
+    // ready once it owns partitions and restored their dedup state.
+    for (name, stage) in &p.stages {
+        wait_until(&format!("{name} ready"), Duration::from_secs(120), || {
+            stage.is_ready()
+        })
+        .await?;
+    }
     let topic = p.env.names.output(Stage::Summarizer);
     let mut hops: Vec<String> = Vec::new();
     let mut cpu_rows: Vec<String> = Vec::new();
