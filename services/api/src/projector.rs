@@ -189,14 +189,7 @@ impl SnapshotWriter {
     /// the undelivered one. An artifact written again since has that write's
     /// own delivery to report.
     fn forget(&mut self, undelivered: Vec<(ArtifactId, u64)>) -> HashSet<ArtifactId> {
-        let mut ids = HashSet::new();
-        for (id, fingerprint) in undelivered {
-            if self.written.get(&id) == Some(&fingerprint) {
-                self.written.remove(&id);
-                ids.insert(id);
-            }
-        }
-        ids
+        take_back(&mut self.written, undelivered)
     }
 
     /// Writes the snapshot of each of `ids` whose view differs from the
@@ -277,4 +270,58 @@ fn fingerprint(payload: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     payload.hash(&mut h);
     h.finish()
+}
+
+/// Of the `undelivered` snapshots, those still the last written for their
+/// artifact: removed from `written`, their artifacts returned.
+fn take_back(
+    written: &mut HashMap<ArtifactId, u64>,
+    undelivered: Vec<(ArtifactId, u64)>,
+) -> HashSet<ArtifactId> {
+    let mut ids = HashSet::new();
+    for (id, fingerprint) in undelivered {
+        if written.get(&id) == Some(&fingerprint) {
+            written.remove(&id);
+            ids.insert(id);
+        }
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> ArtifactId {
+        uuid::Uuid::from_u128(n).to_string().parse().unwrap()
+    }
+
+    #[test]
+    fn only_snapshots_still_last_written_are_taken_back() {
+        let (rewritten, failed, unknown) = (id(1), id(2), id(3));
+        let mut written = HashMap::from([
+            (rewritten, fingerprint(b"newer")),
+            (failed, fingerprint(b"failed")),
+        ]);
+        let back = take_back(
+            &mut written,
+            vec![
+                (rewritten, fingerprint(b"older")),
+                (failed, fingerprint(b"failed")),
+                (failed, fingerprint(b"failed")),
+                (unknown, fingerprint(b"x")),
+            ],
+        );
+        assert_eq!(back, HashSet::from([failed]));
+        assert_eq!(written.get(&rewritten), Some(&fingerprint(b"newer")));
+        assert!(!written.contains_key(&failed), "written again from scratch");
+        assert!(!written.contains_key(&unknown));
+    }
+
+    #[test]
+    fn fingerprints_tell_snapshots_apart() {
+        assert_eq!(fingerprint(b"snapshot"), fingerprint(b"snapshot"));
+        assert_ne!(fingerprint(b"snapshot"), fingerprint(b"snapshot "));
+        assert_ne!(fingerprint(b""), fingerprint(b"\0"));
+    }
 }
