@@ -82,7 +82,7 @@ pub async fn run_projector(
     let (undelivered_tx, mut undelivered) = tokio::sync::mpsc::unbounded_channel();
     // Exported from the start, at zero, so that an alert's increase() sees
     // the first failure.
-    metrics::counter!("artifact_api_status_snapshot_failures_total").increment(0);
+    metrics::counter!(SNAPSHOT_FAILURES).increment(0);
     let started_ms = now_ms();
     let mut folds: HashMap<ArtifactId, ArtifactStatus> = HashMap::new();
     tracing::info!(%group, "projector running");
@@ -98,7 +98,7 @@ pub async fn run_projector(
                 };
                 fold_batch(&codec, &names, &mut folds, batch, started_ms).await
             }
-            Some(ids) = undelivered.recv() => writer.forget(ids),
+            Some(ids) = undelivered.recv() => take_back(&mut writer.written, ids),
         };
         writer
             .write(&folds, changed, undelivered_tx.clone())
@@ -179,19 +179,14 @@ struct SnapshotWriter {
     written: HashMap<ArtifactId, u64>,
 }
 
+/// Counter of status snapshots that were not delivered.
+const SNAPSHOT_FAILURES: &str = "artifact_api_status_snapshot_failures_total";
+
 /// How long a snapshot that was not delivered waits before it is written
 /// again.
 const RESEND_AFTER: Duration = Duration::from_secs(1);
 
 impl SnapshotWriter {
-    /// Takes back snapshots that were not delivered and returns their
-    /// artifacts, to be written again: those whose last written snapshot is
-    /// the undelivered one. An artifact written again since has that write's
-    /// own delivery to report.
-    fn forget(&mut self, undelivered: Vec<(ArtifactId, u64)>) -> HashSet<ArtifactId> {
-        take_back(&mut self.written, undelivered)
-    }
-
     /// Writes the snapshot of each of `ids` whose view differs from the
     /// last one written. Snapshots are not awaited one by one: the producer
     /// (one request in flight) keeps their order per artifact and retries
@@ -250,7 +245,7 @@ impl SnapshotWriter {
                         Err(_) => "the producer was dropped".to_owned(),
                     };
                     tracing::error!(%id, %error, "a status snapshot was not delivered; it will be written again");
-                    metrics::counter!("artifact_api_status_snapshot_failures_total").increment(1);
+                    metrics::counter!(SNAPSHOT_FAILURES).increment(1);
                     failed.push((id, fingerprint));
                 }
                 if !failed.is_empty() {
@@ -272,8 +267,10 @@ fn fingerprint(payload: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Of the `undelivered` snapshots, those still the last written for their
-/// artifact: removed from `written`, their artifacts returned.
+/// Takes back snapshots that were not delivered: of the `undelivered`, those
+/// still the last written for their artifact are removed from `written` and
+/// their artifacts returned, to be written again. An artifact written again
+/// since has that write's own delivery to report.
 fn take_back(
     written: &mut HashMap<ArtifactId, u64>,
     undelivered: Vec<(ArtifactId, u64)>,
