@@ -70,18 +70,27 @@ impl Pipeline {
     }
 
     /// Starts the four stages and the API from the binaries in `bin_dir`,
-    /// on a `file://` blob store.
+    /// on a `file://` blob store, with 3 partitions per topic.
     pub async fn start(bin_dir: &Path) -> anyhow::Result<Self> {
-        Self::start_on(bin_dir, None).await
+        Self::start_on(bin_dir, None, 3).await
+    }
+
+    /// Like [`Pipeline::start`], with `partitions` partitions per topic.
+    pub async fn start_partitioned(bin_dir: &Path, partitions: usize) -> anyhow::Result<Self> {
+        Self::start_on(bin_dir, None, partitions).await
     }
 
     /// Like [`Pipeline::start`], on a fresh prefix of the stack's S3 bucket.
     pub async fn start_s3(bin_dir: &Path) -> anyhow::Result<Self> {
-        Self::start_on(bin_dir, Some(S3Prefix::fresh("e2e"))).await
+        Self::start_on(bin_dir, Some(S3Prefix::fresh("e2e")), 3).await
     }
 
-    async fn start_on(bin_dir: &Path, s3: Option<S3Prefix>) -> anyhow::Result<Self> {
-        let env = TestEnv::new(3).await?;
+    async fn start_on(
+        bin_dir: &Path,
+        s3: Option<S3Prefix>,
+        partitions: usize,
+    ) -> anyhow::Result<Self> {
+        let env = TestEnv::new(partitions).await?;
         let blobs = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&blobs)?;
         let mut p = Pipeline {

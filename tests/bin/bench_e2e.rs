@@ -11,7 +11,7 @@
 //! and each stage.
 //!
 //! Usage: `bench-e2e --pdf FILE [--loads 10,25,50,100] [--seconds 15]
-//! [--service-log info]` with the local stack up.
+//! [--partitions 3] [--service-log info]` with the local stack up.
 
 use anyhow::Context;
 use artifact_domain::{ArtifactState, Stage, StatusView, Summarized};
@@ -36,6 +36,9 @@ struct Args {
     /// Seconds of uploads per load.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 3)]
+    partitions: usize,
     /// RUST_LOG of the services: by default their own production default,
     /// so each record's span is formatted and location-logger writes its
     /// line per artifact (to this program's standard error).
@@ -74,7 +77,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::read(&args.pdf).with_context(|| format!("reading {}", args.pdf.display()))?,
     );
     let bin_dir = std::env::current_exe()?.parent().unwrap().to_owned();
-    let p = Arc::new(Pipeline::start(&bin_dir).await?);
+    let p = Arc::new(Pipeline::start_partitioned(&bin_dir, args.partitions).await?);
     // The first load measures a running pipeline, not its start: a stage is
     // ready once it owns partitions and restored their dedup state.
     for (name, stage) in &p.stages {
