@@ -2,7 +2,9 @@
 //! (as mime-detector does) and behaves by the artifact's `filename`:
 //! `fail-until-N` fails retriably until attempt N, `fail-always` always
 //! fails retriably, `permanent` fails permanently, `panic` panics; anything
-//! else succeeds at once (after `TEST_STAGE_DELAY_MS`).
+//! else succeeds at once (after `TEST_STAGE_DELAY_MS`). While the file named
+//! by `TEST_STAGE_HOLD_COMMITS_WHILE` exists, every batch fails before its
+//! commit, as a stage whose writes cannot be made durable does.
 
 use artifact_domain::{ArtifactCreated, MimeDetection, Stage};
 use artifact_runtime::config::ConnectionConfig;
@@ -29,10 +31,14 @@ struct Config {
     /// Time each successful record takes, in milliseconds.
     #[arg(long, env = "TEST_STAGE_DELAY_MS", default_value_t = 0)]
     delay_ms: u64,
+    /// While this file exists, `before_commit` fails.
+    #[arg(long, env = "TEST_STAGE_HOLD_COMMITS_WHILE")]
+    hold_commits_while: Option<std::path::PathBuf>,
 }
 
 struct TestStage {
     delay: Duration,
+    hold_commits_while: Option<std::path::PathBuf>,
 }
 
 impl StageLogic for TestStage {
@@ -76,6 +82,13 @@ impl StageLogic for TestStage {
             context,
         ))
     }
+
+    async fn before_commit(&self) -> Result<(), StageError> {
+        match &self.hold_commits_while {
+            Some(f) if f.exists() => Err(StageError::Retriable(format!("{} exists", f.display()))),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[tokio::main]
@@ -83,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     let stage = TestStage {
         delay: Duration::from_millis(cfg.delay_ms),
+        hold_commits_while: cfg.hold_commits_while,
     };
     run_stage(stage, cfg.conn, cfg.runner, cfg.http_addr).await?;
     Ok(())

@@ -2,7 +2,9 @@
 //! succeeds (in process, or through the retry topic), one that never heals
 //! becomes `failed(permanent)` after the configured deliveries while other
 //! artifacts of the same partition complete meanwhile, and a pending retry
-//! survives a kill -9 of the stage.
+//! survives a kill -9 of the stage. A batch whose stage cannot make its
+//! writes durable before the commit is not committed, and is read again
+//! until it can.
 
 use artifact_domain::{MimeDetected, Outcome, Stage};
 use artifact_pipeline_tests::{StageProcess, TestEnv, header, wait_until};
@@ -161,5 +163,47 @@ async fn a_pending_retry_survives_a_kill_9() -> anyhow::Result<()> {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].outcome, Outcome::Succeeded);
     assert_eq!(out[0].result.as_ref().unwrap().method, "test:attempt-2");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_commits_only_after_its_writes_are_durable() -> anyhow::Result<()> {
+    let env = TestEnv::new(1).await?;
+    let hold = std::env::temp_dir().join(format!("hold-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&hold, b"")?;
+    let stage = StageProcess::start(
+        &env,
+        Path::new(BIN),
+        &[("TEST_STAGE_HOLD_COMMITS_WHILE", hold.display().to_string())],
+    )?;
+    let names: Vec<String> = (0..5).map(|i| format!("ok-{i}")).collect();
+    let events: Vec<_> = names.iter().map(|n| TestEnv::created(n)).collect();
+    env.produce_created(&events).await?;
+    wait_until("two failed batches", Duration::from_secs(60), || async {
+        stage
+            .metric("artifact_stage_batch_failures_total", &[])
+            .await
+            >= 2.0
+    })
+    .await?;
+    assert!(
+        outputs(&env).await.is_empty(),
+        "nothing is committed while the writes cannot be made durable"
+    );
+    assert!(
+        !stage.is_ready().await,
+        "a failing batch makes the stage unready"
+    );
+    std::fs::remove_file(&hold)?;
+    wait_until("every outcome", Duration::from_secs(60), || async {
+        outputs(&env).await.len() >= names.len()
+    })
+    .await?;
+    let out = outputs(&env).await;
+    assert_eq!(out.len(), names.len(), "one outcome each: {out:?}");
+    for n in &names {
+        assert_eq!(by_name(&out, n).len(), 1, "{n}");
+        assert_eq!(by_name(&out, n)[0].outcome, Outcome::Succeeded);
+    }
     Ok(())
 }

@@ -93,7 +93,10 @@ impl StageLogic for ParseStage {
         let text_location = self
             .blobs
             .location(&text_path(input.artifact_id(), input.generation()));
-        self.blobs.put(&text_location, text.as_bytes()).await?;
+        // Made durable for the whole batch in `before_commit`.
+        self.blobs
+            .put_unsynced(&text_location, text.as_bytes())
+            .await?;
         let m = &extracted.metadata;
         let result = ParseResult {
             text_location: text_location.clone(),
@@ -111,6 +114,10 @@ impl StageLogic for ParseStage {
         let mut context = context;
         context.text_location = Some(text_location);
         Ok(Processed::succeeded(result, context))
+    }
+
+    async fn before_commit(&self) -> Result<(), StageError> {
+        Ok(self.blobs.sync().await?)
     }
 }
 

@@ -494,6 +494,10 @@ impl BlobStore {
     /// object: one PUT), replacing whatever was there: a replay overwrites
     /// instead of duplicating.
     pub async fn put(&self, location: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        self.write_blob(location, bytes, true).await
+    }
+
+    async fn write_blob(&self, location: &str, bytes: &[u8], sync: bool) -> Result<(), BlobError> {
         if let Backend::S3(_) = &self.backend {
             let (s, path) = self.object(location)?;
             s.store
@@ -514,7 +518,7 @@ impl BlobStore {
             let written = (|| {
                 std::fs::File::create(&tmp)?.write_all(&bytes)?;
                 std::fs::rename(&tmp, &path)?;
-                syncs.sync()
+                if sync { syncs.sync() } else { Ok(()) }
             })();
             if written.is_err() {
                 let _ = std::fs::remove_file(&tmp);
@@ -523,6 +527,29 @@ impl BlobStore {
         })
         .await
         .map_err(Self::io(location))
+    }
+
+    /// Like [`BlobStore::put`], but returns before a file blob is durable:
+    /// the caller makes it durable with [`BlobStore::sync`] before anything
+    /// names it. Many writes then share one wait for the disk instead of
+    /// each holding its caller until its own sync is done. An object is
+    /// durable when its PUT returns, as with `put`.
+    pub async fn put_unsynced(&self, location: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        self.write_blob(location, bytes, false).await
+    }
+
+    /// Makes every file blob this process wrote under the store's root
+    /// before the call durable; for an object store there is nothing to do.
+    /// After a failed sync every later one fails too (see [`failed_sync`]).
+    pub async fn sync(&self) -> Result<(), BlobError> {
+        if let Backend::S3(_) = &self.backend {
+            return Ok(());
+        }
+        let root = self.file_root().to_owned();
+        let location = self.root_url();
+        on_disk(move || RootSync::of(&root)?.sync())
+            .await
+            .map_err(Self::io(&location))
     }
 
     /// Removes a blob; a missing one is not an error.
@@ -1288,6 +1315,36 @@ mod tests {
         std::fs::write(root.join("file"), b"x").unwrap();
         assert!(s.put(&s.location("file/below"), b"y").await.is_err());
         std::fs::remove_dir_all(root.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn unsynced_puts_are_made_durable_by_the_next_sync() {
+        let (s, root) = store();
+        let loc = s.location("t/ab/blob.txt");
+        s.put_unsynced(&loc, b"text").await.unwrap();
+        s.put_unsynced(&loc, b"text 2").await.unwrap(); // a replay overwrites
+        assert_eq!(s.read_all(&loc, 100).await.unwrap(), b"text 2");
+        let names: Vec<_> = std::fs::read_dir(root.join("t/ab"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("blob.txt")]);
+        let root_sync = RootSync::of(&root).unwrap();
+        let counts = || {
+            let st = root_sync.group.state.lock().unwrap();
+            (st.requested, st.synced)
+        };
+        assert_eq!(counts(), (0, 0), "the puts did not wait for a sync");
+        s.sync().await.unwrap();
+        assert_eq!(counts(), (1, 1), "one sync covered both");
+        // Once a sync failed, no later one vouches for the writes.
+        let _ = root_sync
+            .group
+            .sync(|| Err(std::io::Error::other("disk gone")));
+        let err = s.sync().await.unwrap_err();
+        assert!(err.to_string().contains("disk gone"), "{err}");
+        ROOT_SYNCS.lock().unwrap().remove(&root);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[tokio::test]

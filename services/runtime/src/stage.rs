@@ -141,4 +141,16 @@ pub trait StageLogic: Send + Sync + 'static {
         input: &Self::Input,
         ctx: &RecordContext,
     ) -> impl Future<Output = Result<Processed<Self::Result>, StageError>> + Send;
+
+    /// Called once per batch, after `process` has run for each of its new
+    /// inputs and before their outcomes are committed: a stage whose
+    /// `process` wrote without waiting for the disk (for instance with
+    /// [`crate::blob::BlobStore::put_unsynced`]) makes those writes durable
+    /// here, once for the whole batch, so no outcome names a blob that a
+    /// crash of the machine could lose. An error of either kind fails the
+    /// batch: nothing of it is committed, and the runner reads it again after
+    /// a pause. By default there is nothing to do.
+    fn before_commit(&self) -> impl Future<Output = Result<(), StageError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }

@@ -248,6 +248,11 @@ impl<S: StageLogic> StageRunner<S> {
             done[i] = Some(d);
         }
         drop(finished);
+        if done.iter().any(Option::is_some) {
+            self.logic.before_commit().await.map_err(|e| {
+                BatchError::Transient(format!("making the batch's writes durable: {e}"))
+            })?;
+        }
 
         let t_processed = t0.elapsed();
         // 3. Build the records of the transaction.
