@@ -152,6 +152,7 @@ async fn trace_context_lag_and_readiness_are_visible() -> anyhow::Result<()> {
         "artifact_stage_outcomes_total",
         "artifact_stage_processing_seconds_bucket",
         "artifact_stage_transaction_commit_seconds_bucket",
+        "artifact_stage_before_commit_seconds_bucket",
         "artifact_stage_restore_seconds_bucket",
     ] {
         assert!(

@@ -249,7 +249,11 @@ impl<S: StageLogic> StageRunner<S> {
         }
         drop(finished);
         if done.iter().any(Option::is_some) {
-            self.logic.before_commit().await.map_err(|e| {
+            let started = Instant::now();
+            let settled = self.logic.before_commit().await;
+            metrics::histogram!("artifact_stage_before_commit_seconds", "stage" => name)
+                .record(started.elapsed().as_secs_f64());
+            settled.map_err(|e| {
                 BatchError::Transient(format!("making the batch's writes durable: {e}"))
             })?;
         }
