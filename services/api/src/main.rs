@@ -83,6 +83,10 @@ async fn main() -> anyhow::Result<()> {
         max_upload_bytes: cfg.max_upload_bytes,
     };
 
+    // The recorder is installed before any task records: a metric recorded
+    // earlier would go nowhere (the projector registers its failure counter
+    // at zero as it starts).
+    let metrics = metrics_handle();
     let health = Health::not_ready("restoring the read model from the status topic");
     tokio::spawn(follow_status_topic(
         cfg.conn.clone(),
@@ -104,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let app = router(state).merge(health_router(health, metrics_handle()));
+    let app = router(state).merge(health_router(health, metrics));
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve HTTP on {}: {e}", cfg.http_addr))?;
