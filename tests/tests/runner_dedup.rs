@@ -1,10 +1,13 @@
 //! The stage runner against the real broker and registry: keyed dedup
 //! (duplicates and stale generations are skipped and counted) and poison
 //! records (dead-lettered with headers naming the error; later records
-//! still processed).
+//! still processed); outcomes on their input's partition number.
 
 use artifact_domain::{Generation, MimeDetected, Outcome};
 use artifact_pipeline_tests::{StageProcess, TestEnv, header, wait_until};
+use artifact_runtime::schemas::EventSchema;
+use rdkafka::Message;
+use rdkafka::producer::FutureRecord;
 use std::path::Path;
 use std::time::Duration;
 
@@ -60,6 +63,53 @@ async fn duplicates_and_stale_generations_produce_no_second_outcome() -> anyhow:
         out.iter()
             .all(|e| e.artifact_id == first.artifact_id && e.outcome == Outcome::Succeeded)
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outcomes_keep_the_partition_number_of_their_input() -> anyhow::Result<()> {
+    // An external producer may partition by another rule than the key's
+    // murmur2 hash: here artifact i goes to partition i % 3 whatever its id.
+    // Under murmur2 all twelve would land where written with odds of 3^-12.
+    let env = TestEnv::new(3).await?;
+    let _stage = StageProcess::start(&env, Path::new(BIN), &[])?;
+    let topic = env.names.created();
+    let events: Vec<_> = (0..12).map(|_| TestEnv::created("a.txt")).collect();
+    let mut written = std::collections::HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let partition = (i % 3) as i32;
+        let payload = env
+            .codec
+            .encode(&topic, EventSchema::ArtifactCreated, e)
+            .await?;
+        let key = e.artifact_id.to_string();
+        env.producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .partition(partition),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        written.insert(key, partition);
+    }
+    let out_topic = env.names.output(artifact_domain::Stage::MimeDetector);
+    wait_until("twelve outcomes", Duration::from_secs(60), || async {
+        env.read_all(&out_topic).map(|v| v.len()).unwrap_or(0) >= 12
+    })
+    .await?;
+    let outs = env.read_all(&out_topic)?;
+    assert_eq!(outs.len(), 12);
+    for m in &outs {
+        let key = std::str::from_utf8(m.key().expect("keyed"))?;
+        assert_eq!(
+            Some(&m.partition()),
+            written.get(key),
+            "the outcome of {key} left its input's partition number"
+        );
+    }
     Ok(())
 }
 

@@ -52,7 +52,10 @@ enum Done<R> {
 /// A record to produce in the batch's transaction.
 struct Out {
     topic: Arc<str>,
-    partition: Option<i32>,
+    /// Always the input record's partition number: every record of one
+    /// artifact stays on one partition number across topics, whichever
+    /// partitioner put it on the input topic.
+    partition: i32,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     headers: Vec<(&'static str, String)>,
@@ -279,7 +282,7 @@ impl<S: StageLogic> StageRunner<S> {
                     tracing::warn!(stage = name, topic = it.msg.topic(), partition = p, offset = it.msg.offset(), error = %err, "undecodable record sent to the dead-letter topic");
                     outs.push(Out {
                         topic: topics.dlq.clone(),
-                        partition: Some(p),
+                        partition: p,
                         key,
                         payload: it.msg.payload().unwrap_or_default().to_vec(),
                         headers: self.source_headers(it, "undecodable", &err),
@@ -310,7 +313,7 @@ impl<S: StageLogic> StageRunner<S> {
                             metrics::counter!("artifact_stage_retries_total", "stage" => name, "kind" => "topic").increment(1);
                             outs.push(Out {
                                 topic: topics.retry.clone(),
-                                partition: Some(p),
+                                partition: p,
                                 key,
                                 payload: it.msg.payload().unwrap_or_default().to_vec(),
                                 headers,
@@ -337,7 +340,7 @@ impl<S: StageLogic> StageRunner<S> {
                     let key = id.to_string().into_bytes();
                     outs.push(Out {
                         topic: topics.output.clone(),
-                        partition: None,
+                        partition: p,
                         key: Some(key.clone()),
                         payload,
                         headers: vec![(TRACEPARENT, tp)],
@@ -355,7 +358,7 @@ impl<S: StageLogic> StageRunner<S> {
                     let payload = encoded(writer, &topics.dedup, &entry)?;
                     outs.push(Out {
                         topic: topics.dedup.clone(),
-                        partition: Some(p),
+                        partition: p,
                         key: Some(key),
                         payload,
                         headers: vec![],
@@ -748,9 +751,7 @@ fn send(producer: &StageProducer, o: &Out) -> Result<(), BatchError> {
     if let Some(k) = &o.key {
         rec = rec.key(k.as_slice());
     }
-    if let Some(p) = o.partition {
-        rec = rec.partition(p);
-    }
+    rec = rec.partition(o.partition);
     let deadline = Instant::now() + Duration::from_secs(30);
     let deliveries = producer.context();
     loop {
