@@ -5,10 +5,12 @@
 
 use artifact_domain::{ArtifactState, Outcome, Parsed, Stage};
 use artifact_pipeline_tests::pipeline::{MAX_UPLOAD, Pipeline, TOKEN, fixtures};
+use artifact_pipeline_tests::wait_until;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 const BIN_DIR_OF: &str = env!("CARGO_BIN_EXE_test-stage");
 
@@ -213,6 +215,21 @@ async fn documents_reach_their_final_states_through_the_api() -> anyhow::Result<
     }
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
     assert_eq!(seen.len(), 5, "four artifacts, one of them twice");
+
+    // Every artifact is final: the projector holds no fold any more, and the
+    // reprocessed one still reads as generation 2.
+    let api = p.api.as_ref().expect("the API runs");
+    wait_until(
+        "the projector drops settled folds",
+        Duration::from_secs(30),
+        || async {
+            api.metrics()
+                .await
+                .is_some_and(|t| t.lines().any(|l| l == "artifact_api_projector_folds 0"))
+        },
+    )
+    .await?;
+    assert_eq!(p.status(&pdf).await.unwrap().generation.get(), 2);
     Ok(())
 }
 

@@ -15,6 +15,14 @@
 //! the producer's `message.timeout.ms`, a record the topic refuses) is
 //! written again a second later from the artifact's current fold, until it
 //! is delivered: the status topic never stays behind the events for good.
+//!
+//! A fold is dropped once its generation is settled (final, with every step
+//! that led there folded: see `ArtifactStatus::is_settled`) and its last
+//! snapshot was delivered; only the artifact's settled generation is kept.
+//! Later events of that generation are duplicates of folded ones and are
+//! counted, not folded; a newer generation starts a fold again. The
+//! projector's memory therefore follows the artifacts in flight, not every
+//! artifact ever seen.
 
 use artifact_domain::*;
 use artifact_runtime::codec::AvroCodec;
@@ -80,11 +88,17 @@ pub async fn run_projector(
         written: HashMap::new(),
     };
     let (undelivered_tx, mut undelivered) = tokio::sync::mpsc::unbounded_channel();
+    let (settled_tx, mut settled_delivered) = tokio::sync::mpsc::unbounded_channel();
+    let reports = Reports {
+        undelivered: undelivered_tx,
+        settled: settled_tx,
+    };
     // Exported from the start, at zero, so that an alert's increase() sees
     // the first failure.
     metrics::counter!(SNAPSHOT_FAILURES).increment(0);
+    metrics::counter!(LATE_EVENTS).increment(0);
     let started_ms = now_ms();
-    let mut folds: HashMap<ArtifactId, ArtifactStatus> = HashMap::new();
+    let mut projection = Projection::default();
     tracing::info!(%group, "projector running");
     loop {
         let changed = tokio::select! {
@@ -96,14 +110,77 @@ pub async fn run_projector(
                         continue;
                     }
                 };
-                fold_batch(&codec, &names, &mut folds, batch, started_ms).await
+                fold_batch(&codec, &names, &mut projection, batch, started_ms).await
             }
             Some(ids) = undelivered.recv() => take_back(&mut writer.written, ids),
+            Some(done) = settled_delivered.recv() => {
+                projection.drop_settled(&mut writer.written, done);
+                HashSet::new()
+            }
         };
-        writer
-            .write(&folds, changed, undelivered_tx.clone())
-            .await?;
+        writer.write(&projection.folds, changed, &reports).await?;
+        metrics::gauge!("artifact_api_projector_folds").set(projection.folds.len() as f64);
     }
+}
+
+/// Counter of events of an already settled generation, not folded.
+const LATE_EVENTS: &str = "artifact_api_projector_late_events_total";
+
+/// What the projector knows: the folds of artifacts still moving, and the
+/// settled generation of those whose fold was dropped.
+#[derive(Default)]
+struct Projection {
+    folds: HashMap<ArtifactId, ArtifactStatus>,
+    settled: HashMap<ArtifactId, Generation>,
+}
+
+impl Projection {
+    /// Folds one event and returns the artifact's fold, or `None` for an
+    /// event of a generation at or below a dropped fold's settled one: a
+    /// duplicate of an event folded before, not folded again.
+    fn apply(&mut self, event: PipelineEvent) -> Option<&ArtifactStatus> {
+        let id = event.artifact_id();
+        if let Some(&settled) = self.settled.get(&id) {
+            if event.generation() <= settled {
+                return None;
+            }
+            self.settled.remove(&id);
+        }
+        let status = self
+            .folds
+            .entry(id)
+            .or_insert_with(|| ArtifactStatus::empty(id, event.generation()));
+        status.apply(event);
+        Some(status)
+    }
+
+    /// Drops the folds of `delivered` snapshots that are settled and still
+    /// the last written for their artifact (an artifact written again since
+    /// has that write's own report to come).
+    fn drop_settled(
+        &mut self,
+        written: &mut HashMap<ArtifactId, u64>,
+        delivered: Vec<(ArtifactId, u64)>,
+    ) {
+        for (id, fingerprint) in delivered {
+            let settled = self.folds.get(&id).filter(|f| f.is_settled());
+            if let Some(fold) = settled
+                && written.get(&id) == Some(&fingerprint)
+            {
+                self.settled.insert(id, fold.generation());
+                self.folds.remove(&id);
+                written.remove(&id);
+            }
+        }
+    }
+}
+
+/// Where the delivery of written snapshots is reported back: those not
+/// delivered (to be written again) and the delivered ones of settled folds
+/// (to be dropped).
+struct Reports {
+    undelivered: UnboundedSender<Vec<(ArtifactId, u64)>>,
+    settled: UnboundedSender<Vec<(ArtifactId, u64)>>,
 }
 
 /// `first` and everything else the consumer already holds, up to
@@ -128,7 +205,7 @@ fn take_held(consumer: &StreamConsumer, first: OwnedMessage) -> Vec<OwnedMessage
 async fn fold_batch(
     codec: &AvroCodec,
     names: &TopicNames,
-    folds: &mut HashMap<ArtifactId, ArtifactStatus>,
+    projection: &mut Projection,
     batch: Vec<OwnedMessage>,
     started_ms: i64,
 ) -> HashSet<ArtifactId> {
@@ -150,10 +227,10 @@ async fn fold_batch(
         let Some(event) = event else { continue };
         let id = event.artifact_id();
         let is_summary = matches!(event, PipelineEvent::Summarized(_));
-        let status = folds
-            .entry(id)
-            .or_insert_with(|| ArtifactStatus::empty(id, event.generation()));
-        status.apply(event);
+        let Some(status) = projection.apply(event) else {
+            metrics::counter!(LATE_EVENTS).increment(1);
+            continue;
+        };
         if is_summary {
             let view = status.view();
             if view.state == ArtifactState::Completed
@@ -190,9 +267,10 @@ impl SnapshotWriter {
     /// Writes the snapshot of each of `ids` whose view differs from the
     /// last one written. Snapshots are not awaited one by one: the producer
     /// (one request in flight) keeps their order per artifact and retries
-    /// them until `message.timeout.ms`. A task watches the deliveries; the
-    /// artifacts of undelivered snapshots go back through `undelivered`
-    /// after [`RESEND_AFTER`], and their current views are written again,
+    /// them until `message.timeout.ms`. A task watches the deliveries: it
+    /// reports the delivered snapshots of settled folds (to be dropped) at
+    /// once, and the artifacts of undelivered snapshots go back after
+    /// [`RESEND_AFTER`], and their current views are written again,
     /// so a snapshot lost to a long broker outage or a rejected write
     /// (a topic's `max.message.bytes`) is not lost for good. A retry may
     /// write a snapshot twice in a row, which the read model takes like one.
@@ -200,11 +278,12 @@ impl SnapshotWriter {
         &mut self,
         folds: &HashMap<ArtifactId, ArtifactStatus>,
         ids: HashSet<ArtifactId>,
-        undelivered: UnboundedSender<Vec<(ArtifactId, u64)>>,
+        reports: &Reports,
     ) -> anyhow::Result<()> {
         let mut deliveries = Vec::new();
         for id in ids {
-            let view = folds[&id].view();
+            let fold = &folds[&id];
+            let view = fold.view();
             let payload = loop {
                 match self
                     .codec
@@ -231,22 +310,32 @@ impl SnapshotWriter {
                     }
                 }
             };
-            deliveries.push((id, fingerprint, delivery));
+            deliveries.push((id, fingerprint, fold.is_settled(), delivery));
             metrics::counter!("artifact_api_status_snapshots_total").increment(1);
             self.written.insert(id, fingerprint);
         }
         if !deliveries.is_empty() {
+            let undelivered = reports.undelivered.clone();
+            let settled_delivered = reports.settled.clone();
             tokio::spawn(async move {
-                let mut failed = Vec::new();
-                for (id, fingerprint, delivery) in deliveries {
+                let (mut failed, mut settled) = (Vec::new(), Vec::new());
+                for (id, fingerprint, is_settled, delivery) in deliveries {
                     let error = match delivery.await {
-                        Ok(Ok(_)) => continue,
+                        Ok(Ok(_)) => {
+                            if is_settled {
+                                settled.push((id, fingerprint));
+                            }
+                            continue;
+                        }
                         Ok(Err((e, _))) => e.to_string(),
                         Err(_) => "the producer was dropped".to_owned(),
                     };
                     tracing::error!(%id, %error, "a status snapshot was not delivered; it will be written again");
                     metrics::counter!(SNAPSHOT_FAILURES).increment(1);
                     failed.push((id, fingerprint));
+                }
+                if !settled.is_empty() {
+                    let _ = settled_delivered.send(settled);
                 }
                 if !failed.is_empty() {
                     tokio::time::sleep(RESEND_AFTER).await;
@@ -313,6 +402,71 @@ mod tests {
         assert_eq!(written.get(&rewritten), Some(&fingerprint(b"newer")));
         assert!(!written.contains_key(&failed), "written again from scratch");
         assert!(!written.contains_key(&unknown));
+    }
+
+    fn created(id: ArtifactId, generation: i64) -> PipelineEvent {
+        PipelineEvent::Created(ArtifactCreated {
+            artifact_id: id,
+            generation: Generation::new(generation).unwrap(),
+            storage_location: "file:///blobs/x".into(),
+            declared_content_type: None,
+            filename: None,
+            size_bytes: None,
+            sha256: None,
+            created_at: 1,
+        })
+    }
+
+    fn failed_at_mime(id: ArtifactId) -> PipelineEvent {
+        PipelineEvent::MimeDetected(StageEvent {
+            artifact_id: id,
+            generation: Generation::FIRST,
+            context: ArtifactContext::default(),
+            outcome: Outcome::permanent("unreadable"),
+            result: None,
+            processed_at: 2,
+        })
+    }
+
+    #[test]
+    fn settled_folds_are_dropped_once_their_last_snapshot_is_delivered() {
+        let (settled, moving) = (id(1), id(2));
+        let mut p = Projection::default();
+        for e in [
+            created(settled, 1),
+            failed_at_mime(settled),
+            created(moving, 1),
+        ] {
+            assert!(p.apply(e).is_some());
+        }
+        let mut written = HashMap::from([
+            (settled, fingerprint(b"final")),
+            (moving, fingerprint(b"pending")),
+        ]);
+        // An older snapshot's delivery, and a fold that is not settled: kept.
+        p.drop_settled(
+            &mut written,
+            vec![
+                (settled, fingerprint(b"older")),
+                (moving, fingerprint(b"pending")),
+            ],
+        );
+        assert_eq!(p.folds.len(), 2);
+        // The settled fold's last snapshot delivered: dropped, its
+        // generation kept.
+        p.drop_settled(&mut written, vec![(settled, fingerprint(b"final"))]);
+        assert!(!p.folds.contains_key(&settled));
+        assert!(!written.contains_key(&settled));
+        assert_eq!(p.settled.get(&settled), Some(&Generation::FIRST));
+        assert!(p.folds.contains_key(&moving));
+        // Its events again: not folded, no fold comes back.
+        assert!(p.apply(failed_at_mime(settled)).is_none());
+        assert!(p.apply(created(settled, 1)).is_none());
+        assert!(!p.folds.contains_key(&settled));
+        // A new generation folds again.
+        let fold = p.apply(created(settled, 2)).expect("a newer generation");
+        assert_eq!(fold.generation().get(), 2);
+        assert!(!p.settled.contains_key(&settled));
     }
 
     #[test]

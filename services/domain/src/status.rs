@@ -331,6 +331,27 @@ impl ArtifactStatus {
         })
     }
 
+    /// Whether this generation is over for good: the state is final and the
+    /// creation and every stage up to the one that ended the chain are
+    /// recorded. Each step reports once per generation (stages dedup their
+    /// outcomes), so any later event of this generation is a duplicate of
+    /// one already folded; only a newer generation can change the status.
+    pub fn is_settled(&self) -> bool {
+        let last = match self.state() {
+            ArtifactState::Completed => Stage::Summarizer,
+            ArtifactState::Failed => match self.failure() {
+                Some((stage, _)) => stage,
+                None => return false,
+            },
+            ArtifactState::Pending | ArtifactState::InProgress => return false,
+        };
+        self.created.is_some()
+            && Stage::ALL
+                .into_iter()
+                .filter(|s| s.index() <= last.index())
+                .all(|s| self.stages[s.index()].is_some())
+    }
+
     /// The stage that failed permanently, with its reason.
     pub fn failure(&self) -> Option<(Stage, &str)> {
         Stage::ALL

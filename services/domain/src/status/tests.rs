@@ -449,3 +449,108 @@ fn the_view_names_state_failure_and_results() {
         "a new generation starts without the old results"
     );
 }
+
+#[test]
+fn a_generation_settles_when_its_chain_has_ended_and_every_step_is_in() {
+    let id = ArtifactId::new_random();
+    let run = full_run(id, g(1));
+    // In order: settled with the summarizer's outcome, not before.
+    let mut s = ArtifactStatus::empty(id, g(1));
+    for (i, e) in run.iter().cloned().enumerate() {
+        s.apply(e);
+        assert_eq!(s.is_settled(), i == run.len() - 1, "after event {i}");
+    }
+    // The summarizer's outcome first: completed, but the earlier steps are
+    // still to come, so not settled.
+    let mut early = ArtifactStatus::empty(id, g(1));
+    early.apply(run[4].clone());
+    assert_eq!(early.state(), ArtifactState::Completed);
+    assert!(!early.is_settled());
+    // A permanent failure settles once the steps before it are in.
+    let mut failed = ArtifactStatus::empty(id, g(1));
+    failed.apply(stage_event(
+        id,
+        g(1),
+        Stage::LocationLogger,
+        Outcome::permanent("missing blob"),
+    ));
+    failed.apply(created(id, g(1)));
+    assert_eq!(failed.state(), ArtifactState::Failed);
+    assert!(!failed.is_settled(), "mime-detector has not reported yet");
+    failed.apply(run[1].clone());
+    assert!(failed.is_settled());
+    // A newer generation unsettles it.
+    failed.apply(created(id, g(2)));
+    assert!(!failed.is_settled());
+}
+
+fn arb_final_outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        3 => Just(Outcome::Succeeded),
+        1 => "[a-z]{1,6}".prop_map(Outcome::skipped),
+        1 => "[a-z]{1,6}".prop_map(Outcome::permanent),
+    ]
+}
+
+/// Events of one artifact over up to three generations as the stages write
+/// them: a creation, then each stage once and in order until one fails
+/// permanently, or until the run stops early (still in progress).
+fn arb_chain() -> impl Strategy<Value = Vec<PipelineEvent>> {
+    let id = ArtifactId::from_uuid(uuid::Uuid::from_u128(7));
+    proptest::collection::vec(
+        (
+            0usize..=4,
+            proptest::collection::vec(arb_final_outcome(), 4),
+        ),
+        1..=3,
+    )
+    .prop_map(move |gens| {
+        let mut events = vec![];
+        for (i, (stages, outcomes)) in gens.into_iter().enumerate() {
+            let generation = g(i as i64 + 1);
+            events.push(created(id, generation));
+            for (stage, outcome) in Stage::ALL.into_iter().zip(outcomes).take(stages) {
+                let ends = outcome.is_permanent_failure();
+                events.push(stage_event(id, generation, stage, outcome));
+                if ends {
+                    break;
+                }
+            }
+        }
+        events
+    })
+}
+
+proptest! {
+    #[test]
+    fn once_settled_no_event_of_that_generation_changes_the_status(
+        (events, order) in arb_chain().prop_flat_map(|ev| {
+            let n = ev.len();
+            (Just(ev), Just((0..n).collect::<Vec<_>>()).prop_shuffle())
+        })
+    ) {
+        let arrived: Vec<PipelineEvent> = order.iter().map(|&i| events[i].clone()).collect();
+        for k in 1..=arrived.len() {
+            let settled = ArtifactStatus::fold(arrived[..k].iter().cloned()).unwrap();
+            if !settled.is_settled() {
+                continue;
+            }
+            prop_assert!(settled.state().is_terminal());
+            // The rest of that generation (and older ones), and every event
+            // already folded again: nothing moves.
+            let mut later = settled.clone();
+            for e in arrived[k..]
+                .iter()
+                .filter(|e| e.generation() <= settled.generation())
+                .chain(&arrived[..k])
+                .cloned()
+            {
+                later.apply(e);
+            }
+            prop_assert_eq!(&later, &settled);
+        }
+        // Not vacuous: a newest generation whose chain ended settles.
+        let all = ArtifactStatus::fold(events.clone()).unwrap();
+        prop_assert_eq!(all.is_settled(), all.state().is_terminal());
+    }
+}
