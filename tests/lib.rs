@@ -461,16 +461,24 @@ impl StageProcess {
     /// Its peak resident set size so far, in bytes (`VmHWM` in
     /// `/proc/<pid>/status`); `None` once it has exited or off Linux.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
+        self.status_kib("VmHWM:").map(|k| k * 1024)
+    }
+
+    /// Its resident set size now, in bytes (`VmRSS`).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        self.status_kib("VmRSS:").map(|k| k * 1024)
+    }
+
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let kib: u64 = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .find_map(|l| l.strip_prefix(field))?
             .trim()
             .trim_end_matches("kB")
             .trim()
             .parse()
-            .ok()?;
-        Some(kib * 1024)
+            .ok()
     }
 
     /// Whether it is still running.

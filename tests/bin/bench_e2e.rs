@@ -8,7 +8,7 @@
 //! run give the sustained throughput. Per load it also prints the latency
 //! per hop (to each stage's outcome, then to the read model) and the CPU
 //! time per completed artifact of each process: the local broker, the API
-//! and each stage.
+//! and each stage; and the API's resident memory after each load.
 //!
 //! Usage: `bench-e2e --pdf FILE [--loads 10,25,50,100] [--seconds 15]
 //! [--partitions 3] [--service-log info]` with the local stack up.
@@ -89,6 +89,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let topic = p.env.names.output(Stage::Summarizer);
     let mut hops: Vec<String> = Vec::new();
     let mut cpu_rows: Vec<String> = Vec::new();
+    let mut memory_rows: Vec<String> = Vec::new();
+    let mut uploaded_so_far = 0usize;
     // Whose CPU time is counted per artifact: the broker, the API, the stages.
     let mut pids: Vec<(&str, u32)> = Vec::new();
     pids.extend(broker_pid().map(|pid| ("broker", pid)));
@@ -234,6 +236,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             (machine_after - machine_before) * 1000.0 / n
         ));
         cpu_rows.push(row);
+        // The API's memory after the load, with every artifact of the run
+        // so far in its table.
+        if let Some(api) = &p.api {
+            uploaded_so_far += uploaded;
+            let exported = api
+                .metrics()
+                .await
+                .is_some_and(|t| t.contains("artifact_api_projector_folds"));
+            let folds = if exported {
+                format!(
+                    "{}",
+                    api.metric("artifact_api_projector_folds", &[]).await + 0.0
+                )
+            } else {
+                "not exported".to_owned()
+            };
+            memory_rows.push(format!(
+                "| {load} | {uploaded_so_far} | {:.1} | {folds} |",
+                api.rss_bytes().unwrap_or(0) as f64 / 1048576.0,
+            ));
+        }
     }
     println!();
     println!(
@@ -254,6 +277,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("| offered /s | {} | total | machine |", names.join(" | "));
     println!("|{}", " ---: |".repeat(names.len() + 3));
     for row in cpu_rows {
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "artifact-api after each load (RSS: VmRSS of /proc/<pid>/status; folds: artifact_api_projector_folds):"
+    );
+    println!("| offered /s | artifacts uploaded in the run | RSS MiB | projector folds |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for row in memory_rows {
         println!("{row}");
     }
     // The services stop first, then the run's topics go: runs would
