@@ -1,7 +1,8 @@
 //! The stage runner against the real broker and registry: keyed dedup
 //! (duplicates and stale generations are skipped and counted) and poison
 //! records (dead-lettered with headers naming the error; later records
-//! still processed); outcomes on their input's partition number.
+//! still processed, dead letters replayed to their partition); outcomes on
+//! their input's partition number.
 
 use artifact_domain::{Generation, MimeDetected, Outcome};
 use artifact_pipeline_tests::{StageProcess, TestEnv, header, wait_until};
@@ -158,6 +159,100 @@ async fn poison_records_go_to_the_dlq_and_the_partition_moves_on() -> anyhow::Re
         stage.metric("artifact_stage_dlq_records_total", &[]).await,
         2.0
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_dead_letters_return_to_their_partition_and_are_processed_once()
+-> anyhow::Result<()> {
+    // Dead letters whose cause was fixed (as if the schema their writer used
+    // was registered since): valid events in the dead-letter topic with the
+    // headers the runner writes, each naming its source partition.
+    let env = TestEnv::new(3).await?;
+    let stage = StageProcess::start(&env, Path::new(BIN), &[])?;
+    let created_topic = env.names.created();
+    let dlq_topic = env.names.dlq(artifact_domain::Stage::MimeDetector);
+    let mut source = std::collections::HashMap::new();
+    for i in 0..6i32 {
+        let e = TestEnv::created("a.txt");
+        let partition = i % 3;
+        let payload = env
+            .codec
+            .encode(&created_topic, EventSchema::ArtifactCreated, &e)
+            .await?;
+        let key = e.artifact_id.to_string();
+        let p = partition.to_string();
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in [
+            ("x-error-kind", "undecodable"),
+            ("x-error", "schema id not registered"),
+            ("x-stage", "mime-detector"),
+            ("x-source-topic", created_topic.as_str()),
+            ("x-source-partition", p.as_str()),
+            ("x-source-offset", "0"),
+        ] {
+            headers = headers.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        env.producer
+            .send(
+                FutureRecord::to(&dlq_topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .partition(partition)
+                    .headers(headers),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        source.insert(key, partition);
+    }
+    let replay = || {
+        let bin = Path::new(BIN).with_file_name("artifactctl");
+        let out = std::process::Command::new(bin)
+            .env("TOPIC_PREFIX", &env.conn.topic_prefix)
+            .args(["dlq", "replay", "mime-detector"])
+            .output()
+            .expect("artifactctl runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(replay().contains("replayed 6 dead letters"));
+
+    let out_topic = env.names.output(artifact_domain::Stage::MimeDetector);
+    wait_until("six outcomes", Duration::from_secs(60), || async {
+        env.read_all(&out_topic).map(|v| v.len()).unwrap_or(0) >= 6
+    })
+    .await?;
+    for m in env.read_all(&out_topic)? {
+        let key = std::str::from_utf8(m.key().expect("keyed"))?;
+        assert_eq!(
+            Some(&m.partition()),
+            source.get(key),
+            "{key} was not processed on its source partition"
+        );
+    }
+    // Replaying the same letters again: the dedup state of their partitions
+    // knows them, so no second outcome.
+    assert!(replay().contains("replayed 6 dead letters"));
+    wait_until(
+        "six duplicates skipped",
+        Duration::from_secs(60),
+        || async {
+            stage
+                .metric("artifact_stage_skipped_total", &["reason=\"duplicate\""])
+                .await
+                >= 6.0
+        },
+    )
+    .await?;
+    assert_eq!(env.read_all(&out_topic)?.len(), 6);
     Ok(())
 }
 

@@ -187,8 +187,10 @@ pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     artifact_runtime::kafka::header(m, name).map(str::to_owned)
 }
 
-/// Produces dead letters back to the topic they came from (their key, value
-/// and trace header), e.g. after the schema they need was registered.
+/// Produces dead letters back to the topic and partition they came from
+/// (their key, value and trace header), e.g. after the schema they need was
+/// registered. The partition is kept so the stage's dedup state for the
+/// artifact, which lives with that partition, sees the record again.
 pub async fn replay(conn: &ConnectionConfig, letters: &[OwnedMessage]) -> anyhow::Result<usize> {
     let producer: FutureProducer = producer_config(conn, "artifactctl-replay").create()?;
     let mut n = 0;
@@ -209,6 +211,8 @@ pub async fn replay(conn: &ConnectionConfig, letters: &[OwnedMessage]) -> anyhow
         if let Some(k) = m.key() {
             rec = rec.key(k);
         }
+        let partition = header(m, retry::SOURCE_PARTITION).and_then(|p| p.parse().ok());
+        rec = rec.partition(partition.unwrap_or(m.partition()));
         producer
             .send(rec, Duration::from_secs(30))
             .await
