@@ -97,6 +97,7 @@ pub async fn run_projector(
     // the first failure.
     metrics::counter!(SNAPSHOT_FAILURES).increment(0);
     metrics::counter!(LATE_EVENTS).increment(0);
+    metrics::gauge!(FOLDS).set(0.0);
     let started_ms = now_ms();
     let mut projection = Projection::default();
     tracing::info!(%group, "projector running");
@@ -119,12 +120,15 @@ pub async fn run_projector(
             }
         };
         writer.write(&projection.folds, changed, &reports).await?;
-        metrics::gauge!("artifact_api_projector_folds").set(projection.folds.len() as f64);
+        metrics::gauge!(FOLDS).set(projection.folds.len() as f64);
     }
 }
 
 /// Counter of events of an already settled generation, not folded.
 const LATE_EVENTS: &str = "artifact_api_projector_late_events_total";
+
+/// Gauge of the artifacts the projector holds a fold for.
+const FOLDS: &str = "artifact_api_projector_folds";
 
 /// What the projector knows: the folds of artifacts still moving, and the
 /// settled generation of those whose fold was dropped.
