@@ -128,24 +128,45 @@ impl TestEnv {
         e: &ArtifactCreated,
         traceparent: &str,
     ) -> anyhow::Result<()> {
-        let topic = self.names.created();
-        let payload = self
-            .codec
-            .encode(&topic, EventSchema::ArtifactCreated, e)
-            .await?;
-        let key = e.artifact_id.to_string();
-        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
-            key: "traceparent",
-            value: Some(traceparent),
-        });
+        self.produce_one(
+            &self.names.created(),
+            EventSchema::ArtifactCreated,
+            e,
+            None,
+            &[("traceparent", traceparent)],
+        )
+        .await
+    }
+
+    /// Produces one event of one schema to `topic`, keyed by artifact id,
+    /// with `headers`, on `partition` when given (else the key's partition),
+    /// and waits until it is acknowledged.
+    pub async fn produce_one<T: StageInput + serde::Serialize>(
+        &self,
+        topic: &str,
+        schema: EventSchema,
+        e: &T,
+        partition: Option<i32>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let payload = self.codec.encode(topic, schema, e).await?;
+        let key = e.artifact_id().to_string();
+        let mut owned = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in headers {
+            owned = owned.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut rec = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(owned);
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
         self.producer
-            .send(
-                FutureRecord::to(&topic)
-                    .key(&key)
-                    .payload(&payload)
-                    .headers(headers),
-                Duration::from_secs(30),
-            )
+            .send(rec, Duration::from_secs(30))
             .await
             .map_err(|(e, _)| e)?;
         Ok(())
@@ -496,17 +517,24 @@ impl StageProcess {
             .ok()
     }
 
-    /// The sum of a metric's samples whose labels contain every `label`.
+    /// The sum of a metric's samples whose labels contain every `label`
+    /// (0 when none is exported).
     pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        let Some(text) = self.metrics().await else {
-            return 0.0;
-        };
-        text.lines()
+        self.exported_metric(name, labels).await.unwrap_or(0.0)
+    }
+
+    /// Like [`StageProcess::metric`], but `None` when no such sample is
+    /// exported (or `/metrics` does not answer).
+    pub async fn exported_metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
+        let text = self.metrics().await?;
+        let values: Vec<f64> = text
+            .lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.split(['{', ' ']).next() == Some(name))
             .filter(|l| labels.iter().all(|x| l.contains(x)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 
     /// Whether `/readyz` answers 200.

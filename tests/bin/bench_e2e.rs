@@ -240,17 +240,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // so far in its table.
         if let Some(api) = &p.api {
             uploaded_so_far += uploaded;
-            let exported = api
-                .metrics()
+            let folds = match api
+                .exported_metric("artifact_api_projector_folds", &[])
                 .await
-                .is_some_and(|t| t.contains("artifact_api_projector_folds"));
-            let folds = if exported {
-                format!(
-                    "{}",
-                    api.metric("artifact_api_projector_folds", &[]).await + 0.0
-                )
-            } else {
-                "not exported".to_owned()
+            {
+                Some(n) => format!("{}", n + 0.0),
+                None => "not exported".to_owned(),
             };
             memory_rows.push(format!(
                 "| {load} | {uploaded_so_far} | {:.1} | {folds} |",

@@ -223,9 +223,9 @@ async fn documents_reach_their_final_states_through_the_api() -> anyhow::Result<
         "the projector drops settled folds",
         Duration::from_secs(30),
         || async {
-            api.metrics()
+            api.exported_metric("artifact_api_projector_folds", &[])
                 .await
-                .is_some_and(|t| t.lines().any(|l| l == "artifact_api_projector_folds 0"))
+                == Some(0.0)
         },
     )
     .await?;

@@ -8,7 +8,7 @@ use artifact_domain::{Generation, MimeDetected, Outcome};
 use artifact_pipeline_tests::{StageProcess, TestEnv, header, wait_until};
 use artifact_runtime::schemas::EventSchema;
 use rdkafka::Message;
-use rdkafka::producer::FutureRecord;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,6 +17,33 @@ const BIN: &str = env!("CARGO_BIN_EXE_test-stage");
 async fn outputs(env: &TestEnv) -> Vec<MimeDetected> {
     let topic = env.names.output(artifact_domain::Stage::MimeDetector);
     env.read_decoded(&topic).await.expect("outputs decode")
+}
+
+/// Waits for one mime-detector outcome per artifact of `expected` (artifact
+/// id -> partition its input was written to) and checks that each is on
+/// that partition number.
+async fn outcomes_on_their_partitions(
+    env: &TestEnv,
+    expected: &HashMap<String, i32>,
+) -> anyhow::Result<()> {
+    let topic = env.names.output(artifact_domain::Stage::MimeDetector);
+    wait_until(
+        "an outcome per artifact",
+        Duration::from_secs(60),
+        || async { env.read_all(&topic).map(|v| v.len()).unwrap_or(0) >= expected.len() },
+    )
+    .await?;
+    let outs = env.read_all(&topic)?;
+    assert_eq!(outs.len(), expected.len());
+    for m in &outs {
+        let key = std::str::from_utf8(m.key().expect("keyed"))?;
+        assert_eq!(
+            Some(&m.partition()),
+            expected.get(key),
+            "the outcome of {key} left its input's partition number"
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -75,42 +102,21 @@ async fn outcomes_keep_the_partition_number_of_their_input() -> anyhow::Result<(
     let env = TestEnv::new(3).await?;
     let _stage = StageProcess::start(&env, Path::new(BIN), &[])?;
     let topic = env.names.created();
-    let events: Vec<_> = (0..12).map(|_| TestEnv::created("a.txt")).collect();
-    let mut written = std::collections::HashMap::new();
-    for (i, e) in events.iter().enumerate() {
-        let partition = (i % 3) as i32;
-        let payload = env
-            .codec
-            .encode(&topic, EventSchema::ArtifactCreated, e)
-            .await?;
-        let key = e.artifact_id.to_string();
-        env.producer
-            .send(
-                FutureRecord::to(&topic)
-                    .key(&key)
-                    .payload(&payload)
-                    .partition(partition),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
-        written.insert(key, partition);
+    let mut written = HashMap::new();
+    for i in 0..12i32 {
+        let e = TestEnv::created("a.txt");
+        let partition = i % 3;
+        env.produce_one(
+            &topic,
+            EventSchema::ArtifactCreated,
+            &e,
+            Some(partition),
+            &[],
+        )
+        .await?;
+        written.insert(e.artifact_id.to_string(), partition);
     }
-    let out_topic = env.names.output(artifact_domain::Stage::MimeDetector);
-    wait_until("twelve outcomes", Duration::from_secs(60), || async {
-        env.read_all(&out_topic).map(|v| v.len()).unwrap_or(0) >= 12
-    })
-    .await?;
-    let outs = env.read_all(&out_topic)?;
-    assert_eq!(outs.len(), 12);
-    for m in &outs {
-        let key = std::str::from_utf8(m.key().expect("keyed"))?;
-        assert_eq!(
-            Some(&m.partition()),
-            written.get(key),
-            "the outcome of {key} left its input's partition number"
-        );
-    }
+    outcomes_on_their_partitions(&env, &written).await?;
     Ok(())
 }
 
@@ -172,42 +178,28 @@ async fn replayed_dead_letters_return_to_their_partition_and_are_processed_once(
     let stage = StageProcess::start(&env, Path::new(BIN), &[])?;
     let created_topic = env.names.created();
     let dlq_topic = env.names.dlq(artifact_domain::Stage::MimeDetector);
-    let mut source = std::collections::HashMap::new();
+    let mut source = HashMap::new();
     for i in 0..6i32 {
         let e = TestEnv::created("a.txt");
         let partition = i % 3;
-        let payload = env
-            .codec
-            .encode(&created_topic, EventSchema::ArtifactCreated, &e)
-            .await?;
-        let key = e.artifact_id.to_string();
         let p = partition.to_string();
-        let mut headers = rdkafka::message::OwnedHeaders::new();
-        for (k, v) in [
+        let headers = [
             ("x-error-kind", "undecodable"),
             ("x-error", "schema id not registered"),
             ("x-stage", "mime-detector"),
             ("x-source-topic", created_topic.as_str()),
             ("x-source-partition", p.as_str()),
             ("x-source-offset", "0"),
-        ] {
-            headers = headers.insert(rdkafka::message::Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        env.producer
-            .send(
-                FutureRecord::to(&dlq_topic)
-                    .key(&key)
-                    .payload(&payload)
-                    .partition(partition)
-                    .headers(headers),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
-        source.insert(key, partition);
+        ];
+        env.produce_one(
+            &dlq_topic,
+            EventSchema::ArtifactCreated,
+            &e,
+            Some(partition),
+            &headers,
+        )
+        .await?;
+        source.insert(e.artifact_id.to_string(), partition);
     }
     let replay = || {
         let bin = Path::new(BIN).with_file_name("artifactctl");
@@ -225,19 +217,7 @@ async fn replayed_dead_letters_return_to_their_partition_and_are_processed_once(
     };
     assert!(replay().contains("replayed 6 dead letters"));
 
-    let out_topic = env.names.output(artifact_domain::Stage::MimeDetector);
-    wait_until("six outcomes", Duration::from_secs(60), || async {
-        env.read_all(&out_topic).map(|v| v.len()).unwrap_or(0) >= 6
-    })
-    .await?;
-    for m in env.read_all(&out_topic)? {
-        let key = std::str::from_utf8(m.key().expect("keyed"))?;
-        assert_eq!(
-            Some(&m.partition()),
-            source.get(key),
-            "{key} was not processed on its source partition"
-        );
-    }
+    outcomes_on_their_partitions(&env, &source).await?;
     // Replaying the same letters again: the dedup state of their partitions
     // knows them, so no second outcome.
     assert!(replay().contains("replayed 6 dead letters"));
@@ -252,6 +232,7 @@ async fn replayed_dead_letters_return_to_their_partition_and_are_processed_once(
         },
     )
     .await?;
+    let out_topic = env.names.output(artifact_domain::Stage::MimeDetector);
     assert_eq!(env.read_all(&out_topic)?.len(), 6);
     Ok(())
 }

@@ -372,22 +372,35 @@ fn arb_outcome() -> impl Strategy<Value = Outcome> {
 /// Events of one artifact over up to three generations: each generation has a
 /// creation and a prefix of the stages with arbitrary outcomes.
 fn arb_run() -> impl Strategy<Value = Vec<PipelineEvent>> {
+    arb_generations(arb_outcome(), false)
+}
+
+/// Events of one artifact over up to three generations, each a creation and
+/// then a prefix of the stages in order with outcomes from `outcome`; with
+/// `chain`, a generation also ends at its first permanent failure, as the
+/// stages write them.
+fn arb_generations(
+    outcome: impl Strategy<Value = Outcome>,
+    chain: bool,
+) -> impl Strategy<Value = Vec<PipelineEvent>> {
     let id = ArtifactId::from_uuid(uuid::Uuid::from_u128(42));
-    proptest::collection::vec(
-        (0usize..=4, proptest::collection::vec(arb_outcome(), 4)),
-        1..=3,
-    )
-    .prop_map(move |gens| {
-        let mut events = vec![];
-        for (i, (stages, outcomes)) in gens.into_iter().enumerate() {
-            let generation = g(i as i64 + 1);
-            events.push(created(id, generation));
-            for (stage, outcome) in Stage::ALL.into_iter().zip(outcomes).take(stages) {
-                events.push(stage_event(id, generation, stage, outcome));
+    proptest::collection::vec((0usize..=4, proptest::collection::vec(outcome, 4)), 1..=3).prop_map(
+        move |gens| {
+            let mut events = vec![];
+            for (i, (stages, outcomes)) in gens.into_iter().enumerate() {
+                let generation = g(i as i64 + 1);
+                events.push(created(id, generation));
+                for (stage, outcome) in Stage::ALL.into_iter().zip(outcomes).take(stages) {
+                    let ends = chain && outcome.is_permanent_failure();
+                    events.push(stage_event(id, generation, stage, outcome));
+                    if ends {
+                        break;
+                    }
+                }
             }
-        }
-        events
-    })
+            events
+        },
+    )
 }
 
 proptest! {
@@ -496,29 +509,7 @@ fn arb_final_outcome() -> impl Strategy<Value = Outcome> {
 /// them: a creation, then each stage once and in order until one fails
 /// permanently, or until the run stops early (still in progress).
 fn arb_chain() -> impl Strategy<Value = Vec<PipelineEvent>> {
-    let id = ArtifactId::from_uuid(uuid::Uuid::from_u128(7));
-    proptest::collection::vec(
-        (
-            0usize..=4,
-            proptest::collection::vec(arb_final_outcome(), 4),
-        ),
-        1..=3,
-    )
-    .prop_map(move |gens| {
-        let mut events = vec![];
-        for (i, (stages, outcomes)) in gens.into_iter().enumerate() {
-            let generation = g(i as i64 + 1);
-            events.push(created(id, generation));
-            for (stage, outcome) in Stage::ALL.into_iter().zip(outcomes).take(stages) {
-                let ends = outcome.is_permanent_failure();
-                events.push(stage_event(id, generation, stage, outcome));
-                if ends {
-                    break;
-                }
-            }
-        }
-        events
-    })
+    arb_generations(arb_final_outcome(), true)
 }
 
 proptest! {
