@@ -230,6 +230,21 @@ async fn documents_reach_their_final_states_through_the_api() -> anyhow::Result<
     )
     .await?;
     assert_eq!(p.status(&pdf).await.unwrap().generation.get(), 2);
+    // The read model holds every final snapshot in its file, none in memory.
+    wait_until(
+        "the read model holds no snapshot in memory",
+        Duration::from_secs(30),
+        || async {
+            api.exported_metric("artifact_api_read_model_in_flight", &[])
+                .await
+                == Some(0.0)
+        },
+    )
+    .await?;
+    let file_bytes = api
+        .exported_metric("artifact_api_read_model_file_bytes", &[])
+        .await;
+    assert!(file_bytes.is_some_and(|b| b > 0.0), "{file_bytes:?}");
     Ok(())
 }
 

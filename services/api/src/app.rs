@@ -238,7 +238,7 @@ pub async fn upload_artifact(
     let (size, sha) = (staged.size as i64, staged.sha256.clone());
     let location = upload::artifact_location(&st.blobs, id);
     upload::commit(&st.blobs, staged, &location).await?;
-    let generation = st.table.get(id).map_or(Generation::FIRST, |v| v.generation);
+    let generation = st.table.generation(id).unwrap_or(Generation::FIRST);
     let event = ArtifactCreated {
         artifact_id: id,
         generation,
@@ -278,7 +278,7 @@ pub async fn get_artifact(
 ) -> Result<Json<StatusView>, Problem> {
     st.check_read(&headers)?;
     let id = parse_id(&id)?;
-    st.table.get(id).map(Json).ok_or_else(|| {
+    st.table.get(id)?.map(Json).ok_or_else(|| {
         Problem::not_found(format!(
             "no artifact {id} (yet): uploads appear within moments"
         ))
@@ -313,7 +313,7 @@ pub async fn list_artifacts(
     if !(1..=500).contains(&limit) {
         return Err(Problem::bad_request("limit must be between 1 and 500"));
     }
-    let (items, next) = st.table.list(state, cursor, limit);
+    let (items, next) = st.table.list(state, cursor, limit)?;
     Ok(Json(Page {
         items,
         next_cursor: next.map(|n| n.to_string()),
@@ -333,7 +333,7 @@ pub async fn get_text(
     let id = parse_id(&id)?;
     let view = st
         .table
-        .get(id)
+        .get(id)?
         .ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
     let location = view.context.text_location.ok_or_else(|| {
         Problem::not_found(format!(
@@ -364,7 +364,7 @@ pub async fn reprocess(
     let id = parse_id(&id)?;
     let view = st
         .table
-        .get(id)
+        .get(id)?
         .ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
     let generation = view.generation.next();
     let c = &view.context;

@@ -37,6 +37,10 @@ struct Config {
     /// Largest upload, in bytes.
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 100 << 20)]
     max_upload_bytes: u64,
+    /// Directory of the read-model table's file (created at each start and
+    /// unlinked at once; it holds the final snapshot of every artifact).
+    #[arg(long, env = "READ_MODEL_DIR", default_value_os_t = std::env::temp_dir())]
+    read_model_dir: std::path::PathBuf,
     /// Consumer group of the projector task.
     #[arg(long, env = "PROJECTOR_GROUP", default_value = "artifact-projector")]
     projector_group: String,
@@ -71,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     let producer = producer_config(&cfg.conn, "artifact-api")
         .set("message.timeout.ms", "10000")
         .create()?;
-    let table = Arc::new(StatusTable::default());
+    let table = Arc::new(StatusTable::create(&cfg.read_model_dir)?);
     let state = AppState {
         names: TopicNames::from_config(&cfg.conn),
         codec: codec.clone(),
@@ -88,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
     // at zero as it starts).
     let metrics = metrics_handle();
     let health = Health::not_ready("restoring the read model from the status topic");
-    tokio::spawn(follow_status_topic(
+    let read_model = tokio::spawn(follow_status_topic(
         cfg.conn.clone(),
         codec.clone(),
         table.clone(),
@@ -116,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         r = axum::serve(listener, app) => r?,
         r = projector => anyhow::bail!("projector stopped: {:?}", r),
+        r = read_model => anyhow::bail!("read model stopped: {:?}", r),
         _ = artifact_runtime::service::shutdown_signal() => tracing::info!("shutting down"),
     }
     Ok(())

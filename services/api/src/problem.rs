@@ -64,6 +64,12 @@ impl Problem {
     }
 }
 
+impl From<crate::readmodel::TableError> for Problem {
+    fn from(e: crate::readmodel::TableError) -> Self {
+        Self::internal(e.to_string())
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
