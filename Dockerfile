@@ -43,10 +43,11 @@ RUN apt-get update \
  && groupadd --system --gid 10001 pipeline \
  && useradd --system --uid 10001 --gid pipeline --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin pipeline \
- # The blob store root. A fresh Docker named volume mounted here takes this ownership,
- # so the non-root user can write to it (Kubernetes: the chart's fsGroup does this).
- && mkdir -p /data/blobs \
- && chown 10001:10001 /data/blobs
+ # The blob store root and the API's read-model directory. A fresh Docker named volume
+ # mounted on one takes its ownership, so the non-root user can write to it (Kubernetes:
+ # the chart's fsGroup does this).
+ && mkdir -p /data/blobs /var/lib/artifact-api \
+ && chown 10001:10001 /data/blobs /var/lib/artifact-api
 
 COPY --from=builder /out/ /usr/local/bin/
 

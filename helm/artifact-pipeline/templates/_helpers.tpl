@@ -236,6 +236,7 @@ scalars replace. Call with (list $ "mimeDetector"); returns YAML.
 {{- if $s.projectorGroup -}}
 {{- $_ := set $data "PROJECTOR_GROUP" $s.projectorGroup -}}
 {{- end -}}
+{{- $_ := set $data "READ_MODEL_DIR" "/var/lib/artifact-api" -}}
 {{- end -}}
 {{- range $k, $v := $s.env -}}
 {{- $_ := set $data $k $v -}}
