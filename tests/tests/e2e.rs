@@ -216,31 +216,26 @@ async fn documents_reach_their_final_states_through_the_api() -> anyhow::Result<
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
     assert_eq!(seen.len(), 5, "four artifacts, one of them twice");
 
-    // Every artifact is final: the projector holds no fold any more, and the
-    // reprocessed one still reads as generation 2.
+    // Every artifact is final: the projector holds no fold any more, the
+    // read model holds no snapshot in memory (every one is in its file), and
+    // the reprocessed artifact still reads as generation 2.
     let api = p.api.as_ref().expect("the API runs");
-    wait_until(
-        "the projector drops settled folds",
-        Duration::from_secs(30),
-        || async {
-            api.exported_metric("artifact_api_projector_folds", &[])
-                .await
-                == Some(0.0)
-        },
-    )
-    .await?;
+    for (what, gauge) in [
+        (
+            "the projector drops settled folds",
+            "artifact_api_projector_folds",
+        ),
+        (
+            "the read model holds no snapshot in memory",
+            "artifact_api_read_model_in_flight",
+        ),
+    ] {
+        wait_until(what, Duration::from_secs(30), || async {
+            api.exported_metric(gauge, &[]).await == Some(0.0)
+        })
+        .await?;
+    }
     assert_eq!(p.status(&pdf).await.unwrap().generation.get(), 2);
-    // The read model holds every final snapshot in its file, none in memory.
-    wait_until(
-        "the read model holds no snapshot in memory",
-        Duration::from_secs(30),
-        || async {
-            api.exported_metric("artifact_api_read_model_in_flight", &[])
-                .await
-                == Some(0.0)
-        },
-    )
-    .await?;
     let file_bytes = api
         .exported_metric("artifact_api_read_model_file_bytes", &[])
         .await;

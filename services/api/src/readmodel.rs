@@ -101,6 +101,17 @@ struct Index {
     in_flight: BTreeMap<u128, StatusView>,
 }
 
+impl Index {
+    /// (generation, `updated_at`) of the snapshot held for an artifact: the
+    /// one in flight if there is one, else the file's.
+    fn order(&self, k: u128) -> Option<(Generation, i64)> {
+        match self.in_flight.get(&k) {
+            Some(v) => Some(order(v)),
+            None => self.on_file.get(&k).map(Slot::order),
+        }
+    }
+}
+
 /// A page entry before its snapshot is read from the file.
 enum Entry {
     Held(Box<StatusView>),
@@ -161,13 +172,7 @@ impl StatusTable {
             let index = self.index.read().expect("table lock");
             newest
                 .into_iter()
-                .filter(|(k, v)| {
-                    let held = match index.in_flight.get(k) {
-                        Some(old) => Some(order(old)),
-                        None => index.on_file.get(k).map(Slot::order),
-                    };
-                    held.is_none_or(|o| order(v) >= o)
-                })
+                .filter(|(k, v)| index.order(*k).is_none_or(|o| order(v) >= o))
                 .partition(|(_, v)| v.state.is_terminal())
         };
         // The final snapshots are appended in one write; memory points at
@@ -237,12 +242,8 @@ impl StatusTable {
 
     /// The generation of an artifact's snapshot, without reading it.
     pub fn generation(&self, id: ArtifactId) -> Option<Generation> {
-        let k = key(id);
         let index = self.index.read().expect("table lock");
-        match index.in_flight.get(&k) {
-            Some(v) => Some(v.generation),
-            None => index.on_file.get(&k).map(|s| s.generation),
-        }
+        index.order(key(id)).map(|(generation, _)| generation)
     }
 
     /// Up to `limit` artifacts after `cursor` (by id), optionally in one
