@@ -10,9 +10,10 @@
 //!
 //! each rate taken from the output records' broker append times (first to
 //! last), so process start-up is not counted. Then the dedup restore: 1 000 000 keys in
-//! one partition of a dedup topic, restore time and resident memory per key.
+//! one partition of a dedup topic, restore time and resident memory per key,
+//! with the stages' default retention, without one, and all expired.
 //!
-//! Usage: `bench-runner [--records N] [--restore-keys N]` with the local
+//! Usage: `bench-runner [--records N] [--restore-keys N] [--restore-only]` with the local
 //! stack up (KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL).
 
 use anyhow::Context;
@@ -21,6 +22,7 @@ use artifact_domain::{ArtifactId, Generation, Stage};
 use artifact_pipeline_tests::{StageProcess, TestEnv};
 use artifact_runtime::dedup::{DedupEntry, restore_partition};
 use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, producer_config};
+use artifact_runtime::now_ms;
 use artifact_runtime::schemas::EventSchema;
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -47,6 +49,9 @@ struct Args {
     /// wrapper that runs it under a profiler.
     #[arg(long)]
     stage_bin: Option<PathBuf>,
+    /// Runs only the dedup restore measurement.
+    #[arg(long)]
+    restore_only: bool,
     /// Runs only the stage in this delivery mode (no baselines, no restore).
     #[arg(long, value_parser = ["exactly-once", "at-least-once"])]
     only: Option<String>,
@@ -274,15 +279,23 @@ fn rss_bytes() -> u64 {
 }
 
 /// What a restore took: seconds, resident-set growth per key, the state's
-/// own heap bytes per key, keys.
+/// own heap bytes per key, keys kept and expired.
 struct Restore {
+    label: &'static str,
     secs: f64,
     rss_per_key: f64,
     map_per_key: f64,
     keys: usize,
+    expired: usize,
 }
 
-async fn restore_bench(env: &TestEnv, keys: usize) -> anyhow::Result<Restore> {
+/// Writes `keys` dedup entries, processed in the last few minutes, to one
+/// partition, then restores it three times: with a 7-day retention (the
+/// stages' default: every entry kept), with none (the baseline: no
+/// processing times looked at), and with every entry expired. Resident-set
+/// growth is measured for the first only; the later ones reuse its freed
+/// memory.
+async fn restore_bench(env: &TestEnv, keys: usize) -> anyhow::Result<Vec<Restore>> {
     let topic = env.names.dedup(Stage::MimeDetector);
     let producer: FutureProducer = producer_config(&env.conn, "restore-bench")
         .set("linger.ms", "20")
@@ -290,12 +303,13 @@ async fn restore_bench(env: &TestEnv, keys: usize) -> anyhow::Result<Restore> {
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     let mut pending = Vec::with_capacity(10_000);
+    let written_at = now_ms();
     for i in 0..keys {
         let e = DedupEntry {
             artifact_id: ArtifactId::new_random(),
             generation: Generation::FIRST,
             outcome_status: OutcomeStatus::Succeeded,
-            processed_at: i as i64,
+            processed_at: written_at - (i as i64 % 600_000),
         };
         let payload = env
             .codec
@@ -321,29 +335,49 @@ async fn restore_bench(env: &TestEnv, keys: usize) -> anyhow::Result<Restore> {
     for p in pending.drain(..) {
         p.await?.map_err(|(e, _)| e)?;
     }
-    let before = rss_bytes();
-    let started = Instant::now();
-    let restored = restore_partition(&env.conn, &env.codec, &topic, 0, Duration::from_secs(600))
+    const WEEK_MS: i64 = 7 * 86_400_000;
+    let variants: [(&'static str, Option<i64>); 3] = [
+        ("7-day retention, none expired", Some(now_ms() - WEEK_MS)),
+        ("no retention (baseline)", None),
+        ("retention, every entry expired", Some(now_ms() + 1)),
+    ];
+    let mut out = Vec::new();
+    for (label, expire_before_ms) in variants {
+        let before = rss_bytes();
+        let started = Instant::now();
+        let restored = restore_partition(
+            &env.conn,
+            &env.codec,
+            &topic,
+            0,
+            Duration::from_secs(600),
+            expire_before_ms,
+        )
         .await
         .context("restoring")?;
-    let secs = started.elapsed().as_secs_f64();
-    let after = rss_bytes();
-    let n = restored.entries.len();
-    anyhow::ensure!(n == keys, "restored {n} of {keys} keys");
-    let rss_per_key = (after.saturating_sub(before)) as f64 / n as f64;
-    // The hash table's own allocation: one (key, value) slot and one control
-    // byte per bucket, whatever the allocator and the fetch buffers do.
-    let slot = std::mem::size_of::<(ArtifactId, Generation)>() + 1;
-    // (A table of capacity c has about c·8/7 buckets, a power of two.)
-    let buckets = (restored.entries.capacity() * 8 / 7).next_power_of_two();
-    let map_per_key = (buckets * slot) as f64 / n as f64;
-    drop(restored);
-    Ok(Restore {
-        secs,
-        rss_per_key,
-        map_per_key,
-        keys: n,
-    })
+        let secs = started.elapsed().as_secs_f64();
+        let after = rss_bytes();
+        let (n, expired) = (restored.entries.len(), restored.expired.len());
+        anyhow::ensure!(
+            n + expired == keys,
+            "restored {n} and expired {expired} of {keys} keys"
+        );
+        // The hash table's own allocation: one (key, value) slot and one control
+        // byte per bucket, whatever the allocator and the fetch buffers do.
+        let slot = std::mem::size_of::<(ArtifactId, Generation)>() + 1;
+        // (A table of capacity c has about c·8/7 buckets, a power of two.)
+        let buckets = (restored.entries.capacity() * 8 / 7).next_power_of_two();
+        drop(restored);
+        out.push(Restore {
+            label,
+            secs,
+            rss_per_key: (after.saturating_sub(before)) as f64 / keys as f64,
+            map_per_key: (buckets * slot) as f64 / n.max(1) as f64,
+            keys: n,
+            expired,
+        });
+    }
+    Ok(out)
 }
 
 #[tokio::main]
@@ -351,6 +385,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let n = args.records;
     let bin = args.stage_bin.clone().unwrap_or_else(default_stage_bin);
+    if args.restore_only {
+        return restore_report(args.restore_keys).await;
+    }
     if let Some(mode) = &args.only {
         let r = TestEnv::scoped(args.partitions, async |env| {
             stage_run(env, &bin, n, args.partitions, mode, &args.stage_log).await
@@ -413,14 +450,33 @@ async fn main() -> anyhow::Result<()> {
         100.0 * eos / raw2,
         100.0 * eos / alo
     );
-    let r = TestEnv::scoped(1, async |env| restore_bench(env, args.restore_keys).await).await?;
-    println!(
-        "dedup restore: {} keys in {:.2} s ({:.0} keys/s); per key: {:.0} bytes of hash table, {:.0} bytes of resident-set growth",
-        r.keys,
-        r.secs,
-        r.keys as f64 / r.secs,
-        r.map_per_key,
-        r.rss_per_key
-    );
+    restore_report(args.restore_keys).await
+}
+
+async fn restore_report(keys: usize) -> anyhow::Result<()> {
+    let runs = TestEnv::scoped(1, async |env| restore_bench(env, keys).await).await?;
+    for (i, r) in runs.iter().enumerate() {
+        let rss = if i == 0 {
+            format!(
+                "; {:.0} bytes of resident-set growth per key read",
+                r.rss_per_key
+            )
+        } else {
+            String::new()
+        };
+        let table = if r.keys > 0 {
+            format!("; per key kept: {:.0} bytes of hash table", r.map_per_key)
+        } else {
+            String::new()
+        };
+        println!(
+            "dedup restore, {}: {} keys kept, {} expired, in {:.2} s ({:.0} records/s){table}{rss}",
+            r.label,
+            r.keys,
+            r.expired,
+            r.secs,
+            (r.keys + r.expired) as f64 / r.secs,
+        );
+    }
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 use artifact_domain::{Generation, MimeDetected, Outcome};
 use artifact_pipeline_tests::{StageProcess, TestEnv, header, wait_until};
+use artifact_runtime::now_ms;
 use artifact_runtime::schemas::EventSchema;
 use rdkafka::Message;
 use std::collections::HashMap;
@@ -313,5 +314,117 @@ async fn refuses_to_start_when_topics_are_not_co_partitioned() -> anyhow::Result
         err.contains("has 3 partitions") && err.contains("has 2"),
         "{err}"
     );
+    Ok(())
+}
+
+/// The mime-detector outcomes of one artifact.
+async fn outcomes_of(env: &TestEnv, id: artifact_domain::ArtifactId) -> usize {
+    outputs(env)
+        .await
+        .iter()
+        .filter(|e| e.artifact_id == id)
+        .count()
+}
+
+/// Whether the dedup topic holds a tombstone for `id`.
+fn tombstoned(env: &TestEnv, id: artifact_domain::ArtifactId) -> bool {
+    let topic = env.names.dedup(artifact_domain::Stage::MimeDetector);
+    let key = id.to_string();
+    env.read_all(&topic).is_ok_and(|v| {
+        v.iter()
+            .any(|m| m.key() == Some(key.as_bytes()) && m.payload().is_none())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dedup_entries_expire_after_the_retention_in_memory_and_in_the_topic() -> anyhow::Result<()>
+{
+    const RETENTION: Duration = Duration::from_secs(2);
+    let env = TestEnv::new(1).await?;
+    let vars = [("DEDUP_RETENTION_MS", RETENTION.as_millis().to_string())];
+    let mut stage = StageProcess::start(&env, Path::new(BIN), &vars)?;
+
+    let a = TestEnv::created("a.txt");
+    env.produce_created(std::slice::from_ref(&a)).await?;
+    wait_until("a's outcome", Duration::from_secs(60), || async {
+        outcomes_of(&env, a.artifact_id).await == 1
+    })
+    .await?;
+    // Within the retention a duplicate is skipped.
+    env.produce_created(std::slice::from_ref(&a)).await?;
+    wait_until("the duplicate skipped", Duration::from_secs(30), || async {
+        stage
+            .metric("artifact_stage_skipped_total", &["reason=\"duplicate\""])
+            .await
+            >= 1.0
+    })
+    .await?;
+
+    // Between one and two retentions later the entry expires from memory,
+    // and the next transaction (b's) writes its tombstone.
+    wait_until("a's entry expired", Duration::from_secs(30), || async {
+        stage
+            .metric("artifact_stage_dedup_expired_total", &[])
+            .await
+            >= 1.0
+    })
+    .await?;
+    assert_eq!(stage.metric("artifact_stage_dedup_keys", &[]).await, 0.0);
+    let b = TestEnv::created("b.txt");
+    env.produce_created(std::slice::from_ref(&b)).await?;
+    wait_until("a's tombstone", Duration::from_secs(60), || async {
+        tombstoned(&env, a.artifact_id)
+    })
+    .await?;
+    assert_eq!(outcomes_of(&env, a.artifact_id).await, 1);
+    // Past its retention the same event is processed again.
+    env.produce_created(std::slice::from_ref(&a)).await?;
+    wait_until("a processed again", Duration::from_secs(60), || async {
+        outcomes_of(&env, a.artifact_id).await == 2
+    })
+    .await?;
+
+    // A restart once every entry is older than the retention: the restore
+    // leaves them all out, and the next transaction tombstones b.
+    assert!(stage.terminate(Duration::from_secs(20)), "stage stopped");
+    let dedup_topic = env.names.dedup(artifact_domain::Stage::MimeDetector);
+    wait_until(
+        "every dedup entry older than the retention",
+        Duration::from_secs(30),
+        || async {
+            let newest = env.read_all(&dedup_topic).map(|v| {
+                v.iter()
+                    .filter_map(|m| m.timestamp().to_millis())
+                    .max()
+                    .unwrap_or(i64::MAX)
+            });
+            newest.is_ok_and(|t| t + (RETENTION.as_millis() as i64) < now_ms())
+        },
+    )
+    .await?;
+    let outputs_before = outputs(&env).await.len();
+    let stage = StageProcess::start(&env, Path::new(BIN), &vars)?;
+    wait_until("the stage ready", Duration::from_secs(60), || async {
+        stage.is_ready().await
+    })
+    .await?;
+    assert_eq!(
+        stage.metric("artifact_stage_dedup_keys", &[]).await,
+        0.0,
+        "expired entries were restored"
+    );
+    assert!(!tombstoned(&env, b.artifact_id));
+    let c = TestEnv::created("c.txt");
+    env.produce_created(std::slice::from_ref(&c)).await?;
+    wait_until("b's tombstone", Duration::from_secs(60), || async {
+        tombstoned(&env, b.artifact_id)
+    })
+    .await?;
+    assert_eq!(
+        outputs(&env).await.len(),
+        outputs_before + 1,
+        "c's outcome only"
+    );
+    assert_eq!(stage.metric("artifact_stage_dedup_keys", &[]).await, 1.0);
     Ok(())
 }

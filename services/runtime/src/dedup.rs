@@ -3,6 +3,17 @@
 //! `<prefix>.<stage>.dedup` topic in the same transaction as the outcome, and
 //! restored from the same-numbered partition of that topic before any input
 //! of a newly assigned partition is processed.
+//!
+//! With a retention (`DEDUP_RETENTION_MS`), an artifact's entry is kept for
+//! at least the retention after it was processed and for less than twice
+//! that: entries are recorded in a current table, which becomes the
+//! previous one after a retention, whose entries then expire a retention
+//! later. An expired entry leaves memory and a tombstone for its key is
+//! written to the dedup topic, so compaction removes it there too; a restore
+//! leaves out (and tombstones) entries processed longer ago than the
+//! retention. Memory and restore time then follow the artifacts of the last
+//! retention, not every artifact ever processed. A duplicate that arrives
+//! after its entry expired is processed again.
 
 use crate::codec::{AvroCodec, CodecError};
 use crate::config::ConnectionConfig;
@@ -15,7 +26,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// The value of a dedup-topic record (`schemas/dedup-entry.avsc`).
@@ -31,26 +42,80 @@ pub struct DedupEntry {
     pub processed_at: i64,
 }
 
-/// Dedup state of the partitions an instance owns.
+/// One partition's entries: recorded in `current`; `previous` holds those
+/// of the retention before. A key is in one of them at most.
 #[derive(Debug, Default)]
+struct Tables {
+    current: HashMap<ArtifactId, Generation>,
+    previous: HashMap<ArtifactId, Generation>,
+}
+
+impl Tables {
+    fn get(&self, id: &ArtifactId) -> Option<Generation> {
+        self.current
+            .get(id)
+            .or_else(|| self.previous.get(id))
+            .copied()
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
+
+/// Dedup state of the partitions an instance owns.
+#[derive(Debug)]
 pub struct DedupState {
-    partitions: HashMap<i32, HashMap<ArtifactId, Generation>>,
+    partitions: HashMap<i32, Tables>,
+    /// `None`: entries are kept for good.
+    retention: Option<Duration>,
+    rotated_at: Instant,
+    /// Keys expired from memory whose tombstone is not written yet.
+    tombstones: Vec<(i32, ArtifactId)>,
+}
+
+impl Default for DedupState {
+    fn default() -> Self {
+        Self::new(None, Instant::now())
+    }
 }
 
 impl DedupState {
+    /// An empty state; entries expire after `retention` (counted from
+    /// `now`), or never with `None`.
+    pub fn new(retention: Option<Duration>, now: Instant) -> Self {
+        Self {
+            partitions: HashMap::new(),
+            retention,
+            rotated_at: now,
+            tombstones: Vec::new(),
+        }
+    }
+
     /// Whether a partition's state was restored.
     pub fn has_partition(&self, partition: i32) -> bool {
         self.partitions.contains_key(&partition)
     }
 
-    /// Installs a restored partition.
-    pub fn install(&mut self, partition: i32, entries: HashMap<ArtifactId, Generation>) {
-        self.partitions.insert(partition, entries);
+    /// Installs a restored partition: its entries, and the keys the restore
+    /// found expired, to be tombstoned.
+    pub fn install(&mut self, partition: i32, restored: Restored) {
+        self.tombstones
+            .extend(restored.expired.into_iter().map(|id| (partition, id)));
+        self.partitions.insert(
+            partition,
+            Tables {
+                current: restored.entries,
+                previous: HashMap::new(),
+            },
+        );
     }
 
-    /// Forgets a partition (revoked).
+    /// Forgets a partition (revoked), with its pending tombstones: the next
+    /// owner's restore finds those keys expired again.
     pub fn drop_partition(&mut self, partition: i32) {
         self.partitions.remove(&partition);
+        self.tombstones.retain(|(p, _)| *p != partition);
     }
 
     /// Partitions held.
@@ -60,7 +125,7 @@ impl DedupState {
 
     /// The newest generation processed for an artifact.
     pub fn last(&self, partition: i32, id: ArtifactId) -> Option<Generation> {
-        self.partitions.get(&partition)?.get(&id).copied()
+        self.partitions.get(&partition)?.get(&id)
     }
 
     /// Decides on an incoming generation.
@@ -72,18 +137,54 @@ impl DedupState {
     /// A partition not held (revoked meanwhile, or not restored yet) is left
     /// alone: its state comes from the dedup topic when it is assigned.
     pub fn record(&mut self, partition: i32, id: ArtifactId, generation: Generation) {
-        let Some(p) = self.partitions.get_mut(&partition) else {
+        let Some(t) = self.partitions.get_mut(&partition) else {
             return;
         };
-        let slot = p.entry(id).or_insert(generation);
-        if generation > *slot {
-            *slot = generation;
+        let newest = [t.previous.remove(&id), t.current.get(&id).copied()]
+            .into_iter()
+            .flatten()
+            .fold(generation, Generation::max);
+        t.current.insert(id, newest);
+    }
+
+    /// Expires the previous tables' entries once a retention has passed
+    /// since the last rotation, queueing their tombstones; returns how many
+    /// expired.
+    pub fn rotate_if_due(&mut self, now: Instant) -> usize {
+        let Some(retention) = self.retention else {
+            return 0;
+        };
+        if now.saturating_duration_since(self.rotated_at) < retention {
+            return 0;
         }
+        self.rotated_at = now;
+        let mut expired = 0;
+        for (p, t) in &mut self.partitions {
+            let old = std::mem::replace(&mut t.previous, std::mem::take(&mut t.current));
+            expired += old.len();
+            self.tombstones.extend(old.into_keys().map(|id| (*p, id)));
+        }
+        expired
+    }
+
+    /// Takes up to `max` pending tombstones, to be written in the next
+    /// transaction, before its records: a key processed again in that
+    /// batch keeps its new entry. A tombstone whose transaction fails is not
+    /// retried; the key's old entry stays in the topic until a restore finds
+    /// it expired.
+    pub fn take_tombstones(&mut self, max: usize) -> Vec<(i32, ArtifactId)> {
+        let from = self.tombstones.len().saturating_sub(max);
+        self.tombstones.split_off(from)
+    }
+
+    /// Tombstones waiting for a transaction.
+    pub fn pending_tombstones(&self) -> usize {
+        self.tombstones.len()
     }
 
     /// Number of keys held.
     pub fn len(&self) -> usize {
-        self.partitions.values().map(HashMap::len).sum()
+        self.partitions.values().map(Tables::len).sum()
     }
 
     /// Whether no keys are held.
@@ -128,23 +229,30 @@ pub enum RestoreError {
 /// What a restore read.
 #[derive(Debug, Default)]
 pub struct Restored {
-    /// The newest generation per artifact.
+    /// The newest generation per artifact, of those not expired.
     pub entries: HashMap<ArtifactId, Generation>,
+    /// Artifacts whose newest entry was processed before the expiry.
+    pub expired: Vec<ArtifactId>,
     /// Records read.
     pub records: u64,
     /// Records that did not decode (skipped; counted).
     pub undecodable: u64,
 }
 
+/// A record's key and value; a tombstone has no value.
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Reads one partition of a dedup topic from the beginning to its end
 /// (`read_committed`: up to the last stable offset) and returns the newest
-/// generation per artifact.
+/// generation per artifact, leaving out those whose newest entry was
+/// processed before `expire_before_ms` (epoch milliseconds).
 pub async fn restore_partition(
     conn: &ConnectionConfig,
     codec: &AvroCodec,
     topic: &str,
     partition: i32,
     timeout: Duration,
+    expire_before_ms: Option<i64>,
 ) -> Result<Restored, RestoreError> {
     let kafka = |source| RestoreError::Kafka {
         topic: topic.to_owned(),
@@ -173,7 +281,10 @@ pub async fn restore_partition(
 
     let deadline = Instant::now() + timeout;
     let mut out = Restored::default();
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(1024);
+    // Keys whose last entry so far was processed before the expiry: entries
+    // are appended as they are processed, so a key's last is its newest.
+    let mut expired: HashSet<ArtifactId> = HashSet::new();
+    let mut batch: Vec<KeyValue> = Vec::with_capacity(1024);
     loop {
         if Instant::now() >= deadline {
             return Err(RestoreError::Timeout {
@@ -196,19 +307,32 @@ pub async fn restore_partition(
                     break;
                 }
                 Some(Err(e)) => return Err(kafka(e)),
-                Some(Ok(m)) => match m.payload() {
-                    Some(p) => batch.push(p.to_vec()),
-                    None => out.records += 1, // tombstone: nothing to keep
-                },
+                Some(Ok(m)) => {
+                    batch.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)))
+                }
             }
         }
-        for bytes in batch.drain(..) {
+        for (key, value) in batch.drain(..) {
             out.records += 1;
+            let Some(bytes) = value else {
+                // A tombstone: the key's entries before it expired.
+                let id = key
+                    .and_then(|k| String::from_utf8(k).ok())
+                    .and_then(|k| k.parse::<ArtifactId>().ok());
+                if let Some(id) = id {
+                    expired.remove(&id);
+                    out.entries.remove(&id);
+                }
+                continue;
+            };
             match codec.decode::<DedupEntry>(Some(&bytes)).await {
                 Ok(e) => {
                     let slot = out.entries.entry(e.artifact_id).or_insert(e.generation);
-                    if e.generation > *slot {
-                        *slot = e.generation;
+                    *slot = (*slot).max(e.generation);
+                    if expire_before_ms.is_some_and(|before| e.processed_at < before) {
+                        expired.insert(e.artifact_id);
+                    } else {
+                        expired.remove(&e.artifact_id);
                     }
                 }
                 Err(e) if e.is_retriable() => {
@@ -221,6 +345,13 @@ pub async fn restore_partition(
             }
         }
         if eof {
+            for id in &expired {
+                out.entries.remove(id);
+            }
+            if expired.len() > out.entries.len() {
+                out.entries.shrink_to_fit();
+            }
+            out.expired = expired.into_iter().collect();
             return Ok(out);
         }
     }
@@ -238,7 +369,7 @@ mod tests {
     fn decisions_follow_recorded_generations_per_partition() {
         let mut s = DedupState::default();
         let id = ArtifactId::new_random();
-        s.install(0, HashMap::new());
+        s.install(0, Restored::default());
         assert_eq!(s.decide(0, id, g(1)), DedupDecision::Process);
         s.record(0, id, g(1));
         assert_eq!(s.decide(0, id, g(1)), DedupDecision::Duplicate);
@@ -257,5 +388,102 @@ mod tests {
         s.record(0, id, g(3));
         assert!(!s.has_partition(0));
         assert!(s.is_empty());
+    }
+
+    fn restored(entries: &[(ArtifactId, i64)], expired: &[ArtifactId]) -> Restored {
+        Restored {
+            entries: entries.iter().map(|(id, n)| (*id, g(*n))).collect(),
+            expired: expired.to_vec(),
+            ..Restored::default()
+        }
+    }
+
+    #[test]
+    fn entries_expire_between_one_and_two_retentions_after_they_were_recorded() {
+        const W: Duration = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut s = DedupState::new(Some(W), t0);
+        let (a, b, c) = (
+            ArtifactId::new_random(),
+            ArtifactId::new_random(),
+            ArtifactId::new_random(),
+        );
+        s.install(0, Restored::default());
+        s.install(1, Restored::default());
+        s.record(0, a, g(1));
+        s.record(1, b, g(1));
+        assert_eq!(s.rotate_if_due(t0 + W - Duration::from_secs(1)), 0);
+        // After one retention: still known, now in the previous table.
+        assert_eq!(s.rotate_if_due(t0 + W), 0);
+        assert_eq!(s.decide(0, a, g(1)), DedupDecision::Duplicate);
+        assert_eq!(s.len(), 2);
+        // Processed again meanwhile (a new generation): b is current again.
+        s.record(1, b, g(2));
+        s.record(0, c, g(1));
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.rotate_if_due(t0 + W + W / 2), 0);
+        // After two: a expired and is tombstoned; b and c are kept.
+        assert_eq!(s.rotate_if_due(t0 + 2 * W), 1);
+        assert_eq!(s.decide(0, a, g(1)), DedupDecision::Process);
+        assert_eq!(s.last(1, b), Some(g(2)));
+        assert_eq!(s.decide(0, c, g(1)), DedupDecision::Duplicate);
+        assert_eq!(s.pending_tombstones(), 1);
+        assert_eq!(s.take_tombstones(10), vec![(0, a)]);
+        assert_eq!(s.pending_tombstones(), 0);
+        // And a retention later, b and c too.
+        assert_eq!(s.rotate_if_due(t0 + 3 * W), 2);
+        let mut gone = s.take_tombstones(1);
+        gone.extend(s.take_tombstones(1));
+        gone.sort_by_key(|(p, _)| *p);
+        assert_eq!(gone, vec![(0, c), (1, b)]);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn without_a_retention_nothing_expires() {
+        let t0 = Instant::now();
+        let mut s = DedupState::new(None, t0);
+        let a = ArtifactId::new_random();
+        s.install(0, Restored::default());
+        s.record(0, a, g(1));
+        assert_eq!(s.rotate_if_due(t0 + Duration::from_secs(86_400 * 365)), 0);
+        assert_eq!(s.last(0, a), Some(g(1)));
+        assert_eq!(s.pending_tombstones(), 0);
+    }
+
+    #[test]
+    fn a_restore_brings_its_expired_keys_to_be_tombstoned_and_a_revocation_drops_them() {
+        let mut s = DedupState::new(Some(Duration::from_secs(60)), Instant::now());
+        let (a, b, c) = (
+            ArtifactId::new_random(),
+            ArtifactId::new_random(),
+            ArtifactId::new_random(),
+        );
+        s.install(0, restored(&[(a, 2)], &[b]));
+        s.install(1, restored(&[], &[c]));
+        assert_eq!(s.last(0, a), Some(g(2)));
+        assert_eq!(s.last(0, b), None);
+        assert_eq!(s.pending_tombstones(), 2);
+        s.drop_partition(1);
+        assert_eq!(s.take_tombstones(10), vec![(0, b)]);
+    }
+
+    #[test]
+    fn recording_keeps_the_newest_generation_across_both_tables() {
+        const W: Duration = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut s = DedupState::new(Some(W), t0);
+        let a = ArtifactId::new_random();
+        s.install(0, Restored::default());
+        s.record(0, a, g(3));
+        s.rotate_if_due(t0 + W);
+        // An older generation recorded late does not move the state back,
+        // and the key is held once.
+        s.record(0, a, g(2));
+        assert_eq!(s.last(0, a), Some(g(3)));
+        assert_eq!(s.len(), 1);
+        // It is current again: the next rotation does not expire it.
+        assert_eq!(s.rotate_if_due(t0 + 2 * W), 0);
+        assert_eq!(s.last(0, a), Some(g(3)));
     }
 }

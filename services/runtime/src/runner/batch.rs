@@ -57,7 +57,8 @@ struct Out {
     /// partitioner put it on the input topic.
     partition: i32,
     key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    /// `None`: a tombstone.
+    payload: Option<Vec<u8>>,
     headers: Vec<(&'static str, String)>,
     kind: &'static str,
 }
@@ -151,12 +152,14 @@ impl Drop for GateGuard {
 impl<S: StageLogic> StageRunner<S> {
     /// Decodes, deduplicates (against the restored state, the batch still
     /// in flight, and earlier records of this batch), processes and encodes
-    /// a batch. Nothing is produced yet.
+    /// a batch, after the `tombstones` of expired dedup entries. Nothing is
+    /// produced yet.
     pub(crate) async fn prepare(
         &self,
         dedup: &crate::dedup::DedupState,
         in_flight: Option<&HashMap<(i32, ArtifactId), Generation>>,
         items: &[Item],
+        tombstones: Vec<(i32, ArtifactId)>,
     ) -> Result<Prepared, BatchError> {
         let stage = S::STAGE;
         let name = stage.name();
@@ -269,7 +272,23 @@ impl<S: StageLogic> StageRunner<S> {
         let mut output_writer: Option<TopicWriter> = None;
         let mut dedup_writer: Option<TopicWriter> = None;
         // An outcome and a dedup record per item at most.
-        let mut outs: Vec<Out> = Vec::with_capacity(2 * items.len());
+        let mut outs: Vec<Out> = Vec::with_capacity(2 * items.len() + tombstones.len());
+        // Tombstones first: a key processed again in this batch keeps the
+        // entry written after its tombstone. A key the batch in flight
+        // processed keeps its entry: no tombstone.
+        for (p, id) in tombstones {
+            if in_flight.is_some_and(|f| f.contains_key(&(p, id))) {
+                continue;
+            }
+            outs.push(Out {
+                topic: topics.dedup.clone(),
+                partition: p,
+                key: Some(id.to_string().into_bytes()),
+                payload: None,
+                headers: vec![],
+                kind: "tombstone",
+            });
+        }
         let mut recorded: Vec<(i32, ArtifactId, Generation)> = Vec::new();
         let mut outcome_labels: Vec<&'static str> = Vec::new();
         for (i, plan) in plans.into_iter().enumerate() {
@@ -284,7 +303,7 @@ impl<S: StageLogic> StageRunner<S> {
                         topic: topics.dlq.clone(),
                         partition: p,
                         key,
-                        payload: it.msg.payload().unwrap_or_default().to_vec(),
+                        payload: Some(it.msg.payload().unwrap_or_default().to_vec()),
                         headers: self.source_headers(it, "undecodable", &err),
                         kind: "dlq",
                     });
@@ -315,7 +334,7 @@ impl<S: StageLogic> StageRunner<S> {
                                 topic: topics.retry.clone(),
                                 partition: p,
                                 key,
-                                payload: it.msg.payload().unwrap_or_default().to_vec(),
+                                payload: Some(it.msg.payload().unwrap_or_default().to_vec()),
                                 headers,
                                 kind: "retry",
                             });
@@ -342,7 +361,7 @@ impl<S: StageLogic> StageRunner<S> {
                         topic: topics.output.clone(),
                         partition: p,
                         key: Some(key.clone()),
-                        payload,
+                        payload: Some(payload),
                         headers: vec![(TRACEPARENT, tp)],
                         kind: "output",
                     });
@@ -360,7 +379,7 @@ impl<S: StageLogic> StageRunner<S> {
                         topic: topics.dedup.clone(),
                         partition: p,
                         key: Some(key),
-                        payload,
+                        payload: Some(payload),
                         headers: vec![],
                         kind: "dedup",
                     });
@@ -736,8 +755,10 @@ fn encoded<T: serde::Serialize>(
 
 /// Enqueues one record, waiting while the producer's queue is full.
 fn send(producer: &StageProducer, o: &Out) -> Result<(), BatchError> {
-    let mut rec: BaseRecord<'_, [u8], [u8]> =
-        BaseRecord::to(&o.topic).payload(o.payload.as_slice());
+    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&o.topic);
+    if let Some(payload) = &o.payload {
+        rec = rec.payload(payload.as_slice());
+    }
     if !o.headers.is_empty() {
         let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
         for (k, v) in &o.headers {

@@ -81,6 +81,15 @@ pub struct RunnerConfig {
     #[arg(long, env = "RETRY_DELAY_MAX_MS", default_value_t = 300_000)]
     pub retry_delay_max_ms: u64,
 
+    /// How long an artifact's dedup entry is kept after it was processed, in
+    /// milliseconds: at least this and less than twice this. An expired
+    /// entry leaves memory and is tombstoned in the dedup topic, so memory
+    /// and restore time follow the artifacts of the last retention; a
+    /// duplicate arriving later than that is processed again. 0 keeps
+    /// entries for good.
+    #[arg(long, env = "DEDUP_RETENTION_MS", default_value_t = 604_800_000)]
+    pub dedup_retention_ms: u64,
+
     /// Time allowed to restore one partition's dedup state, in milliseconds.
     #[arg(long, env = "RESTORE_TIMEOUT_MS", default_value_t = 120_000)]
     pub restore_timeout_ms: u64,
@@ -89,6 +98,13 @@ pub struct RunnerConfig {
     /// group before exiting anyway, in milliseconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+}
+
+impl RunnerConfig {
+    /// The dedup retention; `None` keeps entries for good.
+    pub fn dedup_retention(&self) -> Option<Duration> {
+        (self.dedup_retention_ms > 0).then(|| Duration::from_millis(self.dedup_retention_ms))
+    }
 }
 
 /// A runner setting that cannot work.
@@ -127,6 +143,13 @@ impl RunnerConfig {
                 name: "TRANSACTION_LINGER_MS",
                 value: self.transaction_linger_ms.to_string(),
                 expected: "must not be above TRANSACTION_MAX_MS",
+            });
+        }
+        if self.dedup_retention_ms != 0 && self.dedup_retention_ms < 1_000 {
+            return Err(RunnerConfigError {
+                name: "DEDUP_RETENTION_MS",
+                value: self.dedup_retention_ms.to_string(),
+                expected: "must be 0 (keep entries for good) or at least 1000",
             });
         }
         positive("STAGE_CONCURRENCY", self.concurrency as u64)?;
@@ -231,5 +254,27 @@ mod tests {
                 .contains("INSTANCE_ID")
         );
         assert!(Cli::try_parse_from(["x", "--delivery", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn dedup_retention_is_a_week_by_default_zero_for_good_else_at_least_a_second() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(
+            cli.r.dedup_retention(),
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        let cli = Cli::try_parse_from(["x", "--dedup-retention-ms", "0"]).unwrap();
+        cli.r.validate().unwrap();
+        assert_eq!(cli.r.dedup_retention(), None);
+        let cli = Cli::try_parse_from(["x", "--dedup-retention-ms", "999"]).unwrap();
+        assert!(
+            cli.r
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("DEDUP_RETENTION_MS")
+        );
+        let cli = Cli::try_parse_from(["x", "--dedup-retention-ms", "1000"]).unwrap();
+        cli.r.validate().unwrap();
     }
 }

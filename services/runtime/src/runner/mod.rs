@@ -52,6 +52,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// Most tombstones of expired dedup entries a transaction of `records`
+/// input records writes. A rotation expires a retention's worth of keys at
+/// once; written a few per record, they spread over the traffic that
+/// follows instead of swelling a few transactions (and every hop's latency).
+fn max_tombstones(records: usize) -> usize {
+    2 * records + 100
+}
+
 /// The runner stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -360,7 +368,7 @@ impl<S: StageLogic> StageRunner<S> {
         consumer.subscribe(&[&input_topic]).map_err(fatal)?;
         tracing::info!(stage = stage.name(), group = %self.group, %input_topic, exactly_once, "stage running");
 
-        let mut dedup = DedupState::default();
+        let mut dedup = DedupState::new(self.cfg.dedup_retention(), Instant::now());
         let mut delayed: BTreeMap<i32, VecDeque<Delayed>> = BTreeMap::new();
         let mut failures: u32 = 0;
         // The batch whose transaction commits while the next one is
@@ -476,13 +484,19 @@ impl<S: StageLogic> StageRunner<S> {
                     "restoring dedup state of partitions {to_restore:?}"
                 ));
                 let timeout = Duration::from_millis(self.cfg.restore_timeout_ms);
+                let expire_before_ms = self
+                    .cfg
+                    .dedup_retention()
+                    .map(|r| now_ms() - r.as_millis() as i64);
                 // Partitions restore concurrently, each from its own reader.
                 let (conn, codec) = (&self.conn, &self.codec);
                 let restores = to_restore.iter().map(|p| {
                     let topic = topic.clone();
                     async move {
                         let started = Instant::now();
-                        let r = restore_partition(conn, codec, &topic, *p, timeout).await;
+                        let r =
+                            restore_partition(conn, codec, &topic, *p, timeout, expire_before_ms)
+                                .await;
                         (*p, r, started.elapsed().as_secs_f64())
                     }
                 });
@@ -494,6 +508,7 @@ impl<S: StageLogic> StageRunner<S> {
                             tracing::info!(
                                 partition = p,
                                 keys = r.entries.len(),
+                                expired = r.expired.len(),
                                 records = r.records,
                                 undecodable = r.undecodable,
                                 secs,
@@ -502,7 +517,7 @@ impl<S: StageLogic> StageRunner<S> {
                             let mut a = assignment.lock().expect("assignment lock");
                             // Still ours and not revoked meanwhile: install it.
                             if a.owned.contains(&p) && a.to_restore.remove(&p) {
-                                dedup.install(p, r.entries);
+                                dedup.install(p, r);
                             }
                         }
                         Err(e) => {
@@ -511,6 +526,16 @@ impl<S: StageLogic> StageRunner<S> {
                         }
                     }
                 }
+            }
+            let expired = dedup.rotate_if_due(Instant::now());
+            if expired > 0 {
+                tracing::info!(
+                    expired,
+                    kept = dedup.len(),
+                    "dedup entries older than the retention expired"
+                );
+                metrics::counter!("artifact_stage_dedup_expired_total", "stage" => stage.name())
+                    .increment(expired as u64);
             }
             metrics::gauge!("artifact_stage_dedup_keys", "stage" => stage.name())
                 .set(dedup.len() as f64);
@@ -551,8 +576,14 @@ impl<S: StageLogic> StageRunner<S> {
             }
 
             let prepare_started = Instant::now();
+            let tombstones = dedup.take_tombstones(max_tombstones(items.len()));
             let prepared = self
-                .prepare(&dedup, in_flight.as_ref().map(|f| &f.generations), &items)
+                .prepare(
+                    &dedup,
+                    in_flight.as_ref().map(|f| &f.generations),
+                    &items,
+                    tombstones,
+                )
                 .await;
             pacer.processed(prepare_started.elapsed());
             // One transaction at a time: the previous batch settles before
@@ -709,7 +740,7 @@ fn zero_counters(stage: &'static str) {
     for source in ["input", "retry"] {
         metrics::counter!("artifact_stage_records_consumed_total", "stage" => stage, "source" => source).absolute(0);
     }
-    for kind in ["output", "dedup", "retry", "dlq"] {
+    for kind in ["output", "dedup", "tombstone", "retry", "dlq"] {
         metrics::counter!("artifact_stage_records_produced_total", "stage" => stage, "kind" => kind).absolute(0);
     }
     for reason in ["duplicate", "stale", "upstream_failed"] {
@@ -730,6 +761,7 @@ fn zero_counters(stage: &'static str) {
             .absolute(0);
     }
     metrics::counter!("artifact_stage_dlq_records_total", "stage" => stage).absolute(0);
+    metrics::counter!("artifact_stage_dedup_expired_total", "stage" => stage).absolute(0);
     metrics::counter!("artifact_stage_batch_failures_total", "stage" => stage).absolute(0);
 }
 
