@@ -141,6 +141,13 @@ impl Pipeline {
 
     /// Starts (or restarts) the API and waits until it is ready.
     pub async fn start_api(&mut self) -> anyhow::Result<()> {
+        let bin = self.bin_dir.join("artifact-api");
+        self.start_api_from(&bin).await
+    }
+
+    /// Starts (or restarts) the API from the binary `bin` and waits until
+    /// it is ready.
+    pub async fn start_api_from(&mut self, bin: &Path) -> anyhow::Result<()> {
         let mut vars = self.vars();
         vars.push(("API_TOKENS", format!("other-token,{TOKEN}")));
         vars.push(("MAX_UPLOAD_BYTES", MAX_UPLOAD.to_string()));
@@ -148,7 +155,7 @@ impl Pipeline {
             "PROJECTOR_GROUP",
             format!("{}.projector", self.env.conn.topic_prefix),
         ));
-        let api = StageProcess::start(&self.env, &self.bin_dir.join("artifact-api"), &vars)?;
+        let api = StageProcess::start(&self.env, bin, &vars)?;
         wait_until("the API ready", Duration::from_secs(60), || api.is_ready()).await?;
         self.api_url = api.http.clone();
         self.api = Some(api);

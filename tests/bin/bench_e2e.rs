@@ -10,8 +10,12 @@
 //! time per completed artifact of each process: the local broker, the API
 //! and each stage; and the API's resident memory after each load.
 //!
+//! Optionally it then restarts the API from given binaries and measures
+//! each start with every artifact of the run settled.
+//!
 //! Usage: `bench-e2e --pdf FILE [--loads 10,25,50,100] [--seconds 15]
-//! [--partitions 3] [--service-log info]` with the local stack up.
+//! [--partitions 3] [--service-log info] [--restart-api BIN,BIN…
+//! [--restart-watch 15]]` with the local stack up.
 
 use anyhow::Context;
 use artifact_domain::{ArtifactState, Stage, StatusView, Summarized};
@@ -44,6 +48,56 @@ struct Args {
     /// line per artifact (to this program's standard error).
     #[arg(long, default_value = "info")]
     service_log: String,
+    /// After the loads, restarts the API from each of these binaries in
+    /// turn (e.g. two builds, alternating) and measures its start: time to
+    /// ready, status snapshots written and CPU over the next
+    /// `--restart-watch` seconds, and RSS then.
+    #[arg(long, value_delimiter = ',')]
+    restart_api: Vec<PathBuf>,
+    /// Seconds each restarted API is watched after it is ready.
+    #[arg(long, default_value_t = 15)]
+    restart_watch: u64,
+}
+
+/// Records in `topic` (the sum of its partitions' high watermarks).
+fn records_in(p: &Pipeline, topic: &str) -> anyhow::Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        artifact_runtime::kafka::client_config(&p.env.conn, "bench-watermarks")
+            .set("group.id", "bench-watermarks")
+            .create()?;
+    let mut n = 0;
+    for partition in 0..p.env.partitions as i32 {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        n += high;
+    }
+    Ok(n)
+}
+
+/// Restarts the API from `bin` and prints one row of the restart table.
+async fn restart_api(
+    p: &mut Pipeline,
+    bin: &std::path::Path,
+    watch: Duration,
+) -> anyhow::Result<()> {
+    let status = p.env.names.status();
+    if let Some(mut api) = p.api.take() {
+        api.terminate(Duration::from_secs(20));
+    }
+    let before = records_in(p, &status)?;
+    let started = Instant::now();
+    p.start_api_from(bin).await?;
+    let ready = started.elapsed().as_secs_f64();
+    let api = p.api.as_ref().expect("started");
+    tokio::time::sleep(watch).await; // the measurement window
+    let written = records_in(p, &status)? - before;
+    let cpu = api.cpu_seconds().unwrap_or(f64::NAN);
+    let rss = api.rss_bytes().unwrap_or(0) as f64 / 1048576.0;
+    println!(
+        "| {} | {ready:.2} | {written} | {cpu:.2} | {rss:.1} |",
+        bin.display()
+    );
+    Ok(())
 }
 
 fn pct(sorted: &[i64], p: f64) -> i64 {
@@ -77,7 +131,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::read(&args.pdf).with_context(|| format!("reading {}", args.pdf.display()))?,
     );
     let bin_dir = std::env::current_exe()?.parent().unwrap().to_owned();
-    let p = Arc::new(Pipeline::start_partitioned(&bin_dir, args.partitions).await?);
+    let mut p = Arc::new(Pipeline::start_partitioned(&bin_dir, args.partitions).await?);
     // The first load measures a running pipeline, not its start: a stage is
     // ready once it owns partitions and restored their dedup state.
     for (name, stage) in &p.stages {
@@ -282,6 +336,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("| ---: | ---: | ---: | ---: |");
     for row in memory_rows {
         println!("{row}");
+    }
+    if !args.restart_api.is_empty() {
+        println!();
+        println!(
+            "artifact-api restarted with every artifact of the run settled (ready: start to /readyz; snapshots written to the status topic, API CPU seconds since its start, RSS: {} s after ready):",
+            args.restart_watch
+        );
+        println!("| binary | ready s | snapshots written | CPU s | RSS MiB |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        let p = Arc::get_mut(&mut p).context("the pipeline is still shared")?;
+        for bin in &args.restart_api {
+            restart_api(p, bin, Duration::from_secs(args.restart_watch)).await?;
+        }
     }
     // The services stop first, then the run's topics go: runs would
     // otherwise pile up partitions on the broker, which slows it down.

@@ -327,13 +327,37 @@ async fn auth_limits_idempotency_restart_and_a_killed_stage() -> anyhow::Result<
         );
     }
 
-    // API restarted: the read model is restored from the status topic.
+    // API restarted: the read model is restored from the status topic, and
+    // the projector, reading every event again, skips those of the artifact
+    // whose settled snapshot is there: nothing is folded or written again.
     p.api.take().unwrap().kill9();
     p.start_api().await?;
     assert_eq!(
         p.status(&a).await.map(|v| v.state),
         Some(ArtifactState::Completed)
     );
+    let mut events = p.env.read_all(&p.env.names.created())?.len();
+    for stage in Stage::ALL {
+        events += p.env.read_all(&p.env.names.output(stage))?.len();
+    }
+    let api = p.api.as_ref().expect("api running");
+    wait_until(
+        "the projector read every event again",
+        Duration::from_secs(60),
+        || async { api.metric("artifact_api_projector_events_total", &[]).await >= events as f64 },
+    )
+    .await?;
+    for (metric, expected) in [
+        ("artifact_api_status_snapshots_total", 0.0),
+        ("artifact_api_projector_folds", 0.0),
+        ("artifact_api_projector_late_events_total", 0.0),
+    ] {
+        assert_eq!(
+            api.exported_metric(metric, &[]).await,
+            Some(expected),
+            "{metric}"
+        );
+    }
 
     // A stage killed mid-run and restarted: every artifact reaches one final state.
     let mut ids = vec![];

@@ -101,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         cfg.conn.clone(),
         codec.clone(),
         cfg.projector_group.clone(),
+        table.clone(),
     ));
     {
         let (health, table) = (health.clone(), table.clone());

@@ -18,12 +18,20 @@
 //!
 //! A fold is dropped once its generation is settled (final, with every step
 //! that led there folded: see `ArtifactStatus::is_settled`) and its last
-//! snapshot was delivered; only the artifact's settled generation is kept.
-//! Later events of that generation are duplicates of folded ones and are
-//! counted, not folded; a newer generation starts a fold again. The
-//! projector's memory therefore follows the artifacts in flight, not every
-//! artifact ever seen.
+//! snapshot was delivered; the artifact's settled generation is kept until
+//! the API's read-model table holds that snapshot, which then answers for
+//! it (`StatusTable::settled_generation`). Later events of that generation
+//! are duplicates of folded ones and are skipped, not folded; a newer
+//! generation starts a fold again. The projector's memory therefore follows
+//! the artifacts in flight, not every artifact ever seen.
+//!
+//! The projector starts once the table is restored, so at a start it skips
+//! the events of every artifact whose settled snapshot is in the status
+//! topic, instead of folding them all again and writing their snapshots
+//! once more; it folds the others (in flight, or final with a step still
+//! to come).
 
+use crate::readmodel::StatusTable;
 use artifact_domain::*;
 use artifact_runtime::codec::AvroCodec;
 use artifact_runtime::config::ConnectionConfig;
@@ -67,7 +75,14 @@ pub async fn run_projector(
     conn: ConnectionConfig,
     codec: Arc<AvroCodec>,
     group: String,
+    table: Arc<StatusTable>,
 ) -> anyhow::Result<()> {
+    if !table.is_restored() {
+        tracing::info!("projector waits for the read model's restore");
+        while !table.is_restored() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let names = TopicNames::from_config(&conn);
     let mut topics = vec![names.created()];
     topics.extend(Stage::ALL.map(|s| names.output(s)));
@@ -97,9 +112,13 @@ pub async fn run_projector(
     // the first failure.
     metrics::counter!(SNAPSHOT_FAILURES).increment(0);
     metrics::counter!(LATE_EVENTS).increment(0);
+    metrics::counter!(EVENTS).increment(0);
+    metrics::counter!(SNAPSHOTS).increment(0);
     metrics::gauge!(FOLDS).set(0.0);
+    metrics::gauge!(SETTLED).set(0.0);
     let started_ms = now_ms();
-    let mut projection = Projection::default();
+    let mut projection = Projection::with_table(table);
+    let mut forget = tokio::time::interval(FORGET_EVERY);
     tracing::info!(%group, "projector running");
     loop {
         let changed = tokio::select! {
@@ -118,34 +137,73 @@ pub async fn run_projector(
                 projection.drop_settled(&mut writer.written, done);
                 HashSet::new()
             }
+            _ = forget.tick() => {
+                projection.forget_shown();
+                HashSet::new()
+            }
         };
         writer.write(&projection.folds, changed, &reports).await?;
         metrics::gauge!(FOLDS).set(projection.folds.len() as f64);
+        metrics::gauge!(SETTLED).set(projection.settled.len() as f64);
     }
 }
 
-/// Counter of events of an already settled generation, not folded.
+/// Counter of events written since the projector started for a generation
+/// already settled: skipped, not folded.
 const LATE_EVENTS: &str = "artifact_api_projector_late_events_total";
+
+/// Counter of the events the projector read and decoded.
+const EVENTS: &str = "artifact_api_projector_events_total";
+
+/// Counter of the status snapshots written.
+const SNAPSHOTS: &str = "artifact_api_status_snapshots_total";
 
 /// Gauge of the artifacts the projector holds a fold for.
 const FOLDS: &str = "artifact_api_projector_folds";
 
+/// Gauge of the settled generations the projector holds until the table
+/// shows them.
+const SETTLED: &str = "artifact_api_projector_settled";
+
+/// How often settled generations the table shows are forgotten.
+const FORGET_EVERY: Duration = Duration::from_secs(1);
+
 /// What the projector knows: the folds of artifacts still moving, and the
-/// settled generation of those whose fold was dropped.
+/// settled generation of those whose fold was dropped, until the table
+/// holds their settled snapshot.
 #[derive(Default)]
 struct Projection {
     folds: HashMap<ArtifactId, ArtifactStatus>,
     settled: HashMap<ArtifactId, Generation>,
+    table: Option<Arc<StatusTable>>,
 }
 
 impl Projection {
+    fn with_table(table: Arc<StatusTable>) -> Self {
+        Self {
+            table: Some(table),
+            ..Self::default()
+        }
+    }
+
+    /// The settled generation known for an artifact without a fold.
+    fn settled_generation(&self, id: ArtifactId) -> Option<Generation> {
+        self.settled
+            .get(&id)
+            .copied()
+            .or_else(|| self.table.as_ref()?.settled_generation(id))
+    }
+
     /// Folds one event and returns the artifact's fold, or `None` for an
-    /// event of a generation at or below a dropped fold's settled one: a
+    /// event of a generation at or below a settled one without a fold: a
     /// duplicate of an event folded before, not folded again.
     fn apply(&mut self, event: PipelineEvent) -> Option<&ArtifactStatus> {
         let id = event.artifact_id();
-        if let Some(&settled) = self.settled.get(&id) {
-            if event.generation() <= settled {
+        if !self.folds.contains_key(&id) {
+            if self
+                .settled_generation(id)
+                .is_some_and(|settled| event.generation() <= settled)
+            {
                 return None;
             }
             self.settled.remove(&id);
@@ -156,6 +214,14 @@ impl Projection {
             .or_insert_with(|| ArtifactStatus::empty(id, event.generation()));
         status.apply(event);
         Some(status)
+    }
+
+    /// Forgets the settled generations the table now holds a settled
+    /// snapshot of (at that generation or a newer one).
+    fn forget_shown(&mut self) {
+        let Some(table) = &self.table else { return };
+        self.settled
+            .retain(|id, g| table.settled_generation(*id).is_none_or(|shown| shown < *g));
     }
 
     /// Drops the folds of `delivered` snapshots that are settled and still
@@ -229,10 +295,14 @@ async fn fold_batch(
             }
         };
         let Some(event) = event else { continue };
+        metrics::counter!(EVENTS).increment(1);
         let id = event.artifact_id();
         let is_summary = matches!(event, PipelineEvent::Summarized(_));
         let Some(status) = projection.apply(event) else {
-            metrics::counter!(LATE_EVENTS).increment(1);
+            // Written before the start: re-read, not late.
+            if m.timestamp().to_millis().is_none_or(|t| t >= started_ms) {
+                metrics::counter!(LATE_EVENTS).increment(1);
+            }
             continue;
         };
         if is_summary {
@@ -315,7 +385,7 @@ impl SnapshotWriter {
                 }
             };
             deliveries.push((id, fingerprint, fold.is_settled(), delivery));
-            metrics::counter!("artifact_api_status_snapshots_total").increment(1);
+            metrics::counter!(SNAPSHOTS).increment(1);
             self.written.insert(id, fingerprint);
         }
         if !deliveries.is_empty() {
@@ -471,6 +541,45 @@ mod tests {
         let fold = p.apply(created(settled, 2)).expect("a newer generation");
         assert_eq!(fold.generation().get(), 2);
         assert!(!p.settled.contains_key(&settled));
+    }
+
+    #[test]
+    fn the_table_answers_for_the_settled_generations_it_holds() {
+        let table = Arc::new(StatusTable::create(&std::env::temp_dir()).expect("table"));
+        let mut p = Projection::with_table(table.clone());
+        let (done, unfinished) = (id(1), id(2));
+        let fold = p.apply(created(done, 1)).unwrap();
+        let fold = fold.clone();
+        let mut settled = fold.clone();
+        settled.apply(failed_at_mime(done));
+        p.apply(failed_at_mime(done)).unwrap();
+        let mut written = HashMap::from([(done, fingerprint(b"final"))]);
+        p.drop_settled(&mut written, vec![(done, fingerprint(b"final"))]);
+        assert_eq!(p.settled.get(&done), Some(&Generation::FIRST));
+        // Until the table holds the settled snapshot the projector keeps
+        // the generation; then the table answers for it.
+        p.forget_shown();
+        assert_eq!(p.settled.len(), 1);
+        table.upsert(&[fold.view()]).unwrap();
+        p.forget_shown();
+        assert_eq!(p.settled.len(), 1, "an unsettled snapshot does not answer");
+        table.upsert(&[settled.view()]).unwrap();
+        p.forget_shown();
+        assert!(p.settled.is_empty());
+        assert!(p.apply(failed_at_mime(done)).is_none());
+        assert!(p.apply(created(done, 1)).is_none());
+        assert!(p.folds.is_empty());
+        assert_eq!(p.apply(created(done, 2)).unwrap().generation().get(), 2);
+
+        // A final snapshot with a step still to come (mime-detector's
+        // failure folded before the creation): its events are folded.
+        let mut first = ArtifactStatus::empty(unfinished, Generation::FIRST);
+        first.apply(failed_at_mime(unfinished));
+        assert!(first.view().state.is_terminal());
+        table.upsert(&[first.view()]).unwrap();
+        assert!(p.apply(created(unfinished, 1)).is_some());
+        let fold = p.apply(failed_at_mime(unfinished)).expect("folded");
+        assert!(fold.is_settled());
     }
 
     #[test]

@@ -80,6 +80,8 @@ struct Slot {
     generation: Generation,
     updated_at: i64,
     state: ArtifactState,
+    /// [`StatusView::is_settled`]: no event of this generation changes it.
+    settled: bool,
 }
 
 impl Slot {
@@ -193,6 +195,7 @@ impl StatusTable {
                     generation: v.generation,
                     updated_at: v.updated_at,
                     state: v.state,
+                    settled: v.is_settled(),
                 },
             ));
         }
@@ -244,6 +247,23 @@ impl StatusTable {
     pub fn generation(&self, id: ArtifactId) -> Option<Generation> {
         let index = self.index.read().expect("table lock");
         index.order(key(id)).map(|(generation, _)| generation)
+    }
+
+    /// The generation of an artifact's snapshot if that snapshot is
+    /// settled ([`StatusView::is_settled`]): an event of that generation or
+    /// an older one is a duplicate of one it already reflects. `None` while
+    /// a snapshot in flight is held.
+    pub fn settled_generation(&self, id: ArtifactId) -> Option<Generation> {
+        let k = key(id);
+        let index = self.index.read().expect("table lock");
+        if index.in_flight.contains_key(&k) {
+            return None;
+        }
+        index
+            .on_file
+            .get(&k)
+            .filter(|s| s.settled)
+            .map(|s| s.generation)
     }
 
     /// Up to `limit` artifacts after `cursor` (by id), optionally in one

@@ -108,6 +108,25 @@ impl ArtifactStatus {
     }
 }
 
+impl StatusView {
+    /// Whether the snapshot's generation is over for good, told from the
+    /// snapshot alone: the same answer as [`ArtifactStatus::is_settled`] on
+    /// the fold it was taken from. Any event of this generation or an older
+    /// one is then a duplicate of one the snapshot already reflects.
+    pub fn is_settled(&self) -> bool {
+        let last = match (self.state, self.failed_stage) {
+            (ArtifactState::Completed, _) => Stage::Summarizer,
+            (ArtifactState::Failed, Some(stage)) => stage,
+            _ => return false,
+        };
+        self.created_at.is_some()
+            && Stage::ALL
+                .into_iter()
+                .filter(|s| s.index() <= last.index())
+                .all(|s| self.timeline.iter().any(|r| r.stage == s))
+    }
+}
+
 /// Why an event is not the legal next step for an artifact, in order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IllegalTransition {

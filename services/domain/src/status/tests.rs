@@ -544,4 +544,22 @@ proptest! {
         let all = ArtifactStatus::fold(events.clone()).unwrap();
         prop_assert_eq!(all.is_settled(), all.state().is_terminal());
     }
+
+    #[test]
+    fn a_snapshot_tells_whether_its_fold_was_settled(
+        (events, order) in arb_chain().prop_flat_map(|ev| {
+            let n = ev.len();
+            (Just(ev), Just((0..n).collect::<Vec<_>>()).prop_shuffle())
+        })
+    ) {
+        let arrived: Vec<PipelineEvent> = order.iter().map(|&i| events[i].clone()).collect();
+        let mut settled_seen = false;
+        for k in 1..=arrived.len() {
+            let fold = ArtifactStatus::fold(arrived[..k].iter().cloned()).unwrap();
+            prop_assert_eq!(fold.view().is_settled(), fold.is_settled(), "after {} events", k);
+            settled_seen |= fold.is_settled();
+        }
+        let all = ArtifactStatus::fold(events.clone()).unwrap();
+        prop_assert_eq!(settled_seen || !all.state().is_terminal(), true);
+    }
 }
