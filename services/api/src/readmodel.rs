@@ -159,7 +159,8 @@ impl StatusTable {
 
     /// Keeps, for each artifact, the newest of the held and the given
     /// snapshots (by generation, then `updated_at`); at a tie, the given one,
-    /// and of the given ones the later in `views`. Returns how many changed.
+    /// and of the given ones the later in `views`. A final snapshot equal to
+    /// the one on file is not appended again. Returns how many changed.
     pub fn upsert(&self, views: &[StatusView]) -> Result<usize, TableError> {
         // Of several snapshots of one artifact in the batch, the newest.
         let mut newest: HashMap<u128, &StatusView> = HashMap::with_capacity(views.len());
@@ -169,14 +170,33 @@ impl StatusTable {
                 *slot = v;
             }
         }
-        type Keyed<'a> = Vec<(u128, &'a StatusView)>;
-        let (to_file, to_memory): (Keyed, Keyed) = {
+        let (mut to_file, mut to_memory, mut ties) = (Vec::new(), Vec::new(), Vec::new());
+        {
             let index = self.index.read().expect("table lock");
-            newest
-                .into_iter()
-                .filter(|(k, v)| index.order(*k).is_none_or(|o| order(v) >= o))
-                .partition(|(_, v)| v.state.is_terminal())
-        };
+            for (k, v) in newest {
+                if index.order(k).is_some_and(|o| order(v) < o) {
+                    continue;
+                }
+                if !v.state.is_terminal() {
+                    to_memory.push((k, v));
+                    continue;
+                }
+                match index.on_file.get(&k) {
+                    Some(slot) if !index.in_flight.contains_key(&k) && slot.order() == order(v) => {
+                        ties.push((k, v, *slot))
+                    }
+                    _ => to_file.push((k, v)),
+                }
+            }
+        }
+        // A final snapshot that ties with the one on file is appended only
+        // if it differs (a fold that took a late step with an older time);
+        // the same snapshot written again (a resend) is not.
+        for (k, v, slot) in ties {
+            if self.read(k, slot)? != *v {
+                to_file.push((k, v));
+            }
+        }
         // The final snapshots are appended in one write; memory points at
         // them once they are in the file.
         let mut end = self.end.lock().expect("file lock");
@@ -521,6 +541,23 @@ mod tests {
         assert_eq!(t.get(id(2)).unwrap(), None);
         assert_eq!(t.generation(id(2)), None);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn the_same_final_snapshot_again_is_not_appended_a_different_one_is() {
+        let t = table();
+        let done = view(1, 1, 10, ArtifactState::Completed);
+        assert_eq!(t.upsert(std::slice::from_ref(&done)).unwrap(), 1);
+        let bytes = t.file_bytes();
+        assert_eq!(t.upsert(std::slice::from_ref(&done)).unwrap(), 0);
+        assert_eq!(t.file_bytes(), bytes);
+        // Same generation and time, different content (a late step folded):
+        // the given one wins, appended.
+        let mut richer = done.clone();
+        richer.page_count = Some(3);
+        assert_eq!(t.upsert(std::slice::from_ref(&richer)).unwrap(), 1);
+        assert!(t.file_bytes() > bytes);
+        assert_eq!(t.get(id(1)).unwrap(), Some(richer));
     }
 
     #[test]
