@@ -548,8 +548,7 @@ mod tests {
         let table = Arc::new(StatusTable::create(&std::env::temp_dir()).expect("table"));
         let mut p = Projection::with_table(table.clone());
         let (done, unfinished) = (id(1), id(2));
-        let fold = p.apply(created(done, 1)).unwrap();
-        let fold = fold.clone();
+        let fold = p.apply(created(done, 1)).unwrap().clone();
         let mut settled = fold.clone();
         settled.apply(failed_at_mime(done));
         p.apply(failed_at_mime(done)).unwrap();

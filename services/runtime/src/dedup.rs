@@ -169,12 +169,15 @@ impl DedupState {
 
     /// Takes up to `max` pending tombstones, to be written in the next
     /// transaction, before its records: a key processed again in that
-    /// batch keeps its new entry. A tombstone whose transaction fails is not
-    /// retried; the key's old entry stays in the topic until a restore finds
-    /// it expired.
+    /// batch keeps its new entry. A key processed again since it expired
+    /// (recorded anew) gets none: its new entry is in the topic already.
+    /// A tombstone whose transaction fails is not retried; the key's old
+    /// entry stays in the topic until a restore finds it expired.
     pub fn take_tombstones(&mut self, max: usize) -> Vec<(i32, ArtifactId)> {
         let from = self.tombstones.len().saturating_sub(max);
-        self.tombstones.split_off(from)
+        let mut taken = self.tombstones.split_off(from);
+        taken.retain(|(p, id)| self.last(*p, *id).is_none());
+        taken
     }
 
     /// Tombstones waiting for a transaction.
@@ -437,6 +440,25 @@ mod tests {
         gone.sort_by_key(|(p, _)| *p);
         assert_eq!(gone, vec![(0, c), (1, b)]);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_key_recorded_again_after_it_expired_gets_no_tombstone() {
+        const W: Duration = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut s = DedupState::new(Some(W), t0);
+        let (a, b) = (ArtifactId::new_random(), ArtifactId::new_random());
+        s.install(0, Restored::default());
+        s.record(0, a, g(1));
+        s.record(0, b, g(1));
+        s.rotate_if_due(t0 + W);
+        assert_eq!(s.rotate_if_due(t0 + 2 * W), 2);
+        // b's new generation committed (a batch in flight at the rotation)
+        // before the tombstones were taken.
+        s.record(0, b, g(2));
+        assert_eq!(s.take_tombstones(10), vec![(0, a)]);
+        assert_eq!(s.pending_tombstones(), 0);
+        assert_eq!(s.last(0, b), Some(g(2)));
     }
 
     #[test]

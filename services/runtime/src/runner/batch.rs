@@ -275,7 +275,8 @@ impl<S: StageLogic> StageRunner<S> {
         let mut outs: Vec<Out> = Vec::with_capacity(2 * items.len() + tombstones.len());
         // Tombstones first: a key processed again in this batch keeps the
         // entry written after its tombstone. A key the batch in flight
-        // processed keeps its entry: no tombstone.
+        // processed keeps its entry: no tombstone (one settled since is
+        // recorded, and `take_tombstones` left it out).
         for (p, id) in tombstones {
             if in_flight.is_some_and(|f| f.contains_key(&(p, id))) {
                 continue;
