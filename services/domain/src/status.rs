@@ -114,17 +114,34 @@ impl StatusView {
     /// the fold it was taken from. Any event of this generation or an older
     /// one is then a duplicate of one the snapshot already reflects.
     pub fn is_settled(&self) -> bool {
-        let last = match (self.state, self.failed_stage) {
-            (ArtifactState::Completed, _) => Stage::Summarizer,
-            (ArtifactState::Failed, Some(stage)) => stage,
-            _ => return false,
-        };
-        self.created_at.is_some()
-            && Stage::ALL
-                .into_iter()
-                .filter(|s| s.index() <= last.index())
-                .all(|s| self.timeline.iter().any(|r| r.stage == s))
+        chain_settled(
+            self.state,
+            self.failed_stage,
+            self.created_at.is_some(),
+            |s| self.timeline.iter().any(|r| r.stage == s),
+        )
     }
+}
+
+/// Whether a generation in `state` (failed at `failed_stage`, if failed) is
+/// over for good: final, with its creation and every stage up to the one
+/// that ended the chain `recorded`.
+fn chain_settled(
+    state: ArtifactState,
+    failed_stage: Option<Stage>,
+    created: bool,
+    recorded: impl Fn(Stage) -> bool,
+) -> bool {
+    let last = match (state, failed_stage) {
+        (ArtifactState::Completed, _) => Stage::Summarizer,
+        (ArtifactState::Failed, Some(stage)) => stage,
+        _ => return false,
+    };
+    created
+        && Stage::ALL
+            .into_iter()
+            .filter(|s| s.index() <= last.index())
+            .all(recorded)
 }
 
 /// Why an event is not the legal next step for an artifact, in order.
@@ -356,19 +373,12 @@ impl ArtifactStatus {
     /// outcomes), so any later event of this generation is a duplicate of
     /// one already folded; only a newer generation can change the status.
     pub fn is_settled(&self) -> bool {
-        let last = match self.state() {
-            ArtifactState::Completed => Stage::Summarizer,
-            ArtifactState::Failed => match self.failure() {
-                Some((stage, _)) => stage,
-                None => return false,
-            },
-            ArtifactState::Pending | ArtifactState::InProgress => return false,
-        };
-        self.created.is_some()
-            && Stage::ALL
-                .into_iter()
-                .filter(|s| s.index() <= last.index())
-                .all(|s| self.stages[s.index()].is_some())
+        chain_settled(
+            self.state(),
+            self.failure().map(|(stage, _)| stage),
+            self.created.is_some(),
+            |s| self.stages[s.index()].is_some(),
+        )
     }
 
     /// The stage that failed permanently, with its reason.

@@ -512,13 +512,18 @@ fn arb_chain() -> impl Strategy<Value = Vec<PipelineEvent>> {
     arb_generations(arb_final_outcome(), true)
 }
 
+/// A chain and an order in which its events arrive.
+fn arb_chain_arriving() -> impl Strategy<Value = (Vec<PipelineEvent>, Vec<usize>)> {
+    arb_chain().prop_flat_map(|ev| {
+        let n = ev.len();
+        (Just(ev), Just((0..n).collect::<Vec<_>>()).prop_shuffle())
+    })
+}
+
 proptest! {
     #[test]
     fn once_settled_no_event_of_that_generation_changes_the_status(
-        (events, order) in arb_chain().prop_flat_map(|ev| {
-            let n = ev.len();
-            (Just(ev), Just((0..n).collect::<Vec<_>>()).prop_shuffle())
-        })
+        (events, order) in arb_chain_arriving()
     ) {
         let arrived: Vec<PipelineEvent> = order.iter().map(|&i| events[i].clone()).collect();
         for k in 1..=arrived.len() {
@@ -547,10 +552,7 @@ proptest! {
 
     #[test]
     fn a_snapshot_tells_whether_its_fold_was_settled(
-        (events, order) in arb_chain().prop_flat_map(|ev| {
-            let n = ev.len();
-            (Just(ev), Just((0..n).collect::<Vec<_>>()).prop_shuffle())
-        })
+        (events, order) in arb_chain_arriving()
     ) {
         let arrived: Vec<PipelineEvent> = order.iter().map(|&i| events[i].clone()).collect();
         let mut settled_seen = false;
@@ -560,6 +562,6 @@ proptest! {
             settled_seen |= fold.is_settled();
         }
         let all = ArtifactStatus::fold(events.clone()).unwrap();
-        prop_assert_eq!(settled_seen || !all.state().is_terminal(), true);
+        prop_assert!(settled_seen || !all.state().is_terminal());
     }
 }
