@@ -170,13 +170,20 @@ impl DedupState {
     /// Takes up to `max` pending tombstones, to be written in the next
     /// transaction, before its records: a key processed again in that
     /// batch keeps its new entry. A key processed again since it expired
-    /// (recorded anew) gets none: its new entry is in the topic already.
-    /// A tombstone whose transaction fails is not retried; the key's old
-    /// entry stays in the topic until a restore finds it expired.
-    pub fn take_tombstones(&mut self, max: usize) -> Vec<(i32, ArtifactId)> {
+    /// (recorded anew, or by the batch still committing, `in_flight`) gets
+    /// none: its new entry is in the topic, or about to be. A tombstone
+    /// whose transaction fails is not retried; the key's old entry stays in
+    /// the topic until a restore finds it expired.
+    pub fn take_tombstones(
+        &mut self,
+        max: usize,
+        in_flight: Option<&HashMap<(i32, ArtifactId), Generation>>,
+    ) -> Vec<(i32, ArtifactId)> {
         let from = self.tombstones.len().saturating_sub(max);
         let mut taken = self.tombstones.split_off(from);
-        taken.retain(|(p, id)| self.last(*p, *id).is_none());
+        taken.retain(|(p, id)| {
+            self.last(*p, *id).is_none() && !in_flight.is_some_and(|f| f.contains_key(&(*p, *id)))
+        });
         taken
     }
 
@@ -431,12 +438,12 @@ mod tests {
         assert_eq!(s.last(1, b), Some(g(2)));
         assert_eq!(s.decide(0, c, g(1)), DedupDecision::Duplicate);
         assert_eq!(s.pending_tombstones(), 1);
-        assert_eq!(s.take_tombstones(10), vec![(0, a)]);
+        assert_eq!(s.take_tombstones(10, None), vec![(0, a)]);
         assert_eq!(s.pending_tombstones(), 0);
         // And a retention later, b and c too.
         assert_eq!(s.rotate_if_due(t0 + 3 * W), 2);
-        let mut gone = s.take_tombstones(1);
-        gone.extend(s.take_tombstones(1));
+        let mut gone = s.take_tombstones(1, None);
+        gone.extend(s.take_tombstones(1, None));
         gone.sort_by_key(|(p, _)| *p);
         assert_eq!(gone, vec![(0, c), (1, b)]);
         assert!(s.is_empty());
@@ -456,9 +463,16 @@ mod tests {
         // b's new generation committed (a batch in flight at the rotation)
         // before the tombstones were taken.
         s.record(0, b, g(2));
-        assert_eq!(s.take_tombstones(10), vec![(0, a)]);
+        assert_eq!(s.take_tombstones(10, None), vec![(0, a)]);
         assert_eq!(s.pending_tombstones(), 0);
         assert_eq!(s.last(0, b), Some(g(2)));
+        // A key of the batch still committing gets none either.
+        let c = ArtifactId::new_random();
+        s.record(0, c, g(1));
+        s.rotate_if_due(t0 + 3 * W);
+        assert_eq!(s.rotate_if_due(t0 + 4 * W), 2);
+        let committing = HashMap::from([((0, c), g(2))]);
+        assert_eq!(s.take_tombstones(10, Some(&committing)), vec![(0, b)]);
     }
 
     #[test]
@@ -487,7 +501,7 @@ mod tests {
         assert_eq!(s.last(0, b), None);
         assert_eq!(s.pending_tombstones(), 2);
         s.drop_partition(1);
-        assert_eq!(s.take_tombstones(10), vec![(0, b)]);
+        assert_eq!(s.take_tombstones(10, None), vec![(0, b)]);
     }
 
     #[test]

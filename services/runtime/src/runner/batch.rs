@@ -152,8 +152,8 @@ impl Drop for GateGuard {
 impl<S: StageLogic> StageRunner<S> {
     /// Decodes, deduplicates (against the restored state, the batch still
     /// in flight, and earlier records of this batch), processes and encodes
-    /// a batch, after the `tombstones` of expired dedup entries. Nothing is
-    /// produced yet.
+    /// a batch, after the `tombstones` of expired dedup entries
+    /// (`DedupState::take_tombstones`). Nothing is produced yet.
     pub(crate) async fn prepare(
         &self,
         dedup: &crate::dedup::DedupState,
@@ -274,13 +274,8 @@ impl<S: StageLogic> StageRunner<S> {
         // An outcome and a dedup record per item at most.
         let mut outs: Vec<Out> = Vec::with_capacity(2 * items.len() + tombstones.len());
         // Tombstones first: a key processed again in this batch keeps the
-        // entry written after its tombstone. A key the batch in flight
-        // processed keeps its entry: no tombstone (one settled since is
-        // recorded, and `take_tombstones` left it out).
+        // entry written after its tombstone.
         for (p, id) in tombstones {
-            if in_flight.is_some_and(|f| f.contains_key(&(p, id))) {
-                continue;
-            }
             outs.push(Out {
                 topic: topics.dedup.clone(),
                 partition: p,

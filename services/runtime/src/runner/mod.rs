@@ -576,15 +576,9 @@ impl<S: StageLogic> StageRunner<S> {
             }
 
             let prepare_started = Instant::now();
-            let tombstones = dedup.take_tombstones(max_tombstones(items.len()));
-            let prepared = self
-                .prepare(
-                    &dedup,
-                    in_flight.as_ref().map(|f| &f.generations),
-                    &items,
-                    tombstones,
-                )
-                .await;
+            let committing = in_flight.as_ref().map(|f| &f.generations);
+            let tombstones = dedup.take_tombstones(max_tombstones(items.len()), committing);
+            let prepared = self.prepare(&dedup, committing, &items, tombstones).await;
             pacer.processed(prepare_started.elapsed());
             // One transaction at a time: the previous batch settles before
             // this one's starts. If it failed, this batch is read again too.
