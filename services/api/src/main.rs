@@ -11,7 +11,6 @@ use artifact_runtime::telemetry::{Health, health_router, init_logging, metrics_h
 use artifact_runtime::topics::TopicNames;
 use clap::Parser;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The artifact API.
 #[derive(Debug, Parser)]
@@ -106,9 +105,7 @@ async fn main() -> anyhow::Result<()> {
     {
         let (health, table) = (health.clone(), table.clone());
         tokio::spawn(async move {
-            while !table.is_restored() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            table.restored().await;
             health.set_ready();
         });
     }

@@ -79,9 +79,7 @@ pub async fn run_projector(
 ) -> anyhow::Result<()> {
     if !table.is_restored() {
         tracing::info!("projector waits for the read model's restore");
-        while !table.is_restored() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        table.restored().await;
     }
     let names = TopicNames::from_config(&conn);
     let mut topics = vec![names.created()];

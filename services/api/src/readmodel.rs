@@ -349,6 +349,13 @@ impl StatusTable {
         self.restored.load(Ordering::Acquire)
     }
 
+    /// Returns once the table is restored.
+    pub async fn restored(&self) {
+        while !self.is_restored() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Number of artifacts held.
     pub fn len(&self) -> usize {
         let index = self.index.read().expect("table lock");
