@@ -192,10 +192,11 @@ impl TestEnv {
             .await
     }
 
-    /// Sets a catalogue topic's configuration overrides to `configs` plus its
-    /// cleanup policy. The admin client's `AlterConfigs` replaces every
-    /// override of the topic, so the policy is set again each time and any
-    /// other earlier override goes back to the broker's default.
+    /// Sets a catalogue topic's configuration overrides to `configs` plus
+    /// those it was created with (`TopicSpec::configs`; `configs` wins for
+    /// the same key). The admin client's `AlterConfigs` replaces every
+    /// override of the topic, so the creation's are set again each time and
+    /// any other earlier override goes back to the broker's default.
     pub async fn set_topic_configs(
         &self,
         topic: &str,
@@ -209,8 +210,13 @@ impl TestEnv {
             .find(|t| t.name == topic)
             .with_context(|| format!("{topic} is not in the catalogue"))?;
         let admin = artifact_runtime::kafka::admin_client(&self.conn)?;
-        let mut cfg = AlterConfig::new(ResourceSpecifier::Topic(topic))
-            .set("cleanup.policy", spec.cleanup.policy());
+        let created = spec.configs();
+        let mut cfg = AlterConfig::new(ResourceSpecifier::Topic(topic));
+        for (k, v) in &created {
+            if !configs.iter().any(|(key, _)| key == k) {
+                cfg = cfg.set(k, v);
+            }
+        }
         for (k, v) in configs {
             cfg = cfg.set(k, v);
         }

@@ -420,6 +420,8 @@ pub async fn follow_status_topic(
     metrics::gauge!(FILE_BYTES).set(0.0);
     metrics::gauge!(IN_FLIGHT).set(0.0);
     let mut at_end: HashSet<i32> = HashSet::new();
+    // Status records read until the restore is done.
+    let mut restore_records: u64 = 0;
     loop {
         // What the client already holds goes into one write, up to BATCH.
         let mut views: Vec<StatusView> = Vec::new();
@@ -441,6 +443,9 @@ pub async fn follow_status_topic(
             }
         }
         if !views.is_empty() {
+            if !table.is_restored() {
+                restore_records += views.len() as u64;
+            }
             write(&table, views).await;
             metrics::gauge!(FILE_BYTES).set(table.file_bytes() as f64);
             metrics::gauge!(IN_FLIGHT).set(table.in_flight() as f64);
@@ -448,6 +453,7 @@ pub async fn follow_status_topic(
         if at_end.len() == partitions as usize && !table.is_restored() {
             table.restored.store(true, Ordering::Release);
             tracing::info!(
+                records = restore_records,
                 artifacts = table.len(),
                 in_flight = table.in_flight(),
                 file_bytes = table.file_bytes(),

@@ -7,7 +7,9 @@ use anyhow::Context;
 use artifact_domain::Stage;
 use artifact_runtime::config::ConnectionConfig;
 use artifact_runtime::schemas::RegistryAdmin;
-use artifact_runtime::topics::{TopicNames, ensure_topics};
+use artifact_runtime::topics::{
+    DEFAULT_COMPACTED_SEGMENT_MS, TopicNames, ensure_topics, set_compacted_segment_ms,
+};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -106,6 +108,11 @@ enum TopicsCommand {
         /// Replication factor of new topics.
         #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
         replication_factor: i32,
+        /// `segment.ms` of new compacted topics: the longest the newest
+        /// records stay out of compaction's reach (restores read them one
+        /// by one). Existing topics keep theirs.
+        #[arg(long, env = "TOPIC_COMPACTED_SEGMENT_MS", default_value_t = DEFAULT_COMPACTED_SEGMENT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+        compacted_segment_ms: u64,
     },
     /// Lists the topics of the design.
     List,
@@ -143,11 +150,14 @@ async fn main() -> anyhow::Result<()> {
                 TopicsCommand::Create {
                     partitions,
                     replication_factor,
+                    compacted_segment_ms,
                 },
         } => {
+            let mut catalogue = names.catalogue();
+            set_compacted_segment_ms(&mut catalogue, compacted_segment_ms);
             let report = ensure_topics(
                 &cli.conn,
-                &names.catalogue(),
+                &catalogue,
                 usize::from(partitions),
                 replication_factor,
             )
@@ -169,7 +179,11 @@ async fn main() -> anyhow::Result<()> {
             command: TopicsCommand::List,
         } => {
             for t in names.catalogue() {
-                println!("{:<8} {}", t.cleanup.policy(), t.name);
+                let segment = t
+                    .segment_ms
+                    .map(|ms| format!("segment.ms={ms}"))
+                    .unwrap_or_default();
+                println!("{:<8} {:<40} {segment}", t.cleanup.policy(), t.name);
             }
         }
         Command::Schemas {

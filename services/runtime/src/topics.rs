@@ -31,6 +31,13 @@ impl Cleanup {
     }
 }
 
+/// How long, by default, the active segment of a compacted topic stays
+/// open: one hour. The log cleaner never compacts the active segment, and
+/// the broker's default (`log.roll.ms`, 7 days, or 1 GiB) would leave a
+/// quiet topic's last days uncompacted: every restore (dedup state, the
+/// read model's table) would read them record by record.
+pub const DEFAULT_COMPACTED_SEGMENT_MS: u64 = 3_600_000;
+
 /// One topic of the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
@@ -38,6 +45,28 @@ pub struct TopicSpec {
     pub name: String,
     /// Cleanup policy.
     pub cleanup: Cleanup,
+    /// `segment.ms` set at creation (compacted topics), or the broker's
+    /// default.
+    pub segment_ms: Option<u64>,
+}
+
+impl TopicSpec {
+    /// The topic-level configuration the pipeline sets when it creates the
+    /// topic.
+    pub fn configs(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![("cleanup.policy", self.cleanup.policy().to_owned())];
+        if let Some(ms) = self.segment_ms {
+            v.push(("segment.ms", ms.to_string()));
+        }
+        v
+    }
+}
+
+/// Sets `segment.ms` of every compacted topic of `specs` to `ms`.
+pub fn set_compacted_segment_ms(specs: &mut [TopicSpec], ms: u64) {
+    for s in specs.iter_mut().filter(|s| s.cleanup == Cleanup::Compact) {
+        s.segment_ms = Some(ms);
+    }
 }
 
 /// Topic names under a prefix (default `artifact`).
@@ -94,15 +123,18 @@ impl TopicNames {
         format!("{}.{}.dlq", self.prefix, stage.name())
     }
 
-    /// Every topic of the design with its cleanup policy.
+    /// Every topic of the design with its cleanup policy and, for compacted
+    /// topics, [`DEFAULT_COMPACTED_SEGMENT_MS`].
     pub fn catalogue(&self) -> Vec<TopicSpec> {
         let compact = |name| TopicSpec {
             name,
             cleanup: Cleanup::Compact,
+            segment_ms: Some(DEFAULT_COMPACTED_SEGMENT_MS),
         };
         let delete = |name| TopicSpec {
             name,
             cleanup: Cleanup::Delete,
+            segment_ms: None,
         };
         let mut v = vec![compact(self.created())];
         v.extend(Stage::ALL.map(|s| compact(self.output(s))));
@@ -263,15 +295,19 @@ pub async fn ensure_topics(
         .iter()
         .filter(|s| !existing.contains_key(&s.name))
         .collect();
+    let configs: Vec<Vec<(&str, String)>> = missing.iter().map(|s| s.configs()).collect();
     let new_topics: Vec<NewTopic> = missing
         .iter()
-        .map(|s| {
-            NewTopic::new(
-                &s.name,
-                partitions as i32,
-                TopicReplication::Fixed(replication),
+        .zip(&configs)
+        .map(|(s, configs)| {
+            configs.iter().fold(
+                NewTopic::new(
+                    &s.name,
+                    partitions as i32,
+                    TopicReplication::Fixed(replication),
+                ),
+                |t, (k, v)| t.set(k, v),
             )
-            .set("cleanup.policy", s.cleanup.policy())
         })
         .collect();
     let mut report = TopicReport {
@@ -365,6 +401,34 @@ mod tests {
             };
             assert_eq!(s.cleanup, want, "{}", s.name);
         }
+    }
+
+    #[test]
+    fn compacted_topics_roll_their_segments_within_the_hour() {
+        let mut cat = TopicNames::new("artifact").catalogue();
+        for s in &cat {
+            let segment = s.configs().into_iter().find(|(k, _)| *k == "segment.ms");
+            match s.cleanup {
+                Cleanup::Compact => {
+                    assert_eq!(
+                        segment,
+                        Some(("segment.ms", "3600000".to_owned())),
+                        "{}",
+                        s.name
+                    )
+                }
+                Cleanup::Delete => assert_eq!(segment, None, "{}", s.name),
+            }
+            assert!(
+                s.configs()
+                    .contains(&("cleanup.policy", s.cleanup.policy().to_owned()))
+            );
+        }
+        set_compacted_segment_ms(&mut cat, 1000);
+        assert!(cat.iter().all(|s| match s.cleanup {
+            Cleanup::Compact => s.segment_ms == Some(1000),
+            Cleanup::Delete => s.segment_ms.is_none(),
+        }));
     }
 
     #[test]

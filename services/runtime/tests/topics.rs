@@ -1,9 +1,17 @@
 //! Against the real local broker (deploy/local/stack up): topic creation is
-//! idempotent and refuses to go on when partition counts differ.
+//! idempotent, refuses to go on when partition counts differ, and sets the
+//! catalogue's configuration, under which compacted topics do compact.
 
 use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::topics::{Cleanup, TopicError, TopicNames, ensure_topics, partition_counts};
-use std::time::Duration;
+use artifact_runtime::kafka::{admin_client, client_config, producer_config};
+use artifact_runtime::topics::{
+    Cleanup, TopicError, TopicNames, ensure_topics, partition_counts, set_compacted_segment_ms,
+};
+use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
 
 fn conn() -> ConnectionConfig {
     ConnectionConfig::local(&format!("t{}", uuid::Uuid::new_v4().simple()))
@@ -61,4 +69,124 @@ async fn refuses_when_an_existing_topic_has_the_wrong_policy() {
     let err = ensure_topics(&conn, &catalogue, 2, 1).await.unwrap_err();
     assert!(matches!(err, TopicError::PolicyMismatch { .. }), "{err:?}");
     assert!(err.to_string().contains("must be \"compact\""), "{err}");
+}
+
+#[tokio::test]
+async fn new_topics_get_the_catalogues_configuration() {
+    let conn = conn();
+    let catalogue = TopicNames::from_config(&conn).catalogue();
+    ensure_topics(&conn, &catalogue, 1, 1).await.unwrap();
+    let admin = admin_client(&conn).unwrap();
+    let resources: Vec<ResourceSpecifier> = catalogue
+        .iter()
+        .map(|s| ResourceSpecifier::Topic(&s.name))
+        .collect();
+    let described = admin
+        .describe_configs(&resources, &AdminOptions::new())
+        .await
+        .unwrap();
+    for (spec, res) in catalogue.iter().zip(described) {
+        let res = res.unwrap();
+        let value = |k: &str| res.get(k).and_then(|e| e.value.clone()).unwrap_or_default();
+        assert_eq!(
+            value("cleanup.policy"),
+            spec.cleanup.policy(),
+            "{}",
+            spec.name
+        );
+        match spec.cleanup {
+            Cleanup::Compact => assert_eq!(value("segment.ms"), "3600000", "{}", spec.name),
+            // The broker's default (log.roll.ms: 7 days).
+            Cleanup::Delete => assert_eq!(value("segment.ms"), "604800000", "{}", spec.name),
+        }
+    }
+}
+
+/// Records of partition 0 of `topic`, from its start to its end now.
+fn count_records(conn: &ConnectionConfig, topic: &str) -> usize {
+    let consumer: BaseConsumer = client_config(conn, "topics-test-reader")
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    if high <= low {
+        return 0;
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            n += 1;
+            if m.offset() + 1 >= high {
+                break;
+            }
+        }
+    }
+    n
+}
+
+/// A compacted topic created with a short `segment.ms` keeps one record per
+/// key once its segment rolled and the cleaner ran: the setting is what
+/// bounds what a restore reads. (The catalogue's default is an hour; the
+/// broker's log cleaner looks for work every 15 s.)
+#[tokio::test]
+async fn compacted_topics_keep_the_newest_record_per_key_once_rolled() {
+    let conn = conn();
+    let mut catalogue = TopicNames::from_config(&conn).catalogue();
+    catalogue.truncate(1);
+    assert_eq!(catalogue[0].cleanup, Cleanup::Compact);
+    set_compacted_segment_ms(&mut catalogue, 1000);
+    ensure_topics(&conn, &catalogue, 1, 1).await.unwrap();
+    let topic = catalogue[0].name.clone();
+    let producer: FutureProducer = producer_config(&conn, "topics-test").create().unwrap();
+    let keys = 5;
+    let send = |key: String, value: String| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(&key)
+                        .payload(&value)
+                        .partition(0),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    };
+    for round in 0..40 {
+        for k in 0..keys {
+            send(format!("key-{k}"), format!("value-{round}")).await;
+        }
+    }
+    assert_eq!(count_records(&conn, &topic), 40 * keys);
+    // Past segment.ms, the next append rolls the segment; the cleaner then
+    // compacts the rolled one. Keep appending (one record a second) until
+    // the topic holds about one record per key.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut n;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        send("key-0".into(), "again".into()).await;
+        n = count_records(&conn, &topic);
+        if n <= 2 * keys || Instant::now() >= deadline {
+            break;
+        }
+    }
+    assert!(
+        n <= 2 * keys,
+        "{n} records left of {} after compaction had two minutes",
+        40 * keys
+    );
 }
