@@ -361,7 +361,7 @@ async fn dedup_entries_expire_after_the_retention_in_memory_and_in_the_topic() -
     .await?;
 
     // Between one and two retentions later the entry expires from memory,
-    // and the next transaction (b's) writes its tombstone.
+    // and the stage, idle, writes its tombstone on its own.
     wait_until("a's entry expired", Duration::from_secs(30), || async {
         stage
             .metric("artifact_stage_dedup_expired_total", &[])
@@ -370,8 +370,6 @@ async fn dedup_entries_expire_after_the_retention_in_memory_and_in_the_topic() -
     })
     .await?;
     assert_eq!(stage.metric("artifact_stage_dedup_keys", &[]).await, 0.0);
-    let b = TestEnv::created("b.txt");
-    env.produce_created(std::slice::from_ref(&b)).await?;
     wait_until("a's tombstone", Duration::from_secs(60), || async {
         tombstoned(&env, a.artifact_id)
     })
@@ -383,10 +381,23 @@ async fn dedup_entries_expire_after_the_retention_in_memory_and_in_the_topic() -
         outcomes_of(&env, a.artifact_id).await == 2
     })
     .await?;
+    assert!(stage.terminate(Duration::from_secs(20)), "stage stopped");
+
+    // b's entry is written by a stage that keeps its entries for good, so
+    // it is in the topic when the stage with the retention starts again.
+    let keep = [("DEDUP_RETENTION_MS", "0".to_owned())];
+    let mut stage = StageProcess::start(&env, Path::new(BIN), &keep)?;
+    let b = TestEnv::created("b.txt");
+    env.produce_created(std::slice::from_ref(&b)).await?;
+    wait_until("b's outcome", Duration::from_secs(60), || async {
+        outcomes_of(&env, b.artifact_id).await == 1
+    })
+    .await?;
+    assert!(stage.terminate(Duration::from_secs(20)), "stage stopped");
+    assert!(!tombstoned(&env, b.artifact_id));
 
     // A restart once every entry is older than the retention: the restore
-    // leaves them all out, and the next transaction tombstones b.
-    assert!(stage.terminate(Duration::from_secs(20)), "stage stopped");
+    // leaves them all out, and the idle stage tombstones b.
     let dedup_topic = env.names.dedup(artifact_domain::Stage::MimeDetector);
     wait_until(
         "every dedup entry older than the retention",
@@ -413,11 +424,14 @@ async fn dedup_entries_expire_after_the_retention_in_memory_and_in_the_topic() -
         0.0,
         "expired entries were restored"
     );
-    assert!(!tombstoned(&env, b.artifact_id));
-    let c = TestEnv::created("c.txt");
-    env.produce_created(std::slice::from_ref(&c)).await?;
     wait_until("b's tombstone", Duration::from_secs(60), || async {
         tombstoned(&env, b.artifact_id)
+    })
+    .await?;
+    let c = TestEnv::created("c.txt");
+    env.produce_created(std::slice::from_ref(&c)).await?;
+    wait_until("c's outcome", Duration::from_secs(60), || async {
+        outcomes_of(&env, c.artifact_id).await == 1
     })
     .await?;
     assert_eq!(
@@ -426,5 +440,41 @@ async fn dedup_entries_expire_after_the_retention_in_memory_and_in_the_topic() -
         "c's outcome only"
     );
     assert_eq!(stage.metric("artifact_stage_dedup_keys", &[]).await, 1.0);
+    Ok(())
+}
+
+/// At least once, an idle stage's tombstones go out without a transaction,
+/// and a batch of tombstones alone (no offsets to commit) is not a failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_stage_tombstones_expired_entries_at_least_once_too() -> anyhow::Result<()> {
+    let env = TestEnv::new(1).await?;
+    let vars = [
+        ("DEDUP_RETENTION_MS", "1000".to_owned()),
+        ("DELIVERY", "at-least-once".to_owned()),
+    ];
+    let stage = StageProcess::start(&env, Path::new(BIN), &vars)?;
+    let a = TestEnv::created("a.txt");
+    env.produce_created(std::slice::from_ref(&a)).await?;
+    wait_until("a's tombstone", Duration::from_secs(60), || async {
+        tombstoned(&env, a.artifact_id)
+    })
+    .await?;
+    assert_eq!(outcomes_of(&env, a.artifact_id).await, 1);
+    assert_eq!(
+        stage
+            .metric(
+                "artifact_stage_records_produced_total",
+                &["kind=\"tombstone\""]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        stage
+            .metric("artifact_stage_batch_failures_total", &[])
+            .await,
+        0.0
+    );
+    assert!(stage.is_ready().await);
     Ok(())
 }

@@ -9,7 +9,9 @@
 //! that: entries are recorded in a current table, which becomes the
 //! previous one after a retention, whose entries then expire a retention
 //! later. An expired entry leaves memory and a tombstone for its key is
-//! written to the dedup topic, so compaction removes it there too; a restore
+//! written to the dedup topic (with the next batches' records, or in a
+//! transaction of its own while the stage is idle), so compaction removes
+//! it there too; a restore
 //! leaves out (and tombstones) entries processed longer ago than the
 //! retention. Memory and restore time then follow the artifacts of the last
 //! retention, not every artifact ever processed. A duplicate that arrives

@@ -476,7 +476,8 @@ impl<S: StageLogic> StageRunner<S> {
             Ok(secs) => secs,
             Err(e) => return Err((e, items)),
         };
-        if self.cfg.delivery == Delivery::AtLeastOnce {
+        // (A batch of tombstones alone has no offsets to commit.)
+        if self.cfg.delivery == Delivery::AtLeastOnce && !items.is_empty() {
             let offsets = commit_offsets(&items);
             if let Err(e) = tokio::task::block_in_place(|| {
                 consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)

@@ -56,6 +56,8 @@ use tokio::sync::watch;
 /// input records writes. A rotation expires a retention's worth of keys at
 /// once; written a few per record, they spread over the traffic that
 /// follows instead of swelling a few transactions (and every hop's latency).
+/// An idle stage writes them in transactions of their own, of
+/// `max_tombstones(TRANSACTION_MAX_RECORDS)` at most.
 fn max_tombstones(records: usize) -> usize {
     2 * records + 100
 }
@@ -563,7 +565,12 @@ impl<S: StageLogic> StageRunner<S> {
             if !rewind_only.is_empty() {
                 batch::rewind(&consumer, &retry_consumer, &mut delayed, &rewind_only);
             }
-            if items.is_empty() {
+            // Idle, with nothing committing: the tombstones of expired
+            // entries go out in a transaction of their own, so neither
+            // memory nor the topic waits for traffic to drop them.
+            let tombstones_only =
+                items.is_empty() && in_flight.is_none() && dedup.pending_tombstones() > 0;
+            if items.is_empty() && !tombstones_only {
                 let a = assignment.lock().expect("assignment lock");
                 if failures == 0 && a.to_restore.is_empty() {
                     if a.owned.is_empty() {
@@ -577,9 +584,16 @@ impl<S: StageLogic> StageRunner<S> {
 
             let prepare_started = Instant::now();
             let committing = in_flight.as_ref().map(|f| &f.generations);
-            let tombstones = dedup.take_tombstones(max_tombstones(items.len()), committing);
+            let room = max_tombstones(if tombstones_only {
+                max_records
+            } else {
+                items.len()
+            });
+            let tombstones = dedup.take_tombstones(room, committing);
             let prepared = self.prepare(&dedup, committing, &items, tombstones).await;
-            pacer.processed(prepare_started.elapsed());
+            if !tombstones_only {
+                pacer.processed(prepare_started.elapsed());
+            }
             // One transaction at a time: the previous batch settles before
             // this one's starts. If it failed, this batch is read again too.
             if let Some(flight) = in_flight.take() {
