@@ -65,6 +65,10 @@ impl Tables {
     }
 }
 
+/// Keys of expired entries, with their partition, whose tombstones are to
+/// be written.
+pub type Tombstones = Vec<(i32, ArtifactId)>;
+
 /// Dedup state of the partitions an instance owns.
 #[derive(Debug)]
 pub struct DedupState {
@@ -73,7 +77,7 @@ pub struct DedupState {
     retention: Option<Duration>,
     rotated_at: Instant,
     /// Keys expired from memory whose tombstone is not written yet.
-    tombstones: Vec<(i32, ArtifactId)>,
+    tombstones: Tombstones,
 }
 
 impl Default for DedupState {
@@ -173,20 +177,29 @@ impl DedupState {
     /// transaction, before its records: a key processed again in that
     /// batch keeps its new entry. A key processed again since it expired
     /// (recorded anew, or by the batch still committing, `in_flight`) gets
-    /// none: its new entry is in the topic, or about to be. A tombstone
-    /// whose transaction fails is not retried; the key's old entry stays in
-    /// the topic until a restore finds it expired.
+    /// none: its new entry is in the topic, or about to be. Tombstones whose
+    /// transaction fails come back with [`DedupState::return_tombstones`].
     pub fn take_tombstones(
         &mut self,
         max: usize,
         in_flight: Option<&HashMap<(i32, ArtifactId), Generation>>,
-    ) -> Vec<(i32, ArtifactId)> {
+    ) -> Tombstones {
         let from = self.tombstones.len().saturating_sub(max);
         let mut taken = self.tombstones.split_off(from);
         taken.retain(|(p, id)| {
             self.last(*p, *id).is_none() && !in_flight.is_some_and(|f| f.contains_key(&(*p, *id)))
         });
         taken
+    }
+
+    /// Takes back tombstones that were not written (their transaction
+    /// failed), to be taken again, except those of partitions no longer
+    /// held: the next owner's restore finds those keys expired again, and
+    /// may have recorded them anew.
+    pub fn return_tombstones(&mut self, tombstones: Tombstones) {
+        let held = &self.partitions;
+        self.tombstones
+            .extend(tombstones.into_iter().filter(|(p, _)| held.contains_key(p)));
     }
 
     /// Tombstones waiting for a transaction.
@@ -449,6 +462,36 @@ mod tests {
         gone.sort_by_key(|(p, _)| *p);
         assert_eq!(gone, vec![(0, c), (1, b)]);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn tombstones_of_a_failed_transaction_come_back_for_partitions_still_held() {
+        const W: Duration = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut s = DedupState::new(Some(W), t0);
+        let (a, b, c) = (
+            ArtifactId::new_random(),
+            ArtifactId::new_random(),
+            ArtifactId::new_random(),
+        );
+        s.install(0, Restored::default());
+        s.install(1, Restored::default());
+        s.record(0, a, g(1));
+        s.record(0, b, g(1));
+        s.record(1, c, g(1));
+        s.rotate_if_due(t0 + W);
+        assert_eq!(s.rotate_if_due(t0 + 2 * W), 3);
+        let mut taken = s.take_tombstones(10, None);
+        taken.sort_by_key(|(p, _)| *p);
+        assert_eq!(taken.len(), 3);
+        assert_eq!(s.pending_tombstones(), 0);
+        // The transaction failed; meanwhile partition 1 was revoked and b
+        // processed again (its tombstone must not follow its new entry).
+        s.drop_partition(1);
+        s.record(0, b, g(2));
+        s.return_tombstones(taken);
+        assert_eq!(s.pending_tombstones(), 2, "partition 1's is dropped");
+        assert_eq!(s.take_tombstones(10, None), vec![(0, a)]);
     }
 
     #[test]

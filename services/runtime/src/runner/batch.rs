@@ -3,6 +3,7 @@
 use super::producer::StageProducer;
 use super::{Delayed, Delivery, Item, Source, StageRunner, commit_offsets};
 use crate::codec::TopicWriter;
+use crate::dedup::Tombstones;
 use crate::kafka::header;
 use crate::now_ms;
 use crate::retry;
@@ -90,6 +91,9 @@ pub(crate) struct InFlight {
     /// decided against these too, and the dedup state records them once
     /// the transaction committed.
     pub generations: HashMap<(i32, ArtifactId), Generation>,
+    /// The tombstones of expired dedup entries the transaction writes:
+    /// taken back if it fails.
+    pub tombstones: Tombstones,
     outcome_labels: Vec<&'static str>,
     produced: Vec<&'static str>,
     handle: tokio::task::JoinHandle<Result<f64, BatchError>>,
@@ -159,7 +163,7 @@ impl<S: StageLogic> StageRunner<S> {
         dedup: &crate::dedup::DedupState,
         in_flight: Option<&HashMap<(i32, ArtifactId), Generation>>,
         items: &[Item],
-        tombstones: Vec<(i32, ArtifactId)>,
+        tombstones: &[(i32, ArtifactId)],
     ) -> Result<Prepared, BatchError> {
         let stage = S::STAGE;
         let name = stage.name();
@@ -275,7 +279,7 @@ impl<S: StageLogic> StageRunner<S> {
         let mut outs: Vec<Out> = Vec::with_capacity(2 * items.len() + tombstones.len());
         // Tombstones first: a key processed again in this batch keeps the
         // entry written after its tombstone.
-        for (p, id) in tombstones {
+        for &(p, id) in tombstones {
             outs.push(Out {
                 topic: topics.dedup.clone(),
                 partition: p,
@@ -410,14 +414,15 @@ impl<S: StageLogic> StageRunner<S> {
         gate: &Arc<TxnGate>,
         prepared: Prepared,
         items: Vec<Item>,
-    ) -> Result<InFlight, (BatchError, Vec<Item>)> {
+        tombstones: Tombstones,
+    ) -> Result<InFlight, (BatchError, Vec<Item>, Tombstones)> {
         let exactly_once = self.cfg.delivery == Delivery::ExactlyOnce;
         let group = match consumer.group_metadata() {
             _ if !exactly_once => None,
             Some(g) => Some(g),
             None => {
                 let e = BatchError::Transient("no consumer group metadata yet".into());
-                return Err((e, items));
+                return Err((e, items, tombstones));
             }
         };
         let Prepared {
@@ -444,6 +449,7 @@ impl<S: StageLogic> StageRunner<S> {
         Ok(InFlight {
             items,
             generations,
+            tombstones,
             outcome_labels,
             produced,
             handle,
@@ -467,6 +473,7 @@ impl<S: StageLogic> StageRunner<S> {
         let InFlight {
             items,
             generations,
+            tombstones,
             outcome_labels,
             produced,
             result,
@@ -474,7 +481,10 @@ impl<S: StageLogic> StageRunner<S> {
         } = flight;
         let secs = match result.expect("finished sets the result") {
             Ok(secs) => secs,
-            Err(e) => return Err((e, items)),
+            Err(e) => {
+                dedup.return_tombstones(tombstones);
+                return Err((e, items));
+            }
         };
         // (A batch of tombstones alone has no offsets to commit.)
         if self.cfg.delivery == Delivery::AtLeastOnce && !items.is_empty() {

@@ -590,7 +590,7 @@ impl<S: StageLogic> StageRunner<S> {
                 items.len()
             });
             let tombstones = dedup.take_tombstones(room, committing);
-            let prepared = self.prepare(&dedup, committing, &items, tombstones).await;
+            let prepared = self.prepare(&dedup, committing, &items, &tombstones).await;
             if !tombstones_only {
                 pacer.processed(prepare_started.elapsed());
             }
@@ -611,12 +611,17 @@ impl<S: StageLogic> StageRunner<S> {
                     .await?
                 {
                     Some(back) => items = back,
-                    None => continue,
+                    // Read again with the failed one: its tombstones too.
+                    None => {
+                        dedup.return_tombstones(tombstones);
+                        continue;
+                    }
                 }
             }
             let failed = match prepared {
-                Err(e) => Some((e, items)),
-                Ok(p) => match self.start_commit(&consumer, &producer, &gate, p, items) {
+                Err(e) => Some((e, items, tombstones)),
+                Ok(p) => match self.start_commit(&consumer, &producer, &gate, p, items, tombstones)
+                {
                     Ok(flight) => {
                         in_flight = Some(flight);
                         None
@@ -624,7 +629,8 @@ impl<S: StageLogic> StageRunner<S> {
                     Err(back) => Some(back),
                 },
             };
-            if let Some((e, items)) = failed {
+            if let Some((e, items, tombstones)) = failed {
+                dedup.return_tombstones(tombstones);
                 // Nothing of this batch was produced.
                 self.failed_batch(
                     &consumer,
