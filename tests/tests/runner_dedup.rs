@@ -202,11 +202,12 @@ async fn replayed_dead_letters_return_to_their_partition_and_are_processed_once(
         .await?;
         source.insert(e.artifact_id.to_string(), partition);
     }
-    let replay = || {
+    let artifactctl = |args: &[&str]| {
         let bin = Path::new(BIN).with_file_name("artifactctl");
         let out = std::process::Command::new(bin)
             .env("TOPIC_PREFIX", &env.conn.topic_prefix)
-            .args(["dlq", "replay", "mime-detector"])
+            .arg("dlq")
+            .args(args)
             .output()
             .expect("artifactctl runs");
         assert!(
@@ -216,12 +217,25 @@ async fn replayed_dead_letters_return_to_their_partition_and_are_processed_once(
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(replay().contains("replayed 6 dead letters"));
+    let list = artifactctl(&["list", "mime-detector"]);
+    assert!(
+        list.contains("6 dead letters in") && list.contains("(6 not replayed)"),
+        "{list}"
+    );
+    let replayed = artifactctl(&["replay", "mime-detector"]);
+    assert!(replayed.contains("replayed 6 dead letters"), "{replayed}");
 
     outcomes_on_their_partitions(&env, &source).await?;
-    // Replaying the same letters again: the dedup state of their partitions
-    // knows them, so no second outcome.
-    assert!(replay().contains("replayed 6 dead letters"));
+    // A second replay finds nothing new; the list says what was replayed.
+    let replayed = artifactctl(&["replay", "mime-detector"]);
+    assert!(replayed.contains("replayed 0 dead letters"), "{replayed}");
+    let list = artifactctl(&["list", "mime-detector"]);
+    assert!(list.contains("(0 not replayed)"), "{list}");
+    assert_eq!(list.matches(" replayed key=").count(), 6, "{list}");
+    // Replaying every letter again (--all): the dedup state of their
+    // partitions knows them, so no second outcome.
+    let replayed = artifactctl(&["replay", "mime-detector", "--all"]);
+    assert!(replayed.contains("replayed 6 dead letters"), "{replayed}");
     wait_until(
         "six duplicates skipped",
         Duration::from_secs(60),

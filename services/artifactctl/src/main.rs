@@ -8,7 +8,8 @@ use artifact_domain::Stage;
 use artifact_runtime::config::ConnectionConfig;
 use artifact_runtime::schemas::RegistryAdmin;
 use artifact_runtime::topics::{
-    DEFAULT_COMPACTED_SEGMENT_MS, TopicNames, ensure_topics, set_compacted_segment_ms,
+    DEFAULT_COMPACTED_SEGMENT_MS, DEFAULT_DLQ_RETENTION_MS, TopicNames, ensure_topics,
+    set_compacted_segment_ms, set_dlq_retention_ms,
 };
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -113,9 +114,23 @@ enum TopicsCommand {
         /// by one). Existing topics keep theirs.
         #[arg(long, env = "TOPIC_COMPACTED_SEGMENT_MS", default_value_t = DEFAULT_COMPACTED_SEGMENT_MS, value_parser = clap::value_parser!(u64).range(1..))]
         compacted_segment_ms: u64,
+        /// `retention.ms` of new dead-letter topics; -1 (the default) keeps
+        /// dead letters until they are replayed or deleted.
+        #[arg(long, env = "TOPIC_DLQ_RETENTION_MS", default_value_t = DEFAULT_DLQ_RETENTION_MS, allow_negative_numbers = true, value_parser = parse_retention_ms)]
+        dlq_retention_ms: i64,
     },
     /// Lists the topics of the design.
     List,
+}
+
+/// A `retention.ms`: -1 (for good) or a positive number of milliseconds.
+fn parse_retention_ms(s: &str) -> Result<i64, String> {
+    match s.parse::<i64>() {
+        Ok(ms) if ms == -1 || ms > 0 => Ok(ms),
+        _ => Err(format!(
+            "{s:?} is not a retention: give -1 (for good) or milliseconds above 0"
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,10 +146,14 @@ enum DlqCommand {
         /// mime-detector, location-logger, pdf-parser or summarizer.
         stage: Stage,
     },
-    /// Produces a stage's dead letters back to the topics they came from.
+    /// Produces a stage's dead letters back to the topics they came from:
+    /// those no earlier replay wrote back, or with `--all` every one.
     Replay {
         /// mime-detector, location-logger, pdf-parser or summarizer.
         stage: Stage,
+        /// Replays the letters that earlier replays wrote back too.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -151,10 +170,12 @@ async fn main() -> anyhow::Result<()> {
                     partitions,
                     replication_factor,
                     compacted_segment_ms,
+                    dlq_retention_ms,
                 },
         } => {
             let mut catalogue = names.catalogue();
             set_compacted_segment_ms(&mut catalogue, compacted_segment_ms);
+            set_dlq_retention_ms(&mut catalogue, dlq_retention_ms);
             let report = ensure_topics(
                 &cli.conn,
                 &catalogue,
@@ -179,11 +200,19 @@ async fn main() -> anyhow::Result<()> {
             command: TopicsCommand::List,
         } => {
             for t in names.catalogue() {
-                let segment = t
-                    .segment_ms
-                    .map(|ms| format!("segment.ms={ms}"))
-                    .unwrap_or_default();
-                println!("{:<8} {:<40} {segment}", t.cleanup.policy(), t.name);
+                let settings: Vec<String> = t
+                    .configs()
+                    .into_iter()
+                    .filter(|(k, _)| *k != "cleanup.policy")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let line = format!(
+                    "{:<8} {:<40} {}",
+                    t.cleanup.policy(),
+                    t.name,
+                    settings.join(" ")
+                );
+                println!("{}", line.trim_end());
             }
         }
         Command::Schemas {
@@ -290,14 +319,14 @@ async fn main() -> anyhow::Result<()> {
             command: DlqCommand::List { stage },
         } => {
             let conn = cli.conn.clone();
-            let letters =
-                tokio::task::spawn_blocking(move || ops::read_dlq(&conn, stage)).await??;
-            for m in &letters {
+            let dead = tokio::task::spawn_blocking(move || ops::read_dlq(&conn, stage)).await??;
+            for m in &dead.letters {
                 use rdkafka::Message;
                 println!(
-                    "{}:{} key={} kind={} source={}/{}@{} error={}",
+                    "{}:{}{} key={} kind={} source={}/{}@{} error={}",
                     m.partition(),
                     m.offset(),
+                    if dead.is_replayed(m) { " replayed" } else { "" },
                     m.key().map(String::from_utf8_lossy).unwrap_or_default(),
                     ops::header(m, "x-error-kind").unwrap_or_default(),
                     ops::header(m, "x-source-topic").unwrap_or_default(),
@@ -306,15 +335,25 @@ async fn main() -> anyhow::Result<()> {
                     ops::header(m, "x-error").unwrap_or_default(),
                 );
             }
-            println!("{} dead letters in {}", letters.len(), names.dlq(stage));
+            let waiting = dead.letters.iter().filter(|m| !dead.is_replayed(m)).count();
+            println!(
+                "{} dead letters in {} ({waiting} not replayed)",
+                dead.letters.len(),
+                names.dlq(stage)
+            );
         }
         Command::Dlq {
-            command: DlqCommand::Replay { stage },
+            command: DlqCommand::Replay { stage, all },
         } => {
             let conn = cli.conn.clone();
-            let letters =
-                tokio::task::spawn_blocking(move || ops::read_dlq(&conn, stage)).await??;
+            let dead = tokio::task::spawn_blocking(move || ops::read_dlq(&conn, stage)).await??;
+            let letters: Vec<&rdkafka::message::OwnedMessage> = dead
+                .letters
+                .iter()
+                .filter(|m| all || !dead.is_replayed(m))
+                .collect();
             let n = ops::replay(&cli.conn, &letters).await?;
+            ops::mark_replayed(&cli.conn, stage, &letters)?;
             println!("replayed {n} dead letters of {stage} to their source topics");
         }
     }

@@ -13,6 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Writes one `ArtifactCreated` straight to `<prefix>.created`.
@@ -148,15 +149,42 @@ fn only_markers_from(
     Ok(false)
 }
 
-/// Every record of a stage's dead-letter topic.
-pub fn read_dlq(conn: &ConnectionConfig, stage: Stage) -> anyhow::Result<Vec<OwnedMessage>> {
+/// A stage's dead letters, and how far `dlq replay` got in each partition.
+pub struct DeadLetters {
+    /// Every record of the dead-letter topic, in partition order.
+    pub letters: Vec<OwnedMessage>,
+    /// Per partition, the offset before which every letter was replayed.
+    pub replayed_before: BTreeMap<i32, i64>,
+}
+
+impl DeadLetters {
+    /// Whether `dlq replay` already wrote this letter back.
+    pub fn is_replayed(&self, m: &OwnedMessage) -> bool {
+        self.replayed_before
+            .get(&m.partition())
+            .is_some_and(|before| m.offset() < *before)
+    }
+}
+
+/// The consumer group whose committed offsets mark, in each partition of a
+/// stage's dead-letter topic, the letters replayed so far.
+fn replay_group(conn: &ConnectionConfig, stage: Stage) -> String {
+    format!(
+        "{}.artifactctl.dlq-replay.{}",
+        conn.topic_prefix,
+        stage.name()
+    )
+}
+
+/// Every record of a stage's dead-letter topic, with the replay position.
+pub fn read_dlq(conn: &ConnectionConfig, stage: Stage) -> anyhow::Result<DeadLetters> {
     let topic = TopicNames::from_config(conn).dlq(stage);
     let timeout = Duration::from_secs(10);
     let n = *partition_counts(conn, std::slice::from_ref(&topic), timeout)?
         .get(&topic)
         .with_context(|| format!("topic {topic} does not exist"))?;
     let consumer: BaseConsumer = client_config(conn, "artifactctl-dlq")
-        .set("group.id", "artifactctl-dlq-unused")
+        .set("group.id", replay_group(conn, stage))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
@@ -165,8 +193,18 @@ pub fn read_dlq(conn: &ConnectionConfig, stage: Stage) -> anyhow::Result<Vec<Own
     for p in 0..n as i32 {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
     }
+    let replayed_before = consumer
+        .committed_offsets(tpl.clone(), timeout)
+        .context("reading how far earlier replays got")?
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
     consumer.assign(&tpl)?;
-    let mut out = vec![];
+    let mut letters = vec![];
     let mut at_end = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while at_end.len() < n && std::time::Instant::now() < deadline {
@@ -175,11 +213,44 @@ pub fn read_dlq(conn: &ConnectionConfig, stage: Stage) -> anyhow::Result<Vec<Own
                 at_end.insert(p);
             }
             Some(Err(e)) => return Err(e.into()),
-            Some(Ok(m)) => out.push(m.detach()),
+            Some(Ok(m)) => letters.push(m.detach()),
             None => {}
         }
     }
-    Ok(out)
+    Ok(DeadLetters {
+        letters,
+        replayed_before,
+    })
+}
+
+/// Records that every letter of `letters` was replayed: the next
+/// `dlq replay` starts after them.
+pub fn mark_replayed(
+    conn: &ConnectionConfig,
+    stage: Stage,
+    letters: &[&OwnedMessage],
+) -> anyhow::Result<()> {
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for m in letters {
+        let n = next.entry(m.partition()).or_default();
+        *n = (*n).max(m.offset() + 1);
+    }
+    if next.is_empty() {
+        return Ok(());
+    }
+    let topic = TopicNames::from_config(conn).dlq(stage);
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in next {
+        tpl.add_partition_offset(&topic, p, Offset::Offset(o))?;
+    }
+    let consumer: BaseConsumer = client_config(conn, "artifactctl-dlq")
+        .set("group.id", replay_group(conn, stage))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .context("recording the replay position")?;
+    Ok(())
 }
 
 /// A header as text.
@@ -191,7 +262,7 @@ pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
 /// (their key, value and trace header), e.g. after the schema they need was
 /// registered. The partition is kept so the stage's dedup state for the
 /// artifact, which lives with that partition, sees the record again.
-pub async fn replay(conn: &ConnectionConfig, letters: &[OwnedMessage]) -> anyhow::Result<usize> {
+pub async fn replay(conn: &ConnectionConfig, letters: &[&OwnedMessage]) -> anyhow::Result<usize> {
     let producer: FutureProducer = producer_config(conn, "artifactctl-replay").create()?;
     let mut n = 0;
     for m in letters {

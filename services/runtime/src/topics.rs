@@ -48,6 +48,9 @@ pub struct TopicSpec {
     /// `segment.ms` set at creation (compacted topics), or the broker's
     /// default.
     pub segment_ms: Option<u64>,
+    /// `retention.ms` set at creation (dead-letter topics: -1, for good),
+    /// or the broker's default.
+    pub retention_ms: Option<i64>,
 }
 
 impl TopicSpec {
@@ -58,7 +61,22 @@ impl TopicSpec {
         if let Some(ms) = self.segment_ms {
             v.push(("segment.ms", ms.to_string()));
         }
+        if let Some(ms) = self.retention_ms {
+            v.push(("retention.ms", ms.to_string()));
+        }
         v
+    }
+}
+
+/// How long dead letters are kept by default: for good (`-1`). A record a
+/// stage could not decode is kept until an operator replays or deletes it,
+/// not dropped by the broker's 7-day default while nobody looked.
+pub const DEFAULT_DLQ_RETENTION_MS: i64 = -1;
+
+/// Sets `retention.ms` of every dead-letter topic of `specs` to `ms`.
+pub fn set_dlq_retention_ms(specs: &mut [TopicSpec], ms: i64) {
+    for s in specs.iter_mut().filter(|s| s.name.ends_with(".dlq")) {
+        s.retention_ms = Some(ms);
     }
 }
 
@@ -124,25 +142,28 @@ impl TopicNames {
     }
 
     /// Every topic of the design with its cleanup policy and, for compacted
-    /// topics, [`DEFAULT_COMPACTED_SEGMENT_MS`].
+    /// topics, [`DEFAULT_COMPACTED_SEGMENT_MS`], for dead-letter topics
+    /// [`DEFAULT_DLQ_RETENTION_MS`].
     pub fn catalogue(&self) -> Vec<TopicSpec> {
         let compact = |name| TopicSpec {
             name,
             cleanup: Cleanup::Compact,
             segment_ms: Some(DEFAULT_COMPACTED_SEGMENT_MS),
+            retention_ms: None,
         };
-        let delete = |name| TopicSpec {
+        let delete = |name, retention_ms| TopicSpec {
             name,
             cleanup: Cleanup::Delete,
             segment_ms: None,
+            retention_ms,
         };
         let mut v = vec![compact(self.created())];
         v.extend(Stage::ALL.map(|s| compact(self.output(s))));
         v.push(compact(self.status()));
         for s in Stage::ALL {
             v.push(compact(self.dedup(s)));
-            v.push(delete(self.retry(s)));
-            v.push(delete(self.dlq(s)));
+            v.push(delete(self.retry(s), None));
+            v.push(delete(self.dlq(s), Some(DEFAULT_DLQ_RETENTION_MS)));
         }
         v
     }
@@ -429,6 +450,28 @@ mod tests {
             Cleanup::Compact => s.segment_ms == Some(1000),
             Cleanup::Delete => s.segment_ms.is_none(),
         }));
+    }
+
+    #[test]
+    fn dead_letters_are_kept_for_good_and_nothing_else_is_overridden() {
+        let mut cat = TopicNames::new("artifact").catalogue();
+        for s in &cat {
+            let retention = s.configs().into_iter().find(|(k, _)| *k == "retention.ms");
+            if s.name.ends_with(".dlq") {
+                assert_eq!(
+                    retention,
+                    Some(("retention.ms", "-1".to_owned())),
+                    "{}",
+                    s.name
+                );
+            } else {
+                assert_eq!(retention, None, "{}", s.name);
+            }
+        }
+        set_dlq_retention_ms(&mut cat, 86_400_000);
+        let dlqs = cat.iter().filter(|s| s.retention_ms == Some(86_400_000));
+        assert_eq!(dlqs.count(), 4);
+        assert_eq!(cat.iter().filter(|s| s.retention_ms.is_some()).count(), 4);
     }
 
     #[test]

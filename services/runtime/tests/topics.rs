@@ -99,6 +99,13 @@ async fn new_topics_get_the_catalogues_configuration() {
             // The broker's default (log.roll.ms: 7 days).
             Cleanup::Delete => assert_eq!(value("segment.ms"), "604800000", "{}", spec.name),
         }
+        // Dead letters for good; retries by the broker's default (7 days).
+        let retention = if spec.name.ends_with(".dlq") {
+            "-1"
+        } else {
+            "604800000"
+        };
+        assert_eq!(value("retention.ms"), retention, "{}", spec.name);
     }
 }
 
