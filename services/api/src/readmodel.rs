@@ -9,9 +9,10 @@
 //! until they are final, so an artifact costs one append per generation.
 //! The file is created at each start in `READ_MODEL_DIR` and unlinked at
 //! once: the status topic stays the only source, and a crash leaves nothing
-//! behind. It is not synced, and it is never rewritten: a generation that
-//! replaces a final one (a reprocess) leaves the old snapshot's bytes
-//! behind until the next start.
+//! behind. It is not synced. A generation that replaces a final one (a
+//! reprocess) leaves the old snapshot's bytes behind; once those dead bytes
+//! outweigh the live ones (and 64 MiB), the live snapshots are copied to a
+//! new file, so the file stays within twice its live size.
 
 use artifact_domain::{ArtifactId, ArtifactState, Generation, StatusView};
 use artifact_runtime::codec::AvroCodec;
@@ -25,7 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -63,6 +64,36 @@ pub enum TableError {
     },
 }
 
+/// A new file in `dir`, unlinked at once: it lives as long as it is open.
+fn new_file(dir: &Path) -> Result<File, TableError> {
+    let create = |source| TableError::Create {
+        dir: dir.display().to_string(),
+        source,
+    };
+    let path = dir.join(format!(
+        "read-model-{}.jsonl",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(create)?;
+    std::fs::remove_file(&path).map_err(create)?;
+    Ok(file)
+}
+
+/// The snapshot a slot of `file` points at.
+fn read(file: &File, k: u128, slot: Slot) -> Result<StatusView, TableError> {
+    let mut buf = vec![0u8; slot.len as usize];
+    file.read_exact_at(&mut buf, slot.offset)?;
+    serde_json::from_slice(&buf).map_err(|source| TableError::Snapshot {
+        id: id_of(k),
+        source,
+    })
+}
+
 fn key(id: ArtifactId) -> u128 {
     id.as_uuid().as_u128()
 }
@@ -94,8 +125,11 @@ fn order(v: &StatusView) -> (Generation, i64) {
     (v.generation, v.updated_at)
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Index {
+    /// The file of the final snapshots; replaced when it is compacted (a
+    /// reader keeps the one its slot points into).
+    file: Arc<File>,
     /// Final snapshots, in the file.
     on_file: BTreeMap<u128, Slot>,
     /// Snapshots of artifacts in flight; one here shadows the file's of the
@@ -117,44 +151,56 @@ impl Index {
 /// A page entry before its snapshot is read from the file.
 enum Entry {
     Held(Box<StatusView>),
-    OnFile(u128, Slot),
+    OnFile(u128, Slot, Arc<File>),
 }
+
+/// The file's length and the bytes of it that snapshots in the index hold.
+#[derive(Debug, Default)]
+struct Lengths {
+    end: u64,
+    live: u64,
+}
+
+/// Dead bytes the file may hold before it is compacted, at least.
+const COMPACT_ABOVE: u64 = 64 << 20;
 
 /// Snapshots by artifact: the final ones in a file, the others in memory.
 #[derive(Debug)]
 pub struct StatusTable {
-    file: File,
-    /// The file's length; only the writer appends.
-    end: Mutex<u64>,
+    dir: PathBuf,
+    /// The file's lengths; only the writer appends (and compacts).
+    lengths: Mutex<Lengths>,
     index: RwLock<Index>,
     restored: AtomicBool,
+    /// Dead bytes the file may hold before it is compacted, at least.
+    compact_above: u64,
 }
 
 impl StatusTable {
     /// Creates an empty table with a new file in `dir`, unlinked at once.
     pub fn create(dir: &Path) -> Result<Self, TableError> {
-        let create = |source| TableError::Create {
+        std::fs::create_dir_all(dir).map_err(|source| TableError::Create {
             dir: dir.display().to_string(),
             source,
-        };
-        std::fs::create_dir_all(dir).map_err(create)?;
-        let path = dir.join(format!(
-            "read-model-{}.jsonl",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(create)?;
-        std::fs::remove_file(&path).map_err(create)?;
+        })?;
         Ok(Self {
-            file,
-            end: Mutex::new(0),
-            index: RwLock::default(),
+            dir: dir.to_owned(),
+            lengths: Mutex::default(),
+            index: RwLock::new(Index {
+                file: Arc::new(new_file(dir)?),
+                on_file: BTreeMap::new(),
+                in_flight: BTreeMap::new(),
+            }),
             restored: AtomicBool::new(false),
+            compact_above: COMPACT_ABOVE,
         })
+    }
+
+    /// The same, compacting once the dead bytes outweigh the live ones and
+    /// `bytes`.
+    pub fn with_compaction_above(mut self, bytes: u64) -> Self {
+        self.compact_above = bytes;
+        self
     }
 
     /// Keeps, for each artifact, the newest of the held and the given
@@ -192,20 +238,24 @@ impl StatusTable {
         // A final snapshot that ties with the one on file is appended only
         // if it differs (a fold that took a late step with an older time);
         // the same snapshot written again (a resend) is not.
+        // The writer's lock: the file is neither appended to nor replaced
+        // by anyone else until this write is done.
+        let mut lengths = self.lengths.lock().expect("file lock");
+        let file = self.index.read().expect("table lock").file.clone();
         for (k, v, slot) in ties {
-            if self.read(k, slot)? != *v {
+            if read(&file, k, slot)? != *v {
                 to_file.push((k, v));
             }
         }
         // The final snapshots are appended in one write; memory points at
         // them once they are in the file.
-        let mut end = self.end.lock().expect("file lock");
+        let end = lengths.end;
         let mut buf = Vec::new();
         let mut slots = Vec::with_capacity(to_file.len());
         for (k, v) in &to_file {
-            let offset = *end + buf.len() as u64;
+            let offset = end + buf.len() as u64;
             serde_json::to_writer(&mut buf, v).expect("a snapshot serializes to JSON");
-            let len = (*end + buf.len() as u64 - offset) as u32;
+            let len = (end + buf.len() as u64 - offset) as u32;
             buf.push(b'\n');
             slots.push((
                 *k,
@@ -220,33 +270,83 @@ impl StatusTable {
             ));
         }
         if !buf.is_empty() {
-            self.file.write_all_at(&buf, *end)?;
-            *end += buf.len() as u64;
+            file.write_all_at(&buf, end)?;
+            lengths.end += buf.len() as u64;
         }
-        let mut index = self.index.write().expect("table lock");
-        for (k, slot) in slots {
-            index.in_flight.remove(&k);
-            index.on_file.insert(k, slot);
+        {
+            let mut index = self.index.write().expect("table lock");
+            for (k, slot) in slots {
+                index.in_flight.remove(&k);
+                lengths.live += u64::from(slot.len) + 1;
+                if let Some(old) = index.on_file.insert(k, slot) {
+                    lengths.live -= u64::from(old.len) + 1;
+                }
+            }
+            for (k, v) in &to_memory {
+                index.in_flight.insert(*k, (*v).clone());
+            }
         }
-        for (k, v) in &to_memory {
-            index.in_flight.insert(*k, (*v).clone());
+        let dead = lengths.end - lengths.live;
+        if dead > lengths.live.max(self.compact_above) {
+            // The write itself is done; a failed compaction is tried again
+            // at the next write.
+            if let Err(e) = self.compact(&mut lengths) {
+                tracing::warn!(error = %e, "read-model file not compacted; will retry");
+            }
         }
         Ok(to_file.len() + to_memory.len())
     }
 
-    fn read(&self, k: u128, slot: Slot) -> Result<StatusView, TableError> {
-        let mut buf = vec![0u8; slot.len as usize];
-        self.file.read_exact_at(&mut buf, slot.offset)?;
-        serde_json::from_slice(&buf).map_err(|source| TableError::Snapshot {
-            id: id_of(k),
-            source,
-        })
+    /// Copies the live snapshots to a new file and points the index at it.
+    /// Called with the writer's lock held: the snapshots on file do not
+    /// change meanwhile. Readers that took a slot of the old file read it
+    /// from the old file, which stays open until they are done.
+    fn compact(&self, lengths: &mut Lengths) -> Result<(), TableError> {
+        let (old, mut slots): (Arc<File>, Vec<(u128, Slot)>) = {
+            let index = self.index.read().expect("table lock");
+            let slots = index.on_file.iter().map(|(k, s)| (*k, *s)).collect();
+            (index.file.clone(), slots)
+        };
+        slots.sort_unstable_by_key(|(_, s)| s.offset);
+        let new = new_file(&self.dir)?;
+        let mut written = 0u64;
+        let mut buf = Vec::new();
+        let mut moved = Vec::with_capacity(slots.len());
+        for (k, s) in slots {
+            let at = buf.len();
+            buf.resize(at + s.len as usize + 1, 0);
+            old.read_exact_at(&mut buf[at..], s.offset)?;
+            moved.push((k, written + at as u64));
+            if buf.len() >= 1 << 20 {
+                new.write_all_at(&buf, written)?;
+                written += buf.len() as u64;
+                buf.clear();
+            }
+        }
+        new.write_all_at(&buf, written)?;
+        written += buf.len() as u64;
+        let before = lengths.end;
+        {
+            let mut index = self.index.write().expect("table lock");
+            index.file = Arc::new(new);
+            for (k, offset) in moved {
+                if let Some(s) = index.on_file.get_mut(&k) {
+                    s.offset = offset;
+                }
+            }
+        }
+        *lengths = Lengths {
+            end: written,
+            live: written,
+        };
+        tracing::info!(before, after = written, "read-model file compacted");
+        Ok(())
     }
 
     fn resolve(&self, entry: Entry) -> Result<StatusView, TableError> {
         match entry {
             Entry::Held(v) => Ok(*v),
-            Entry::OnFile(k, slot) => self.read(k, slot),
+            Entry::OnFile(k, slot, file) => read(&file, k, slot),
         }
     }
 
@@ -257,7 +357,10 @@ impl StatusTable {
             let index = self.index.read().expect("table lock");
             match index.in_flight.get(&k) {
                 Some(v) => Some(Entry::Held(Box::new(v.clone()))),
-                None => index.on_file.get(&k).map(|s| Entry::OnFile(k, *s)),
+                None => index
+                    .on_file
+                    .get(&k)
+                    .map(|s| Entry::OnFile(k, *s, index.file.clone())),
             }
         };
         entry.map(|e| self.resolve(e)).transpose()
@@ -323,7 +426,7 @@ impl StatusTable {
                 };
                 if from_file {
                     let (k, s) = on_file.next().expect("peeked");
-                    entries.push(Entry::OnFile(*k, *s));
+                    entries.push(Entry::OnFile(*k, *s, index.file.clone()));
                 } else {
                     let (_, v) = in_flight.next().expect("peeked");
                     entries.push(Entry::Held(Box::new(v.clone())));
@@ -379,7 +482,7 @@ impl StatusTable {
 
     /// Bytes of the file.
     pub fn file_bytes(&self) -> u64 {
-        *self.end.lock().expect("file lock")
+        self.lengths.lock().expect("file lock").end
     }
 }
 
@@ -712,5 +815,50 @@ mod tests {
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         assert!(t.get(id(1)).unwrap().is_some());
         std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn reprocessed_snapshots_are_compacted_out_of_the_file() {
+        let t = table().with_compaction_above(0);
+        let done = |n, generation| view(n, generation, 10, ArtifactState::Completed);
+        t.upsert(&[done(1, 1), done(2, 1), done(3, 1)]).unwrap();
+        let live = t.file_bytes();
+        // A reader that took artifact 2's slot before the compaction.
+        let before = {
+            let index = t.index.read().unwrap();
+            Entry::OnFile(key(id(2)), index.on_file[&key(id(2))], index.file.clone())
+        };
+        // Reprocessed again and again: the replaced snapshots' bytes are
+        // dead; once they outweigh the live ones the file is rewritten.
+        t.upsert(&[done(1, 2), done(3, 2)]).unwrap();
+        assert!(t.file_bytes() > live + live / 2, "not compacted yet");
+        t.upsert(&[done(1, 3), done(3, 3)]).unwrap();
+        let bytes = t.file_bytes();
+        assert!(
+            bytes < live + live / 2,
+            "{bytes} bytes for {live} live ones: not compacted"
+        );
+        let lengths = t.lengths.lock().unwrap();
+        assert_eq!(lengths.end, lengths.live);
+        drop(lengths);
+        assert_eq!(t.get(id(1)).unwrap(), Some(done(1, 3)));
+        assert_eq!(t.get(id(2)).unwrap(), Some(done(2, 1)));
+        assert_eq!(t.get(id(3)).unwrap(), Some(done(3, 3)));
+        let (page, _) = t.list(None, None, 10).unwrap();
+        assert_eq!(page, vec![done(1, 3), done(2, 1), done(3, 3)]);
+        // The reader's slot still reads its snapshot from the old file.
+        assert_eq!(t.resolve(before).unwrap(), done(2, 1));
+    }
+
+    #[test]
+    fn below_the_threshold_the_file_keeps_its_dead_bytes() {
+        let t = table();
+        let done = |generation| view(1, generation, 10, ArtifactState::Completed);
+        t.upsert(&[done(1)]).unwrap();
+        let one = t.file_bytes();
+        t.upsert(&[done(2)]).unwrap();
+        t.upsert(&[done(3)]).unwrap();
+        assert!(t.file_bytes() > 2 * one, "64 MiB of dead bytes are allowed");
+        assert_eq!(t.get(id(1)).unwrap(), Some(done(3)));
     }
 }
