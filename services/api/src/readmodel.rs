@@ -12,7 +12,7 @@
 //! behind. It is not synced. A generation that replaces a final one (a
 //! reprocess) leaves the old snapshot's bytes behind; once those dead bytes
 //! outweigh the live ones (and 64 MiB), the live snapshots are copied to a
-//! new file, so the file stays within twice its live size.
+//! new file, so the file stays within twice its live size plus 64 MiB.
 
 use artifact_domain::{ArtifactId, ArtifactState, Generation, StatusView};
 use artifact_runtime::codec::AvroCodec;
@@ -64,12 +64,16 @@ pub enum TableError {
     },
 }
 
-/// A new file in `dir`, unlinked at once: it lives as long as it is open.
-fn new_file(dir: &Path) -> Result<File, TableError> {
-    let create = |source| TableError::Create {
+/// The error of a failed creation in `dir`.
+fn create_error(dir: &Path) -> impl Fn(std::io::Error) -> TableError + '_ {
+    move |source| TableError::Create {
         dir: dir.display().to_string(),
         source,
-    };
+    }
+}
+
+/// A new file in `dir`, unlinked at once: it lives as long as it is open.
+fn new_file(dir: &Path) -> Result<File, TableError> {
     let path = dir.join(format!(
         "read-model-{}.jsonl",
         uuid::Uuid::new_v4().simple()
@@ -79,8 +83,8 @@ fn new_file(dir: &Path) -> Result<File, TableError> {
         .write(true)
         .create_new(true)
         .open(&path)
-        .map_err(create)?;
-    std::fs::remove_file(&path).map_err(create)?;
+        .map_err(create_error(dir))?;
+    std::fs::remove_file(&path).map_err(create_error(dir))?;
     Ok(file)
 }
 
@@ -179,10 +183,7 @@ pub struct StatusTable {
 impl StatusTable {
     /// Creates an empty table with a new file in `dir`, unlinked at once.
     pub fn create(dir: &Path) -> Result<Self, TableError> {
-        std::fs::create_dir_all(dir).map_err(|source| TableError::Create {
-            dir: dir.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(create_error(dir))?;
         Ok(Self {
             dir: dir.to_owned(),
             lengths: Mutex::default(),
