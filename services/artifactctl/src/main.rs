@@ -335,7 +335,7 @@ async fn main() -> anyhow::Result<()> {
                     ops::header(m, "x-error").unwrap_or_default(),
                 );
             }
-            let waiting = dead.letters.iter().filter(|m| !dead.is_replayed(m)).count();
+            let waiting = dead.waiting().count();
             println!(
                 "{} dead letters in {} ({waiting} not replayed)",
                 dead.letters.len(),
@@ -347,11 +347,11 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let conn = cli.conn.clone();
             let dead = tokio::task::spawn_blocking(move || ops::read_dlq(&conn, stage)).await??;
-            let letters: Vec<&rdkafka::message::OwnedMessage> = dead
-                .letters
-                .iter()
-                .filter(|m| all || !dead.is_replayed(m))
-                .collect();
+            let letters: Vec<&rdkafka::message::OwnedMessage> = if all {
+                dead.letters.iter().collect()
+            } else {
+                dead.waiting().collect()
+            };
             let n = ops::replay(&cli.conn, &letters).await?;
             ops::mark_replayed(&cli.conn, stage, &letters)?;
             println!("replayed {n} dead letters of {stage} to their source topics");

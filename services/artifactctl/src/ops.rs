@@ -164,16 +164,27 @@ impl DeadLetters {
             .get(&m.partition())
             .is_some_and(|before| m.offset() < *before)
     }
+
+    /// The letters no `dlq replay` wrote back yet.
+    pub fn waiting(&self) -> impl Iterator<Item = &OwnedMessage> {
+        self.letters.iter().filter(|m| !self.is_replayed(m))
+    }
 }
 
-/// The consumer group whose committed offsets mark, in each partition of a
-/// stage's dead-letter topic, the letters replayed so far.
-fn replay_group(conn: &ConnectionConfig, stage: Stage) -> String {
-    format!(
-        "{}.artifactctl.dlq-replay.{}",
-        conn.topic_prefix,
-        stage.name()
+/// A client of the consumer group whose committed offsets mark, in each
+/// partition of a stage's dead-letter topic, the letters replayed so far.
+fn replay_group_client(conn: &ConnectionConfig, stage: Stage) -> rdkafka::ClientConfig {
+    let mut cfg = client_config(conn, "artifactctl-dlq");
+    cfg.set(
+        "group.id",
+        format!(
+            "{}.artifactctl.dlq-replay.{}",
+            conn.topic_prefix,
+            stage.name()
+        ),
     )
+    .set("enable.auto.commit", "false");
+    cfg
 }
 
 /// Every record of a stage's dead-letter topic, with the replay position.
@@ -183,9 +194,7 @@ pub fn read_dlq(conn: &ConnectionConfig, stage: Stage) -> anyhow::Result<DeadLet
     let n = *partition_counts(conn, std::slice::from_ref(&topic), timeout)?
         .get(&topic)
         .with_context(|| format!("topic {topic} does not exist"))?;
-    let consumer: BaseConsumer = client_config(conn, "artifactctl-dlq")
-        .set("group.id", replay_group(conn, stage))
-        .set("enable.auto.commit", "false")
+    let consumer: BaseConsumer = replay_group_client(conn, stage)
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .create()?;
@@ -243,10 +252,7 @@ pub fn mark_replayed(
     for (p, o) in next {
         tpl.add_partition_offset(&topic, p, Offset::Offset(o))?;
     }
-    let consumer: BaseConsumer = client_config(conn, "artifactctl-dlq")
-        .set("group.id", replay_group(conn, stage))
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer: BaseConsumer = replay_group_client(conn, stage).create()?;
     consumer
         .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
         .context("recording the replay position")?;
