@@ -415,6 +415,20 @@ mod tests {
         assert!(s.is_empty());
     }
 
+    /// The retention of the expiry tests.
+    const W: Duration = Duration::from_secs(60);
+
+    /// A state with the retention [`W`], started at the returned instant,
+    /// holding `partitions`, empty.
+    fn retained(partitions: &[i32]) -> (DedupState, Instant) {
+        let t0 = Instant::now();
+        let mut s = DedupState::new(Some(W), t0);
+        for p in partitions {
+            s.install(*p, Restored::default());
+        }
+        (s, t0)
+    }
+
     fn restored(entries: &[(ArtifactId, i64)], expired: &[ArtifactId]) -> Restored {
         Restored {
             entries: entries.iter().map(|(id, n)| (*id, g(*n))).collect(),
@@ -425,16 +439,12 @@ mod tests {
 
     #[test]
     fn entries_expire_between_one_and_two_retentions_after_they_were_recorded() {
-        const W: Duration = Duration::from_secs(60);
-        let t0 = Instant::now();
-        let mut s = DedupState::new(Some(W), t0);
+        let (mut s, t0) = retained(&[0, 1]);
         let (a, b, c) = (
             ArtifactId::new_random(),
             ArtifactId::new_random(),
             ArtifactId::new_random(),
         );
-        s.install(0, Restored::default());
-        s.install(1, Restored::default());
         s.record(0, a, g(1));
         s.record(1, b, g(1));
         assert_eq!(s.rotate_if_due(t0 + W - Duration::from_secs(1)), 0);
@@ -466,16 +476,12 @@ mod tests {
 
     #[test]
     fn tombstones_of_a_failed_transaction_come_back_for_partitions_still_held() {
-        const W: Duration = Duration::from_secs(60);
-        let t0 = Instant::now();
-        let mut s = DedupState::new(Some(W), t0);
+        let (mut s, t0) = retained(&[0, 1]);
         let (a, b, c) = (
             ArtifactId::new_random(),
             ArtifactId::new_random(),
             ArtifactId::new_random(),
         );
-        s.install(0, Restored::default());
-        s.install(1, Restored::default());
         s.record(0, a, g(1));
         s.record(0, b, g(1));
         s.record(1, c, g(1));
@@ -496,11 +502,8 @@ mod tests {
 
     #[test]
     fn a_key_recorded_again_after_it_expired_gets_no_tombstone() {
-        const W: Duration = Duration::from_secs(60);
-        let t0 = Instant::now();
-        let mut s = DedupState::new(Some(W), t0);
+        let (mut s, t0) = retained(&[0]);
         let (a, b) = (ArtifactId::new_random(), ArtifactId::new_random());
-        s.install(0, Restored::default());
         s.record(0, a, g(1));
         s.record(0, b, g(1));
         s.rotate_if_due(t0 + W);
@@ -551,11 +554,8 @@ mod tests {
 
     #[test]
     fn recording_keeps_the_newest_generation_across_both_tables() {
-        const W: Duration = Duration::from_secs(60);
-        let t0 = Instant::now();
-        let mut s = DedupState::new(Some(W), t0);
+        let (mut s, t0) = retained(&[0]);
         let a = ArtifactId::new_random();
-        s.install(0, Restored::default());
         s.record(0, a, g(3));
         s.rotate_if_due(t0 + W);
         // An older generation recorded late does not move the state back,
