@@ -176,6 +176,8 @@ pub struct StatusTable {
     lengths: Mutex<Lengths>,
     index: RwLock<Index>,
     restored: AtomicBool,
+    /// Wakes those waiting for the restore.
+    restored_now: tokio::sync::Notify,
     /// Dead bytes the file may hold before it is compacted, at least.
     compact_above: u64,
 }
@@ -193,6 +195,7 @@ impl StatusTable {
                 in_flight: BTreeMap::new(),
             }),
             restored: AtomicBool::new(false),
+            restored_now: tokio::sync::Notify::new(),
             compact_above: COMPACT_ABOVE,
         })
     }
@@ -455,9 +458,19 @@ impl StatusTable {
 
     /// Returns once the table is restored.
     pub async fn restored(&self) {
-        while !self.is_restored() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let notified = self.restored_now.notified();
+        tokio::pin!(notified);
+        // Registered before the check: a restore in between still wakes it.
+        notified.as_mut().enable();
+        if !self.is_restored() {
+            notified.await;
         }
+    }
+
+    /// The table caught up with the topic.
+    fn mark_restored(&self) {
+        self.restored.store(true, Ordering::Release);
+        self.restored_now.notify_waiters();
     }
 
     /// Number of artifacts held.
@@ -494,16 +507,22 @@ pub async fn follow_status_topic(
     table: Arc<StatusTable>,
 ) -> anyhow::Result<()> {
     let topic = TopicNames::from_config(&conn).status();
-    let partitions = loop {
+    let (partitions, empty) = loop {
         let conn2 = conn.clone();
         let t = topic.clone();
-        let counts = tokio::task::spawn_blocking(move || {
-            partition_counts(&conn2, std::slice::from_ref(&t), Duration::from_secs(10))
+        let found = tokio::task::spawn_blocking(move || {
+            let counts =
+                partition_counts(&conn2, std::slice::from_ref(&t), Duration::from_secs(10))?;
+            let empty = counts
+                .get(&t)
+                .map(|&n| empty_partitions(&conn2, &t, n as i32))
+                .unwrap_or_default();
+            Ok::<_, artifact_runtime::kafka::KafkaError>((counts.get(&t).copied(), empty))
         })
         .await??;
-        match counts.get(&topic) {
-            Some(n) => break *n as i32,
-            None => {
+        match found {
+            (Some(n), empty) => break (n as i32, empty),
+            (None, _) => {
                 tracing::warn!(%topic, "status topic missing; run `artifactctl topics create`");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -523,10 +542,22 @@ pub async fn follow_status_topic(
     consumer.assign(&tpl)?;
     metrics::gauge!(FILE_BYTES).set(0.0);
     metrics::gauge!(IN_FLIGHT).set(0.0);
-    let mut at_end: HashSet<i32> = HashSet::new();
+    // An empty partition is read to its end already: its end-of-partition
+    // event would only come once a fetch waited out `fetch.wait.max.ms`.
+    let mut at_end: HashSet<i32> = empty;
     // Status records read until the restore is done.
     let mut restore_records: u64 = 0;
     loop {
+        if at_end.len() == partitions as usize && !table.is_restored() {
+            table.mark_restored();
+            tracing::info!(
+                records = restore_records,
+                artifacts = table.len(),
+                in_flight = table.in_flight(),
+                file_bytes = table.file_bytes(),
+                "read model restored from the status topic"
+            );
+        }
         // What the client already holds goes into one write, up to BATCH.
         let mut views: Vec<StatusView> = Vec::new();
         let mut next = Some(consumer.recv().await);
@@ -554,17 +585,27 @@ pub async fn follow_status_topic(
             metrics::gauge!(FILE_BYTES).set(table.file_bytes() as f64);
             metrics::gauge!(IN_FLIGHT).set(table.in_flight() as f64);
         }
-        if at_end.len() == partitions as usize && !table.is_restored() {
-            table.restored.store(true, Ordering::Release);
-            tracing::info!(
-                records = restore_records,
-                artifacts = table.len(),
-                in_flight = table.in_flight(),
-                file_bytes = table.file_bytes(),
-                "read model restored from the status topic"
-            );
-        }
     }
+}
+
+/// The partitions of `topic` without a record to read (their first and end
+/// offsets are equal, as read by a `read_committed` consumer). A partition
+/// whose offsets cannot be looked up is left out: it is read to its end.
+fn empty_partitions(conn: &ConnectionConfig, topic: &str, partitions: i32) -> HashSet<i32> {
+    let consumer: Result<rdkafka::consumer::BaseConsumer, _> =
+        client_config(conn, "artifact-api-readmodel")
+            .set("isolation.level", "read_committed")
+            .create();
+    let Ok(consumer) = consumer else {
+        return HashSet::new();
+    };
+    (0..partitions)
+        .filter(|&p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .is_ok_and(|(low, high)| low == high)
+        })
+        .collect()
 }
 
 /// A status record's snapshot; `None` (logged) if it can never decode.
