@@ -258,6 +258,14 @@ impl TestEnv {
         Ok(())
     }
 
+    /// The first and end offsets of a partition of `topic` (`read_committed`).
+    pub fn watermarks(&self, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
+        let consumer: BaseConsumer = client_config(&self.conn, "test-watermarks")
+            .set("isolation.level", "read_committed")
+            .create()?;
+        Ok(consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?)
+    }
+
     /// Every committed record of `topic` (`read_committed`), from the start to
     /// the current end.
     pub fn read_all(&self, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {

@@ -2,7 +2,8 @@
 //! succeeds (in process, or through the retry topic), one that never heals
 //! becomes `failed(permanent)` after the configured deliveries while other
 //! artifacts of the same partition complete meanwhile, and a pending retry
-//! survives a kill -9 of the stage. A batch whose stage cannot make its
+//! survives a kill -9 of the stage. Processed retry records are deleted from
+//! the retry topic, pending ones stay. A batch whose stage cannot make its
 //! writes durable before the commit is not committed, and is read again
 //! until it can.
 
@@ -19,6 +20,25 @@ async fn outputs(env: &TestEnv) -> Vec<MimeDetected> {
         .expect("outputs decode")
 }
 
+/// Waits until the `deleted` processed records of the retry topic (one
+/// partition) are gone: nothing is left to read, and the topic starts past
+/// them. (Each record is followed by its transaction's commit marker, which
+/// is not a record.)
+async fn retries_deleted(env: &TestEnv, deleted: i64) -> anyhow::Result<()> {
+    let topic = env.names.retry(Stage::MimeDetector);
+    wait_until(
+        "the processed retry records deleted",
+        Duration::from_secs(60),
+        || async {
+            env.read_all(&topic).is_ok_and(|v| v.is_empty())
+                && env
+                    .watermarks(&topic, 0)
+                    .is_ok_and(|(low, _)| low >= deleted)
+        },
+    )
+    .await
+}
+
 fn by_name<'a>(out: &'a [MimeDetected], name: &str) -> Vec<&'a MimeDetected> {
     out.iter()
         .filter(|e| e.context.filename.as_deref() == Some(name))
@@ -29,7 +49,7 @@ fn by_name<'a>(out: &'a [MimeDetected], name: &str) -> Vec<&'a MimeDetected> {
 async fn retry_topic_heals_gives_up_and_never_blocks_the_partition() -> anyhow::Result<()> {
     // One partition: every artifact shares it.
     let env = TestEnv::new(1).await?;
-    let _stage = StageProcess::start(
+    let stage = StageProcess::start(
         &env,
         Path::new(BIN),
         &[
@@ -96,20 +116,16 @@ async fn retry_topic_heals_gives_up_and_never_blocks_the_partition() -> anyhow::
         assert!(pos(&format!("ok-{i}")) < pos("fail-until-3"));
     }
 
-    // The retry topic holds deliveries 2..=4 of the never-healing one and 2..=3 of the healing one.
-    let retries = env.read_all(&env.names.retry(Stage::MimeDetector))?;
-    let mut attempts: Vec<String> = retries
-        .iter()
-        .filter_map(|m| header(m, "x-attempt"))
-        .collect();
-    attempts.sort();
-    assert_eq!(attempts, vec!["2", "2", "3", "3", "4"]);
-    assert!(
-        retries
-            .iter()
-            .all(|m| header(m, "x-not-before").is_some() && header(m, "x-error").is_some())
+    // The retry topic took deliveries 2..=4 of the never-healing one and
+    // 2..=3 of the healing one; each was processed, so the stage deletes
+    // them from the topic (which keeps its records for good otherwise).
+    assert_eq!(
+        stage
+            .metric("artifact_stage_retries_total", &["kind=\"topic\""])
+            .await,
+        5.0
     );
-    Ok(())
+    retries_deleted(&env, 5).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,6 +169,12 @@ async fn a_pending_retry_survives_a_kill_9() -> anyhow::Result<()> {
     })
     .await?;
     assert!(outputs(&env).await.is_empty(), "not yet due");
+    // Pending, it stays on the topic, with its delivery, due time and error.
+    let pending = env.read_all(&retry_topic)?;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(header(&pending[0], "x-attempt").as_deref(), Some("2"));
+    assert!(header(&pending[0], "x-not-before").is_some());
+    assert!(header(&pending[0], "x-error").is_some());
     stage.kill9();
     let _stage = StageProcess::start(&env, Path::new(BIN), &vars)?;
     wait_until("the healed outcome", Duration::from_secs(60), || async {
@@ -163,7 +185,8 @@ async fn a_pending_retry_survives_a_kill_9() -> anyhow::Result<()> {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].outcome, Outcome::Succeeded);
     assert_eq!(out[0].result.as_ref().unwrap().method, "test:attempt-2");
-    Ok(())
+    // Processed by the restarted stage, it is deleted from the topic.
+    retries_deleted(&env, 1).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

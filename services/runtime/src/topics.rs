@@ -73,6 +73,12 @@ impl TopicSpec {
 /// not dropped by the broker's 7-day default while nobody looked.
 pub const DEFAULT_DLQ_RETENTION_MS: i64 = -1;
 
+/// How long retry records are kept: for good (`-1`), so a delayed retry
+/// survives any stop of its stage. A stage deletes the retry records below
+/// the offsets it has committed (`DeleteRecords`), so the topic holds the
+/// retries still pending, not every retry ever made.
+pub const RETRY_RETENTION_MS: i64 = -1;
+
 /// Sets `retention.ms` of every dead-letter topic of `specs` to `ms`.
 pub fn set_dlq_retention_ms(specs: &mut [TopicSpec], ms: i64) {
     for s in specs.iter_mut().filter(|s| s.name.ends_with(".dlq")) {
@@ -142,7 +148,8 @@ impl TopicNames {
     }
 
     /// Every topic of the design with its cleanup policy and, for compacted
-    /// topics, [`DEFAULT_COMPACTED_SEGMENT_MS`], for dead-letter topics
+    /// topics, [`DEFAULT_COMPACTED_SEGMENT_MS`], for retry topics
+    /// [`RETRY_RETENTION_MS`], for dead-letter topics
     /// [`DEFAULT_DLQ_RETENTION_MS`].
     pub fn catalogue(&self) -> Vec<TopicSpec> {
         let compact = |name| TopicSpec {
@@ -162,7 +169,7 @@ impl TopicNames {
         v.push(compact(self.status()));
         for s in Stage::ALL {
             v.push(compact(self.dedup(s)));
-            v.push(delete(self.retry(s), None));
+            v.push(delete(self.retry(s), Some(RETRY_RETENTION_MS)));
             v.push(delete(self.dlq(s), Some(DEFAULT_DLQ_RETENTION_MS)));
         }
         v
@@ -453,11 +460,11 @@ mod tests {
     }
 
     #[test]
-    fn dead_letters_are_kept_for_good_and_nothing_else_is_overridden() {
+    fn dead_letters_and_retries_are_kept_for_good_and_nothing_else_is_overridden() {
         let mut cat = TopicNames::new("artifact").catalogue();
         for s in &cat {
             let retention = s.configs().into_iter().find(|(k, _)| *k == "retention.ms");
-            if s.name.ends_with(".dlq") {
+            if s.name.ends_with(".dlq") || s.name.ends_with(".retry") {
                 assert_eq!(
                     retention,
                     Some(("retention.ms", "-1".to_owned())),
@@ -470,8 +477,9 @@ mod tests {
         }
         set_dlq_retention_ms(&mut cat, 86_400_000);
         let dlqs = cat.iter().filter(|s| s.retention_ms == Some(86_400_000));
+        assert!(dlqs.clone().all(|s| s.name.ends_with(".dlq")));
         assert_eq!(dlqs.count(), 4);
-        assert_eq!(cat.iter().filter(|s| s.retention_ms.is_some()).count(), 4);
+        assert_eq!(cat.iter().filter(|s| s.retention_ms.is_some()).count(), 8);
     }
 
     #[test]

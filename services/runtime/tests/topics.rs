@@ -99,8 +99,9 @@ async fn new_topics_get_the_catalogues_configuration() {
             // The broker's default (log.roll.ms: 7 days).
             Cleanup::Delete => assert_eq!(value("segment.ms"), "604800000", "{}", spec.name),
         }
-        // Dead letters for good; retries by the broker's default (7 days).
-        let retention = if spec.name.ends_with(".dlq") {
+        // Dead letters and retries for good (processed retries are deleted
+        // by the stages); the rest by the broker's default (7 days).
+        let retention = if spec.name.ends_with(".dlq") || spec.name.ends_with(".retry") {
             "-1"
         } else {
             "604800000"

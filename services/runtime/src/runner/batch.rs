@@ -459,14 +459,15 @@ impl<S: StageLogic> StageRunner<S> {
 
     /// Waits for an in-flight batch and applies its result: on success the
     /// dedup state and the counters follow (and, at least once, the offsets
-    /// are committed). On failure nothing of the batch was committed and
-    /// its items come back to be read again.
+    /// are committed), and the retry offsets it committed are returned. On
+    /// failure nothing of the batch was committed and its items come back
+    /// to be read again.
     pub(crate) async fn settle<C: ConsumerContext + 'static>(
         &self,
         consumer: &StreamConsumer<C>,
         dedup: &mut crate::dedup::DedupState,
         flight: InFlight,
-    ) -> Result<(), (BatchError, Vec<Item>)> {
+    ) -> Result<Vec<(i32, i64)>, (BatchError, Vec<Item>)> {
         let name = S::STAGE.name();
         let mut flight = flight;
         flight.finished().await;
@@ -526,7 +527,11 @@ impl<S: StageLogic> StageRunner<S> {
             metrics::counter!("artifact_stage_outcomes_total", "stage" => name, "outcome" => l)
                 .increment(n);
         }
-        Ok(())
+        Ok(items
+            .iter()
+            .filter(|it| it.source == Source::Retry)
+            .map(|it| (it.msg.partition(), it.msg.offset() + 1))
+            .collect())
     }
 
     /// The writer held in `slot`, looked up on first use.

@@ -23,12 +23,16 @@
 //!    not-before time, until the delivery limit makes them permanent;
 //! 5. commit everything in one transaction; on a transient failure abort,
 //!    rewind to the batch's first offsets, back off and report not-ready.
+//!
+//! Retry records below the committed retry offsets are deleted in the
+//! background (`purge`): the retry topic keeps the pending ones for good.
 
 mod batch;
 pub mod config;
 mod context;
 mod pace;
 mod producer;
+mod purge;
 
 pub use config::{Delivery, RunnerConfig, RunnerConfigError};
 
@@ -366,6 +370,9 @@ impl<S: StageLogic> StageRunner<S> {
                 }
             }
         }
+        let admin = crate::kafka::admin_client(&self.conn)
+            .map_err(|e| RunnerError::Fatal(e.to_string()))?;
+        let mut retry_purge = purge::RetryPurge::new(retry_topic.clone(), Some(Arc::new(admin)));
         zero_counters(stage.name());
         consumer.subscribe(&[&input_topic]).map_err(fatal)?;
         tracing::info!(stage = stage.name(), group = %self.group, %input_topic, exactly_once, "stage running");
@@ -382,6 +389,9 @@ impl<S: StageLogic> StageRunner<S> {
         let mut pacer = pace::Pacer::new(linger);
 
         while !*shutdown.borrow() {
+            // Processed retry records go, in the background (at least every
+            // quarter second: an idle wait ends that often).
+            retry_purge.poll();
             // Collect a batch: wait (briefly) for a first record, then take
             // what the clients have already buffered, without waiting, up to
             // N records or T ms. Under load batches grow to N by themselves;
@@ -396,7 +406,7 @@ impl<S: StageLogic> StageRunner<S> {
                     // Nothing new: settle the batch in flight meanwhile.
                     _ = async { in_flight.as_mut().expect("guarded").finished().await }, if in_flight.is_some() => {
                         let flight = in_flight.take().expect("guarded");
-                        self.settle_or_rewind(&consumer, &retry_consumer, &mut dedup, &mut delayed, flight, Vec::new(), &mut failures, &mut shutdown).await?;
+                        self.settle_or_rewind(&consumer, &retry_consumer, &mut dedup, &mut delayed, &mut retry_purge, flight, Vec::new(), &mut failures, &mut shutdown).await?;
                     }
                     m = consumer.recv() => match m {
                         Ok(m) => items.push(Item::input(m.detach(), epoch)),
@@ -603,6 +613,7 @@ impl<S: StageLogic> StageRunner<S> {
                         &retry_consumer,
                         &mut dedup,
                         &mut delayed,
+                        &mut retry_purge,
                         flight,
                         items,
                         &mut failures,
@@ -650,6 +661,7 @@ impl<S: StageLogic> StageRunner<S> {
                 &retry_consumer,
                 &mut dedup,
                 &mut delayed,
+                &mut retry_purge,
                 flight,
                 Vec::new(),
                 &mut failures,
@@ -680,13 +692,15 @@ impl<S: StageLogic> StageRunner<S> {
         retry_consumer: &StreamConsumer,
         dedup: &mut DedupState,
         delayed: &mut BTreeMap<i32, VecDeque<Delayed>>,
+        retry_purge: &mut purge::RetryPurge,
         flight: batch::InFlight,
         next: Vec<Item>,
         failures: &mut u32,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<Vec<Item>>, RunnerError> {
         match self.settle(consumer, dedup, flight).await {
-            Ok(()) => {
+            Ok(retried) => {
+                retry_purge.committed(retried);
                 *failures = 0;
                 self.health.set_ready();
                 Ok(Some(next))
