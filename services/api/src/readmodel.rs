@@ -513,11 +513,11 @@ pub async fn follow_status_topic(
         let found = tokio::task::spawn_blocking(move || {
             let counts =
                 partition_counts(&conn2, std::slice::from_ref(&t), Duration::from_secs(10))?;
-            let empty = counts
-                .get(&t)
-                .map(|&n| empty_partitions(&conn2, &t, n as i32))
+            let n = counts.get(&t).copied();
+            let empty = n
+                .map(|n| empty_partitions(&conn2, &t, n as i32))
                 .unwrap_or_default();
-            Ok::<_, artifact_runtime::kafka::KafkaError>((counts.get(&t).copied(), empty))
+            Ok::<_, artifact_runtime::kafka::KafkaError>((n, empty))
         })
         .await??;
         match found {

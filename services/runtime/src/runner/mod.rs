@@ -370,9 +370,7 @@ impl<S: StageLogic> StageRunner<S> {
                 }
             }
         }
-        let admin = crate::kafka::admin_client(&self.conn)
-            .map_err(|e| RunnerError::Fatal(e.to_string()))?;
-        let mut retry_purge = purge::RetryPurge::new(retry_topic.clone(), Some(Arc::new(admin)));
+        let mut retry_purge = purge::RetryPurge::new(retry_topic.clone(), Some(self.conn.clone()));
         zero_counters(stage.name());
         consumer.subscribe(&[&input_topic]).map_err(fatal)?;
         tracing::info!(stage = stage.name(), group = %self.group, %input_topic, exactly_once, "stage running");

@@ -5,6 +5,7 @@
 //! committed batch, whichever instance owns the partition now. The topic
 //! then holds the retries still pending, not every retry ever made.
 
+use crate::config::ConnectionConfig;
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -16,25 +17,26 @@ use std::time::{Duration, Instant};
 /// At most one purge per this interval (the first one at once).
 pub(crate) const PURGE_EVERY: Duration = Duration::from_secs(10);
 
-/// Per partition: the retry offsets committed, and those purged up to.
+/// Per partition, the committed retry offset still to purge up to.
 pub(crate) struct RetryPurge {
+    /// Where the admin client connects (`None`: offsets are only recorded,
+    /// as the unit tests do).
+    conn: Option<ConnectionConfig>,
+    /// Created for the first purge: most stages never retry.
     admin: Option<Arc<AdminClient<DefaultClientContext>>>,
     topic: String,
-    committed: BTreeMap<i32, i64>,
-    purged: BTreeMap<i32, i64>,
+    pending: BTreeMap<i32, i64>,
     last: Option<Instant>,
-    running: Option<tokio::task::JoinHandle<BTreeMap<i32, i64>>>,
+    running: Option<tokio::task::JoinHandle<Vec<(i32, i64)>>>,
 }
 
 impl RetryPurge {
-    /// Purges `topic` through `admin` (`None`: records committed offsets
-    /// only, as the unit tests do).
-    pub fn new(topic: String, admin: Option<Arc<AdminClient<DefaultClientContext>>>) -> Self {
+    pub fn new(topic: String, conn: Option<ConnectionConfig>) -> Self {
         Self {
-            admin,
+            conn,
+            admin: None,
             topic,
-            committed: BTreeMap::new(),
-            purged: BTreeMap::new(),
+            pending: BTreeMap::new(),
             last: None,
             running: None,
         }
@@ -44,18 +46,26 @@ impl RetryPurge {
     /// topic.
     pub fn committed(&mut self, offsets: impl IntoIterator<Item = (i32, i64)>) {
         for (p, o) in offsets {
-            let c = self.committed.entry(p).or_insert(o);
+            let c = self.pending.entry(p).or_insert(o);
             *c = (*c).max(o);
         }
     }
 
-    /// The partitions whose committed offset is past what was purged.
+    /// Records deleted up to these `(partition, offset)`s: a partition is
+    /// left pending only if committed past that since.
+    fn deleted(&mut self, done: Vec<(i32, i64)>) {
+        for (p, o) in done {
+            if self.pending.get(&p).is_some_and(|&c| c <= o) {
+                self.pending.remove(&p);
+            }
+        }
+    }
+
+    /// The partitions to purge, with the offset to purge up to.
     fn behind(&self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
-        for (&p, &o) in &self.committed {
-            if self.purged.get(&p).is_none_or(|&done| done < o) {
-                let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(o));
-            }
+        for (&p, &o) in &self.pending {
+            let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(o));
         }
         tpl
     }
@@ -64,32 +74,34 @@ impl RetryPurge {
     /// interval passed, and records committed past the last purge. Never
     /// waits for the broker.
     pub fn poll(&mut self) {
-        let Some(admin) = self.admin.clone() else {
-            return;
-        };
         if let Some(h) = &self.running {
             if !h.is_finished() {
                 return;
             }
             let h = self.running.take().expect("checked above");
             if let Some(Ok(done)) = h.now_or_never() {
-                for (p, o) in done {
-                    let d = self.purged.entry(p).or_insert(o);
-                    *d = (*d).max(o);
+                self.deleted(done);
+            }
+        }
+        if self.pending.is_empty() || self.last.is_some_and(|t| t.elapsed() < PURGE_EVERY) {
+            return;
+        }
+        let Some(conn) = &self.conn else { return };
+        self.last = Some(Instant::now());
+        if self.admin.is_none() {
+            match crate::kafka::admin_client(conn) {
+                Ok(a) => self.admin = Some(Arc::new(a)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "processed retry records not deleted; trying again later");
+                    return;
                 }
             }
         }
-        if self.last.is_some_and(|t| t.elapsed() < PURGE_EVERY) {
-            return;
-        }
+        let admin = self.admin.clone().expect("created above");
         let tpl = self.behind();
-        if tpl.count() == 0 {
-            return;
-        }
-        self.last = Some(Instant::now());
         self.running = Some(tokio::spawn(async move {
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-            let mut done = BTreeMap::new();
+            let mut done = Vec::new();
             match admin.delete_records(&tpl, &opts).await {
                 Ok(result) => {
                     for e in result.elements() {
@@ -99,7 +111,7 @@ impl RetryPurge {
                                     .find_partition(e.topic(), e.partition())
                                     .and_then(|x| x.offset().to_raw());
                                 if let Some(o) = asked {
-                                    done.insert(e.partition(), o);
+                                    done.push((e.partition(), o));
                                 }
                             }
                             Err(err) => tracing::warn!(
@@ -137,9 +149,12 @@ mod tests {
                 .collect()
         };
         assert_eq!(offsets(p.behind()), vec![(0, 5), (1, 3)]);
-        p.purged.insert(0, 5);
+        p.deleted(vec![(0, 5)]);
         assert_eq!(offsets(p.behind()), vec![(1, 3)]);
         p.committed([(0, 7)]);
         assert_eq!(offsets(p.behind()), vec![(0, 7), (1, 3)]);
+        // Committed past a purge while it ran: still pending after it.
+        p.deleted(vec![(0, 6), (1, 3)]);
+        assert_eq!(offsets(p.behind()), vec![(0, 7)]);
     }
 }
