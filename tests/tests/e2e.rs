@@ -320,11 +320,31 @@ async fn auth_limits_idempotency_restart_and_a_killed_stage() -> anyhow::Result<
         "/v1/artifacts/{id}",
         "/v1/artifacts/{id}/text",
         "/v1/artifacts/{id}/reprocess",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ] {
         assert!(
             doc["paths"][path].is_object(),
             "{path} missing from /openapi.json"
         );
+    }
+    // Each stage documents its own probes and metrics, under its name.
+    for (name, stage) in &p.stages {
+        let doc: Value = p
+            .http
+            .get(format!("{}/openapi.json", stage.http))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(doc["info"]["title"], *name, "{name}'s /openapi.json");
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            assert!(
+                doc["paths"][path]["get"].is_object(),
+                "{path} missing from {name}'s /openapi.json"
+            );
+        }
     }
 
     // API restarted: the read model is restored from the status topic, and

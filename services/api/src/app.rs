@@ -403,15 +403,47 @@ pub async fn reprocess(
 )]
 pub struct ApiDoc;
 
-/// The API's routes (health and metrics are merged in by the binary).
+/// The API's OpenAPI document: its routes and those of
+/// [`artifact_runtime::telemetry::health_router`], which serves it at
+/// `/openapi.json`.
+pub fn api_doc() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(artifact_runtime::telemetry::OpsDoc::openapi());
+    doc
+}
+
+/// The API's routes (health, metrics and `/openapi.json` are merged in by
+/// the binary).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/artifacts", post(upload_artifact).get(list_artifacts))
         .route("/v1/artifacts/{id}", get(get_artifact))
         .route("/v1/artifacts/{id}/text", get(get_text))
         .route("/v1/artifacts/{id}/reprocess", post(reprocess))
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         // Uploads enforce MAX_UPLOAD_BYTES themselves, while streaming.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_holds_the_api_routes_and_the_probes() {
+        let doc = api_doc();
+        assert_eq!(doc.info.title, "artifact-pipeline API");
+        let paths: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        for path in [
+            "/v1/artifacts",
+            "/v1/artifacts/{id}",
+            "/v1/artifacts/{id}/text",
+            "/v1/artifacts/{id}/reprocess",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ] {
+            assert!(paths.contains(&path), "{path} missing from {paths:?}");
+        }
+    }
 }

@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let app = router(state).merge(health_router(health, metrics));
+    let app = router(state).merge(health_router(health, metrics, artifact_api::app::api_doc()));
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve HTTP on {}: {e}", cfg.http_addr))?;

@@ -5,10 +5,11 @@ use crate::blob::BlobStore;
 use crate::config::{BlobStoreConfig, ConnectionConfig};
 use crate::runner::{RunnerConfig, StageRunner};
 use crate::stage::StageLogic;
-use crate::telemetry::{Health, health_router, init_logging, metrics_handle};
+use crate::telemetry::{Health, OpsDoc, health_router, init_logging, metrics_handle};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;
+use utoipa::OpenApi;
 
 /// Why a stage service stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +106,13 @@ pub async fn run_stage<S: StageLogic>(
             addr: http_addr,
             source,
         })?;
-    let router = health_router(health.clone(), metrics_handle());
+    let mut doc = OpsDoc::openapi();
+    doc.info.title = S::STAGE.name().to_owned();
+    doc.info.description = Some(format!(
+        "Health, readiness and metrics of the {} stage of artifact-pipeline.",
+        S::STAGE.name()
+    ));
+    let router = health_router(health.clone(), metrics_handle(), doc);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "HTTP server stopped");

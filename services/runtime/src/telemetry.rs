@@ -6,15 +6,19 @@
 //! 200 while the process lives, and 500 with the reason once a sync of its
 //! blob store has failed (it can no longer vouch for what it wrote: restart
 //! it); `/readyz` answers 200 only while the binary reports itself ready,
-//! and 503 with the reason otherwise.
+//! and 503 with the reason otherwise. `/openapi.json` describes them (and,
+//! in the API, its own routes).
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, Mutex, OnceLock};
 use tracing_subscriber::EnvFilter;
+use utoipa::OpenApi;
+pub use utoipa::openapi::OpenApi as OpenApiDoc;
 
 /// Installs the JSON log subscriber. A second call does nothing.
 pub fn init_logging() {
@@ -80,36 +84,141 @@ impl Health {
     }
 }
 
-/// The router of `/healthz`, `/readyz` and `/metrics`.
-pub fn health_router(health: Health, metrics: PrometheusHandle) -> Router {
+/// What the health router's handlers read.
+#[derive(Clone)]
+struct Ops {
+    health: Health,
+    metrics: PrometheusHandle,
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "The process lives", body = String, content_type = "text/plain"),
+        (status = 500, description = "A sync of the blob store failed: the process can no longer vouch for what it wrote; restart it", body = String, content_type = "text/plain"),
+    ))]
+async fn healthz() -> (StatusCode, String) {
+    match crate::blob::failed_sync() {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(r) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed: {r}; restart the process\n"),
+        ),
+    }
+}
+
+/// Readiness: a stage is ready while it owns partitions whose dedup state
+/// is restored and its Kafka clients work; the API once its read model is
+/// restored.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "Not ready, and why (e.g. `Kafka unavailable: …`)", body = String, content_type = "text/plain"),
+    ))]
+async fn readyz(State(ops): State<Ops>) -> (StatusCode, String) {
+    match ops.health.reason() {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(r) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {r}\n")),
+    }
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Every metric of the process", body = String, content_type = "text/plain; version=0.0.4")))]
+async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        ops.metrics.render(),
+    )
+}
+
+/// The OpenAPI document of the routes every binary serves: `/healthz`,
+/// `/readyz`, `/metrics` (and `/openapi.json`, which serves the document).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "artifact-pipeline service",
+        description = "Health, readiness and metrics of an artifact-pipeline service."
+    ),
+    paths(healthz, readyz, metrics),
+    tags((name = "operations", description = "Probes and metrics"))
+)]
+pub struct OpsDoc;
+
+/// The router of `/healthz`, `/readyz`, `/metrics` and `/openapi.json`,
+/// which serves `doc`: [`OpsDoc`] for a stage, merged into the API's own
+/// document for `artifact-api`.
+pub fn health_router(health: Health, metrics: PrometheusHandle, doc: OpenApiDoc) -> Router {
+    let doc: Arc<str> = doc
+        .to_json()
+        .expect("an OpenAPI document serializes")
+        .into();
     Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(self::metrics))
         .route(
-            "/healthz",
-            get(|| async {
-                match crate::blob::failed_sync() {
-                    None => (StatusCode::OK, "ok\n".to_owned()),
-                    Some(r) => (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("failed: {r}; restart the process\n"),
-                    ),
-                }
-            }),
+            "/openapi.json",
+            get(move || async move { ([("content-type", "application/json")], doc.to_string()) }),
         )
-        .route(
-            "/readyz",
-            get(|State(h): State<Health>| async move {
-                match h.reason() {
-                    None => (StatusCode::OK, "ready\n".to_owned()),
-                    Some(r) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {r}\n")),
-                }
-            }),
-        )
-        .with_state(health)
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
-            }),
-        )
+        .with_state(Ops { health, metrics })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves the health router of `health` with [`OpsDoc`] on a free port.
+    async fn serve(health: Health) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = health_router(health, metrics_handle(), OpsDoc::openapi());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn the_document_lists_what_the_router_serves() {
+        let health = Health::not_ready("restoring dedup state of partitions [0]");
+        let base = serve(health.clone()).await;
+        let doc: serde_json::Value = reqwest::get(format!("{base}/openapi.json"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut paths: Vec<&str> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        paths.sort_unstable();
+        assert_eq!(paths, ["/healthz", "/metrics", "/readyz"]);
+        for path in paths {
+            let documented: Vec<u16> = doc["paths"][path]["get"]["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+                .map(|k| k.parse().unwrap())
+                .collect();
+            let status = reqwest::get(format!("{base}{path}"))
+                .await
+                .unwrap()
+                .status();
+            assert!(
+                documented.contains(&status.as_u16()),
+                "{path} answered {status}, documented {documented:?}"
+            );
+        }
+        // Readiness answers with the documented 503 and the reason, then 200.
+        let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.text().await.unwrap().contains("restoring dedup state"));
+        health.set_ready();
+        let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let undocumented = reqwest::get(format!("{base}/status")).await.unwrap();
+        assert_eq!(undocumented.status(), StatusCode::NOT_FOUND);
+    }
 }
