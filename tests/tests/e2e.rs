@@ -307,7 +307,8 @@ async fn auth_limits_idempotency_restart_and_a_killed_stage() -> anyhow::Result<
         .await?;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 
-    // The OpenAPI document lists every route.
+    // The OpenAPI document lists every route, the probes and metrics
+    // included.
     let doc: Value = p
         .http
         .get(p.url("/openapi.json"))
@@ -315,6 +316,7 @@ async fn auth_limits_idempotency_restart_and_a_killed_stage() -> anyhow::Result<
         .await?
         .json()
         .await?;
+    assert_eq!(doc["info"]["title"], "artifact-pipeline API");
     for path in [
         "/v1/artifacts",
         "/v1/artifacts/{id}",
