@@ -149,17 +149,14 @@ pub struct OpsDoc;
 /// which serves `doc`: [`OpsDoc`] for a stage, merged into the API's own
 /// document for `artifact-api`.
 pub fn health_router(health: Health, metrics: PrometheusHandle, doc: OpenApiDoc) -> Router {
-    let doc: Arc<str> = doc
-        .to_json()
-        .expect("an OpenAPI document serializes")
-        .into();
+    let doc = bytes::Bytes::from(doc.to_json().expect("an OpenAPI document serializes"));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(self::metrics))
         .route(
             "/openapi.json",
-            get(move || async move { ([("content-type", "application/json")], doc.to_string()) }),
+            get(move || async move { ([("content-type", "application/json")], doc) }),
         )
         .with_state(Ops { health, metrics })
 }
