@@ -174,9 +174,9 @@ impl AvroCodec {
             .get_schema_and_id(&subject, strategy)
             .await
             .map_err(|e| {
-                if e.retriable {
-                    // Errors are cached per subject; clear them so the
-                    // next attempt asks the registry again.
+                if registry_failed(&e, REFUSES_SCHEMA) {
+                    // Failed look-ups are cached per subject; clear them so
+                    // the next attempt asks the registry again.
                     self.encoder.remove_errors_from_cache();
                     CodecError::RegistryUnavailable(describe(&e))
                 } else {
@@ -283,7 +283,10 @@ impl AvroCodec {
 
     async fn fetch_reader(&self, id: u32) -> Result<Arc<GenericDatumReader<'static>>, CodecError> {
         let registered = self.decoder.get_schema(id).await.map_err(|e| {
-            if e.retriable {
+            if registry_failed(&e, NO_SUCH_SCHEMA) {
+                // The decoder caches every failure it does not itself deem
+                // retriable (all but 502 and 503); a record must not be
+                // dead-lettered for a registry that failed to answer.
                 self.decoder.remove_errors_from_cache();
                 CodecError::RegistryUnavailable(describe(&e))
             } else {
@@ -303,9 +306,155 @@ impl AvroCodec {
     }
 }
 
+/// The registry's answer that a schema id does not exist.
+const NO_SUCH_SCHEMA: &[u16] = &[404];
+/// The registry's answers that refuse a schema: malformed request, an
+/// incompatible schema, an invalid schema.
+const REFUSES_SCHEMA: &[u16] = &[400, 409, 422];
+
+/// Whether a registry call failed because the registry did not answer the
+/// question (unreachable, timed out, a 5xx, 429, 401 or 403, a proxy's
+/// error page, a response cut short), so the same call may succeed later,
+/// rather than because it answered it: with one of the `definitive`
+/// statuses, or with a schema this codec cannot use.
+fn registry_failed(e: &SRCError, definitive: &[u16]) -> bool {
+    if e.retriable
+        || e.error
+            .starts_with("could not parse to RawRegisteredSchema")
+    {
+        return true;
+    }
+    match http_status(e) {
+        Some(status) => !definitive.contains(&status),
+        None => false,
+    }
+}
+
+/// The HTTP status of a registry answer that was not a success, as
+/// `schema_registry_converter` reports it ("… failed with status 404 Not
+/// Found").
+fn http_status(e: &SRCError) -> Option<u16> {
+    let (_, rest) = e.error.split_once("failed with status ")?;
+    rest.get(..3)?.parse().ok()
+}
+
 fn describe(e: &SRCError) -> String {
     match &e.cause {
         Some(c) => format!("{}: {c}", e.error),
         None => e.error.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicUsize;
+
+    fn answered(status: &str) -> SRCError {
+        SRCError::non_retryable_with_cause(
+            "{\"error_code\":0}",
+            &format!("HTTP request to schema registry failed with status {status}"),
+        )
+    }
+
+    #[test]
+    fn only_the_registry_s_own_answers_are_final() {
+        assert!(!registry_failed(&answered("404 Not Found"), NO_SUCH_SCHEMA));
+        for status in [
+            "500 Internal Server Error",
+            "504 Gateway Timeout",
+            "429 Too Many Requests",
+            "401 Unauthorized",
+        ] {
+            assert!(
+                registry_failed(&answered(status), NO_SUCH_SCHEMA),
+                "{status}"
+            );
+            assert!(
+                registry_failed(&answered(status), REFUSES_SCHEMA),
+                "{status}"
+            );
+        }
+        assert!(!registry_failed(&answered("409 Conflict"), REFUSES_SCHEMA));
+        assert!(!registry_failed(
+            &answered("422 Unprocessable Entity"),
+            REFUSES_SCHEMA
+        ));
+        assert!(registry_failed(&answered("404 Not Found"), REFUSES_SCHEMA));
+        let network =
+            SRCError::retryable_with_cause("refused", "http call to schema registry failed");
+        assert!(registry_failed(&network, NO_SUCH_SCHEMA));
+        let cut =
+            SRCError::non_retryable_with_cause("eof", "could not parse to RawRegisteredSchema");
+        assert!(registry_failed(&cut, NO_SUCH_SCHEMA));
+        let unusable = SRCError::non_retryable_without_cause("Could not parse schema");
+        assert!(!registry_failed(&unusable, NO_SUCH_SCHEMA));
+    }
+
+    /// A listener that answers every request with the next of `statuses`
+    /// (the last one again once they run out) and counts the requests.
+    fn answering(statuses: &'static [&'static str]) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let status = statuses[n.min(statuses.len() - 1)];
+                let body = r#"{"error_code":50001,"message":"store timed out"}"#;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, count)
+    }
+
+    fn framed(id: u32) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&id.to_be_bytes());
+        bytes.push(2);
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_registry_error_is_not_remembered_for_the_schema_id() {
+        let (url, requests) = answering(&["500 Internal Server Error"]);
+        let codec = AvroCodec::new(&url).unwrap();
+        for asked in 1..=3 {
+            let err = codec.decode::<String>(Some(&framed(7))).await.unwrap_err();
+            assert!(
+                matches!(err, CodecError::RegistryUnavailable(_)),
+                "attempt {asked}: {err:?}"
+            );
+            assert_eq!(
+                requests.load(Ordering::SeqCst),
+                asked,
+                "asked the registry again"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_schema_id_is_undecodable() {
+        let (url, _) = answering(&["404 Not Found"]);
+        let codec = AvroCodec::new(&url).unwrap();
+        let err = codec.decode::<String>(Some(&framed(7))).await.unwrap_err();
+        assert!(matches!(err, CodecError::Undecodable(_)), "{err:?}");
+        assert!(!err.is_retriable());
     }
 }
