@@ -727,7 +727,37 @@ fn commit_blocking(
 /// steps; the producer's polling thread serves that queue, so the wrapper
 /// could wait out a whole step after the last acknowledgement. librdkafka's
 /// commit flushes by itself, in 10 ms steps.
+///
+/// A retriable failure (the records not all acknowledged, or no answer to
+/// `EndTxn`, within `timeout`) leaves the commit under way in librdkafka:
+/// the transaction may yet commit, and librdkafka refuses any other
+/// transactional call (an abort answers `_CONFLICT`) until the commit is
+/// called again. So it is called again until it succeeds or fails for good
+/// (an abortable or fatal error); returning earlier would rewind records
+/// whose outputs may still commit.
 fn commit_transaction(producer: &StageProducer, timeout: Duration) -> Result<(), BatchError> {
+    let mut attempt = 1u32;
+    loop {
+        match commit_once(producer, timeout) {
+            Ok(()) => return Ok(()),
+            Err(Commit::Retriable(message)) => {
+                tracing::warn!(attempt, error = %message, "transaction commit not finished; finishing it");
+                attempt += 1;
+            }
+            Err(Commit::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+/// How one call of `rd_kafka_commit_transaction` failed.
+enum Commit {
+    /// The commit goes on in the background; call it again.
+    Retriable(String),
+    /// Abort (transient) or stop (fatal).
+    Failed(BatchError),
+}
+
+fn commit_once(producer: &StageProducer, timeout: Duration) -> Result<(), Commit> {
     use rdkafka::bindings as rd;
     let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the handle is the live producer's, borrowed for the call.
@@ -737,19 +767,23 @@ fn commit_transaction(producer: &StageProducer, timeout: Duration) -> Result<(),
     }
     // SAFETY: `err` is a non-null error object returned to us; it is read
     // and then destroyed exactly once.
-    let (message, fatal) = unsafe {
+    let (message, fatal, retriable, abortable) = unsafe {
         let message = std::ffi::CStr::from_ptr(rd::rd_kafka_error_string(err))
             .to_string_lossy()
             .into_owned();
         let fatal = rd::rd_kafka_error_is_fatal(err) != 0;
+        let retriable = rd::rd_kafka_error_is_retriable(err) != 0;
+        let abortable = rd::rd_kafka_error_txn_requires_abort(err) != 0;
         rd::rd_kafka_error_destroy(err);
-        (message, fatal)
+        (message, fatal, retriable, abortable)
     };
     let message = format!("commit transaction: {message}");
     Err(if fatal {
-        BatchError::Fatal(message)
+        Commit::Failed(BatchError::Fatal(message))
+    } else if retriable && !abortable {
+        Commit::Retriable(message)
     } else {
-        BatchError::Transient(message)
+        Commit::Failed(BatchError::Transient(message))
     })
 }
 
