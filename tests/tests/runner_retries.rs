@@ -2,7 +2,8 @@
 //! succeeds (in process, or through the retry topic), one that never heals
 //! becomes `failed(permanent)` after the configured deliveries while other
 //! artifacts of the same partition complete meanwhile, and a pending retry
-//! survives a kill -9 of the stage. Processed retry records are deleted from
+//! survives a kill -9 of the stage and its partition moving to another
+//! instance and back. Processed retry records are deleted from
 //! the retry topic, pending ones stay. A batch whose stage cannot make its
 //! writes durable before the commit is not committed, and is read again
 //! until it can.
@@ -227,6 +228,73 @@ async fn a_batch_commits_only_after_its_writes_are_durable() -> anyhow::Result<(
     for n in &names {
         assert_eq!(by_name(&out, n).len(), 1, "{n}");
         assert_eq!(by_name(&out, n)[0].outcome, Outcome::Succeeded);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn held_retries_are_processed_after_their_partition_comes_back() -> anyhow::Result<()> {
+    let env = TestEnv::new(2).await?;
+    let vars = |id: &str| {
+        vec![
+            ("INSTANCE_ID", id.to_owned()),
+            ("RETRY_INLINE_ATTEMPTS", "1".to_owned()),
+            // Long enough that the retries are still held by the first
+            // instance when the second one joins, and not yet due while
+            // the second one owns their partition.
+            ("RETRY_DELAY_MS", "12000".to_owned()),
+        ]
+    };
+    let stays = StageProcess::start(&env, Path::new(BIN), &vars("stays"))?;
+    wait_until("the first instance ready", Duration::from_secs(60), || {
+        stays.is_ready()
+    })
+    .await?;
+    let events: Vec<_> = (0..8).map(|_| TestEnv::created("fail-until-2")).collect();
+    env.produce_created(&events).await?;
+    let retry_topic = env.names.retry(Stage::MimeDetector);
+    wait_until(
+        "every artifact's first failure on the retry topic",
+        Duration::from_secs(60),
+        || async {
+            env.read_all(&retry_topic)
+                .is_ok_and(|v| v.len() >= events.len())
+        },
+    )
+    .await?;
+    let partitions: std::collections::HashSet<i32> = env
+        .read_all(&retry_topic)?
+        .iter()
+        .map(rdkafka::Message::partition)
+        .collect();
+    assert_eq!(partitions.len(), 2, "retries held on both partitions");
+
+    // A second instance takes one partition (with the retries the first
+    // one held there) and leaves before they are due; the partition goes
+    // back to the first instance.
+    let mut visits = StageProcess::start(&env, Path::new(BIN), &vars("visits"))?;
+    wait_until(
+        "the second instance owns a partition",
+        Duration::from_secs(60),
+        || visits.is_ready(),
+    )
+    .await?;
+    assert!(
+        visits.terminate(Duration::from_secs(30)),
+        "graceful shutdown within its deadline"
+    );
+
+    wait_until(
+        "every held retry processed",
+        Duration::from_secs(90),
+        || async { outputs(&env).await.len() >= events.len() },
+    )
+    .await?;
+    let out = outputs(&env).await;
+    assert_eq!(out.len(), events.len(), "one outcome each");
+    for o in &out {
+        assert_eq!(o.outcome, Outcome::Succeeded, "{o:?}");
+        assert_eq!(o.result.as_ref().unwrap().method, "test:attempt-2");
     }
     Ok(())
 }

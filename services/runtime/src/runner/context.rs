@@ -142,10 +142,18 @@ impl ConsumerContext for StageContext {
                 return;
             }
             tracing::info!(?parts, "partitions assigned");
-            if let Some(rc) = self.retry_consumer.get()
-                && let Err(e) = rc.incremental_assign(&self.retry_tpl(&parts, Offset::Stored))
-            {
-                tracing::warn!(error = %e, "assigning retry partitions failed");
+            if let Some(rc) = self.retry_consumer.get() {
+                let tpl = self.retry_tpl(&parts, Offset::Stored);
+                if let Err(e) = rc.incremental_assign(&tpl) {
+                    tracing::warn!(error = %e, "assigning retry partitions failed");
+                }
+                // A retry partition this instance owned before may still be
+                // paused for the retries it held then (librdkafka keeps an
+                // application's pause across unassign and assign); those
+                // were dropped at the revocation and are read again now.
+                if let Err(e) = rc.resume(&tpl) {
+                    tracing::warn!(error = %e, "resuming retry partitions failed");
+                }
             }
             let mut a = self.assignment.lock().expect("assignment lock");
             for p in parts {
