@@ -190,9 +190,11 @@ impl<S: StageLogic> StageRunner<S> {
         delayed: &mut BTreeMap<i32, VecDeque<Delayed>>,
         items: &mut Vec<Item>,
     ) {
+        // A retry record is at least the second delivery; a header that
+        // says otherwise (or nothing readable) counts as the second.
         let delivery = header(&msg, retry::ATTEMPT)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2);
+            .and_then(|v| v.parse::<u32>().ok())
+            .map_or(2, |d| d.max(2));
         let not_before_ms = header(&msg, retry::NOT_BEFORE)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
