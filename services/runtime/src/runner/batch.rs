@@ -21,7 +21,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -77,6 +77,10 @@ fn txn_error(what: &str, e: KafkaError) -> BatchError {
 /// A batch decoded, deduplicated, processed and encoded: the records of its
 /// transaction, and what becomes true once it commits.
 pub(crate) struct Prepared {
+    /// The number of leading items the batch covers: all of them, unless
+    /// its time to start records ran out (`StageRunner::start_budget`);
+    /// the items after these are read again for the next batch.
+    pub covered: usize,
     outs: Vec<Out>,
     /// Processed `(partition, artifact, generation)`s with an outcome.
     recorded: Vec<(i32, ArtifactId, Generation)>,
@@ -230,7 +234,23 @@ impl<S: StageLogic> StageRunner<S> {
             &metrics::histogram!("artifact_stage_processing_seconds", "stage" => name);
         let mut done: Vec<Option<(Done<S::Result>, String)>> = Vec::new();
         done.resize_with(items.len(), || None);
-        let mut finished = futures::stream::iter(work)
+        // The consumer is not polled while the batch is processed: records
+        // are started (in order, a first round of `concurrency` whatever
+        // the time) only while the start budget lasts, and the batch then
+        // ends before the first record not started.
+        let start_until = t0 + self.start_budget;
+        let started = AtomicUsize::new(0);
+        let concurrency = self.cfg.concurrency;
+        let mut finished = futures::stream::iter(work.iter().copied())
+            .take_while(|_| {
+                futures::future::ready(
+                    started.load(Ordering::Relaxed) < concurrency || Instant::now() < start_until,
+                )
+            })
+            .map(|i| {
+                started.fetch_add(1, Ordering::Relaxed);
+                i
+            })
             .map(|i| async move {
                 let Plan::Process(input) = &plans_ref[i] else {
                     unreachable!("work holds processed items only")
@@ -258,6 +278,18 @@ impl<S: StageLogic> StageRunner<S> {
             done[i] = Some(d);
         }
         drop(finished);
+        let started = started.into_inner();
+        let covered = work.get(started).copied().unwrap_or(items.len());
+        if covered < items.len() {
+            tracing::warn!(
+                stage = name,
+                started,
+                left = items.len() - covered,
+                budget_ms = self.start_budget.as_millis() as u64,
+                "batch cut short: its records took longer than the consumer may go unpolled; the rest is read again"
+            );
+            plans.truncate(covered);
+        }
         if done.iter().any(Option::is_some) {
             let started = Instant::now();
             let settled = self.logic.before_commit().await;
@@ -397,6 +429,7 @@ impl<S: StageLogic> StageRunner<S> {
             "batch prepared"
         );
         Ok(Prepared {
+            covered,
             outs,
             recorded,
             outcome_labels,
@@ -426,6 +459,7 @@ impl<S: StageLogic> StageRunner<S> {
             }
         };
         let Prepared {
+            covered: _,
             outs,
             recorded,
             outcome_labels,

@@ -190,6 +190,38 @@ impl RunnerConfig {
         }
     }
 
+    /// The longest one record can keep a batch busy: every in-process
+    /// attempt at its time limit, with the longest backoffs between them.
+    pub fn worst_record_time(&self) -> Duration {
+        let p = self.retry_policy();
+        let attempts = p.inline_attempts.max(1);
+        let backoffs: Duration = (1..attempts)
+            .map(|n| crate::retry::exponential(p.inline_backoff, p.inline_backoff_max, n))
+            .sum();
+        Duration::from_millis(self.processing_timeout_ms).saturating_mul(attempts) + backoffs
+    }
+
+    /// librdkafka's `max.poll.interval.ms` for the stage's consumers when
+    /// the operator sets none: its default (5 minutes), or more if one
+    /// record can take longer than half of that, so that a batch can
+    /// always finish the records it started (see
+    /// [`RunnerConfig::start_budget`]).
+    pub fn max_poll_interval(&self) -> Duration {
+        Duration::from_secs(300)
+            .max(self.worst_record_time().saturating_mul(2) + Duration::from_secs(30))
+    }
+
+    /// How long after a batch's processing began it may still start
+    /// records, given the consumers' `max.poll.interval.ms`: the consumer
+    /// is not polled while a batch is processed, and past that interval it
+    /// leaves its group and the batch cannot commit. Half of what the
+    /// interval leaves once the last record started has had its worst
+    /// time; records not started by then are read again for the next
+    /// batch.
+    pub fn start_budget(&self, max_poll_interval: Duration) -> Duration {
+        max_poll_interval.saturating_sub(self.worst_record_time()) / 2
+    }
+
     /// The instance id: configured, else `$HOSTNAME`, else random.
     pub fn instance_id(&self) -> String {
         self.instance_id
@@ -216,6 +248,25 @@ mod tests {
         cli.r.validate().unwrap();
         assert_eq!(cli.r.delivery, Delivery::ExactlyOnce);
         assert_eq!(cli.r.retry_policy().max_deliveries, 4);
+    }
+
+    #[test]
+    fn a_batch_starts_records_only_while_it_can_still_finish_them() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        // 3 attempts of 30 s, backoffs of 100 and 200 ms.
+        assert_eq!(cli.r.worst_record_time(), Duration::from_millis(90_300));
+        assert_eq!(cli.r.max_poll_interval(), Duration::from_secs(300));
+        let budget = cli.r.start_budget(cli.r.max_poll_interval());
+        assert_eq!(budget, Duration::from_millis(104_850));
+        assert!(budget + cli.r.worst_record_time() < cli.r.max_poll_interval());
+
+        // A record that may take 10 minutes raises the interval with it.
+        let cli = Cli::try_parse_from(["x", "--processing-timeout-ms", "600000"]).unwrap();
+        let interval = cli.r.max_poll_interval();
+        assert!(interval > cli.r.worst_record_time() * 2);
+        assert!(cli.r.start_budget(interval) + cli.r.worst_record_time() < interval);
+        // An operator's interval shorter than one record leaves no budget.
+        assert_eq!(cli.r.start_budget(Duration::from_secs(60)), Duration::ZERO);
     }
 
     #[test]

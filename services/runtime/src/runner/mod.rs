@@ -149,6 +149,11 @@ pub struct StageRunner<S: StageLogic> {
     /// An abort that did not finish (e.g. it timed out while the broker was
     /// away): librdkafka requires the same call again before anything else.
     pub(crate) abort_pending: Arc<std::sync::atomic::AtomicBool>,
+    /// The consumers' `max.poll.interval.ms`: the operator's, else the
+    /// runner's (`RunnerConfig::max_poll_interval`).
+    pub(crate) max_poll_interval: Duration,
+    /// How long a batch may start records (`RunnerConfig::start_budget`).
+    pub(crate) start_budget: Duration,
 }
 
 impl<S: StageLogic> StageRunner<S> {
@@ -166,6 +171,30 @@ impl<S: StageLogic> StageRunner<S> {
             .clone()
             .unwrap_or_else(|| S::STAGE.name().to_owned());
         let names = TopicNames::from_config(&conn);
+        let max_poll_interval = match conn
+            .kafka_properties
+            .0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "max.poll.interval.ms")
+        {
+            Some((_, v)) => v.parse().map(Duration::from_millis).map_err(|_| {
+                RunnerError::Fatal(format!(
+                    "KAFKA_PROPERTIES max.poll.interval.ms={v} is not a number of milliseconds"
+                ))
+            })?,
+            None => cfg.max_poll_interval(),
+        };
+        let start_budget = cfg.start_budget(max_poll_interval);
+        if start_budget.is_zero() {
+            tracing::warn!(
+                max_poll_interval_ms = max_poll_interval.as_millis() as u64,
+                worst_record_ms = cfg.worst_record_time().as_millis() as u64,
+                "max.poll.interval.ms is shorter than one record's worst time \
+                 (PROCESSING_TIMEOUT_MS times RETRY_INLINE_ATTEMPTS): a batch \
+                 starts one record per concurrent slot and may still outlive it"
+            );
+        }
         Ok(StageRunner {
             logic: Arc::new(logic),
             topics: StageTopics::new(&names, S::STAGE),
@@ -176,6 +205,8 @@ impl<S: StageLogic> StageRunner<S> {
             health,
             group,
             abort_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            max_poll_interval,
+            start_budget,
         })
     }
 
@@ -293,6 +324,10 @@ impl<S: StageLogic> StageRunner<S> {
                 // A crashed instance's partitions move on after 10 s.
                 .set("session.timeout.ms", "10000")
                 .set("heartbeat.interval.ms", "3000")
+                .set(
+                    "max.poll.interval.ms",
+                    self.max_poll_interval.as_millis().to_string(),
+                )
                 .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
             // Operators' KAFKA_PROPERTIES win over these defaults.
             for (k, v) in &self.conn.kafka_properties.0 {
@@ -601,6 +636,13 @@ impl<S: StageLogic> StageRunner<S> {
             });
             let tombstones = dedup.take_tombstones(room, committing);
             let prepared = self.prepare(&dedup, committing, &items, &tombstones).await;
+            if let Ok(p) = &prepared
+                && p.covered < items.len()
+            {
+                // Cut short: what it did not start is read again.
+                let rest = items.split_off(p.covered);
+                batch::rewind(&consumer, &retry_consumer, &mut delayed, &rest);
+            }
             if !tombstones_only {
                 pacer.processed(prepare_started.elapsed());
             }
