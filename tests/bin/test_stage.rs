@@ -1,8 +1,9 @@
 //! `test-stage`: a stage for testing the runner. It reads `ArtifactCreated`
 //! (as mime-detector does) and behaves by the artifact's `filename`:
 //! `fail-until-N` fails retriably until attempt N, `fail-always` always
-//! fails retriably, `permanent` fails permanently, `panic` panics; anything
-//! else succeeds at once (after `TEST_STAGE_DELAY_MS`). While the file named
+//! fails retriably, `permanent` fails permanently, `panic` panics,
+//! `oversized` succeeds with a result larger than a record may be;
+//! anything else succeeds at once (after `TEST_STAGE_DELAY_MS`). While the file named
 //! by `TEST_STAGE_HOLD_COMMITS_WHILE` exists, every batch fails before its
 //! commit, as a stage whose writes cannot be made durable does.
 
@@ -77,7 +78,11 @@ impl StageLogic for TestStage {
                 detected_content_type: "application/octet-stream".into(),
                 declared_content_type: input.declared_content_type.clone(),
                 agrees: false,
-                method: format!("test:attempt-{}", ctx.attempt),
+                method: if behaviour == "oversized" {
+                    "x".repeat(1_100_000)
+                } else {
+                    format!("test:attempt-{}", ctx.attempt)
+                },
             },
             context,
         ))

@@ -6,7 +6,10 @@
 //! instance and back. Processed retry records are deleted from
 //! the retry topic, pending ones stay. A batch whose stage cannot make its
 //! writes durable before the commit is not committed, and is read again
-//! until it can.
+//! until it can. A record too large to write (an outcome, or the copy of
+//! an input in a dead letter) does not hold up its partition: the outcome
+//! becomes a permanent failure that says why, the letter keeps the
+//! headers without the bytes.
 
 use artifact_domain::{MimeDetected, Outcome, Stage};
 use artifact_pipeline_tests::{StageProcess, TestEnv, header, wait_until};
@@ -296,5 +299,60 @@ async fn held_retries_are_processed_after_their_partition_comes_back() -> anyhow
         assert_eq!(o.outcome, Outcome::Succeeded, "{o:?}");
         assert_eq!(o.result.as_ref().unwrap().method, "test:attempt-2");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_too_large_to_write_do_not_hold_up_the_partition() -> anyhow::Result<()> {
+    let env = TestEnv::new(1).await?;
+    let _stage = StageProcess::start(&env, Path::new(BIN), &[])?;
+    let oversized = TestEnv::created("oversized");
+    env.produce_created(std::slice::from_ref(&oversized))
+        .await?;
+    // Not Avro, and so large that its dead letter, with the error headers,
+    // would be over the producer's 1 000 000 bytes.
+    let garbage = vec![0xffu8; 999_900];
+    env.produce_raw(&env.names.created(), "garbage", &garbage)
+        .await?;
+    let after: Vec<_> = (0..3)
+        .map(|i| TestEnv::created(&format!("after-{i}")))
+        .collect();
+    env.produce_created(&after).await?;
+
+    wait_until(
+        "an outcome for every artifact",
+        Duration::from_secs(60),
+        || async { outputs(&env).await.len() >= 4 },
+    )
+    .await?;
+    let out = outputs(&env).await;
+    assert_eq!(out.len(), 4, "one outcome each");
+    let o = by_name(&out, "oversized");
+    assert!(o[0].outcome.is_permanent_failure(), "{:?}", o[0].outcome);
+    let reason = o[0].outcome.reason().unwrap();
+    assert!(reason.contains("message.max.bytes"), "{reason}");
+    for i in 0..3 {
+        assert_eq!(
+            by_name(&out, &format!("after-{i}"))[0].outcome,
+            Outcome::Succeeded
+        );
+    }
+
+    let dlq = env.names.dlq(Stage::MimeDetector);
+    wait_until("the dead letter", Duration::from_secs(30), || async {
+        env.read_all(&dlq).is_ok_and(|v| !v.is_empty())
+    })
+    .await?;
+    let letters = env.read_all(&dlq)?;
+    assert_eq!(letters.len(), 1);
+    assert!(rdkafka::Message::payload(&letters[0]).is_none());
+    assert_eq!(
+        header(&letters[0], "x-payload-omitted").as_deref(),
+        Some("999900")
+    );
+    assert_eq!(
+        header(&letters[0], "x-source-topic").as_deref(),
+        Some(env.names.created().as_str())
+    );
     Ok(())
 }

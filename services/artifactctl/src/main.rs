@@ -323,10 +323,13 @@ async fn main() -> anyhow::Result<()> {
             for m in &dead.letters {
                 use rdkafka::Message;
                 println!(
-                    "{}:{}{} key={} kind={} source={}/{}@{} error={}",
+                    "{}:{}{}{} key={} kind={} source={}/{}@{} error={}",
                     m.partition(),
                     m.offset(),
                     if dead.is_replayed(m) { " replayed" } else { "" },
+                    ops::header(m, "x-payload-omitted")
+                        .map(|n| format!(" (its {n} bytes not kept)"))
+                        .unwrap_or_default(),
                     m.key().map(String::from_utf8_lossy).unwrap_or_default(),
                     ops::header(m, "x-error-kind").unwrap_or_default(),
                     ops::header(m, "x-source-topic").unwrap_or_default(),
@@ -352,6 +355,12 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 dead.waiting().collect()
             };
+            for m in &letters {
+                if let Some(why) = ops::not_replayable(m) {
+                    use rdkafka::Message;
+                    println!("skipped {}:{}: {why}", m.partition(), m.offset());
+                }
+            }
             let n = ops::replay(&cli.conn, &letters).await?;
             ops::mark_replayed(&cli.conn, stage, &letters)?;
             println!("replayed {n} dead letters of {stage} to their source topics");

@@ -264,14 +264,37 @@ pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     artifact_runtime::kafka::header(m, name).map(str::to_owned)
 }
 
+/// Why a dead letter cannot be written back, if it cannot: it does not
+/// name its source topic, or its bytes were left out (too large to copy;
+/// the record is still at its source offset unless compaction removed it).
+pub fn not_replayable(m: &OwnedMessage) -> Option<String> {
+    if let Some(size) = header(m, retry::PAYLOAD_OMITTED) {
+        return Some(format!(
+            "its {size} bytes were too large to keep in the letter; the record is at {}/{}@{}",
+            header(m, retry::SOURCE_TOPIC).unwrap_or_default(),
+            header(m, retry::SOURCE_PARTITION).unwrap_or_default(),
+            header(m, retry::SOURCE_OFFSET).unwrap_or_default(),
+        ));
+    }
+    if header(m, retry::SOURCE_TOPIC).is_none() {
+        return Some(format!("it has no {} header", retry::SOURCE_TOPIC));
+    }
+    None
+}
+
 /// Produces dead letters back to the topic and partition they came from
 /// (their key, value and trace header), e.g. after the schema they need was
 /// registered. The partition is kept so the stage's dedup state for the
 /// artifact, which lives with that partition, sees the record again.
+/// Letters that cannot be written back ([`not_replayable`]) are skipped.
+/// Returns how many were written back.
 pub async fn replay(conn: &ConnectionConfig, letters: &[&OwnedMessage]) -> anyhow::Result<usize> {
     let producer: FutureProducer = producer_config(conn, "artifactctl-replay").create()?;
     let mut n = 0;
     for m in letters {
+        if not_replayable(m).is_some() {
+            continue;
+        }
         let Some(topic) = header(m, retry::SOURCE_TOPIC) else {
             continue;
         };
@@ -297,4 +320,48 @@ pub async fn replay(conn: &ConnectionConfig, letters: &[&OwnedMessage]) -> anyho
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+    use rdkafka::message::Headers;
+
+    fn letter(headers: &[(&str, &str)]) -> OwnedMessage {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        assert_eq!(h.count(), headers.len());
+        OwnedMessage::new(
+            None,
+            Some(b"k".to_vec()),
+            "artifact.mime-detector.dlq".into(),
+            Timestamp::NotAvailable,
+            0,
+            7,
+            Some(h),
+        )
+    }
+
+    #[test]
+    fn letters_without_their_bytes_or_source_are_not_replayed() {
+        let source = [
+            (retry::SOURCE_TOPIC, "artifact.created"),
+            (retry::SOURCE_PARTITION, "2"),
+            (retry::SOURCE_OFFSET, "41"),
+        ];
+        assert_eq!(not_replayable(&letter(&source)), None);
+        let mut omitted = source.to_vec();
+        omitted.push((retry::PAYLOAD_OMITTED, "999900"));
+        let why = not_replayable(&letter(&omitted)).unwrap();
+        assert!(why.contains("999900 bytes"), "{why}");
+        assert!(why.contains("artifact.created/2@41"), "{why}");
+        let why = not_replayable(&letter(&[])).unwrap();
+        assert!(why.contains(retry::SOURCE_TOPIC), "{why}");
+    }
 }

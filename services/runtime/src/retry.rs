@@ -22,6 +22,10 @@ pub const SOURCE_PARTITION: &str = "x-source-partition";
 pub const SOURCE_OFFSET: &str = "x-source-offset";
 /// Header: the stage that wrote the record.
 pub const STAGE: &str = "x-stage";
+/// Header (dead letters): the size of the record's bytes, left out because
+/// the letter would have been larger than a record may be. The record is
+/// still at its source offset, unless compaction removed it since.
+pub const PAYLOAD_OMITTED: &str = "x-payload-omitted";
 
 /// How a stage retries.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -64,6 +64,20 @@ struct Out {
     kind: &'static str,
 }
 
+impl Out {
+    /// What librdkafka counts against `message.max.bytes`: key, value and
+    /// headers, with a few bytes of framing per header.
+    fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.payload.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>()
+    }
+}
+
 fn txn_error(what: &str, e: KafkaError) -> BatchError {
     let fatal = matches!(&e, KafkaError::Transaction(r) if r.is_fatal());
     let msg = format!("{what}: {e}");
@@ -331,14 +345,7 @@ impl<S: StageLogic> StageRunner<S> {
                 Plan::Skip(_) => {}
                 Plan::DeadLetter(err) => {
                     tracing::warn!(stage = name, topic = it.msg.topic(), partition = p, offset = it.msg.offset(), error = %err, "undecodable record sent to the dead-letter topic");
-                    outs.push(Out {
-                        topic: topics.dlq.clone(),
-                        partition: p,
-                        key,
-                        payload: Some(it.msg.payload().unwrap_or_default().to_vec()),
-                        headers: self.source_headers(it, "undecodable", &err),
-                        kind: "dlq",
-                    });
+                    outs.push(self.dead_letter(it, "undecodable", &err));
                 }
                 Plan::Process(input) => {
                     let (d, tp) = done[i].take().expect("every processed item has a result");
@@ -353,7 +360,10 @@ impl<S: StageLogic> StageRunner<S> {
                             processed_at: now_ms(),
                         }),
                         Done::Permanent(reason) => Some(self.failed(&input, reason)),
-                        Done::Retriable(reason) if it.delivery < policy.max_deliveries => {
+                        Done::Retriable(reason)
+                            if it.delivery < policy.max_deliveries
+                                && self.fits_as_copy(it, &reason) =>
+                        {
                             let next = it.delivery + 1;
                             let not_before =
                                 now_ms() + policy.topic_delay_for(next).as_millis() as i64;
@@ -372,14 +382,22 @@ impl<S: StageLogic> StageRunner<S> {
                             });
                             None
                         }
+                        Done::Retriable(reason) if it.delivery < policy.max_deliveries => {
+                            Some(self.failed(
+                                &input,
+                                format!(
+                                    "cannot be retried: the record is too large to copy to the retry topic ({reason})"
+                                ),
+                            ))
+                        }
                         Done::Retriable(reason) => Some(self.failed(
                             &input,
                             format!("gave up after {} deliveries: {reason}", it.delivery),
                         )),
                     };
-                    let Some(event) = outcome_event else { continue };
-                    outcome_labels.push(event.outcome.label());
-                    let status = OutcomeRecord::from(event.outcome.clone()).status;
+                    let Some(mut event) = outcome_event else {
+                        continue;
+                    };
                     let writer = self
                         .writer_once(
                             &mut output_writer,
@@ -387,16 +405,41 @@ impl<S: StageLogic> StageRunner<S> {
                             EventSchema::output_of(stage),
                         )
                         .await?;
-                    let payload = encoded(writer, &topics.output, &event)?;
                     let key = id.to_string().into_bytes();
-                    outs.push(Out {
+                    let mut output = Out {
                         topic: topics.output.clone(),
                         partition: p,
                         key: Some(key.clone()),
-                        payload: Some(payload),
+                        payload: Some(encoded(writer, &topics.output, &event)?),
                         headers: vec![(TRACEPARENT, tp)],
                         kind: "output",
-                    });
+                    };
+                    if output.size() > self.max_record_bytes {
+                        // An outcome the producer would refuse would fail
+                        // every transaction it is in, for good: it becomes
+                        // a permanent failure that says why.
+                        let reason = format!(
+                            "its outcome is a record of {} bytes, more than the {} a record may have (message.max.bytes)",
+                            output.size(),
+                            self.max_record_bytes
+                        );
+                        tracing::warn!(stage = name, artifact_id = %id, %generation, error = %reason, "outcome too large");
+                        event = self.failed(&input, reason);
+                        output.payload = Some(encoded(writer, &topics.output, &event)?);
+                        if output.size() > self.max_record_bytes {
+                            // Even its context is too large: a dead letter.
+                            let reason = format!(
+                                "the input's context alone makes an outcome of {} bytes, more than the {} a record may have (message.max.bytes)",
+                                output.size(),
+                                self.max_record_bytes
+                            );
+                            outs.push(self.dead_letter(it, "oversized", &reason));
+                            continue;
+                        }
+                    }
+                    outcome_labels.push(event.outcome.label());
+                    let status = OutcomeRecord::from(event.outcome.clone()).status;
+                    outs.push(output);
                     let entry = crate::dedup::DedupEntry {
                         artifact_id: id,
                         generation,
@@ -597,6 +640,42 @@ impl<S: StageLogic> StageRunner<S> {
             result: None,
             processed_at: now_ms(),
         }
+    }
+
+    /// Whether `it`'s bytes, with the headers of a retry, fit in a record.
+    fn fits_as_copy(&self, it: &Item, err: &str) -> bool {
+        let copy = Out {
+            topic: self.topics.retry.clone(),
+            partition: 0,
+            key: it.msg.key().map(<[u8]>::to_vec),
+            payload: it.msg.payload().map(<[u8]>::to_vec),
+            headers: self.source_headers(it, "retriable", err),
+            kind: "retry",
+        };
+        // Room for the attempt and not-before headers.
+        copy.size() + 64 <= self.max_record_bytes
+    }
+
+    /// `it` as a dead letter: its key, bytes and headers naming the error
+    /// and where it came from. Bytes that would make the letter larger
+    /// than a record may be are left out (`x-payload-omitted` gives their
+    /// size); the record stays where the headers say.
+    fn dead_letter(&self, it: &Item, kind: &str, err: &str) -> Out {
+        let mut letter = Out {
+            topic: self.topics.dlq.clone(),
+            partition: it.msg.partition(),
+            key: it.msg.key().map(<[u8]>::to_vec),
+            payload: Some(it.msg.payload().unwrap_or_default().to_vec()),
+            headers: self.source_headers(it, kind, err),
+            kind: "dlq",
+        };
+        if letter.size() > self.max_record_bytes {
+            let omitted = letter.payload.take().map_or(0, |p| p.len());
+            letter
+                .headers
+                .push((retry::PAYLOAD_OMITTED, omitted.to_string()));
+        }
+        letter
     }
 
     fn source_headers(&self, it: &Item, kind: &str, err: &str) -> Vec<(&'static str, String)> {

@@ -154,6 +154,8 @@ pub struct StageRunner<S: StageLogic> {
     pub(crate) max_poll_interval: Duration,
     /// How long a batch may start records (`RunnerConfig::start_budget`).
     pub(crate) start_budget: Duration,
+    /// The largest record the producer writes (`message.max.bytes`).
+    pub(crate) max_record_bytes: usize,
 }
 
 impl<S: StageLogic> StageRunner<S> {
@@ -171,20 +173,24 @@ impl<S: StageLogic> StageRunner<S> {
             .clone()
             .unwrap_or_else(|| S::STAGE.name().to_owned());
         let names = TopicNames::from_config(&conn);
-        let max_poll_interval = match conn
-            .kafka_properties
-            .0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "max.poll.interval.ms")
-        {
-            Some((_, v)) => v.parse().map(Duration::from_millis).map_err(|_| {
-                RunnerError::Fatal(format!(
-                    "KAFKA_PROPERTIES max.poll.interval.ms={v} is not a number of milliseconds"
-                ))
-            })?,
-            None => cfg.max_poll_interval(),
+        let property = |name: &str| -> Result<Option<u64>, RunnerError> {
+            let Some((_, v)) = conn
+                .kafka_properties
+                .0
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+            else {
+                return Ok(None);
+            };
+            v.parse().map(Some).map_err(|_| {
+                RunnerError::Fatal(format!("KAFKA_PROPERTIES {name}={v} is not a whole number"))
+            })
         };
+        let max_poll_interval = property("max.poll.interval.ms")?
+            .map_or_else(|| cfg.max_poll_interval(), Duration::from_millis);
+        // librdkafka's default.
+        let max_record_bytes = property("message.max.bytes")?.unwrap_or(1_000_000) as usize;
         let start_budget = cfg.start_budget(max_poll_interval);
         if start_budget.is_zero() {
             tracing::warn!(
@@ -207,6 +213,7 @@ impl<S: StageLogic> StageRunner<S> {
             abort_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             max_poll_interval,
             start_budget,
+            max_record_bytes,
         })
     }
 
