@@ -95,6 +95,8 @@ pub(crate) struct Prepared {
     /// its time to start records ran out (`StageRunner::start_budget`);
     /// the items after these are read again for the next batch.
     pub covered: usize,
+    /// Records skipped, by reason: counted once the batch commits.
+    skipped: HashMap<&'static str, u64>,
     outs: Vec<Out>,
     /// Processed `(partition, artifact, generation)`s with an outcome.
     recorded: Vec<(i32, ArtifactId, Generation)>,
@@ -113,6 +115,7 @@ pub(crate) struct InFlight {
     /// taken back if it fails.
     pub tombstones: Tombstones,
     outcome_labels: Vec<&'static str>,
+    skipped: HashMap<&'static str, u64>,
     produced: Vec<&'static str>,
     handle: tokio::task::JoinHandle<Result<f64, BatchError>>,
     /// The commit's result, once `finished` saw it.
@@ -190,14 +193,7 @@ impl<S: StageLogic> StageRunner<S> {
         // 1. Decode and decide.
         let mut pending: HashMap<(i32, ArtifactId), Generation> = HashMap::new();
         let mut plans: Vec<Plan<S::Input>> = Vec::with_capacity(items.len());
-        let mut consumed: HashMap<&'static str, u64> = HashMap::new();
         for it in items {
-            let source = if it.source == Source::Input {
-                "input"
-            } else {
-                "retry"
-            };
-            *consumed.entry(source).or_default() += 1;
             let plan = match self.codec.decode::<S::Input>(it.msg.payload()).await {
                 Err(e) if e.is_retriable() => return Err(BatchError::Transient(e.to_string())),
                 Err(e) => Plan::DeadLetter(e.to_string()),
@@ -225,16 +221,7 @@ impl<S: StageLogic> StageRunner<S> {
                     }
                 }
             };
-            if let Plan::Skip(reason) = &plan {
-                metrics::counter!("artifact_stage_skipped_total", "stage" => name, "reason" => *reason)
-                    .increment(1);
-            }
             plans.push(plan);
-        }
-
-        for (source, n) in consumed {
-            metrics::counter!("artifact_stage_records_consumed_total", "stage" => name, "source" => source)
-                .increment(n);
         }
         let t_decoded = t0.elapsed();
         // 2. Process concurrently.
@@ -337,12 +324,13 @@ impl<S: StageLogic> StageRunner<S> {
         }
         let mut recorded: Vec<(i32, ArtifactId, Generation)> = Vec::new();
         let mut outcome_labels: Vec<&'static str> = Vec::new();
+        let mut skipped: HashMap<&'static str, u64> = HashMap::new();
         for (i, plan) in plans.into_iter().enumerate() {
             let it = &items[i];
             let p = it.msg.partition();
             let key = it.msg.key().map(<[u8]>::to_vec);
             match plan {
-                Plan::Skip(_) => {}
+                Plan::Skip(reason) => *skipped.entry(reason).or_default() += 1,
                 Plan::DeadLetter(err) => {
                     tracing::warn!(stage = name, topic = it.msg.topic(), partition = p, offset = it.msg.offset(), error = %err, "undecodable record sent to the dead-letter topic");
                     outs.push(self.dead_letter(it, "undecodable", &err));
@@ -371,7 +359,6 @@ impl<S: StageLogic> StageRunner<S> {
                             headers.push((retry::ATTEMPT, next.to_string()));
                             headers.push((retry::NOT_BEFORE, not_before.to_string()));
                             tracing::info!(stage = name, artifact_id = %id, %generation, delivery = next, not_before, error = %reason, "scheduled a delayed retry");
-                            metrics::counter!("artifact_stage_retries_total", "stage" => name, "kind" => "topic").increment(1);
                             outs.push(Out {
                                 topic: topics.retry.clone(),
                                 partition: p,
@@ -473,6 +460,7 @@ impl<S: StageLogic> StageRunner<S> {
         );
         Ok(Prepared {
             covered,
+            skipped,
             outs,
             recorded,
             outcome_labels,
@@ -503,6 +491,7 @@ impl<S: StageLogic> StageRunner<S> {
         };
         let Prepared {
             covered: _,
+            skipped,
             outs,
             recorded,
             outcome_labels,
@@ -528,6 +517,7 @@ impl<S: StageLogic> StageRunner<S> {
             generations,
             tombstones,
             outcome_labels,
+            skipped,
             produced,
             handle,
             result: None,
@@ -553,6 +543,7 @@ impl<S: StageLogic> StageRunner<S> {
             generations,
             tombstones,
             outcome_labels,
+            skipped,
             produced,
             result,
             ..
@@ -594,6 +585,21 @@ impl<S: StageLogic> StageRunner<S> {
                 .increment(n);
             if kind == "dlq" {
                 metrics::counter!("artifact_stage_dlq_records_total", "stage" => name).increment(n);
+            }
+            if kind == "retry" {
+                metrics::counter!("artifact_stage_retries_total", "stage" => name, "kind" => "topic")
+                    .increment(n);
+            }
+        }
+        for (reason, n) in skipped {
+            metrics::counter!("artifact_stage_skipped_total", "stage" => name, "reason" => reason)
+                .increment(n);
+        }
+        let retried = items.iter().filter(|it| it.source == Source::Retry).count() as u64;
+        for (source, n) in [("input", items.len() as u64 - retried), ("retry", retried)] {
+            if n > 0 {
+                metrics::counter!("artifact_stage_records_consumed_total", "stage" => name, "source" => source)
+                    .increment(n);
             }
         }
         let mut by_outcome: HashMap<&'static str, u64> = HashMap::new();
