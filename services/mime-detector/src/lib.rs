@@ -133,6 +133,19 @@ mod tests {
     }
 
     #[test]
+    fn elf_program_headers_at_absurd_offsets_read_nothing() {
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[16] = 3;
+        elf[32..40].copy_from_slice(&(u64::MAX - 8).to_le_bytes()); // e_phoff
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        elf[56..58].copy_from_slice(&3u16.to_le_bytes()); // e_phnum
+        assert_eq!(detect(&elf, None).detected, "application/x-sharedlib");
+    }
+
+    #[test]
     fn utf8_and_utf16_text() {
         let d = detect(
             "Grüße aus Köln.\nZweite Zeile.\n".as_bytes(),

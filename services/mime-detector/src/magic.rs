@@ -65,7 +65,7 @@ fn elf_mime(head: &[u8]) -> &'static str {
     let little = head.get(5) == Some(&1);
     let is64 = head.get(4) == Some(&2);
     let u16_at = |at: usize| -> Option<u16> {
-        let b = head.get(at..at + 2)?;
+        let b = head.get(at..at.checked_add(2)?)?;
         Some(if little {
             u16::from_le_bytes([b[0], b[1]])
         } else {
@@ -73,7 +73,7 @@ fn elf_mime(head: &[u8]) -> &'static str {
         })
     };
     let u32_at = |at: usize| -> Option<u32> {
-        let b = head.get(at..at + 4)?;
+        let b = head.get(at..at.checked_add(4)?)?;
         let b = [b[0], b[1], b[2], b[3]];
         Some(if little {
             u32::from_le_bytes(b)
@@ -85,7 +85,7 @@ fn elf_mime(head: &[u8]) -> &'static str {
         if !is64 {
             return u32_at(at).map(u64::from);
         }
-        let b = head.get(at..at + 8)?;
+        let b = head.get(at..at.checked_add(8)?)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Some(if little {
@@ -107,9 +107,11 @@ fn elf_mime(head: &[u8]) -> &'static str {
             };
             let has_interp = match (phoff, phentsize, phnum) {
                 (Some(off), Some(size), Some(n)) => (0..usize::from(n)).any(|i| {
+                    // Offsets come from the file: an absurd one reads nothing.
                     usize::try_from(off)
                         .ok()
-                        .and_then(|off| u32_at(off + i * usize::from(size)))
+                        .and_then(|off| off.checked_add(i * usize::from(size)))
+                        .and_then(u32_at)
                         == Some(3)
                 }),
                 _ => false,
