@@ -355,7 +355,19 @@ impl LlmSummarizer {
 }
 
 /// `<base>/chat/completions`, whether or not the base ends with a slash.
+/// The endpoint is logged and named in failure reasons (which outcomes and
+/// the read model show), so a base with credentials in it (user
+/// information, or a query string, where keys are often passed) is refused:
+/// the key belongs in `LLM_API_KEY`.
 fn endpoint(base: &Url) -> Result<Url, String> {
+    if !base.username().is_empty() || base.password().is_some() || base.query().is_some() {
+        return Err(format!(
+            "LLM_BASE_URL must not carry user information or a query string (it is logged and shown in failures): give {}://{}{} and put the key in LLM_API_KEY",
+            base.scheme(),
+            base.host_str().unwrap_or_default(),
+            base.path()
+        ));
+    }
     let base = base.as_str().trim_end_matches('/');
     Url::parse(&format!("{base}/chat/completions"))
         .map_err(|e| format!("LLM_BASE_URL={base} gives no valid endpoint URL: {e}"))
@@ -531,6 +543,19 @@ mod tests {
         }
         let url = endpoint(&Url::parse("https://api.example.com").unwrap()).unwrap();
         assert_eq!(url.as_str(), "https://api.example.com/chat/completions");
+    }
+
+    #[test]
+    fn a_base_with_credentials_in_it_is_refused_without_repeating_them() {
+        for base in [
+            "https://user:s3cret@api.example.com/v1",
+            "https://api.example.com/v1?key=s3cret",
+        ] {
+            let err = endpoint(&Url::parse(base).unwrap()).unwrap_err();
+            assert!(err.contains("LLM_API_KEY"), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(err.contains("https://api.example.com/v1"), "{err}");
+        }
     }
 
     #[test]
