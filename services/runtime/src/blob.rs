@@ -589,6 +589,7 @@ impl BlobStore {
                 path: self.file_path(&location)?,
                 root: root.clone(),
                 file: None,
+                touched: false,
                 buf: Vec::new(),
             }),
         };
@@ -666,6 +667,10 @@ struct FileSink {
     root: PathBuf,
     /// Created at the first spill.
     file: Option<std::fs::File>,
+    /// Whether the file may exist: set as the first spill starts, and kept
+    /// when a spill fails (its handle is then lost), so an abort removes
+    /// whatever a failed write left.
+    touched: bool,
     buf: Vec<u8>,
 }
 
@@ -677,6 +682,7 @@ impl FileSink {
     async fn spill(&mut self) -> std::io::Result<()> {
         let (path, root) = (self.path.clone(), self.root.clone());
         let file = self.file.take();
+        self.touched = true;
         let mut buf = std::mem::take(&mut self.buf);
         let (file, buf) = on_disk(move || {
             let mut f = match file {
@@ -699,9 +705,9 @@ impl FileSink {
         Ok(())
     }
 
-    /// Removes the file if it was created.
+    /// Removes the file if it may have been created.
     fn remove(self) {
-        if self.file.is_some() {
+        if self.touched {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -712,7 +718,7 @@ impl Sink {
     async fn abort(self, location: &str) {
         match self {
             Sink::File(f) => {
-                if f.file.is_some() {
+                if f.touched {
                     let _ = on_disk(move || {
                         f.remove();
                         Ok(())
@@ -793,8 +799,11 @@ impl BlobWriter {
             Sink::File(mut f) => {
                 if let Err(e) = f.spill().await {
                     // The file may exist even if its handle was lost.
-                    let path = f.path.clone();
-                    let _ = on_disk(move || std::fs::remove_file(path)).await;
+                    let _ = on_disk(move || {
+                        f.remove();
+                        Ok(())
+                    })
+                    .await;
                     return Err(BlobStore::io(&location)(e));
                 }
             }
@@ -1432,6 +1441,51 @@ mod tests {
             assert!(
                 std::time::Instant::now() < deadline,
                 "a dropped writer's file is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A writer whose next spill fails after its file was created and
+    /// partly written: the handle only reads, as if the disk refused.
+    async fn failing_writer(s: &BlobStore) -> BlobWriter {
+        let mut w = s.begin_staging().await.unwrap();
+        w.write(Bytes::from(vec![1u8; FILE_BUFFER_BYTES]))
+            .await
+            .unwrap();
+        assert!(s.exists(w.location()).await.unwrap(), "spilled to disk");
+        let Some(Sink::File(f)) = &mut w.sink else {
+            unreachable!("a file store writes files")
+        };
+        f.file = Some(std::fs::File::open(&f.path).unwrap());
+        let e = w
+            .write(Bytes::from(vec![2u8; FILE_BUFFER_BYTES]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BlobError::Io { .. }), "{e}");
+        w
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_no_partial_file() {
+        let (s, _) = store();
+        let w = failing_writer(&s).await;
+        let loc = w.location().to_owned();
+        w.abort().await;
+        assert!(
+            !s.exists(&loc).await.unwrap(),
+            "aborted after a failed write"
+        );
+
+        // Dropped after a failed write: removed by a task of its own.
+        let w = failing_writer(&s).await;
+        let loc = w.location().to_owned();
+        drop(w);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while s.exists(&loc).await.unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a writer dropped after a failed write left its file"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
