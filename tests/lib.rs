@@ -466,17 +466,31 @@ impl StageProcess {
 
     /// SIGTERM, then waits up to `timeout` for a clean exit; true if it exited 0.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.send_sigterm();
+        let exited = self.wait_exit(timeout);
+        if exited.is_none() {
+            self.kill9();
+        }
+        exited.is_some_and(|s| s.success())
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn send_sigterm(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status, or
+    /// `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
+                return Some(status);
             }
             if Instant::now() > deadline {
-                self.kill9();
-                return false;
+                return None;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

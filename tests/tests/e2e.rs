@@ -6,8 +6,10 @@
 use artifact_domain::{ArtifactState, Outcome, Parsed, Stage};
 use artifact_pipeline_tests::pipeline::{MAX_UPLOAD, Pipeline, TOKEN, fixtures};
 use artifact_pipeline_tests::wait_until;
+use rdkafka::message::Message;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -411,6 +413,55 @@ async fn auth_limits_idempotency_restart_and_a_killed_stage() -> anyhow::Result<
     assert!(
         seen.values().all(|n| *n == 1),
         "one pdf-parser outcome each"
+    );
+
+    // SIGTERM while an upload is arriving: the API refuses new connections,
+    // finishes that upload (202, its event published) and exits cleanly.
+    let addr = p.api_url.trim_start_matches("http://").to_owned();
+    let body = vec![b'd'; 3 << 19];
+    let mut conn = std::net::TcpStream::connect(&addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        conn,
+        "POST /v1/artifacts?filename=drain.txt HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {TOKEN}\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    // Past the file store's 1 MiB buffer: the staged blob shows on disk.
+    let (first, rest) = body.split_at((1 << 20) + 1);
+    conn.write_all(first)?;
+    let tmp = p.blobs.join("tmp");
+    wait_until(
+        "the upload staged on disk",
+        Duration::from_secs(30),
+        || async { std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some()) },
+    )
+    .await?;
+    let api = p.api.as_mut().expect("the API runs");
+    api.send_sigterm();
+    wait_until(
+        "the API refusing new connections",
+        Duration::from_secs(30),
+        || async { std::net::TcpStream::connect(&addr).is_err() },
+    )
+    .await?;
+    conn.write_all(rest)?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let json = &answer[answer.find('{').unwrap()..=answer.rfind('}').unwrap()];
+    let id = serde_json::from_str::<Value>(json)?["artifact_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exit = api.wait_exit(Duration::from_secs(30));
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+    assert!(p.blobs.join("uploads").join(&id).exists());
+    let created = p.env.read_all(&p.env.names.created())?;
+    assert!(
+        created.iter().any(|m| m.key() == Some(id.as_bytes())),
+        "the drained upload's event was published"
     );
     Ok(())
 }

@@ -2,21 +2,25 @@
 //! them.
 
 use crate::auth::Tokens;
+use crate::completions::Completions;
+use crate::multipart::{self, ENVELOPE_BYTES};
 use crate::problem::Problem;
 use crate::readmodel::StatusTable;
-use crate::upload;
+use crate::upload::{self, Staged, bytes_stream::BodyError};
 use artifact_domain::{ArtifactCreated, ArtifactId, ArtifactState, Generation, StatusView};
-use artifact_runtime::blob::BlobStore;
-use artifact_runtime::codec::AvroCodec;
+use artifact_runtime::blob::{BlobError, BlobStore};
+use artifact_runtime::codec::{AvroCodec, CodecError};
 use artifact_runtime::now_ms;
 use artifact_runtime::schemas::EventSchema;
 use artifact_runtime::topics::TopicNames;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -46,6 +50,19 @@ pub struct AppState {
     pub protect_reads: bool,
     /// Largest upload, in bytes.
     pub max_upload_bytes: u64,
+    /// Uploads being moved into place and published.
+    pub completions: Completions,
+}
+
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The registry could not be reached or refused the schema.
+    #[error("{0}")]
+    Encode(#[from] CodecError),
+    /// Kafka did not take the record in time.
+    #[error("publishing to Kafka failed ({0})")]
+    Kafka(KafkaError),
 }
 
 impl AppState {
@@ -65,26 +82,20 @@ impl AppState {
         }
     }
 
-    async fn publish(&self, event: &ArtifactCreated) -> Result<(), Problem> {
+    async fn publish(&self, event: &ArtifactCreated) -> Result<(), PublishError> {
         let topic = self.names.created();
         let payload = self
             .codec
             .encode(&topic, EventSchema::ArtifactCreated, event)
-            .await
-            .map_err(|e| {
-                Problem::unavailable(format!(
-                    "{e}; the upload is kept, retry with the same Idempotency-Key"
-                ))
-            })?;
+            .await?;
         let key = event.artifact_id.to_string();
         self.producer
-            .send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(15))
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&payload),
+                Duration::from_secs(15),
+            )
             .await
-            .map_err(|(e, _)| {
-                Problem::unavailable(format!(
-                    "publishing to Kafka failed ({e}); the upload is kept, retry with the same Idempotency-Key"
-                ))
-            })?;
+            .map_err(|(e, _)| PublishError::Kafka(e))?;
         Ok(())
     }
 }
@@ -136,13 +147,30 @@ fn parse_id(id: &str) -> Result<ArtifactId, Problem> {
         .map_err(|e: artifact_domain::InvalidArtifactId| Problem::bad_request(e.to_string()))
 }
 
+fn bad_query(e: QueryRejection) -> Problem {
+    Problem::bad_request(format!(
+        "{}; see /openapi.json for the query parameters",
+        e.body_text()
+    ))
+}
+
+/// The artifact id an `Idempotency-Key` names: a UUIDv5 of the key's bytes
+/// (any a header may carry, UTF-8 included) trimmed of ASCII whitespace;
+/// `None` without a key or with a blank one.
+pub fn idempotent_id(headers: &HeaderMap) -> Option<ArtifactId> {
+    let key = headers.get("idempotency-key")?.as_bytes().trim_ascii();
+    (!key.is_empty())
+        .then(|| ArtifactId::from_uuid(uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key)))
+}
+
 /// Upload an artifact.
 ///
 /// Multipart (field `file`) or a raw body with its `Content-Type` and a
 /// `filename` query parameter. Streams to the blob store, then publishes
 /// `ArtifactCreated`. With an `Idempotency-Key`, the same key and bytes give
 /// the same artifact (a retry after a 503 completes the upload); the same
-/// key with other bytes is refused with 409. Needs a bearer token.
+/// key with other bytes is refused with 409. Without one, an upload that
+/// cannot be published is not kept. Needs a bearer token.
 #[utoipa::path(
     post,
     path = "/v1/artifacts",
@@ -151,25 +179,27 @@ fn parse_id(id: &str) -> Result<ArtifactId, Problem> {
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The artifact's bytes, or multipart/form-data with a `file` field"),
     responses(
         (status = 202, description = "Stored and published", body = Accepted),
+        (status = 400, description = "Bad query or multipart body"),
         (status = 401, description = "No valid bearer token"),
         (status = 409, description = "Idempotency-Key reused for other bytes"),
         (status = 413, description = "Larger than MAX_UPLOAD_BYTES"),
-        (status = 503, description = "Kafka or the registry unavailable; retry with the same Idempotency-Key"),
+        (status = 503, description = "Blob store, Kafka or the registry unavailable; with an Idempotency-Key the bytes are kept and a retry with the same key completes the upload, without one nothing is kept"),
     )
 )]
 pub async fn upload_artifact(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<UploadQuery>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
     req: Request,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
     st.check_write(&headers)?;
+    let Query(q) = query.map_err(bad_query)?;
     let limit = st.max_upload_bytes;
     if let Some(len) = headers
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        && len > limit + 64 * 1024
+        && len > limit.saturating_add(ENVELOPE_BYTES)
     {
         metrics::counter!("artifact_api_uploads_total", "outcome" => "too_large").increment(1);
         return Err(upload::too_large(limit));
@@ -178,48 +208,21 @@ pub async fn upload_artifact(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (staged, declared, filename) = if content_type
-        .as_deref()
-        .is_some_and(|c| c.starts_with("multipart/form-data"))
-    {
-        let mut mp = Multipart::from_request(req, &st)
+    let staged = if content_type.as_deref().is_some_and(multipart::is_multipart) {
+        multipart::stage_file_field(&st.blobs, req, limit)
             .await
-            .map_err(|e| Problem::bad_request(format!("not a multipart body: {e}")))?;
-        let mut found = None;
-        while let Some(field) = mp
-            .next_field()
-            .await
-            .map_err(|e| Problem::bad_request(format!("bad multipart body: {e}")))?
-        {
-            if field.name() != Some("file") {
-                continue;
-            }
-            let filename = field.file_name().map(str::to_owned);
-            let declared = field.content_type().map(str::to_owned);
-            let chunks = field.map(|c| c.map_err(|e| e.to_string())).boxed();
-            found = Some((
-                upload::stage(&st.blobs, chunks, limit).await,
-                declared,
-                filename,
-            ));
-            break;
-        }
-        let (staged, declared, filename) =
-            found.ok_or_else(|| Problem::bad_request("multipart body has no `file` field"))?;
-        (staged, declared, filename)
+            .map(|f| (f.staged, f.declared, f.filename))
     } else {
         let chunks = req
             .into_body()
             .into_data_stream()
-            .map(|c| c.map_err(|e| e.to_string()))
+            .map(|c| c.map_err(|e| BodyError::Interrupted(e.to_string())))
             .boxed();
-        (
-            upload::stage(&st.blobs, chunks, limit).await,
-            content_type,
-            q.filename,
-        )
+        upload::stage(&st.blobs, chunks, limit)
+            .await
+            .map(|staged| (staged, content_type, q.filename))
     };
-    let staged = staged.inspect_err(|p| {
+    let (staged, declared, filename) = staged.inspect_err(|p| {
         let outcome = if p.status == 413 {
             "too_large"
         } else {
@@ -228,42 +231,76 @@ pub async fn upload_artifact(
         metrics::counter!("artifact_api_uploads_total", "outcome" => outcome).increment(1);
     })?;
 
-    let id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        Some(key) if !key.trim().is_empty() => ArtifactId::from_uuid(uuid::Uuid::new_v5(
-            &IDEMPOTENCY_NAMESPACE,
-            key.trim().as_bytes(),
-        )),
-        _ => ArtifactId::new_random(),
+    let upload = Upload {
+        key_id: idempotent_id(&headers),
+        declared,
+        filename,
     };
-    let (size, sha) = (staged.size as i64, staged.sha256.clone());
-    let location = upload::artifact_location(&st.blobs, id);
-    upload::commit(&st.blobs, staged, &location).await?;
-    let generation = st.table.generation(id).unwrap_or(Generation::FIRST);
-    let event = ArtifactCreated {
-        artifact_id: id,
-        generation,
-        storage_location: location,
-        declared_content_type: declared
-            .filter(|d| !d.is_empty() && d != "application/octet-stream"),
-        filename: filename.map(|f| f.chars().take(255).collect()),
-        size_bytes: Some(size),
-        sha256: Some(sha.clone()),
-        created_at: now_ms(),
-    };
-    st.publish(&event).await.inspect_err(|_| {
-        metrics::counter!("artifact_api_uploads_total", "outcome" => "unpublished").increment(1);
-    })?;
-    metrics::counter!("artifact_api_uploads_total", "outcome" => "accepted").increment(1);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
+    // From here on the upload is completed whatever happens to this request:
+    // a client going away drops this future, not the completion.
+    let accepted = st
+        .completions
+        .spawn(upload.complete(st.clone(), staged))
+        .await
+        .map_err(|e| Problem::internal(format!("completing the upload failed: {e}")))??;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// A staged upload's request: what its event says besides the bytes.
+struct Upload {
+    /// The id its Idempotency-Key names, if it has one.
+    key_id: Option<ArtifactId>,
+    declared: Option<String>,
+    filename: Option<String>,
+}
+
+impl Upload {
+    /// Moves the staged bytes into place and publishes the event. If
+    /// publishing fails, the bytes stay for a retry with the same
+    /// Idempotency-Key; without a key no retry can complete them, so they
+    /// are removed.
+    async fn complete(self, st: AppState, staged: Staged) -> Result<Accepted, Problem> {
+        let id = self.key_id.unwrap_or_else(ArtifactId::new_random);
+        let (size, sha) = (staged.size as i64, staged.sha256.clone());
+        let location = upload::artifact_location(&st.blobs, id);
+        upload::commit(&st.blobs, staged, &location).await?;
+        let generation = st.table.generation(id).unwrap_or(Generation::FIRST);
+        let event = ArtifactCreated {
+            artifact_id: id,
+            generation,
+            storage_location: location.clone(),
+            declared_content_type: self
+                .declared
+                .filter(|d| !d.is_empty() && d != "application/octet-stream"),
+            filename: self.filename.map(|f| f.chars().take(255).collect()),
+            size_bytes: Some(size),
+            sha256: Some(sha.clone()),
+            created_at: now_ms(),
+        };
+        if let Err(e) = st.publish(&event).await {
+            metrics::counter!("artifact_api_uploads_total", "outcome" => "unpublished")
+                .increment(1);
+            if self.key_id.is_some() {
+                return Err(Problem::unavailable(format!(
+                    "{e}; the upload is kept: retry with the same Idempotency-Key to complete it"
+                )));
+            }
+            if let Err(e) = st.blobs.delete(&location).await {
+                tracing::warn!(%location, error = %e, "could not remove an upload whose event was not published");
+            }
+            return Err(Problem::unavailable(format!(
+                "{e}; nothing was kept: retry the upload, and send an Idempotency-Key to make retries safe"
+            )));
+        }
+        metrics::counter!("artifact_api_uploads_total", "outcome" => "accepted").increment(1);
+        Ok(Accepted {
             artifact_id: id.to_string(),
             generation: generation.get(),
             status_url: format!("/v1/artifacts/{id}"),
             size_bytes: Some(size),
             sha256: Some(sha),
-        }),
-    ))
+        })
+    }
 }
 
 /// An artifact's status: state, generation, per-stage timeline, detected
@@ -291,9 +328,10 @@ pub async fn get_artifact(
 pub async fn list_artifacts(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, Problem> {
     st.check_read(&headers)?;
+    let Query(q) = query.map_err(bad_query)?;
     let state = q
         .state
         .as_deref()
@@ -341,20 +379,25 @@ pub async fn get_text(
             view.state
         ))
     })?;
-    let bytes = st.blobs.read_all(&location, 256 << 20).await.map_err(|e| {
-        if e.is_retriable() {
-            Problem::unavailable(e.to_string())
-        } else {
-            Problem::internal(e.to_string())
-        }
-    })?;
+    let bytes = st
+        .blobs
+        .read_all(&location, 256 << 20)
+        .await
+        .map_err(|e| match e {
+            BlobError::NotFound(_) => Problem::not_found(format!(
+                "artifact {id}'s extracted text is not in the blob store (it was at {location}); \
+                 reprocess the artifact to extract it again"
+            )),
+            e if e.is_retriable() => Problem::unavailable(e.to_string()),
+            e => Problem::internal(e.to_string()),
+        })?;
     Ok(([("content-type", "text/plain; charset=utf-8")], bytes).into_response())
 }
 
 /// Starts a new generation of an artifact: every stage runs again.
 #[utoipa::path(post, path = "/v1/artifacts/{id}/reprocess", tag = "artifacts",
     params(("id" = String, Path, description = "Artifact id (UUID)")),
-    responses((status = 202, description = "The new generation was published", body = Accepted), (status = 401, description = "No valid bearer token"), (status = 404, description = "Unknown artifact")))]
+    responses((status = 202, description = "The new generation was published", body = Accepted), (status = 401, description = "No valid bearer token"), (status = 404, description = "Unknown artifact"), (status = 503, description = "Kafka or the registry unavailable; retry the reprocess")))]
 pub async fn reprocess(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -378,7 +421,12 @@ pub async fn reprocess(
         sha256: c.sha256.clone(),
         created_at: now_ms(),
     };
-    st.publish(&event).await?;
+    st.publish(&event).await.map_err(|e| {
+        Problem::unavailable(format!(
+            "{e}; generation {} was not published: retry the reprocess once Kafka and the registry are back",
+            generation.get()
+        ))
+    })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
@@ -420,7 +468,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/artifacts/{id}", get(get_artifact))
         .route("/v1/artifacts/{id}/text", get(get_text))
         .route("/v1/artifacts/{id}/reprocess", post(reprocess))
-        // Uploads enforce MAX_UPLOAD_BYTES themselves, while streaming.
+        // Uploads enforce MAX_UPLOAD_BYTES themselves, while streaming (a
+        // multipart body's envelope included: see `multipart`).
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
+
+#[cfg(test)]
+#[path = "app_tests.rs"]
+mod tests;

@@ -37,17 +37,27 @@ impl Tokens {
         }
         let Some(given) = headers
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| bearer_token(v.as_bytes()))
         else {
             return false;
         };
         // Compare against every token, always, so timing says nothing about
         // which one (or how much of one) matched.
-        self.0.iter().fold(false, |ok, t| {
-            ok | constant_time_eq(t, given.trim().as_bytes())
-        })
+        self.0
+            .iter()
+            .fold(false, |ok, t| ok | constant_time_eq(t, given))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 9110 §11.1): `bearer x` and `BEARER x` are valid.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, token) = value.split_at(space);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
 }
 
 /// Equality whose running time depends only on the lengths.
@@ -78,6 +88,22 @@ mod tests {
         assert!(!t.allows(&headers("Bearer alphaa")));
         assert!(!t.allows(&headers("Basic alpha")));
         assert!(!t.allows(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let t = Tokens::parse("alpha");
+        for v in [
+            "bearer alpha",
+            "BEARER alpha",
+            "BeArEr alpha",
+            "Bearer   alpha ",
+        ] {
+            assert!(t.allows(&headers(v)), "{v:?}");
+        }
+        for v in ["Bearers alpha", "Bearer", "Bearer ", "bearer alph", "alpha"] {
+            assert!(!t.allows(&headers(v)), "{v:?}");
+        }
     }
 
     #[test]

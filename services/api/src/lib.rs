@@ -5,6 +5,8 @@
 
 pub mod app;
 pub mod auth;
+pub mod completions;
+pub mod multipart;
 pub mod problem;
 pub mod projector;
 pub mod readmodel;

@@ -2,6 +2,7 @@
 
 use artifact_api::app::{AppState, router};
 use artifact_api::auth::Tokens;
+use artifact_api::completions::Completions;
 use artifact_api::readmodel::{StatusTable, follow_status_topic};
 use artifact_runtime::blob::BlobStore;
 use artifact_runtime::codec::AvroCodec;
@@ -11,6 +12,7 @@ use artifact_runtime::telemetry::{Health, health_router, init_logging, metrics_h
 use artifact_runtime::topics::TopicNames;
 use clap::Parser;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The artifact API.
 #[derive(Debug, Parser)]
@@ -43,6 +45,11 @@ struct Config {
     /// Consumer group of the projector task.
     #[arg(long, env = "PROJECTOR_GROUP", default_value = "artifact-projector")]
     projector_group: String,
+    /// How long SIGTERM/SIGINT waits for requests in flight (uploads being
+    /// received, moved into place and published) before the process exits
+    /// anyway, in milliseconds. New connections are refused meanwhile.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    shutdown_timeout_ms: u64,
 }
 
 /// mimalloc instead of glibc's malloc: with glibc, growing request buffers
@@ -75,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         .set("message.timeout.ms", "10000")
         .create()?;
     let table = Arc::new(StatusTable::create(&cfg.read_model_dir)?);
+    let completions = Completions::default();
     let state = AppState {
         names: TopicNames::from_config(&cfg.conn),
         codec: codec.clone(),
@@ -84,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         tokens,
         protect_reads: cfg.protect_reads,
         max_upload_bytes: cfg.max_upload_bytes,
+        completions: completions.clone(),
     };
 
     // The recorder is installed before any task records: a metric recorded
@@ -115,11 +124,41 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve HTTP on {}: {e}", cfg.http_addr))?;
     tracing::info!(addr = %cfg.http_addr, "artifact-api serving");
+
+    // A signal stops accepting connections; requests in flight finish, and
+    // so do the upload completions of clients that went away, up to the
+    // deadline.
+    let deadline = Duration::from_millis(cfg.shutdown_timeout_ms);
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        artifact_runtime::service::shutdown_signal().await;
+        tracing::info!(?deadline, "shutting down: finishing the requests in flight");
+        let _ = stopping_tx.send(true);
+    });
+    let drained = async {
+        serve.await?;
+        completions.idle().await;
+        anyhow::Ok(())
+    };
+    let past_deadline = async {
+        if stopping.wait_for(|s| *s).await.is_ok() {
+            tokio::time::sleep(deadline).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
-        r = axum::serve(listener, app) => r?,
+        r = drained => {
+            r?;
+            tracing::info!("shut down");
+        }
         r = projector => anyhow::bail!("projector stopped: {:?}", r),
         r = read_model => anyhow::bail!("read model stopped: {:?}", r),
-        _ = artifact_runtime::service::shutdown_signal() => tracing::info!("shutting down"),
+        _ = past_deadline => tracing::warn!(
+            ?deadline,
+            completions = completions.running(),
+            "shut down with requests in flight: SHUTDOWN_TIMEOUT_MS passed"
+        ),
     }
     Ok(())
 }
