@@ -104,6 +104,10 @@ impl BlobError {
     /// Whether trying again later may help.
     pub fn is_retriable(&self) -> bool {
         match self {
+            // A location naming a directory stays one.
+            BlobError::Io { source, .. } if source.kind() == std::io::ErrorKind::IsADirectory => {
+                false
+            }
             BlobError::NotFound(_) | BlobError::Io { .. } => true,
             BlobError::Store { retriable, .. } => *retriable,
             _ => false,
@@ -1489,6 +1493,22 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_directory_is_not_a_blob_and_never_becomes_one() {
+        let (s, _) = store();
+        s.put(&s.location("uploads/a/b.bin"), b"x").await.unwrap();
+        // The blob's directory, named as a location.
+        let dir = s.location("uploads/a");
+        let e = s.digest(&dir).await.unwrap_err();
+        assert!(
+            matches!(&e, BlobError::Io { source, .. } if source.kind() == std::io::ErrorKind::IsADirectory),
+            "{e:?}"
+        );
+        assert!(!e.is_retriable(), "{e}");
+        let e = s.read_all(&dir, 1 << 20).await.unwrap_err();
+        assert!(!e.is_retriable(), "{e}");
     }
 
     #[tokio::test]
