@@ -217,7 +217,7 @@ scalars replace. Call with (list $ "mimeDetector"); returns YAML.
 {{- end -}}
 {{- end -}}
 {{- if eq $c.key "pdfParser" -}}
-{{- $names := dict "maxBytes" "PARSE_MAX_BYTES" "maxPages" "PARSE_MAX_PAGES" "maxChars" "PARSE_MAX_CHARS" "timeoutMs" "PARSE_TIMEOUT_MS" -}}
+{{- $names := dict "maxBytes" "PARSE_MAX_BYTES" "maxPages" "PARSE_MAX_PAGES" "maxChars" "PARSE_MAX_CHARS" "maxContentBytes" "PARSE_MAX_CONTENT_BYTES" "timeoutMs" "PARSE_TIMEOUT_MS" -}}
 {{- range $k, $v := ($s.parse | default dict) -}}
 {{- $_ := set $data (index $names $k) $v -}}
 {{- end -}}

@@ -7,10 +7,15 @@
 //! decompressed under bounds; the page tree is walked iteratively, each
 //! node once (lopdf's own walk gives up on cycles), so cycles and depth are
 //! harmless; forms are followed with a depth limit and
-//! a per-page operator budget (see [`crate::layout`]).
+//! a per-page operator budget (see [`crate::layout`]); a page's text stops
+//! growing once past what [`Limits::max_chars`] leaves; all pages share one
+//! budget of decompressed content and the deadline (see [`crate::work`]),
+//! checked before every page.
 
-use crate::fonts::{FontCache, deref};
-use crate::{Extracted, Limits, Metadata, ParseError, layout};
+use crate::fonts::deref;
+use crate::layout::DocumentText;
+use crate::work::Work;
+use crate::{Extracted, Limits, Metadata, ParseError};
 use lopdf::{Document, LoadOptions, Object, ObjectId};
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -117,15 +122,24 @@ fn extract(bytes: &[u8], limits: &Limits) -> Result<Extracted, ParseError> {
             limit: limits.max_pages,
         });
     }
-    let mut fonts = FontCache::default();
+    let mut reader = DocumentText::new(&doc, Work::new(limits));
     let mut texts = Vec::with_capacity(pages.len());
     let mut chars_left = limits.max_chars;
     let mut truncated = false;
     for (number, page_id) in pages.iter().enumerate() {
-        let text = layout::page_text(&doc, &mut fonts, *page_id)
-            .map_err(|e| ParseError::Malformed(format!("page {}: {e}", number + 1)))?;
-        // The form feed between pages counts as a character.
-        let budget = chars_left.saturating_sub(usize::from(number > 0));
+        // The form feed between pages counts as a character: without room
+        // for it, the rest is dropped.
+        if number > 0 && chars_left == 0 {
+            truncated = true;
+            break;
+        }
+        let budget = chars_left - usize::from(number > 0);
+        // Read up to just past the budget, so that a longer page is known
+        // to be cut.
+        let text = reader.page_text(*page_id, budget).map_err(|e| match e {
+            ParseError::Malformed(e) => ParseError::Malformed(format!("page {}: {e}", number + 1)),
+            e => e,
+        })?;
         let count = text.chars().count();
         if count > budget {
             texts.push(text.chars().take(budget).collect());
@@ -175,6 +189,11 @@ fn page_ids(doc: &Document) -> Vec<ObjectId> {
     pages
 }
 
+/// Characters kept of each Info entry. The entries travel in the stage's
+/// outcome and in every status snapshot of the artifact, whose records a
+/// title of megabytes would push past what Kafka takes.
+pub(crate) const MAX_INFO_CHARS: usize = 1000;
+
 fn metadata(doc: &Document) -> Metadata {
     let info = deref(doc, doc.trailer.get(b"Info"))
         .and_then(Object::as_dict)
@@ -182,7 +201,12 @@ fn metadata(doc: &Document) -> Metadata {
     let field = |key: &[u8]| -> Option<String> {
         let value = deref(doc, info?.get(key)).ok()?;
         let text = lopdf::decode_text_string(value).ok()?;
-        let text = text.trim_matches(char::from(0)).trim().to_string();
+        let text: String = text
+            .trim_matches(char::from(0))
+            .trim()
+            .chars()
+            .take(MAX_INFO_CHARS)
+            .collect();
         (!text.is_empty()).then_some(text)
     };
     Metadata {

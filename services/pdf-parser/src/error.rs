@@ -3,7 +3,8 @@
 use thiserror::Error;
 
 /// A failure to extract text. Every variant is permanent: the same bytes
-/// fail the same way on every try (see [`ParseError::is_permanent`]).
+/// fail the same way on every try (see [`ParseError::is_permanent`]), a
+/// [`ParseError::Timeout`] at least on a machine no faster.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ParseError {
     /// The PDF is encrypted with a non-empty user password.
@@ -36,18 +37,39 @@ pub enum ParseError {
     /// There is nothing to extract: the file has no bytes.
     #[error("the file is empty (0 bytes); upload it again")]
     Empty,
+    /// Reading the PDF would decompress more than
+    /// [`crate::Limits::max_content_bytes`]: its pages' content, its forms
+    /// each time they are drawn, and its fonts' CMaps and programs.
+    #[error(
+        "the PDF's page content (forms counted each time they are drawn) and fonts decompress to \
+         more than {limit} bytes, the limit of work per document; raise max_content_bytes or \
+         split the file"
+    )]
+    TooMuchContent {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Extraction was still running at [`crate::Limits::deadline`] and
+    /// stopped there.
+    #[error(
+        "extracting the text took longer than its time limit; raise the limit or split the file"
+    )]
+    Timeout,
 }
 
 impl ParseError {
-    /// Whether retrying cannot help. True for every variant: they all depend
-    /// only on the bytes and the limits.
+    /// Whether retrying cannot help. True for every variant: they depend
+    /// only on the bytes and the limits (a timeout also on the machine's
+    /// speed, and a retry gets no more time than the first try).
     pub fn is_permanent(&self) -> bool {
         match self {
             ParseError::Encrypted
             | ParseError::Malformed(_)
             | ParseError::TooLarge { .. }
             | ParseError::TooManyPages { .. }
-            | ParseError::Empty => true,
+            | ParseError::Empty
+            | ParseError::TooMuchContent { .. }
+            | ParseError::Timeout => true,
         }
     }
 }
@@ -64,6 +86,8 @@ mod tests {
             ParseError::TooLarge { size: 10, limit: 5 },
             ParseError::TooManyPages { pages: 3, limit: 2 },
             ParseError::Empty,
+            ParseError::TooMuchContent { limit: 1024 },
+            ParseError::Timeout,
         ];
         for e in &errors {
             assert!(e.is_permanent());
@@ -71,5 +95,7 @@ mod tests {
         }
         assert!(errors[2].to_string().contains("10 bytes"));
         assert!(errors[1].to_string().contains("no trailer"));
+        assert!(errors[5].to_string().contains("more than 1024 bytes"));
+        assert!(errors[6].to_string().contains("time limit"));
     }
 }

@@ -7,14 +7,48 @@
 //! StandardEncoding. Glyph names go through lopdf's glyph list, plus the
 //! `uniXXXX`/`uXXXX` and `a_b` ligature conventions. Widths come from
 //! `/Widths` (simple fonts) or `/W` and `/DW` (CID fonts).
+//!
+//! Bounds against hostile fonts: each font is built once per document
+//! (inline font dictionaries too), its decompressed CMap and program are
+//! charged to the document's [`Work`]; only codes up to [`MAX_CODE`] (the
+//! ones ever looked up) are kept; a ToUnicode CMap is read until its
+//! entries and text reach [`CMAP_BUDGET`], each mapped string cut to
+//! [`CMAP_MAX_STRING`] UTF-16 units; `/W` until [`MAX_WIDTH_ENTRIES`]
+//! widths were set; code arithmetic cannot overflow.
 
+use crate::ParseError;
+use crate::work::Work;
 use lopdf::{Dictionary, Document, Object, ObjectId, Stream};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::OnceLock;
 
 /// Decompression bound for font programs and CMaps.
 const FONT_STREAM_LIMIT: usize = 16 << 20;
+
+/// The largest code ever looked up: simple fonts show one-byte codes, CID
+/// fonts two-byte ones. Entries for larger codes would only cost memory.
+const MAX_CODE: u32 = 0xffff;
+
+/// Most UTF-16 units kept of one mapped string of a ToUnicode CMap. Real
+/// CMaps map a code to one character, a ligature (three) or at most a
+/// short cluster; 32 is far beyond those and keeps a hostile string from
+/// being copied to every code of a range.
+const CMAP_MAX_STRING: usize = 32;
+
+/// What reading one ToUnicode CMap may cost: each entry set counts one
+/// plus its UTF-16 units. A font maps at most 65 536 codes, usually to one
+/// or two units each (under 200 000 in all, and 2.2 million for every code
+/// mapped to a string of [`CMAP_MAX_STRING`]); past 4 million the CMap is
+/// hostile (ranges repeated over and over) and the rest of it is not read.
+/// Bounds the time to build the map; its memory is bounded by
+/// [`MAX_CODE`] and [`CMAP_MAX_STRING`] (about 10 MiB).
+const CMAP_BUDGET: usize = 4 << 20;
+
+/// Most widths one `/W` array may set (ranges of it repeated over and
+/// over), 16 times the 65 536 codes a font can have.
+const MAX_WIDTH_ENTRIES: usize = 1 << 20;
 
 /// One glyph of a shown string.
 pub(crate) struct Glyph<'f> {
@@ -54,38 +88,67 @@ pub(crate) struct FontInfo {
     pub em: f64,
 }
 
-/// Caches of fonts and glyph-name lookups for one document.
+/// Caches of fonts and glyph-name lookups for one document. Used with one
+/// document only, which it must not outlive: inline font dictionaries are
+/// known by their address in it.
 #[derive(Default)]
 pub(crate) struct FontCache {
-    fonts: HashMap<ObjectId, std::rc::Rc<FontInfo>>,
+    fonts: HashMap<ObjectId, Rc<FontInfo>>,
+    /// Fonts given as a dictionary in a resource dictionary rather than by
+    /// reference, by the dictionary's address in the document (which is
+    /// not changed while the cache lives), so `Tf` does not rebuild them.
+    inline: HashMap<*const Dictionary, Rc<FontInfo>>,
     glyph_names: HashMap<Vec<u8>, Option<String>>,
 }
 
 impl FontCache {
-    /// The font for a resource entry (a reference or an inline dictionary).
-    pub fn font(&mut self, doc: &Document, entry: &Object) -> Option<std::rc::Rc<FontInfo>> {
+    /// The font for a resource entry (a reference or an inline dictionary);
+    /// `None` if the entry is not a font dictionary. Building one charges
+    /// its streams to `work` and checks the deadline.
+    pub fn font(
+        &mut self,
+        doc: &Document,
+        entry: &Object,
+        work: &mut Work,
+    ) -> Result<Option<Rc<FontInfo>>, ParseError> {
         match entry {
             Object::Reference(id) => {
                 if let Some(font) = self.fonts.get(id) {
-                    return Some(font.clone());
+                    return Ok(Some(font.clone()));
                 }
-                let dict = doc.get_dictionary(*id).ok()?;
-                let font = std::rc::Rc::new(self.build(doc, dict));
+                let Ok(dict) = doc.get_dictionary(*id) else {
+                    return Ok(None);
+                };
+                let font = Rc::new(self.build(doc, dict, work)?);
                 self.fonts.insert(*id, font.clone());
-                Some(font)
+                Ok(Some(font))
             }
-            Object::Dictionary(dict) => Some(std::rc::Rc::new(self.build(doc, dict))),
-            _ => None,
+            Object::Dictionary(dict) => {
+                let key: *const Dictionary = dict;
+                if let Some(font) = self.inline.get(&key) {
+                    return Ok(Some(font.clone()));
+                }
+                let font = Rc::new(self.build(doc, dict, work)?);
+                self.inline.insert(key, font.clone());
+                Ok(Some(font))
+            }
+            _ => Ok(None),
         }
     }
 
-    fn build(&mut self, doc: &Document, font: &Dictionary) -> FontInfo {
+    fn build(
+        &mut self,
+        doc: &Document,
+        font: &Dictionary,
+        work: &mut Work,
+    ) -> Result<FontInfo, ParseError> {
+        work.check_deadline()?;
         let subtype = font
             .get(b"Subtype")
             .and_then(Object::as_name)
             .unwrap_or(b"");
         if subtype == b"Type0" {
-            return self.build_cid(doc, font);
+            return self.build_cid(doc, font, work);
         }
         let mut scale = 0.001;
         let mut em = 1.0;
@@ -98,7 +161,7 @@ impl FontCache {
                 em = (d.abs() / 0.001).max(1e-6);
             }
         }
-        let text = self.simple_text(doc, font);
+        let text = self.simple_text(doc, font, work)?;
         let (widths, default_width) = simple_widths(doc, font);
         // Codes beyond 255 in `/Differences` or `/Widths` cannot be shown
         // by a single-byte font.
@@ -111,7 +174,7 @@ impl FontCache {
                 width: widths.get(&code).copied().unwrap_or(default_width) * scale,
             })
             .collect();
-        FontInfo {
+        Ok(FontInfo {
             two_byte: false,
             simple,
             text: HashMap::new(),
@@ -119,12 +182,17 @@ impl FontCache {
             default_width,
             scale,
             em,
-        }
+        })
     }
 
     /// Text for each single-byte code: ToUnicode, else differences, else
     /// base. Always 256 entries, empty where the code has no text.
-    fn simple_text(&mut self, doc: &Document, font: &Dictionary) -> Vec<Cow<'static, str>> {
+    fn simple_text(
+        &mut self,
+        doc: &Document,
+        font: &Dictionary,
+        work: &mut Work,
+    ) -> Result<Vec<Cow<'static, str>>, ParseError> {
         // Base encoding: a name, or the embedded program's, or Standard.
         let encoding = deref(doc, font.get(b"Encoding")).ok();
         let base_name = match encoding {
@@ -137,7 +205,7 @@ impl FontCache {
             _ => None,
         };
         let builtin = if base_name.is_none() {
-            builtin_encoding(doc, font)
+            builtin_encoding(doc, font, work)?
         } else {
             None
         };
@@ -173,29 +241,36 @@ impl FontCache {
                 match item {
                     Object::Integer(c) => code = u32::try_from(*c).unwrap_or(0),
                     Object::Name(name) => {
-                        let text = self.glyph_text(doc, name);
+                        // Codes past 255 have no slot, so looking their
+                        // names up would be wasted.
                         if let Some(slot) =
                             usize::try_from(code).ok().and_then(|c| table.get_mut(c))
                         {
+                            let text = self.glyph_text(doc, name);
                             *slot = text.map_or(Cow::Borrowed(""), expand_ligatures);
                         }
-                        code += 1;
+                        code = code.saturating_add(1);
                     }
                     _ => {}
                 }
             }
         }
         // ToUnicode wins.
-        for (code, t) in to_unicode(doc, font) {
+        for (code, t) in to_unicode(doc, font, work)? {
             if code < 256 {
                 table[code as usize] = expand_ligatures(t);
             }
         }
-        table
+        Ok(table)
     }
 
-    fn build_cid(&mut self, doc: &Document, font: &Dictionary) -> FontInfo {
-        let text: HashMap<u32, String> = to_unicode(doc, font)
+    fn build_cid(
+        &mut self,
+        doc: &Document,
+        font: &Dictionary,
+        work: &mut Work,
+    ) -> Result<FontInfo, ParseError> {
+        let text: HashMap<u32, String> = to_unicode(doc, font, work)?
             .into_iter()
             .map(|(code, t)| (code, expand_ligatures(t).into_owned()))
             .collect();
@@ -215,7 +290,7 @@ impl FontCache {
                 cid_widths(doc, w, &mut widths);
             }
         }
-        FontInfo {
+        Ok(FontInfo {
             two_byte: true,
             simple: Vec::new(),
             text,
@@ -223,7 +298,7 @@ impl FontCache {
             default_width,
             scale: 0.001,
             em: 1.0,
-        }
+        })
     }
 
     /// The text of a glyph name, or `None` if unknown.
@@ -273,147 +348,213 @@ impl FontInfo {
     }
 }
 
-/// The font's `/ToUnicode` CMap as code → text (empty if none or unreadable).
-fn to_unicode(doc: &Document, font: &Dictionary) -> HashMap<u32, String> {
-    deref(doc, font.get(b"ToUnicode"))
+/// The font's `/ToUnicode` CMap as code → text (empty if none or
+/// unreadable), its decompressed bytes charged to `work`.
+fn to_unicode(
+    doc: &Document,
+    font: &Dictionary,
+    work: &mut Work,
+) -> Result<HashMap<u32, String>, ParseError> {
+    let Ok(data) = deref(doc, font.get(b"ToUnicode"))
         .and_then(Object::as_stream)
         .and_then(|s| s.get_plain_content_with_limit(FONT_STREAM_LIMIT))
-        .map(|data| parse_cmap(&data))
-        .unwrap_or_default()
+    else {
+        return Ok(HashMap::new());
+    };
+    work.decompressed(data.len())?;
+    Ok(parse_cmap(&data))
 }
 
-/// Parses the `bfchar` and `bfrange` sections of a ToUnicode CMap.
-fn parse_cmap(data: &[u8]) -> HashMap<u32, String> {
-    #[derive(Debug)]
-    enum Token {
-        Hex(Vec<u8>),
-        Open,
-        Close,
-        Word(String),
-    }
-    let mut tokens = Vec::new();
-    let mut i = 0;
-    while i < data.len() {
-        match data[i] {
-            b'<' if data.get(i + 1) != Some(&b'<') => {
-                let end = data[i..]
-                    .iter()
-                    .position(|&b| b == b'>')
-                    .map_or(data.len(), |p| i + p);
-                let digits: Vec<u8> = data[i + 1..end]
-                    .iter()
-                    .copied()
-                    .filter(u8::is_ascii_hexdigit)
-                    .collect();
-                let bytes = digits
-                    .chunks(2)
-                    .map(|c| {
-                        let hex = std::str::from_utf8(c).unwrap_or("0");
-                        u8::from_str_radix(&format!("{hex:0<2}"), 16).unwrap_or(0)
-                    })
-                    .collect();
-                tokens.push(Token::Hex(bytes));
-                i = end + 1;
-            }
-            b'[' => {
-                tokens.push(Token::Open);
-                i += 1;
-            }
-            b']' => {
-                tokens.push(Token::Close);
-                i += 1;
-            }
-            b'%' => {
-                while i < data.len() && data[i] != b'\n' && data[i] != b'\r' {
-                    i += 1;
+/// A token of a CMap, as far as `bfchar` and `bfrange` need them.
+#[derive(Debug)]
+enum CmapToken<'a> {
+    /// A hex string's bytes, at most `2 * CMAP_MAX_STRING` (enough for a
+    /// four-byte code and for the longest mapped string kept).
+    Hex(Vec<u8>),
+    Open,
+    Close,
+    Word(&'a [u8]),
+}
+
+/// The tokens of a CMap, read one at a time so that a CMap of millions of
+/// tokens is never held as a list.
+struct CmapTokens<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for CmapTokens<'a> {
+    type Item = CmapToken<'a>;
+
+    fn next(&mut self) -> Option<CmapToken<'a>> {
+        let data = self.data;
+        while self.at < data.len() {
+            let i = self.at;
+            match data[i] {
+                b'<' if data.get(i + 1) != Some(&b'<') => {
+                    let end = data[i..]
+                        .iter()
+                        .position(|&b| b == b'>')
+                        .map_or(data.len(), |p| i + p);
+                    self.at = end + 1;
+                    return Some(CmapToken::Hex(hex_bytes(&data[i + 1..end])));
                 }
-            }
-            b if b.is_ascii_alphabetic() => {
-                let start = i;
-                while i < data.len() && data[i].is_ascii_alphanumeric() {
-                    i += 1;
+                b'[' => {
+                    self.at += 1;
+                    return Some(CmapToken::Open);
                 }
-                tokens.push(Token::Word(
-                    String::from_utf8_lossy(&data[start..i]).into_owned(),
-                ));
+                b']' => {
+                    self.at += 1;
+                    return Some(CmapToken::Close);
+                }
+                b'%' => {
+                    while self.at < data.len() && !matches!(data[self.at], b'\n' | b'\r') {
+                        self.at += 1;
+                    }
+                }
+                b if b.is_ascii_alphabetic() => {
+                    let len = data[i..]
+                        .iter()
+                        .position(|b| !b.is_ascii_alphanumeric())
+                        .unwrap_or(data.len() - i);
+                    self.at = i + len;
+                    return Some(CmapToken::Word(&data[i..i + len]));
+                }
+                _ => self.at += 1,
             }
-            _ => i += 1,
         }
+        None
+    }
+}
+
+/// The bytes of a hex string's digits (anything else skipped, an odd last
+/// digit padded with 0), the first `2 * CMAP_MAX_STRING` of them.
+fn hex_bytes(digits: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut high = None;
+    for nibble in digits.iter().filter_map(|&d| char::from(d).to_digit(16)) {
+        if bytes.len() == 2 * CMAP_MAX_STRING {
+            break;
+        }
+        // `to_digit(16)` is below 16, so the byte cannot overflow.
+        match high.take() {
+            None => high = Some(nibble as u8),
+            Some(h) => bytes.push((h << 4) | nibble as u8),
+        }
+    }
+    bytes.extend(high.map(|h| h << 4));
+    bytes
+}
+
+/// A ToUnicode map as it is built, within [`CMAP_BUDGET`].
+struct CmapBuilder {
+    map: HashMap<u32, String>,
+    left: usize,
+}
+
+impl CmapBuilder {
+    /// Maps `code` to the text of `units` (codes past [`MAX_CODE`] are
+    /// skipped); false once the budget is spent, when reading must stop.
+    fn set(&mut self, code: u32, units: &[u16]) -> bool {
+        if code > MAX_CODE {
+            return true;
+        }
+        let cost = 1 + units.len();
+        if cost > self.left {
+            self.left = 0;
+            return false;
+        }
+        self.left -= cost;
+        self.map.insert(code, String::from_utf16_lossy(units));
+        true
+    }
+}
+
+/// Parses the `bfchar` and `bfrange` sections of a ToUnicode CMap, within
+/// [`CMAP_BUDGET`]: past it, the map read so far.
+fn parse_cmap(data: &[u8]) -> HashMap<u32, String> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Section {
+        Other,
+        Char,
+        Range,
     }
     let code = |b: &[u8]| {
         b.iter()
             .take(4)
             .fold(0u32, |acc, &x| (acc << 8) | u32::from(x))
     };
-    let utf16 = |b: &[u8]| -> String {
-        let units: Vec<u16> = b
-            .chunks(2)
+    let units = |b: &[u8]| -> Vec<u16> {
+        b.chunks(2)
             .map(|c| (u16::from(c[0]) << 8) | u16::from(*c.get(1).unwrap_or(&0)))
-            .collect();
-        String::from_utf16_lossy(&units)
+            .collect()
     };
-    let mut map = HashMap::new();
-    let mut section = "";
-    let mut t = 0;
-    while t < tokens.len() {
-        match (&tokens[t], section) {
-            (Token::Word(w), _) => {
-                section = match w.as_str() {
-                    "beginbfchar" => "char",
-                    "beginbfrange" => "range",
-                    _ => "",
+    let is_hex = |t: &CmapToken| matches!(t, CmapToken::Hex(_));
+    let mut out = CmapBuilder {
+        map: HashMap::new(),
+        left: CMAP_BUDGET,
+    };
+    let mut tokens = CmapTokens { data, at: 0 }.peekable();
+    let mut section = Section::Other;
+    while let Some(token) = tokens.next() {
+        match (token, section) {
+            (CmapToken::Word(w), _) => {
+                section = match w {
+                    b"beginbfchar" => Section::Char,
+                    b"beginbfrange" => Section::Range,
+                    _ => Section::Other,
                 };
-                t += 1;
             }
-            (Token::Hex(src), "char") => {
-                if let Some(Token::Hex(dst)) = tokens.get(t + 1) {
-                    map.insert(code(src), utf16(dst));
+            (CmapToken::Hex(src), Section::Char) => {
+                // The token after the source is taken whatever it is.
+                if let Some(CmapToken::Hex(dst)) = tokens.next()
+                    && !out.set(code(&src), &units(&dst))
+                {
+                    break;
                 }
-                t += 2;
             }
-            (Token::Hex(lo), "range") => {
-                let (lo, hi) = match tokens.get(t + 1) {
-                    Some(Token::Hex(hi)) => (code(lo), code(hi)),
-                    _ => {
-                        t += 1;
-                        continue;
-                    }
+            (CmapToken::Hex(lo), Section::Range) => {
+                let Some(CmapToken::Hex(hi)) = tokens.next_if(is_hex) else {
+                    continue;
                 };
-                // Bound ranges so a hostile CMap cannot allocate without limit.
-                let hi = hi.min(lo.saturating_add(0xffff));
-                match tokens.get(t + 2) {
-                    Some(Token::Hex(dst)) if !dst.is_empty() => {
-                        let mut units: Vec<u16> = dst
-                            .chunks(2)
-                            .map(|c| (u16::from(c[0]) << 8) | u16::from(*c.get(1).unwrap_or(&0)))
-                            .collect();
+                let lo = code(&lo);
+                // Codes past MAX_CODE are never looked up, so a range is
+                // at most 65 536 codes.
+                let hi = code(&hi).min(MAX_CODE);
+                match tokens.next() {
+                    Some(CmapToken::Hex(dst)) if !dst.is_empty() => {
+                        let mut units = units(&dst);
                         for c in lo..=hi {
-                            map.insert(c, String::from_utf16_lossy(&units));
+                            if !out.set(c, &units) {
+                                return out.map;
+                            }
                             if let Some(last) = units.last_mut() {
                                 *last = last.wrapping_add(1);
                             }
                         }
-                        t += 3;
                     }
-                    Some(Token::Open) => {
-                        let mut k = t + 3;
-                        let mut c = lo;
-                        while let Some(Token::Hex(dst)) = tokens.get(k) {
-                            if c <= hi {
-                                map.insert(c, utf16(dst));
+                    Some(CmapToken::Open) => {
+                        // One string per code from `lo`; `None` once past
+                        // the last code a u32 holds.
+                        let mut c = Some(lo);
+                        while let Some(CmapToken::Hex(dst)) = tokens.next_if(is_hex) {
+                            if let Some(code) = c.filter(|&c| c <= hi)
+                                && !out.set(code, &units(&dst))
+                            {
+                                return out.map;
                             }
-                            c += 1;
-                            k += 1;
+                            c = c.and_then(|c| c.checked_add(1));
                         }
-                        t = k + 1;
+                        // The token closing the array, normally `]`.
+                        tokens.next();
                     }
-                    _ => t += 3,
+                    _ => {}
                 }
             }
-            _ => t += 1,
+            _ => {}
         }
     }
-    map
+    out.map
 }
 
 fn font_dict() -> Dictionary {
@@ -446,7 +587,10 @@ fn simple_widths(doc: &Document, font: &Dictionary) -> (HashMap<u32, f64>, f64) 
     if let Ok(list) = deref(doc, font.get(b"Widths")).and_then(Object::as_array) {
         for (i, w) in list.iter().enumerate() {
             if let Ok(w) = deref(doc, Ok(w)).and_then(Object::as_float)
-                && let Ok(code) = u32::try_from(first + i as i64)
+                && let Some(code) = i64::try_from(i)
+                    .ok()
+                    .and_then(|i| first.checked_add(i))
+                    .and_then(|c| u32::try_from(c).ok())
             {
                 widths.insert(code, f64::from(w));
             }
@@ -469,6 +613,10 @@ fn simple_widths(doc: &Document, font: &Dictionary) -> (HashMap<u32, f64>, f64) 
     (widths, default)
 }
 
+/// Reads a CID font's `/W` array: `first [w1 w2 …]` and `first last w`
+/// items. Stops at an item it cannot read, at a code past what a u32
+/// holds, or after [`MAX_WIDTH_ENTRIES`] widths; codes past [`MAX_CODE`]
+/// are skipped, so a range sets at most 65 536.
 fn cid_widths(doc: &Document, w: &[Object], widths: &mut HashMap<u32, f64>) {
     let num = |o: &Object| {
         deref(doc, Ok(o))
@@ -476,16 +624,30 @@ fn cid_widths(doc: &Document, w: &[Object], widths: &mut HashMap<u32, f64>) {
             .ok()
             .map(f64::from)
     };
+    let mut left = MAX_WIDTH_ENTRIES;
+    let mut set = |code: u32, v: f64| {
+        if code <= MAX_CODE {
+            widths.insert(code, v);
+        }
+        left -= 1;
+        left > 0
+    };
     let mut i = 0;
     while i < w.len() {
         let Some(first) = num(&w[i]) else { break };
+        // `as` saturates: negative or huge values become 0 or u32::MAX.
         let first = first as u32;
         match w.get(i + 1).map(|o| deref(doc, Ok(o))) {
             Some(Ok(Object::Array(list))) => {
-                for (k, v) in list.iter().enumerate() {
-                    if let Some(v) = num(v) {
-                        widths.insert(first + k as u32, v);
+                let mut code = Some(first);
+                for v in list {
+                    let Some(c) = code else { return };
+                    if let Some(v) = num(v)
+                        && !set(c, v)
+                    {
+                        return;
                     }
+                    code = c.checked_add(1);
                 }
                 i += 2;
             }
@@ -493,9 +655,10 @@ fn cid_widths(doc: &Document, w: &[Object], widths: &mut HashMap<u32, f64>) {
                 let (Some(last), Some(v)) = (num(last), w.get(i + 2).and_then(num)) else {
                     break;
                 };
-                // Bound ranges so a hostile /W cannot allocate without limit.
-                for code in first..=(last as u32).min(first.saturating_add(0xffff)) {
-                    widths.insert(code, v);
+                for code in first..=(last as u32).min(MAX_CODE) {
+                    if !set(code, v) {
+                        return;
+                    }
                 }
                 i += 3;
             }
@@ -506,16 +669,29 @@ fn cid_widths(doc: &Document, w: &[Object], widths: &mut HashMap<u32, f64>) {
 
 /// The built-in encoding of an embedded Type 1 font program (`/FontFile`):
 /// the `dup <code> /<name> put` entries of its clear-text part.
-fn builtin_encoding(doc: &Document, font: &Dictionary) -> Option<Vec<Option<Vec<u8>>>> {
-    let descriptor = deref(doc, font.get(b"FontDescriptor"))
+/// Its decompressed bytes are charged to `work`.
+fn builtin_encoding(
+    doc: &Document,
+    font: &Dictionary,
+    work: &mut Work,
+) -> Result<Option<Vec<Option<Vec<u8>>>>, ParseError> {
+    let program = deref(doc, font.get(b"FontDescriptor"))
         .and_then(Object::as_dict)
-        .ok()?;
-    let program: &Stream = deref(doc, descriptor.get(b"FontFile"))
-        .and_then(Object::as_stream)
-        .ok()?;
-    let data = program
-        .get_plain_content_with_limit(FONT_STREAM_LIMIT)
-        .ok()?;
+        .and_then(|descriptor| deref(doc, descriptor.get(b"FontFile")))
+        .and_then(Object::as_stream);
+    let Ok(program) = program else {
+        return Ok(None);
+    };
+    let Ok(data) = program.get_plain_content_with_limit(FONT_STREAM_LIMIT) else {
+        return Ok(None);
+    };
+    work.decompressed(data.len())?;
+    Ok(type1_encoding(doc, program, &data))
+}
+
+/// The `dup <code> /<name> put` entries of a Type 1 program's clear-text
+/// part (`data`, decompressed).
+fn type1_encoding(doc: &Document, program: &Stream, data: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
     let clear_len = deref(doc, program.dict.get(b"Length1"))
         .and_then(Object::as_i64)
         .ok()
@@ -679,6 +855,113 @@ mod tests {
         assert_eq!(map[&0x26], "C");
         assert_eq!(map[&0x30], "é");
         assert_eq!(map[&0x31], "😀");
+    }
+
+    /// A CMap of `ranges` bfrange entries, then `tail`.
+    fn cmap(ranges: &[String], tail: &str) -> Vec<u8> {
+        format!(
+            "{} beginbfrange\n{}\nendbfrange\n{tail}",
+            ranges.len(),
+            ranges.join("\n")
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_mapped_string_is_cut_to_its_cap() {
+        // Without the cap, each of 65 536 codes gets its own copy of a
+        // string of 2000 units.
+        let long = format!("0041{}", "0042".repeat(1999));
+        let map = parse_cmap(&cmap(&[format!("<0000> <FFFF> <{long}>")], ""));
+        assert_eq!(map.len(), 0x10000);
+        assert!(
+            map.values()
+                .all(|t| t.encode_utf16().count() <= CMAP_MAX_STRING)
+        );
+        assert_eq!(map[&0], format!("A{}", "B".repeat(CMAP_MAX_STRING - 1)));
+    }
+
+    #[test]
+    fn a_cmap_past_its_budget_stops_being_read() {
+        // 40 full ranges are 2.6 million entries (5.2 million units of
+        // the budget); what follows them is not read.
+        let ranges = vec!["<0000> <FFFF> <0041>".to_string(); 40];
+        let map = parse_cmap(&cmap(&ranges, "1 beginbfchar <0000> <0042> endbfchar"));
+        assert_eq!(map[&0], "A");
+        assert_eq!(map[&0x41], "\u{82}");
+    }
+
+    #[test]
+    fn codes_past_two_bytes_are_not_kept() {
+        let ranges: Vec<String> = (0..40u32)
+            .map(|k| format!("<{:08X}> <{:08X}> <0041>", k << 16, (k << 16) | 0xffff))
+            .collect();
+        let map = parse_cmap(&cmap(&ranges, ""));
+        assert_eq!(map.len(), 0x10000);
+        // 0x41 + 0xffff, wrapped to 16 bits.
+        assert_eq!(map[&0xffff], "@");
+    }
+
+    #[test]
+    fn cmap_code_arithmetic_cannot_overflow() {
+        let map = parse_cmap(
+            b"1 beginbfrange <FFFFFFFF> <FFFFFFFF> [<0041> <0042>] endbfrange\n\
+              1 beginbfrange <FFFF> <FFFF> [<0043> <0044>] endbfrange\n\
+              1 beginbfchar <0001> <0045> endbfchar",
+        );
+        assert_eq!(map.len(), 2);
+        assert_eq!(map[&0xffff], "C");
+        assert_eq!(map[&1], "E");
+    }
+
+    #[test]
+    fn cid_widths_cannot_overflow_or_grow_without_bound() {
+        let doc = Document::new();
+        let mut widths = HashMap::new();
+        let w: Vec<Object> = vec![
+            1.into(),
+            vec![250.into(), 260.into()].into(),
+            4_294_967_295i64.into(),
+            vec![1.into(), 2.into()].into(),
+        ];
+        cid_widths(&doc, &w, &mut widths);
+        assert_eq!(widths, HashMap::from([(1, 250.0), (2, 260.0)]));
+        // 20 full ranges set 1.3 million widths; what follows is not read.
+        let mut w: Vec<Object> = Vec::new();
+        for _ in 0..20 {
+            w.extend([0.into(), 65535.into(), 1.into()]);
+        }
+        w.extend([0.into(), 0.into(), 7.into()]);
+        let mut widths = HashMap::new();
+        cid_widths(&doc, &w, &mut widths);
+        assert_eq!(widths.len(), 0x10000);
+        assert_eq!(widths[&0], 1.0);
+    }
+
+    #[test]
+    fn simple_font_code_arithmetic_cannot_overflow() {
+        let doc = Document::new();
+        let mut font = font_dict();
+        font.set("FirstChar", i64::MAX);
+        font.set("Widths", vec![Object::from(1), 2.into()]);
+        let differences = vec![
+            Object::Integer(4_294_967_295),
+            Object::Name(b"a".to_vec()),
+            Object::Name(b"b".to_vec()),
+            Object::Integer(65),
+            Object::Name(b"B".to_vec()),
+        ];
+        font.set(
+            "Encoding",
+            Object::Dictionary(Dictionary::from_iter([(
+                "Differences",
+                Object::Array(differences),
+            )])),
+        );
+        let mut work = Work::new(&crate::Limits::default());
+        let info = FontCache::default().build(&doc, &font, &mut work).unwrap();
+        let glyphs: Vec<&str> = info.decode(b"A").map(|g| g.text).collect();
+        assert_eq!(glyphs, ["B"]);
     }
 
     #[test]

@@ -11,10 +11,22 @@
 //! pdftotext does). Form XObjects (`Do`) are followed, with a depth
 //! limit and a guard against forms that draw themselves. Glyphs are kept in
 //! content-stream order (no column reordering).
+//!
+//! Bounds: content is read one operator at a time, in pieces of bounded
+//! size (see [`crate::content`]), at most [`MAX_OPERATIONS`] per page; a
+//! page's text stops growing once it has more characters than the document
+//! has left ([`crate::Limits::max_chars`]); every content stream read, a
+//! form each time it is drawn, is charged to the document's [`Work`],
+//! whose deadline is checked before each page and form and every few
+//! thousand operators and glyphs. Decoded forms are kept for the document
+//! up to [`FORM_CACHE_BYTES`], so a form drawn on every page is
+//! decompressed once.
 
 use crate::fonts::{FontCache, FontInfo, deref};
-use lopdf::content::Content;
+use crate::work::Work;
+use crate::{ParseError, content};
 use lopdf::{Dictionary, Document, Object, ObjectId};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// A gap along the baseline wider than this fraction of the font size
@@ -30,6 +42,10 @@ const MAX_OPERATIONS: usize = 5_000_000;
 
 /// Decompression bound for one page's content and each form.
 pub(crate) const CONTENT_LIMIT: usize = 64 << 20;
+
+/// Most bytes of decoded forms kept per document: logos and headers drawn
+/// on every page are a few kilobytes each.
+const FORM_CACHE_BYTES: usize = 16 << 20;
 
 type Matrix = [f64; 6];
 const IDENTITY: Matrix = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
@@ -69,13 +85,59 @@ struct Pen {
     size: f64,
 }
 
-/// The page's text as it is assembled.
+/// The page's text as it is assembled, up to a number of characters.
 struct PageText {
     out: String,
+    /// Characters in `out`.
+    chars: usize,
+    /// Characters wanted: once more are settled, the page is `full`.
+    limit: usize,
+    /// Whether `out` has more than `limit` characters that nothing later
+    /// can remove, so reading on cannot change the first `limit`.
+    full: bool,
     pen: Option<Pen>,
 }
 
 impl PageText {
+    fn new(limit: usize) -> Self {
+        PageText {
+            out: String::new(),
+            chars: 0,
+            limit,
+            full: false,
+            pen: None,
+        }
+    }
+
+    fn push(&mut self, c: char) {
+        self.out.push(c);
+        self.chars += 1;
+    }
+
+    fn pop(&mut self) {
+        if self.out.pop().is_some() {
+            self.chars -= 1;
+        }
+    }
+
+    /// Characters of `out` that later glyphs and the final trim cannot
+    /// remove: all but trailing whitespace and a hyphen before it (see
+    /// [`PageText::glyph`]).
+    fn settled(&self) -> usize {
+        let mut removable = 0;
+        let mut tail = self.out.chars().rev().peekable();
+        while tail.next_if(|c| c.is_whitespace()).is_some() {
+            removable += 1;
+        }
+        if tail
+            .next_if(|c| matches!(c, '-' | '\u{ad}' | '\u{2010}'))
+            .is_some()
+        {
+            removable += 1;
+        }
+        self.chars - removable
+    }
+
     /// Whether the text so far ends in a letter and a hyphen and the next
     /// line starts with a lower-case letter: a word hyphenated at a line end.
     fn hyphenated_line_end(&self, next: &str) -> bool {
@@ -103,78 +165,115 @@ impl PageText {
             let size = size.max(pen.size).max(1e-3);
             if across.abs() > 0.5 * size {
                 while self.out.ends_with(' ') {
-                    self.out.pop();
+                    self.pop();
                 }
                 if self.hyphenated_line_end(text) {
                     // Join the word broken across lines, as pdftotext does.
-                    self.out.pop();
+                    self.pop();
                 } else if !self.out.is_empty() && !self.out.ends_with('\n') {
-                    self.out.push('\n');
+                    self.push('\n');
                 }
             } else if (along > WORD_GAP * size || along < -size)
                 && !self.out.ends_with(char::is_whitespace)
                 && !text.starts_with(char::is_whitespace)
             {
-                self.out.push(' ');
+                self.push(' ');
             }
         }
         if !(self.out.is_empty() || self.out.ends_with(char::is_whitespace))
             || !text.trim().is_empty()
         {
             self.out.push_str(text);
+            self.chars += text.chars().count();
+            // Only the characters beyond the limit are ever cut, and only
+            // a trailing few can still be removed.
+            if self.chars > self.limit && self.settled() > self.limit {
+                self.full = true;
+            }
         }
         self.pen = Some(Pen { end, dir, size });
     }
 }
 
-/// Runs content streams and collects the text.
-struct Interpreter<'d> {
+/// What the pages of one document share as they are read: its fonts, its
+/// decoded forms and its work budget.
+pub(crate) struct DocumentText<'d> {
     doc: &'d Document,
-    fonts: &'d mut FontCache,
+    fonts: FontCache,
+    forms: FormCache,
+    work: Work,
+}
+
+/// Decoded form streams by object, up to [`FORM_CACHE_BYTES`] in all.
+#[derive(Default)]
+struct FormCache {
+    forms: HashMap<ObjectId, Rc<Vec<u8>>>,
+    bytes: usize,
+}
+
+/// Runs content streams and collects the text.
+struct Interpreter<'a, 'd> {
+    doc: &'d Document,
+    fonts: &'a mut FontCache,
+    forms: &'a mut FormCache,
+    work: &'a mut Work,
     page: PageText,
     operations: usize,
     /// Forms being drawn, to stop a form that draws itself.
     form_path: Vec<ObjectId>,
 }
 
-/// Extracts the text of one page. Content that cannot be decoded yields
-/// what was read before it; `Err` only when the page's content exceeds the
-/// decompression bound.
-pub(crate) fn page_text(
-    doc: &Document,
-    fonts: &mut FontCache,
-    page_id: ObjectId,
-) -> Result<String, String> {
-    let data = doc
-        .get_page_content_with_limit(page_id, CONTENT_LIMIT)
-        .map_err(|e| format!("page content: {e}"))?;
-    let resources = page_resources(doc, page_id);
-    let mut interpreter = Interpreter {
-        doc,
-        fonts,
-        page: PageText {
-            out: String::new(),
-            pen: None,
-        },
-        operations: 0,
-        form_path: Vec::new(),
-    };
-    let state = GraphicsState {
-        ctm: IDENTITY,
-        font: None,
-        size: 0.0,
-        char_spacing: 0.0,
-        word_spacing: 0.0,
-        scaling: 1.0,
-        leading: 0.0,
-        rise: 0.0,
-    };
-    interpreter.run(&data, resources, state, 0);
-    let mut text = interpreter.page.out;
-    while text.ends_with(char::is_whitespace) {
-        text.pop();
+impl<'d> DocumentText<'d> {
+    pub fn new(doc: &'d Document, work: Work) -> Self {
+        DocumentText {
+            doc,
+            fonts: FontCache::default(),
+            forms: FormCache::default(),
+            work,
+        }
     }
-    Ok(text)
+
+    /// Extracts the text of one page, read until it has more than
+    /// `max_chars` characters (the caller cuts it to them). Content that
+    /// cannot be decoded yields what was read before it. Errors:
+    /// [`ParseError::Malformed`] when the page's content exceeds the
+    /// decompression bound, [`ParseError::TooMuchContent`] and
+    /// [`ParseError::Timeout`] when the document's work budget or deadline
+    /// runs out.
+    pub fn page_text(&mut self, page_id: ObjectId, max_chars: usize) -> Result<String, ParseError> {
+        let doc = self.doc;
+        self.work.check_deadline()?;
+        let data = doc
+            .get_page_content_with_limit(page_id, CONTENT_LIMIT)
+            .map_err(|e| ParseError::Malformed(format!("page content: {e}")))?;
+        self.work.decompressed(data.len())?;
+        let resources = page_resources(doc, page_id);
+        let mut interpreter = Interpreter {
+            doc,
+            fonts: &mut self.fonts,
+            forms: &mut self.forms,
+            work: &mut self.work,
+            page: PageText::new(max_chars),
+            operations: 0,
+            form_path: Vec::new(),
+        };
+        let state = GraphicsState {
+            ctm: IDENTITY,
+            font: None,
+            size: 0.0,
+            char_spacing: 0.0,
+            word_spacing: 0.0,
+            scaling: 1.0,
+            leading: 0.0,
+            rise: 0.0,
+        };
+        interpreter.run(&data, resources, state, 0)?;
+        let mut text = interpreter.page.out;
+        while text.ends_with(char::is_whitespace) {
+            text.pop();
+        }
+        Ok(text)
+    }
 }
 
 /// The page's resources, inherited from the nearest ancestor that has them.
@@ -209,25 +308,29 @@ fn matrix(operands: &[Object]) -> Matrix {
     ]
 }
 
-impl Interpreter<'_> {
+impl<'d> Interpreter<'_, 'd> {
+    /// Runs one content stream, reading its operators one at a time; stops
+    /// at the first that cannot be decoded, past the operator budget or
+    /// once the page is full.
     fn run(
         &mut self,
         data: &[u8],
-        resources: Option<&Dictionary>,
+        resources: Option<&'d Dictionary>,
         mut gs: GraphicsState,
         depth: usize,
-    ) {
-        let Ok(content) = Content::decode(data) else {
-            return;
-        };
+    ) -> Result<(), ParseError> {
         let mut stack: Vec<GraphicsState> = Vec::new();
         let mut tm = IDENTITY;
         let mut tlm = IDENTITY;
-        for op in &content.operations {
+        for op in content::operations(data) {
+            let Ok(op) = op else {
+                return Ok(());
+            };
             self.operations += 1;
-            if self.operations > MAX_OPERATIONS {
-                return;
+            if self.operations > MAX_OPERATIONS || self.page.full {
+                return Ok(());
             }
+            self.work.tick()?;
             let ops = op.operands.as_slice();
             match op.operator.as_str() {
                 "q" => stack.push(gs.clone()),
@@ -243,10 +346,10 @@ impl Interpreter<'_> {
                 }
                 "Tf" => {
                     gs.size = num(ops, 1);
-                    gs.font = ops
-                        .first()
-                        .and_then(|o| o.as_name().ok())
-                        .and_then(|name| self.font(resources, name));
+                    gs.font = match ops.first().and_then(|o| o.as_name().ok()) {
+                        Some(name) => self.font(resources, name)?,
+                        None => None,
+                    };
                 }
                 "Tc" => gs.char_spacing = num(ops, 0),
                 "Tw" => gs.word_spacing = num(ops, 0),
@@ -272,7 +375,7 @@ impl Interpreter<'_> {
                 }
                 "Tj" => {
                     if let Some(Ok(bytes)) = ops.first().map(Object::as_str) {
-                        self.show(bytes, &gs, &mut tm);
+                        self.show(bytes, &gs, &mut tm)?;
                     }
                 }
                 "'" | "\"" => {
@@ -283,14 +386,14 @@ impl Interpreter<'_> {
                     tlm = mul(&translate(0.0, -gs.leading), &tlm);
                     tm = tlm;
                     if let Some(Ok(bytes)) = ops.last().map(Object::as_str) {
-                        self.show(bytes, &gs, &mut tm);
+                        self.show(bytes, &gs, &mut tm)?;
                     }
                 }
                 "TJ" => {
                     if let Some(Ok(items)) = ops.first().map(Object::as_array) {
                         for item in items {
                             match item {
-                                Object::String(bytes, _) => self.show(bytes, &gs, &mut tm),
+                                Object::String(bytes, _) => self.show(bytes, &gs, &mut tm)?,
                                 other => {
                                     if let Ok(n) = other.as_float() {
                                         let tx = -f64::from(n) / 1000.0 * gs.size * gs.scaling;
@@ -303,24 +406,42 @@ impl Interpreter<'_> {
                 }
                 "Do" => {
                     if let Some(name) = ops.first().and_then(|o| o.as_name().ok()) {
-                        self.form(resources, name, &gs, depth);
+                        self.form(resources, name, &gs, depth)?;
                     }
                 }
                 _ => {}
             }
         }
+        Ok(())
     }
 
-    fn font(&mut self, resources: Option<&Dictionary>, name: &[u8]) -> Option<Rc<FontInfo>> {
-        let fonts = deref(self.doc, resources?.get(b"Font"))
-            .and_then(Object::as_dict)
-            .ok()?;
-        let entry = fonts.get(name).ok()?;
-        self.fonts.font(self.doc, entry)
+    fn font(
+        &mut self,
+        resources: Option<&Dictionary>,
+        name: &[u8],
+    ) -> Result<Option<Rc<FontInfo>>, ParseError> {
+        let entry = resources
+            .and_then(|r| {
+                deref(self.doc, r.get(b"Font"))
+                    .and_then(Object::as_dict)
+                    .ok()
+            })
+            .and_then(|fonts| fonts.get(name).ok());
+        match entry {
+            Some(entry) => self.fonts.font(self.doc, entry, self.work),
+            None => Ok(None),
+        }
     }
 
-    fn show(&mut self, bytes: &[u8], gs: &GraphicsState, tm: &mut Matrix) {
-        let Some(font) = gs.font.clone() else { return };
+    fn show(
+        &mut self,
+        bytes: &[u8],
+        gs: &GraphicsState,
+        tm: &mut Matrix,
+    ) -> Result<(), ParseError> {
+        let Some(font) = gs.font.clone() else {
+            return Ok(());
+        };
         let text_space = [gs.size * gs.scaling, 0.0, 0.0, gs.size, 0.0, gs.rise];
         // Showing a glyph only translates the text matrix, so the glyphs of
         // one string share the linear part of the rendering matrix: its
@@ -334,6 +455,10 @@ impl Interpreter<'_> {
         };
         let size = font.em * (linear[2] * linear[2] + linear[3] * linear[3]).sqrt();
         for glyph in font.decode(bytes) {
+            if self.page.full {
+                break;
+            }
+            self.work.tick()?;
             let trm = mul(&mul(&text_space, tm), &gs.ctm);
             let start = (trm[4], trm[5]);
             let end = (glyph.width * trm[0] + trm[4], glyph.width * trm[1] + trm[5]);
@@ -351,38 +476,43 @@ impl Interpreter<'_> {
             let tx = (glyph.width * gs.size + spacing) * gs.scaling;
             *tm = mul(&translate(tx, 0.0), tm);
         }
+        Ok(())
     }
 
+    /// Draws the form `name` of `resources`, if it is one: its content is
+    /// charged to the work budget each time.
     fn form(
         &mut self,
-        resources: Option<&Dictionary>,
+        resources: Option<&'d Dictionary>,
         name: &[u8],
         gs: &GraphicsState,
         depth: usize,
-    ) {
+    ) -> Result<(), ParseError> {
         if depth >= MAX_FORM_DEPTH {
-            return;
+            return Ok(());
         }
         let doc = self.doc;
         let Some(entry) = resources
             .and_then(|r| deref(doc, r.get(b"XObject")).and_then(Object::as_dict).ok())
             .and_then(|x| x.get(name).ok())
         else {
-            return;
+            return Ok(());
         };
         let id = entry.as_reference().ok();
         if id.is_some_and(|id| self.form_path.contains(&id)) {
-            return;
+            return Ok(());
         }
         let Ok(stream) = deref(doc, Ok(entry)).and_then(Object::as_stream) else {
-            return;
+            return Ok(());
         };
         if stream.dict.get(b"Subtype").and_then(Object::as_name).ok() != Some(b"Form".as_slice()) {
-            return;
+            return Ok(());
         }
-        let Ok(data) = stream.get_plain_content_with_limit(CONTENT_LIMIT) else {
-            return;
+        self.work.check_deadline()?;
+        let Some(data) = self.forms.content(id, stream) else {
+            return Ok(());
         };
+        self.work.decompressed(data.len())?;
         let mut inner = gs.clone();
         if let Ok(m) = deref(doc, stream.dict.get(b"Matrix")).and_then(Object::as_array) {
             inner.ctm = mul(&matrix(m), &inner.ctm);
@@ -392,10 +522,30 @@ impl Interpreter<'_> {
             .ok()
             .or(resources);
         self.form_path.extend(id);
-        self.run(&data, form_resources, inner, depth + 1);
+        let drawn = self.run(&data, form_resources, inner, depth + 1);
         if id.is_some() {
             self.form_path.pop();
         }
+        drawn
+    }
+}
+
+impl FormCache {
+    /// The decoded content of the form `stream` (object `id` if it is
+    /// one), from the cache or decompressed now; `None` if it cannot be
+    /// decoded within [`CONTENT_LIMIT`].
+    fn content(&mut self, id: Option<ObjectId>, stream: &lopdf::Stream) -> Option<Rc<Vec<u8>>> {
+        if let Some(data) = id.and_then(|id| self.forms.get(&id)) {
+            return Some(data.clone());
+        }
+        let data = Rc::new(stream.get_plain_content_with_limit(CONTENT_LIMIT).ok()?);
+        if let Some(id) = id
+            && self.bytes + data.len() <= FORM_CACHE_BYTES
+        {
+            self.bytes += data.len();
+            self.forms.insert(id, data.clone());
+        }
+        Some(data)
     }
 }
 
@@ -404,10 +554,7 @@ mod tests {
     use super::*;
 
     fn page(glyphs: &[(&str, f64, f64, f64)]) -> String {
-        let mut p = PageText {
-            out: String::new(),
-            pen: None,
-        };
+        let mut p = PageText::new(usize::MAX);
         for &(t, x, y, w) in glyphs {
             p.glyph(t, (x, y), (x + w, y), (1.0, 0.0), 10.0);
         }
@@ -457,6 +604,22 @@ mod tests {
             ]),
             "a b"
         );
+    }
+
+    #[test]
+    fn decoded_forms_are_kept_up_to_the_cache_bound() {
+        let mut forms = FormCache::default();
+        let small = lopdf::Stream::new(Dictionary::new(), b"q Q".to_vec());
+        let first = forms.content(Some((1, 0)), &small).unwrap();
+        let again = forms.content(Some((1, 0)), &small).unwrap();
+        assert!(Rc::ptr_eq(&first, &again), "decoded once");
+        let direct = forms.content(None, &small).unwrap();
+        assert!(!Rc::ptr_eq(&first, &direct), "a direct stream is not kept");
+        let large = lopdf::Stream::new(Dictionary::new(), vec![b' '; FORM_CACHE_BYTES]);
+        let first = forms.content(Some((2, 0)), &large).unwrap();
+        let again = forms.content(Some((2, 0)), &large).unwrap();
+        assert!(!Rc::ptr_eq(&first, &again), "over the bound: not kept");
+        assert_eq!(forms.bytes, 3);
     }
 
     #[test]

@@ -3,25 +3,35 @@
 //!
 //! - [`extract_pdf`]: pages, page count and Info metadata of a PDF, within
 //!   [`Limits`]. Encrypted PDFs open when their user password is empty.
-//!   Hostile input cannot panic the caller, overflow its stack or run for
-//!   ever (see the `document` and `layout` modules).
-//! - [`extract_text`]: text/plain and text/markdown bytes normalised to UTF-8.
+//!   Hostile input cannot panic the caller, overflow its stack, or make
+//!   it build text, font tables or operations without bound; its work is
+//!   bounded by [`Limits::max_content_bytes`] and stops at
+//!   [`Limits::deadline`] (loading the file with lopdf excepted). See the
+//!   `document`, `layout`, `content`, `fonts` and `work` modules.
+//! - [`extract_text`]: text/plain and text/markdown bytes normalised to
+//!   UTF-8; [`extract_plain`] the same within [`Limits::max_chars`].
 //!
 //! Pure logic: no I/O, no async. Every error is permanent
-//! ([`ParseError::is_permanent`]): the same bytes fail the same way.
+//! ([`ParseError::is_permanent`]): the same bytes fail the same way (a
+//! timeout, given no more time).
 
+mod content;
 mod document;
 mod error;
 mod fonts;
+#[cfg(test)]
+mod hostile;
 mod layout;
 mod plain;
 mod recall;
 pub mod stage;
+mod work;
 
 pub use document::{PARSER_STACK, large_stack_thread};
 pub use error::ParseError;
 pub use plain::extract_text;
 pub use recall::word_recall;
+use std::time::Instant;
 
 /// Bounds on the work done for one document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +42,19 @@ pub struct Limits {
     /// Default 1000.
     pub max_pages: usize,
     /// Text beyond this many characters (form feeds between pages included)
-    /// is dropped and [`Extracted::truncated`] set. Default 10 million.
+    /// is dropped and [`Extracted::truncated`] set; a page stops being read
+    /// once it has more. Default 10 million.
     pub max_chars: usize,
+    /// Most bytes of decompressed content one PDF may cost: every page's
+    /// content, every form each time it is drawn, every font's CMap and
+    /// program; more fails with [`ParseError::TooMuchContent`]. Default
+    /// [`DEFAULT_MAX_CONTENT_BYTES`].
+    pub max_content_bytes: usize,
+    /// When extraction gives up with [`ParseError::Timeout`]; `None` for
+    /// no deadline. Checked while pages are read, so a parse whose caller
+    /// stopped waiting stops too; loading the file (lopdf) is not
+    /// interrupted. Default `None`.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for Limits {
@@ -42,9 +63,18 @@ impl Default for Limits {
             max_bytes: 100 << 20,
             max_pages: 1000,
             max_chars: 10_000_000,
+            max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
+            deadline: None,
         }
     }
 }
+
+/// Default of [`Limits::max_content_bytes`]: 256 MiB. Text pages
+/// decompress to some 5–50 kB, so 1000 of them stay far below; content is
+/// read at about 20 MB/s (lopdf's parser dominates), so 256 MiB is some
+/// 13 s of work, within the stage's default time limit of 20 s, and a
+/// bound on the work of a caller that sets no deadline.
+pub const DEFAULT_MAX_CONTENT_BYTES: usize = 256 << 20;
 
 /// The PDF's document information dictionary, each entry as written (dates
 /// stay in PDF form, e.g. `D:20240102030405Z`).
@@ -123,12 +153,32 @@ impl Extracted {
 
 /// Extracts the text of a PDF, page by page, with its metadata.
 ///
-/// Errors: [`ParseError::Empty`] for no bytes, [`ParseError::TooLarge`] and
-/// [`ParseError::TooManyPages`] over the limits, [`ParseError::Encrypted`]
-/// when a non-empty user password is needed, [`ParseError::Malformed`] for
-/// anything lopdf cannot read (including a panic inside it).
+/// Errors: [`ParseError::Empty`] for no bytes, [`ParseError::TooLarge`],
+/// [`ParseError::TooManyPages`] and [`ParseError::TooMuchContent`] over the
+/// limits, [`ParseError::Timeout`] past the deadline,
+/// [`ParseError::Encrypted`] when a non-empty user password is needed,
+/// [`ParseError::Malformed`] for anything lopdf cannot read (including a
+/// panic inside it).
 pub fn extract_pdf(bytes: &[u8], limits: &Limits) -> Result<Extracted, ParseError> {
     document::extract_pdf(bytes, limits)
+}
+
+/// The text of a text/plain or text/markdown file ([`extract_text`]) as
+/// one page (and a page count of 0), cut to [`Limits::max_chars`]
+/// characters with [`Extracted::truncated`] set when longer.
+pub fn extract_plain(
+    bytes: &[u8],
+    declared_charset: Option<&str>,
+    limits: &Limits,
+) -> Result<Extracted, ParseError> {
+    let mut text = extract_text(bytes, declared_charset)?;
+    let truncated = plain::truncate_chars(&mut text, limits.max_chars);
+    Ok(Extracted {
+        pages: vec![text],
+        page_count: 0,
+        metadata: Metadata::default(),
+        truncated,
+    })
 }
 
 #[cfg(test)]
@@ -209,6 +259,16 @@ mod tests {
     }
 
     #[test]
+    fn an_info_entry_is_kept_to_its_first_thousand_characters() {
+        let title = "T".repeat(2_000_000);
+        let bytes = pdf(&[&[(72, 700, "Body")]], Some(&title));
+        let x = extract_pdf(&bytes, &Limits::default()).unwrap();
+        let kept = x.metadata.title.unwrap();
+        assert_eq!(kept.chars().count(), document::MAX_INFO_CHARS);
+        assert!(kept.chars().all(|c| c == 'T'));
+    }
+
+    #[test]
     fn separately_placed_words_on_one_line_get_a_space() {
         let bytes = pdf(&[&[(72, 700, "left"), (300, 700, "right")]], None);
         let x = extract_pdf(&bytes, &Limits::default()).unwrap();
@@ -249,6 +309,31 @@ mod tests {
         assert_eq!(x.full_text(), "one\u{c}t");
         assert!(x.truncated);
         assert_eq!(x.page_count, 3);
+    }
+
+    #[test]
+    fn plain_text_is_cut_to_max_chars_at_a_char_boundary() {
+        let short = Limits {
+            max_chars: 4,
+            ..Limits::default()
+        };
+        let x = extract_plain("héllo wörld".as_bytes(), None, &short).unwrap();
+        assert_eq!(x.pages, vec!["héll"]);
+        assert!(x.truncated);
+        assert_eq!(x.char_count(), 4);
+        assert_eq!(x.page_count, 0);
+        let exact = Limits {
+            max_chars: 5,
+            ..Limits::default()
+        };
+        let x = extract_plain("héllo".as_bytes(), None, &exact).unwrap();
+        assert_eq!(x.pages, vec!["héllo"]);
+        assert!(!x.truncated);
+        assert_eq!(
+            extract_plain(b"", None, &exact),
+            Err(ParseError::Empty),
+            "empty stays an error"
+        );
     }
 
     #[test]

@@ -35,6 +35,10 @@ struct Config {
     /// Text kept per document, in characters; the rest is dropped.
     #[arg(long, env = "PARSE_MAX_CHARS", default_value_t = 10_000_000)]
     max_chars: usize,
+    /// Most bytes of decompressed content per PDF (page content, forms
+    /// each time drawn, fonts); more fails permanently.
+    #[arg(long, env = "PARSE_MAX_CONTENT_BYTES", default_value_t = pdf_parser::DEFAULT_MAX_CONTENT_BYTES)]
+    max_content_bytes: usize,
     /// Time limit per document, in milliseconds.
     #[arg(long, env = "PARSE_TIMEOUT_MS", default_value_t = 20_000)]
     timeout_ms: u64,
@@ -62,6 +66,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             max_bytes: cfg.max_bytes,
             max_pages: cfg.max_pages,
             max_chars: cfg.max_chars,
+            max_content_bytes: cfg.max_content_bytes,
+            deadline: None,
         },
         timeout: Duration::from_millis(cfg.timeout_ms),
     };

@@ -35,6 +35,17 @@ pub fn extract_text(bytes: &[u8], declared_charset: Option<&str>) -> Result<Stri
     Ok(text)
 }
 
+/// Cuts `text` to its first `max_chars` characters; whether it was longer.
+pub(crate) fn truncate_chars(text: &mut String, max_chars: usize) -> bool {
+    match text.char_indices().nth(max_chars) {
+        Some((at, _)) => {
+            text.truncate(at);
+            true
+        }
+        None => false,
+    }
+}
+
 fn utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16) -> String {
     let units = bytes.chunks_exact(2).map(|c| unit([c[0], c[1]]));
     char::decode_utf16(units)
@@ -89,6 +100,16 @@ mod tests {
             "€ 5"
         );
         assert_eq!(extract_text(b"\x93q\x94", Some("cp1252")).unwrap(), "“q”");
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        let mut text = String::from("a€b😀c");
+        assert!(truncate_chars(&mut text, 4));
+        assert_eq!(text, "a€b😀");
+        assert!(!truncate_chars(&mut text, 4));
+        assert!(truncate_chars(&mut text, 0));
+        assert_eq!(text, "");
     }
 
     #[test]

@@ -2,14 +2,18 @@
 //! their text; text/plain and text/markdown are passed through as UTF-8; any
 //! other type is skipped with the reason. The full text is written as a
 //! UTF-8 blob at a location derived from (artifact id, generation), so a
-//! replay overwrites it. Parsing runs on a blocking thread within a time
-//! limit; every parse error is a permanent failure.
+//! replay overwrites it. Text of either kind is cut to
+//! [`Limits::max_chars`]. Parsing runs on a blocking thread within a time
+//! limit: the parser is given the limit as its deadline and stops there
+//! itself (freeing its thread and memory), and a timeout around the
+//! blocking task answers even if it does not (lopdf loading the file is
+//! not interruptible). Every parse error is a permanent failure.
 
-use crate::{Limits, extract_pdf, extract_text};
+use crate::{Limits, ParseError, extract_pdf, extract_plain};
 use artifact_domain::{ArtifactId, Generation, LocationVerified, ParseResult, Stage};
 use artifact_runtime::blob::BlobStore;
 use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Characters of text kept in the outcome's preview.
 pub const PREVIEW_CHARS: usize = 280;
@@ -58,7 +62,10 @@ impl StageLogic for ParseStage {
             .blobs
             .read_all(&context.storage_location, self.limits.max_bytes as u64)
             .await?;
-        let limits = self.limits.clone();
+        let limits = Limits {
+            deadline: Instant::now().checked_add(self.timeout),
+            ..self.limits.clone()
+        };
         let is_pdf = kind == "application/pdf";
         let charset = mime
             .split(';')
@@ -66,28 +73,22 @@ impl StageLogic for ParseStage {
             .map(str::to_owned);
         let work = tokio::task::spawn_blocking(move || {
             if is_pdf {
-                extract_pdf(&bytes, &limits).map(Some)
+                extract_pdf(&bytes, &limits)
             } else {
-                extract_text(&bytes, charset.as_deref()).map(|t| {
-                    Some(crate::Extracted {
-                        page_count: 0,
-                        pages: vec![t],
-                        metadata: Default::default(),
-                        truncated: false,
-                    })
-                })
+                extract_plain(&bytes, charset.as_deref(), &limits)
             }
         });
+        let timed_out = || {
+            StageError::Permanent(format!(
+                "parsing took longer than the limit of {:?}",
+                self.timeout
+            ))
+        };
         let extracted = match tokio::time::timeout(self.timeout, work).await {
-            Err(_) => {
-                return Err(StageError::Permanent(format!(
-                    "parsing took longer than the limit of {:?}",
-                    self.timeout
-                )));
-            }
+            Err(_) | Ok(Ok(Err(ParseError::Timeout))) => return Err(timed_out()),
             Ok(Err(join)) => return Err(StageError::Permanent(format!("parser failed: {join}"))),
             Ok(Ok(Err(e))) => return Err(StageError::Permanent(e.to_string())),
-            Ok(Ok(Ok(x))) => x.expect("always Some"),
+            Ok(Ok(Ok(x))) => x,
         };
         let text = extracted.full_text();
         let text_location = self
