@@ -526,11 +526,26 @@ impl<S: StageLogic> StageRunner<S> {
             // newly assigned ones before any of their records is processed.
             let (revoked, to_restore) = {
                 let mut a = assignment.lock().expect("assignment lock");
-                (std::mem::take(&mut a.revoked), a.to_restore.clone())
+                let revoked: Vec<(i32, u64)> = std::mem::take(&mut a.revoked)
+                    .into_iter()
+                    .map(|p| (p, a.revoked_at.get(&p).copied().unwrap_or(a.epoch)))
+                    .collect();
+                (revoked, a.to_restore.clone())
             };
-            for p in revoked {
+            for (p, at) in revoked {
                 dedup.drop_partition(p);
-                delayed.remove(&p);
+                // Retries held from before the revocation are read again by
+                // the partition's owner from its committed offset. Any read
+                // since were read after the partition came back to this
+                // instance (a revocation and an assignment within one
+                // collection): they are ours, and the retry consumer's
+                // position is past them, so they must not be dropped.
+                if let Some(queue) = delayed.get_mut(&p) {
+                    queue.retain(|d| d.item.epoch >= at);
+                    if queue.is_empty() {
+                        delayed.remove(&p);
+                    }
+                }
             }
             if !to_restore.is_empty() {
                 let topic = self.names.dedup(stage);
