@@ -82,6 +82,19 @@ impl AppState {
         }
     }
 
+    /// `what` needs the artifact's current generation, which the read-model
+    /// table knows only once restored: until then a keyed upload of an
+    /// artifact reprocessed before would publish generation 1 again, and a
+    /// reprocess would not find the artifact.
+    fn check_restored(&self, what: &str) -> Result<(), Problem> {
+        if self.table.is_restored() {
+            return Ok(());
+        }
+        Err(Problem::unavailable(format!(
+            "{what} needs the read model, which is still loading after a start; retry in a moment (/readyz answers 200 once it is loaded)"
+        )))
+    }
+
     async fn publish(&self, event: &ArtifactCreated) -> Result<(), PublishError> {
         let topic = self.names.created();
         let payload = self
@@ -194,6 +207,9 @@ pub async fn upload_artifact(
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
     st.check_write(&headers)?;
     let Query(q) = query.map_err(bad_query)?;
+    if idempotent_id(&headers).is_some() {
+        st.check_restored("an upload with an Idempotency-Key")?;
+    }
     let limit = st.max_upload_bytes;
     if let Some(len) = headers
         .get("content-length")
@@ -405,6 +421,7 @@ pub async fn reprocess(
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
     st.check_write(&headers)?;
     let id = parse_id(&id)?;
+    st.check_restored("a reprocess")?;
     let view = st
         .table
         .get(id)?

@@ -468,7 +468,7 @@ impl StatusTable {
     }
 
     /// The table caught up with the topic.
-    fn mark_restored(&self) {
+    pub(crate) fn mark_restored(&self) {
         self.restored.store(true, Ordering::Release);
         self.restored_now.notify_waiters();
     }
