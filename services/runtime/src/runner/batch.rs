@@ -65,10 +65,11 @@ struct Out {
 }
 
 impl Out {
-    /// What librdkafka counts against `message.max.bytes`: key, value and
-    /// headers, with a few bytes of framing per header.
+    /// What librdkafka counts against `message.max.bytes`, or a little
+    /// more: key, value and headers with a few bytes of framing each, and
+    /// the record's own overhead (librdkafka adds 36 bytes).
     fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len)
+        64 + self.key.as_ref().map_or(0, Vec::len)
             + self.payload.as_ref().map_or(0, Vec::len)
             + self
                 .headers
@@ -735,7 +736,11 @@ impl<S: StageLogic> StageRunner<S> {
             traceparent,
         };
         for attempt in 1..=policy.inline_attempts {
-            ctx.attempt = (it.delivery - 1) * policy.inline_attempts + attempt;
+            ctx.attempt = it
+                .delivery
+                .saturating_sub(1)
+                .saturating_mul(policy.inline_attempts)
+                .saturating_add(attempt);
             let started = Instant::now();
             let fut = std::panic::AssertUnwindSafe(self.logic.process(input, &ctx)).catch_unwind();
             let res = tokio::time::timeout(limit, fut).await;
@@ -855,10 +860,19 @@ fn commit_blocking(
 /// (an abortable or fatal error); returning earlier would rewind records
 /// whose outputs may still commit.
 fn commit_transaction(producer: &StageProducer, timeout: Duration) -> Result<(), BatchError> {
+    let started = Instant::now();
     let mut attempt = 1u32;
     loop {
         match commit_once(producer, timeout) {
             Ok(()) => return Ok(()),
+            Err(Commit::Retriable(message)) if started.elapsed() >= COMMIT_GIVE_UP => {
+                // Neither committed nor aborted, and nothing else may be
+                // called: the process stops, and the instance that starts
+                // next fences the transactional id, which settles it.
+                return Err(BatchError::Fatal(format!(
+                    "{message}; the commit did not finish within {COMMIT_GIVE_UP:?}, stopping so that a restart settles the transaction"
+                )));
+            }
             Err(Commit::Retriable(message)) => {
                 tracing::warn!(attempt, error = %message, "transaction commit not finished; finishing it");
                 attempt += 1;
@@ -867,6 +881,9 @@ fn commit_transaction(producer: &StageProducer, timeout: Duration) -> Result<(),
         }
     }
 }
+
+/// How long a retriable commit is called again before the stage stops.
+const COMMIT_GIVE_UP: Duration = Duration::from_secs(120);
 
 /// How one call of `rd_kafka_commit_transaction` failed.
 enum Commit {

@@ -209,6 +209,8 @@ impl RunnerConfig {
     pub fn max_poll_interval(&self) -> Duration {
         Duration::from_secs(300)
             .max(self.worst_record_time().saturating_mul(2) + Duration::from_secs(30))
+            // librdkafka's largest.
+            .min(Duration::from_millis(86_400_000))
     }
 
     /// How long after a batch's processing began it may still start
@@ -265,6 +267,10 @@ mod tests {
         let interval = cli.r.max_poll_interval();
         assert!(interval > cli.r.worst_record_time() * 2);
         assert!(cli.r.start_budget(interval) + cli.r.worst_record_time() < interval);
+        // librdkafka takes no interval over a day.
+        let cli = Cli::try_parse_from(["x", "--processing-timeout-ms", "86400000"]).unwrap();
+        assert_eq!(cli.r.max_poll_interval(), Duration::from_millis(86_400_000));
+        let cli = Cli::try_parse_from(["x", "--processing-timeout-ms", "600000"]).unwrap();
         // An operator's interval shorter than one record leaves no budget.
         assert_eq!(cli.r.start_budget(Duration::from_secs(60)), Duration::ZERO);
     }

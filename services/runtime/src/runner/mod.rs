@@ -232,7 +232,7 @@ impl<S: StageLogic> StageRunner<S> {
         // says otherwise (or nothing readable) counts as the second.
         let delivery = header(&msg, retry::ATTEMPT)
             .and_then(|v| v.parse::<u32>().ok())
-            .map_or(2, |d| d.max(2));
+            .map_or(2, |d| d.clamp(2, 1_000_000));
         let not_before_ms = header(&msg, retry::NOT_BEFORE)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
@@ -440,8 +440,12 @@ impl<S: StageLogic> StageRunner<S> {
             // at low load a record never waits for a batch to fill.
             let mut items: Vec<Item> = Vec::new();
             let idle_until = Instant::now() + Duration::from_millis(250);
+            // A record's epoch is read once `recv` has returned it: the
+            // rebalance callbacks run inside `recv`, so a record fetched
+            // after a revocation and a new assignment within one call
+            // carries the new epoch, not the one from before the call.
+            let epoch_now = || assignment.lock().expect("assignment lock").epoch;
             while items.is_empty() {
-                let epoch = assignment.lock().expect("assignment lock").epoch;
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
@@ -451,14 +455,14 @@ impl<S: StageLogic> StageRunner<S> {
                         self.settle_or_rewind(&consumer, &retry_consumer, &mut dedup, &mut delayed, &mut retry_purge, flight, Vec::new(), &mut failures, &mut shutdown).await?;
                     }
                     m = consumer.recv() => match m {
-                        Ok(m) => items.push(Item::input(m.detach(), epoch)),
+                        Ok(m) => items.push(Item::input(m.detach(), epoch_now())),
                         Err(e) => {
                             tracing::warn!(error = %e, "consumer error");
                             self.health.set_not_ready(format!("Kafka consumer error: {e}"));
                         }
                     },
                     m = retry_consumer.recv() => match m {
-                        Ok(m) => self.on_retry_record(m.detach(), epoch, &retry_consumer, &mut delayed, &mut items),
+                        Ok(m) => self.on_retry_record(m.detach(), epoch_now(), &retry_consumer, &mut delayed, &mut items),
                         Err(e) => tracing::warn!(error = %e, "retry consumer error"),
                     },
                     _ = tokio::time::sleep_until(idle_until.into()) => break,
@@ -467,16 +471,15 @@ impl<S: StageLogic> StageRunner<S> {
             let batch_until = Instant::now() + window;
             let linger_until = pacer.close_at(Instant::now());
             while !items.is_empty() && items.len() < max_records && Instant::now() < batch_until {
-                let epoch = assignment.lock().expect("assignment lock").epoch;
                 let mut got = false;
                 if let Some(Ok(m)) = consumer.recv().now_or_never() {
-                    items.push(Item::input(m.detach(), epoch));
+                    items.push(Item::input(m.detach(), epoch_now()));
                     got = true;
                 }
                 if let Some(Ok(m)) = retry_consumer.recv().now_or_never() {
                     self.on_retry_record(
                         m.detach(),
-                        epoch,
+                        epoch_now(),
                         &retry_consumer,
                         &mut delayed,
                         &mut items,
@@ -492,10 +495,10 @@ impl<S: StageLogic> StageRunner<S> {
                         biased;
                         _ = shutdown.changed() => break,
                         m = consumer.recv() => if let Ok(m) = m {
-                            items.push(Item::input(m.detach(), epoch));
+                            items.push(Item::input(m.detach(), epoch_now()));
                         },
                         m = retry_consumer.recv() => if let Ok(m) = m {
-                            self.on_retry_record(m.detach(), epoch, &retry_consumer, &mut delayed, &mut items);
+                            self.on_retry_record(m.detach(), epoch_now(), &retry_consumer, &mut delayed, &mut items);
                         },
                         _ = tokio::time::sleep_until(linger_until.into()) => break,
                     }
@@ -544,6 +547,11 @@ impl<S: StageLogic> StageRunner<S> {
                     queue.retain(|d| d.item.epoch >= at);
                     if queue.is_empty() {
                         delayed.remove(&p);
+                    } else {
+                        // Held again: read no further until its head is due.
+                        let mut tpl = TopicPartitionList::new();
+                        let _ = tpl.add_partition(&retry_topic, p);
+                        let _ = retry_consumer.pause(&tpl);
                     }
                 }
             }
