@@ -44,7 +44,13 @@ impl<'a> Iterator for Pieces<'a> {
         let end = if self.rest.len() <= PIECE {
             self.rest.len()
         } else {
-            last_operation_end(&self.rest[..PIECE]).filter(|&end| end > 0)?
+            match last_operation_end(&self.rest[..PIECE]).filter(|&end| end > 0) {
+                Some(end) => end,
+                // An inline image longer than a piece (a scanned page's,
+                // say) is one piece: lopdf keeps its data as bytes, not
+                // as objects, so its size is no danger.
+                None => leading_inline_image_end(self.rest)?,
+            }
         };
         let (piece, rest) = self.rest.split_at(end);
         self.rest = rest;
@@ -169,18 +175,158 @@ fn literal_string_end(data: &[u8], start: usize) -> Option<usize> {
     None
 }
 
-/// Where the inline image whose `BI` ends at `from` ends (after its `EI`);
-/// `None` if not within `data`.
+/// Where the inline image that `data` starts with (after white space)
+/// ends, if it does start with one.
+fn leading_inline_image_end(data: &[u8]) -> Option<usize> {
+    let start = data.iter().position(|&c| !is_white(c))?;
+    let after = start + 2;
+    if data.get(start..after) != Some(b"BI") || data.get(after).is_some_and(|&c| is_regular(c)) {
+        return None;
+    }
+    inline_image_end(data, after)
+}
+
+/// Where the inline image whose `BI` ends at `from` ends (after its `EI`),
+/// found as lopdf finds it: an image without a filter whose size its
+/// dictionary gives has exactly that many bytes of data (which may hold
+/// ` EI `); any other ends at the first `EI` between white space. `None`
+/// if not within `data`.
 fn inline_image_end(data: &[u8], from: usize) -> Option<usize> {
-    let id = from
-        + data[from..]
-            .windows(4)
-            .position(|w| is_white(w[0]) && &w[1..3] == b"ID" && is_white(w[3]))?;
-    let image = id + 4;
-    let ei = data[image..]
+    let (dict, id_end) = inline_image_dict(data, from)?;
+    // One white-space character (or CR LF) separates `ID` from the data.
+    let mut image = id_end;
+    if data.get(image..image + 2) == Some(b"\r\n") {
+        image += 2;
+    } else if data.get(image).is_some_and(|&c| is_white(c)) {
+        image += 1;
+    }
+    if let Some(length) = dict.unfiltered_length() {
+        let mut i = image.checked_add(length)?;
+        while data.get(i).is_some_and(|&c| is_white(c)) {
+            i += 1;
+        }
+        return (data.get(i..i + 2)? == b"EI").then_some(i + 2);
+    }
+    let ei = data[image.saturating_sub(1)..]
         .windows(4)
         .position(|w| is_white(w[0]) && &w[1..3] == b"EI" && is_white(w[3]))?;
-    Some(image + ei + 3)
+    Some(image.saturating_sub(1) + ei + 3)
+}
+
+/// What an inline image's dictionary says of its data's size.
+#[derive(Debug, Default)]
+struct InlineImage {
+    width: Option<usize>,
+    height: Option<usize>,
+    bits: Option<usize>,
+    mask: bool,
+    /// Components per sample; `None` for a colour space lopdf cannot size.
+    colours: Option<usize>,
+    filtered: bool,
+}
+
+impl InlineImage {
+    /// Bytes of data, as lopdf works them out, for an image without a
+    /// filter; `None` when lopdf would search for `EI` instead.
+    fn unfiltered_length(&self) -> Option<usize> {
+        if self.filtered {
+            return None;
+        }
+        let bits = match self.bits {
+            Some(b) => b,
+            None if self.mask => 1,
+            None => return None,
+        };
+        let colours = if self.mask { 1 } else { self.colours? };
+        let row_bits = self.width?.checked_mul(bits.checked_mul(colours)?)?;
+        row_bits.div_ceil(8).checked_mul(self.height?)
+    }
+}
+
+/// The dictionary of an inline image whose `BI` ends at `from`, and where
+/// its `ID` ends; `None` if `ID` is not within `data`.
+fn inline_image_dict(data: &[u8], from: usize) -> Option<(InlineImage, usize)> {
+    let mut image = InlineImage::default();
+    let mut key: Option<&[u8]> = None;
+    let mut i = from;
+    loop {
+        while data.get(i).is_some_and(|&c| is_white(c)) {
+            i += 1;
+        }
+        let c = *data.get(i)?;
+        let value: &[u8] = match c {
+            b'/' => {
+                let start = i + 1;
+                i = start;
+                while data.get(i).is_some_and(|&c| is_regular(c)) {
+                    i += 1;
+                }
+                &data[start..i]
+            }
+            b'[' => {
+                // Only its first name matters (`/Indexed`, or a filter).
+                let end = i + data[i..].iter().position(|&b| b == b']')?;
+                let inner = &data[i + 1..end];
+                i = end + 1;
+                let first = inner
+                    .iter()
+                    .position(|&b| b == b'/')
+                    .map(|at| {
+                        let name = &inner[at + 1..];
+                        &name[..name
+                            .iter()
+                            .position(|&b| !is_regular(b))
+                            .unwrap_or(name.len())]
+                    })
+                    .unwrap_or(b"[");
+                if key == Some(b"CS") || key == Some(b"ColorSpace") {
+                    image.colours = matches!(first, b"Indexed" | b"I").then_some(1);
+                    key = None;
+                    continue;
+                }
+                first
+            }
+            c if is_regular(c) => {
+                let start = i;
+                while data.get(i).is_some_and(|&c| is_regular(c)) {
+                    i += 1;
+                }
+                let word = &data[start..i];
+                if word == b"ID" && key.is_none() {
+                    return Some((image, i));
+                }
+                word
+            }
+            _ => {
+                // A string or dictionary value: not one that sizes the data.
+                i += 1;
+                key = None;
+                continue;
+            }
+        };
+        match key.take() {
+            None => key = Some(value),
+            Some(k) => {
+                let number = || std::str::from_utf8(value).ok()?.parse::<usize>().ok();
+                match k {
+                    b"W" | b"Width" => image.width = number(),
+                    b"H" | b"Height" => image.height = number(),
+                    b"BPC" | b"BitsPerComponent" => image.bits = number(),
+                    b"IM" | b"ImageMask" => image.mask = value == b"true",
+                    b"F" | b"Filter" => image.filtered = true,
+                    b"CS" | b"ColorSpace" => {
+                        image.colours = match value {
+                            b"DeviceGray" | b"G" | b"Gray" => Some(1),
+                            b"DeviceRGB" | b"RGB" => Some(3),
+                            b"DeviceRGBA" | b"RGBA" | b"DeviceCMYK" | b"CMYK" => Some(4),
+                            _ => None,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -227,6 +373,34 @@ mod tests {
         let ops = operators(&data);
         assert_eq!(ops.len(), 5 * count);
         assert!(ops.chunks(5).all(|op| op == ["BT", "Tf", "Td", "TJ", "ET"]));
+    }
+
+    #[test]
+    fn an_unfiltered_inline_image_is_as_long_as_its_dictionary_says() {
+        // 4 bytes of grey that read ` EI ` and an unmatched `(`.
+        let image = b"BI /W 5 /H 1 /CS /G /BPC 8 ID  EI ( EI Q BT (x) Tj ET ";
+        let end = image.len() - "Q BT (x) Tj ET ".len() - 1;
+        assert_eq!(inline_image_end(image, 2), Some(end));
+        assert_eq!(last_operation_end(image), Some(image.len() - 1));
+        // Filtered, or without a size: the first `EI` between white space.
+        let filtered = b"BI /W 5 /H 1 /CS /G /BPC 8 /F /AHx ID 00> EI Q ";
+        assert_eq!(inline_image_end(filtered, 2), Some(filtered.len() - 3));
+        let indexed = b"BI /W 2 /H 1 /CS [/I /RGB 1 <000000ffffff>] /BPC 8 ID \x01\x00 EI Q ";
+        assert_eq!(inline_image_end(indexed, 2), Some(indexed.len() - 3));
+        let mask = b"BI /W 16 /H 1 /IM true ID \x00 EI EI Q ";
+        assert_eq!(inline_image_end(mask, 2), Some(mask.len() - 6));
+    }
+
+    #[test]
+    fn an_inline_image_longer_than_a_piece_is_a_piece_of_its_own() {
+        let mut data = b"q\n".to_vec();
+        let side = 1024;
+        data.extend_from_slice(format!("BI /W {side} /H {side} /CS /G /BPC 8 ID ").as_bytes());
+        // Grey levels that spell ` EI ` now and then.
+        data.extend((0..side * side).map(|i| b" EI "[i % 4]));
+        data.extend_from_slice(b"\nEI Q BT /F1 12 Tf (after) Tj ET\n");
+        assert!(data.len() > 4 * PIECE);
+        assert_eq!(operators(&data), ["q", "BI", "Q", "BT", "Tf", "Tj", "ET"]);
     }
 
     #[test]
