@@ -301,6 +301,17 @@ impl Upload {
                     "{e}; the upload is kept: retry with the same Idempotency-Key to complete it"
                 )));
             }
+            if let PublishError::Kafka(_) = e {
+                // The record may have been written even so (a request sent
+                // but not acknowledged in time): the bytes stay, so that an
+                // event that did land never names a missing blob.
+                return Err(Problem::unavailable(format!(
+                    "{e}; artifact {id} may or may not have been accepted: GET /v1/artifacts/{id} shows it if it was, \
+                     otherwise upload again (with an Idempotency-Key, a retry is safe)"
+                )));
+            }
+            // Never sent (the registry could not encode it): nothing can
+            // name these bytes, and no retry can complete them.
             if let Err(e) = st.blobs.delete(&location).await {
                 tracing::warn!(%location, error = %e, "could not remove an upload whose event was not published");
             }
