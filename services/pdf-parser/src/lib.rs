@@ -69,12 +69,14 @@ impl Default for Limits {
     }
 }
 
-/// Default of [`Limits::max_content_bytes`]: 256 MiB. Text pages
-/// decompress to some 5–50 kB, so 1000 of them stay far below; content is
-/// read at about 20 MB/s (lopdf's parser dominates), so 256 MiB is some
-/// 13 s of work, within the stage's default time limit of 20 s, and a
-/// bound on the work of a caller that sets no deadline.
-pub const DEFAULT_MAX_CONTENT_BYTES: usize = 256 << 20;
+/// Default of [`Limits::max_content_bytes`]: 1 GiB. Text pages
+/// decompress to some 5–50 kB, but a drawing or a letterhead form drawn on
+/// each of 1000 pages can come to hundreds of megabytes, and forms are
+/// charged each time they are drawn. Content is read at about 20 MB/s
+/// (lopdf's parser dominates), so within the stage the deadline
+/// (`PARSE_TIMEOUT_MS`) ends such work first; this bounds the work of a
+/// caller that sets no deadline.
+pub const DEFAULT_MAX_CONTENT_BYTES: usize = 1 << 30;
 
 /// The PDF's document information dictionary, each entry as written (dates
 /// stay in PDF form, e.g. `D:20240102030405Z`).
