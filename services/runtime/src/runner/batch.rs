@@ -69,14 +69,22 @@ impl Out {
     /// more: key, value and headers with a few bytes of framing each, and
     /// the record's own overhead (librdkafka adds 36 bytes).
     fn size(&self) -> usize {
-        64 + self.key.as_ref().map_or(0, Vec::len)
-            + self.payload.as_ref().map_or(0, Vec::len)
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 8)
-                .sum::<usize>()
+        record_size(
+            self.key.as_ref().map_or(0, Vec::len),
+            self.payload.as_ref().map_or(0, Vec::len),
+            &self.headers,
+        )
     }
+}
+
+/// [`Out::size`] of a record with a key and value of these lengths.
+fn record_size(key: usize, payload: usize, headers: &[(&str, String)]) -> usize {
+    64 + key
+        + payload
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
 }
 
 fn txn_error(what: &str, e: KafkaError) -> BatchError {
@@ -651,16 +659,13 @@ impl<S: StageLogic> StageRunner<S> {
 
     /// Whether `it`'s bytes, with the headers of a retry, fit in a record.
     fn fits_as_copy(&self, it: &Item, err: &str) -> bool {
-        let copy = Out {
-            topic: self.topics.retry.clone(),
-            partition: 0,
-            key: it.msg.key().map(<[u8]>::to_vec),
-            payload: it.msg.payload().map(<[u8]>::to_vec),
-            headers: self.source_headers(it, "retriable", err),
-            kind: "retry",
-        };
+        let size = record_size(
+            it.msg.key().map_or(0, <[u8]>::len),
+            it.msg.payload().map_or(0, <[u8]>::len),
+            &self.source_headers(it, "retriable", err),
+        );
         // Room for the attempt and not-before headers.
-        copy.size() + 64 <= self.max_record_bytes
+        size + 64 <= self.max_record_bytes
     }
 
     /// `it` as a dead letter: its key, bytes and headers naming the error
