@@ -207,10 +207,11 @@ fn inline_image_end(data: &[u8], from: usize) -> Option<usize> {
         }
         return (data.get(i..i + 2)? == b"EI").then_some(i + 2);
     }
-    let ei = data[image.saturating_sub(1)..]
+    let ei = data
+        .get(image..)?
         .windows(4)
         .position(|w| is_white(w[0]) && &w[1..3] == b"EI" && is_white(w[3]))?;
-    Some(image.saturating_sub(1) + ei + 3)
+    Some(image + ei + 3)
 }
 
 /// What an inline image's dictionary says of its data's size.
@@ -387,6 +388,10 @@ mod tests {
         assert_eq!(inline_image_end(filtered, 2), Some(filtered.len() - 3));
         let indexed = b"BI /W 2 /H 1 /CS [/I /RGB 1 <000000ffffff>] /BPC 8 ID \x01\x00 EI Q ";
         assert_eq!(inline_image_end(indexed, 2), Some(indexed.len() - 3));
+        // As lopdf, the search starts after the separator: data that
+        // begins with `EI` is data.
+        let leading = b"BI /W 5 /H 1 /CS /G /BPC 8 /F /AHx ID EI EI Q ";
+        assert_eq!(inline_image_end(leading, 2), Some(leading.len() - 3));
         let mask = b"BI /W 16 /H 1 /IM true ID \x00 EI EI Q ";
         assert_eq!(inline_image_end(mask, 2), Some(mask.len() - 6));
     }
