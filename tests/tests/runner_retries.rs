@@ -24,6 +24,20 @@ async fn outputs(env: &TestEnv) -> Vec<MimeDetected> {
         .expect("outputs decode")
 }
 
+/// Waits up to `secs` s for `n` outcomes, then checks there are no more:
+/// one each.
+async fn one_outcome_each(env: &TestEnv, n: usize, secs: u64) -> anyhow::Result<Vec<MimeDetected>> {
+    wait_until(
+        "an outcome for every artifact",
+        Duration::from_secs(secs),
+        || async { outputs(env).await.len() >= n },
+    )
+    .await?;
+    let out = outputs(env).await;
+    assert_eq!(out.len(), n, "one outcome each: {out:?}");
+    Ok(out)
+}
+
 /// Waits until the `deleted` processed records of the retry topic (one
 /// partition) are gone: nothing is left to read, and the topic starts past
 /// them. (Each record is followed by its transaction's commit marker, which
@@ -73,14 +87,7 @@ async fn retry_topic_heals_gives_up_and_never_blocks_the_partition() -> anyhow::
         .await?;
     env.produce_created(&others).await?;
 
-    wait_until(
-        "every artifact has an outcome",
-        Duration::from_secs(90),
-        || async { outputs(&env).await.len() >= 9 },
-    )
-    .await?;
-    let out = outputs(&env).await;
-    assert_eq!(out.len(), 9, "one outcome each");
+    let out = one_outcome_each(&env, 9, 90).await?;
 
     let h = by_name(&out, "fail-until-3");
     assert_eq!(h.len(), 1);
@@ -222,12 +229,7 @@ async fn a_batch_commits_only_after_its_writes_are_durable() -> anyhow::Result<(
         "a failing batch makes the stage unready"
     );
     std::fs::remove_file(&hold)?;
-    wait_until("every outcome", Duration::from_secs(60), || async {
-        outputs(&env).await.len() >= names.len()
-    })
-    .await?;
-    let out = outputs(&env).await;
-    assert_eq!(out.len(), names.len(), "one outcome each: {out:?}");
+    let out = one_outcome_each(&env, names.len(), 60).await?;
     for n in &names {
         assert_eq!(by_name(&out, n).len(), 1, "{n}");
         assert_eq!(by_name(&out, n)[0].outcome, Outcome::Succeeded);
@@ -287,14 +289,7 @@ async fn held_retries_are_processed_after_their_partition_comes_back() -> anyhow
         "graceful shutdown within its deadline"
     );
 
-    wait_until(
-        "every held retry processed",
-        Duration::from_secs(90),
-        || async { outputs(&env).await.len() >= events.len() },
-    )
-    .await?;
-    let out = outputs(&env).await;
-    assert_eq!(out.len(), events.len(), "one outcome each");
+    let out = one_outcome_each(&env, events.len(), 90).await?;
     for o in &out {
         assert_eq!(o.outcome, Outcome::Succeeded, "{o:?}");
         assert_eq!(o.result.as_ref().unwrap().method, "test:attempt-2");
@@ -319,14 +314,7 @@ async fn records_too_large_to_write_do_not_hold_up_the_partition() -> anyhow::Re
         .collect();
     env.produce_created(&after).await?;
 
-    wait_until(
-        "an outcome for every artifact",
-        Duration::from_secs(60),
-        || async { outputs(&env).await.len() >= 4 },
-    )
-    .await?;
-    let out = outputs(&env).await;
-    assert_eq!(out.len(), 4, "one outcome each");
+    let out = one_outcome_each(&env, 4, 60).await?;
     let o = by_name(&out, "oversized");
     assert!(o[0].outcome.is_permanent_failure(), "{:?}", o[0].outcome);
     let reason = o[0].outcome.reason().unwrap();

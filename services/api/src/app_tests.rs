@@ -88,6 +88,13 @@ fn detail(p: &serde_json::Value) -> &str {
     p["detail"].as_str().unwrap()
 }
 
+fn reprocess_request(id: ArtifactId) -> Request {
+    HttpRequest::post(format!("/v1/artifacts/{id}/reprocess"))
+        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
 fn upload(content_type: &str, key: Option<&[u8]>, body: Body) -> Request {
     let mut req = HttpRequest::post("/v1/artifacts?filename=a.txt")
         .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
@@ -256,15 +263,12 @@ async fn generation_dependent_writes_wait_for_the_read_model() {
     assert!(detail(&p).contains("still loading"), "{p}");
     assert!(files_in(&a.blobs.join("uploads")).is_empty());
     let id = ArtifactId::new_random();
-    let req = HttpRequest::post(format!("/v1/artifacts/{id}/reprocess"))
-        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .body(Body::empty())
-        .unwrap();
+    let req = reprocess_request(id);
     let (status, p) = problem(call(a.app.clone(), req).await).await;
     assert_eq!(status, 503, "{p}");
     assert!(detail(&p).contains("still loading"), "{p}");
     // Without a key an upload needs no generation: it goes ahead (and
-    // fails here only because Kafka is unreachable).
+    // fails here only because the registry is unreachable).
     let req = upload("text/plain", None, Body::from("no key"));
     let (status, p) = problem(call(a.app.clone(), req).await).await;
     assert_eq!(status, 503, "{p}");
@@ -356,10 +360,7 @@ async fn a_text_missing_from_the_store_is_not_found() {
 async fn a_reprocess_that_cannot_be_published_says_to_retry_it() {
     let a = api(false);
     let id = artifact(&a, None);
-    let req = HttpRequest::post(format!("/v1/artifacts/{id}/reprocess"))
-        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .body(Body::empty())
-        .unwrap();
+    let req = reprocess_request(id);
     let (status, p) = problem(call(a.app.clone(), req).await).await;
     assert_eq!(status, 503, "{p}");
     assert!(detail(&p).contains("retry the reprocess"), "{p}");

@@ -1440,12 +1440,15 @@ mod tests {
         let loc = w.location().to_owned();
         assert!(s.exists(&loc).await.unwrap());
         drop(w);
+        removed_within_10_s(&s, &loc, "a dropped writer's file is still there").await;
+    }
+
+    /// Waits until the blob at `loc` is gone (a dropped writer removes its
+    /// file from a task of its own), failing with `what` after 10 s.
+    async fn removed_within_10_s(s: &BlobStore, loc: &str, what: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while s.exists(&loc).await.unwrap() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a dropped writer's file is still there"
-            );
+        while s.exists(loc).await.unwrap() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -1485,14 +1488,12 @@ mod tests {
         let w = failing_writer(&s).await;
         let loc = w.location().to_owned();
         drop(w);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while s.exists(&loc).await.unwrap() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a writer dropped after a failed write left its file"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        removed_within_10_s(
+            &s,
+            &loc,
+            "a writer dropped after a failed write left its file",
+        )
+        .await;
     }
 
     #[tokio::test]
