@@ -7,12 +7,12 @@ pub mod s3;
 
 use anyhow::{Context, bail};
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation};
-use artifact_runtime::codec::AvroCodec;
-use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{client_config, producer_config};
-use artifact_runtime::schemas::EventSchema;
+use artifact_kafka::client::{client_config, producer_config};
+use artifact_kafka::codec::AvroCodec;
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::schemas::EventSchema;
+use artifact_kafka::topics::{TopicNames, ensure_topics};
 use artifact_runtime::stage::StageInput;
-use artifact_runtime::topics::{TopicNames, ensure_topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -209,7 +209,7 @@ impl TestEnv {
             .into_iter()
             .find(|t| t.name == topic)
             .with_context(|| format!("{topic} is not in the catalogue"))?;
-        let admin = artifact_runtime::kafka::admin_client(&self.conn)?;
+        let admin = artifact_kafka::client::admin_client(&self.conn)?;
         let created = spec.configs();
         let mut cfg = AlterConfig::new(ResourceSpecifier::Topic(topic));
         for (k, v) in &created {
@@ -249,7 +249,7 @@ impl TestEnv {
     /// envs and would otherwise leave their topics on the broker).
     pub async fn delete_topics(&self) -> anyhow::Result<()> {
         use rdkafka::admin::AdminOptions;
-        let admin = artifact_runtime::kafka::admin_client(&self.conn)?;
+        let admin = artifact_kafka::client::admin_client(&self.conn)?;
         let names: Vec<String> = self.names.catalogue().into_iter().map(|t| t.name).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         for r in admin.delete_topics(&refs, &AdminOptions::new()).await? {
@@ -317,7 +317,7 @@ impl TestEnv {
 
 /// A header's value as text.
 pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
-    artifact_runtime::kafka::header(msg, name).map(str::to_owned)
+    artifact_kafka::client::header(msg, name).map(str::to_owned)
 }
 
 /// Runs `deploy/local/stack <cmd>` (e.g. `stop-registry`), failing the

@@ -19,10 +19,10 @@
 
 use anyhow::Context;
 use artifact_domain::{ArtifactState, Stage, StatusView, Summarized};
+use artifact_kafka::now_ms;
+use artifact_kafka::topics::Cleanup;
 use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
 use artifact_pipeline_tests::{broker_pid, machine_busy_seconds, process_cpu_seconds, wait_until};
-use artifact_runtime::now_ms;
-use artifact_runtime::topics::Cleanup;
 use clap::Parser;
 use rdkafka::Message;
 use std::collections::HashMap;

@@ -17,13 +17,14 @@
 //! stack up (KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL).
 
 use anyhow::Context;
+use artifact_domain::dedup::DedupEntry;
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::{ArtifactId, Generation, Stage};
+use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, producer_config};
+use artifact_kafka::now_ms;
+use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::{StageProcess, TestEnv};
-use artifact_runtime::dedup::{DedupEntry, restore_partition};
-use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, producer_config};
-use artifact_runtime::now_ms;
-use artifact_runtime::schemas::EventSchema;
+use artifact_runtime::dedup::restore_partition;
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

@@ -28,13 +28,13 @@
 //! see docs/BENCHMARKS.md.
 
 use anyhow::{Context, bail, ensure};
+use artifact_blob::BlobStore;
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation, PipelineEvent, Stage};
+use artifact_kafka::client::producer_config;
+use artifact_kafka::now_ms;
+use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::pipeline::fixtures;
 use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
-use artifact_runtime::blob::BlobStore;
-use artifact_runtime::kafka::producer_config;
-use artifact_runtime::now_ms;
-use artifact_runtime::schemas::EventSchema;
 use clap::Parser;
 use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

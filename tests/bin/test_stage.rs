@@ -8,7 +8,7 @@
 //! commit, as a stage whose writes cannot be made durable does.
 
 use artifact_domain::{ArtifactCreated, MimeDetection, Stage};
-use artifact_runtime::config::ConnectionConfig;
+use artifact_kafka::config::ConnectionConfig;
 use artifact_runtime::runner::RunnerConfig;
 use artifact_runtime::service::run_stage;
 use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};

@@ -5,9 +5,9 @@
 //! their input's partition number.
 
 use artifact_domain::{Generation, MimeDetected, Outcome};
+use artifact_kafka::now_ms;
+use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::{StageProcess, TestEnv, header, wait_until};
-use artifact_runtime::now_ms;
-use artifact_runtime::schemas::EventSchema;
 use rdkafka::Message;
 use std::collections::HashMap;
 use std::path::Path;
@@ -307,14 +307,14 @@ async fn trace_context_lag_and_readiness_are_visible() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn refuses_to_start_when_topics_are_not_co_partitioned() -> anyhow::Result<()> {
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
-    let conn = artifact_runtime::config::ConnectionConfig::local(&prefix);
-    let names = artifact_runtime::topics::TopicNames::from_config(&conn);
+    let conn = artifact_kafka::config::ConnectionConfig::local(&prefix);
+    let names = artifact_kafka::topics::TopicNames::from_config(&conn);
     let (dedup, rest): (Vec<_>, Vec<_>) = names
         .catalogue()
         .into_iter()
         .partition(|t| t.name == names.dedup(artifact_domain::Stage::MimeDetector));
-    artifact_runtime::topics::ensure_topics(&conn, &rest, 3, 1).await?;
-    artifact_runtime::topics::ensure_topics(&conn, &dedup, 2, 1).await?;
+    artifact_kafka::topics::ensure_topics(&conn, &rest, 3, 1).await?;
+    artifact_kafka::topics::ensure_topics(&conn, &dedup, 2, 1).await?;
     let out = std::process::Command::new(BIN)
         .env("TOPIC_PREFIX", &prefix)
         .env(

@@ -14,10 +14,10 @@
 //! Needs the workspace's binaries (`cargo build --workspace --bins`).
 
 use artifact_domain::*;
+use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::pipeline::{MAX_UPLOAD, Pipeline, fixtures};
 use artifact_pipeline_tests::s3::S3Prefix;
 use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
-use artifact_runtime::schemas::EventSchema;
 use rdkafka::message::Message;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

@@ -6,8 +6,8 @@
 //! ends as `failed(permanent)` with the server's message, after one request.
 
 use artifact_domain::*;
+use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
-use artifact_runtime::schemas::EventSchema;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

@@ -33,12 +33,12 @@
 
 use crate::readmodel::StatusTable;
 use artifact_domain::*;
-use artifact_runtime::codec::AvroCodec;
-use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, ordered_producer_config};
-use artifact_runtime::now_ms;
-use artifact_runtime::schemas::EventSchema;
-use artifact_runtime::topics::TopicNames;
+use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, ordered_producer_config};
+use artifact_kafka::codec::AvroCodec;
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::now_ms;
+use artifact_kafka::schemas::EventSchema;
+use artifact_kafka::topics::TopicNames;
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -56,7 +56,7 @@ async fn decode(
     names: &TopicNames,
     topic: &str,
     payload: Option<&[u8]>,
-) -> Result<PipelineEvent, artifact_runtime::codec::CodecError> {
+) -> Result<PipelineEvent, artifact_kafka::codec::CodecError> {
     Ok(if topic == names.created() {
         PipelineEvent::Created(codec.decode(payload).await?)
     } else if topic == names.output(Stage::MimeDetector) {

@@ -17,32 +17,18 @@
 //! retention, not every artifact ever processed. A duplicate that arrives
 //! after its entry expired is processed again.
 
-use crate::codec::{AvroCodec, CodecError};
-use crate::config::ConnectionConfig;
-use crate::kafka::QuietEof;
-use crate::kafka::client_config;
-use artifact_domain::outcome::OutcomeStatus;
+use artifact_domain::dedup::DedupEntry;
 use artifact_domain::{ArtifactId, DedupDecision, Generation, decide};
+use artifact_kafka::client::QuietEof;
+use artifact_kafka::client::client_config;
+use artifact_kafka::codec::{AvroCodec, CodecError};
+use artifact_kafka::config::ConnectionConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-
-/// The value of a dedup-topic record (`schemas/dedup-entry.avsc`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DedupEntry {
-    /// The artifact; also the record key.
-    pub artifact_id: ArtifactId,
-    /// The newest generation processed.
-    pub generation: Generation,
-    /// The kind of outcome emitted for it.
-    pub outcome_status: OutcomeStatus,
-    /// When it was processed (epoch milliseconds).
-    pub processed_at: i64,
-}
 
 /// One partition's entries: recorded in `current`; `previous` holds those
 /// of the retention before. A key is in one of them at most.
@@ -293,7 +279,7 @@ pub async fn restore_partition(
         .set("fetch.wait.max.ms", "10")
         .set(
             "fetch.queue.backoff.ms",
-            crate::kafka::FETCH_QUEUE_BACKOFF_MS,
+            artifact_kafka::client::FETCH_QUEUE_BACKOFF_MS,
         )
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "52428800")

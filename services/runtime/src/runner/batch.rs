@@ -2,17 +2,18 @@
 
 use super::producer::StageProducer;
 use super::{Delayed, Delivery, Item, Source, StageRunner, commit_offsets};
-use crate::codec::TopicWriter;
 use crate::dedup::Tombstones;
-use crate::kafka::header;
-use crate::now_ms;
 use crate::retry;
-use crate::schemas::EventSchema;
 use crate::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
-use crate::trace::TRACEPARENT;
 use artifact_domain::events::StageEvent;
 use artifact_domain::outcome::OutcomeRecord;
 use artifact_domain::{ArtifactId, DedupDecision, Generation, Outcome, decide};
+use artifact_kafka::client::header;
+use artifact_kafka::codec::TopicWriter;
+use artifact_kafka::headers;
+use artifact_kafka::now_ms;
+use artifact_kafka::schemas::EventSchema;
+use artifact_kafka::trace::TRACEPARENT;
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -266,7 +267,7 @@ impl<S: StageLogic> StageRunner<S> {
                     unreachable!("work holds processed items only")
                 };
                 let it = &items[i];
-                let tp = crate::trace::child_value(header(&it.msg, TRACEPARENT));
+                let tp = artifact_kafka::trace::child_value(header(&it.msg, TRACEPARENT));
                 let span = tracing::info_span!(
                     "record",
                     stage = name,
@@ -365,8 +366,8 @@ impl<S: StageLogic> StageRunner<S> {
                             let not_before =
                                 now_ms() + policy.topic_delay_for(next).as_millis() as i64;
                             let mut headers = self.source_headers(it, "retriable", &reason);
-                            headers.push((retry::ATTEMPT, next.to_string()));
-                            headers.push((retry::NOT_BEFORE, not_before.to_string()));
+                            headers.push((headers::ATTEMPT, next.to_string()));
+                            headers.push((headers::NOT_BEFORE, not_before.to_string()));
                             tracing::info!(stage = name, artifact_id = %id, %generation, delivery = next, not_before, error = %reason, "scheduled a delayed retry");
                             outs.push(Out {
                                 topic: topics.retry.clone(),
@@ -436,7 +437,7 @@ impl<S: StageLogic> StageRunner<S> {
                     outcome_labels.push(event.outcome.label());
                     let status = OutcomeRecord::from(event.outcome.clone()).status;
                     outs.push(output);
-                    let entry = crate::dedup::DedupEntry {
+                    let entry = artifact_domain::dedup::DedupEntry {
                         artifact_id: id,
                         generation,
                         outcome_status: status,
@@ -685,7 +686,7 @@ impl<S: StageLogic> StageRunner<S> {
             let omitted = letter.payload.take().map_or(0, |p| p.len());
             letter
                 .headers
-                .push((retry::PAYLOAD_OMITTED, omitted.to_string()));
+                .push((headers::PAYLOAD_OMITTED, omitted.to_string()));
         }
         letter
     }
@@ -694,12 +695,12 @@ impl<S: StageLogic> StageRunner<S> {
         let (topic, partition, offset) = match it.source {
             // A retry record keeps naming where the record first came from.
             Source::Retry => (
-                header(&it.msg, retry::SOURCE_TOPIC)
+                header(&it.msg, headers::SOURCE_TOPIC)
                     .unwrap_or(it.msg.topic())
                     .to_owned(),
-                header(&it.msg, retry::SOURCE_PARTITION)
+                header(&it.msg, headers::SOURCE_PARTITION)
                     .map_or(it.msg.partition().to_string(), str::to_owned),
-                header(&it.msg, retry::SOURCE_OFFSET)
+                header(&it.msg, headers::SOURCE_OFFSET)
                     .map_or(it.msg.offset().to_string(), str::to_owned),
             ),
             Source::Input => (
@@ -709,12 +710,12 @@ impl<S: StageLogic> StageRunner<S> {
             ),
         };
         let mut h = vec![
-            (retry::ERROR, err.to_owned()),
-            (retry::ERROR_KIND, kind.to_owned()),
-            (retry::SOURCE_TOPIC, topic),
-            (retry::SOURCE_PARTITION, partition),
-            (retry::SOURCE_OFFSET, offset),
-            (retry::STAGE, S::STAGE.name().to_owned()),
+            (headers::ERROR, err.to_owned()),
+            (headers::ERROR_KIND, kind.to_owned()),
+            (headers::SOURCE_TOPIC, topic),
+            (headers::SOURCE_PARTITION, partition),
+            (headers::SOURCE_OFFSET, offset),
+            (headers::STAGE, S::STAGE.name().to_owned()),
         ];
         if let Some(tp) = header(&it.msg, TRACEPARENT) {
             h.push((TRACEPARENT, tp.to_owned()));

@@ -36,15 +36,16 @@ mod purge;
 
 pub use config::{Delivery, RunnerConfig, RunnerConfigError};
 
-use crate::codec::AvroCodec;
-use crate::config::ConnectionConfig;
 use crate::dedup::{DedupState, restore_partition};
-use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, header, producer_config};
-use crate::now_ms;
 use crate::retry;
 use crate::stage::StageLogic;
 use crate::telemetry::Health;
-use crate::topics::{TopicNames, partition_counts};
+use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, header, producer_config};
+use artifact_kafka::codec::AvroCodec;
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::headers;
+use artifact_kafka::now_ms;
+use artifact_kafka::topics::{TopicNames, partition_counts};
 use context::{Assignment, StageContext};
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -230,10 +231,10 @@ impl<S: StageLogic> StageRunner<S> {
     ) {
         // A retry record is at least the second delivery; a header that
         // says otherwise (or nothing readable) counts as the second.
-        let delivery = header(&msg, retry::ATTEMPT)
+        let delivery = header(&msg, headers::ATTEMPT)
             .and_then(|v| v.parse::<u32>().ok())
             .map_or(2, |d| d.clamp(2, 1_000_000));
-        let not_before_ms = header(&msg, retry::NOT_BEFORE)
+        let not_before_ms = header(&msg, headers::NOT_BEFORE)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let p = msg.partition();

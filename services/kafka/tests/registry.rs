@@ -2,13 +2,13 @@
 //! event round-trips through the Confluent wire format, registration is
 //! idempotent, and BACKWARD compatibility is enforced by the registry.
 
+use artifact_domain::dedup::DedupEntry;
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::*;
-use artifact_runtime::codec::{AvroCodec, CodecError};
-use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::dedup::DedupEntry;
-use artifact_runtime::schemas::{EventSchema, RegistryAdmin, RegistryError};
-use artifact_runtime::topics::TopicNames;
+use artifact_kafka::codec::{AvroCodec, CodecError};
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::schemas::{EventSchema, RegistryAdmin, RegistryError};
+use artifact_kafka::topics::TopicNames;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;

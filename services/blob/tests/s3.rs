@@ -4,7 +4,7 @@
 //! `stack env` prints, with the stack's defaults when unset. Every test works
 //! under a fresh prefix of the bucket.
 
-use artifact_runtime::blob::{BlobError, BlobStore, Resolved};
+use artifact_blob::{BlobError, BlobStore, Resolved};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 

@@ -2,9 +2,9 @@
 //! idempotent, refuses to go on when partition counts differ, and sets the
 //! catalogue's configuration, under which compacted topics do compact.
 
-use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{admin_client, client_config, producer_config};
-use artifact_runtime::topics::{
+use artifact_kafka::client::{admin_client, client_config, producer_config};
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::topics::{
     Cleanup, TopicError, TopicNames, ensure_topics, partition_counts, set_compacted_segment_ms,
 };
 use rdkafka::admin::{AdminOptions, ResourceSpecifier};

@@ -4,8 +4,8 @@
 //! the same partition number across all of them (co-partitioning); creation
 //! refuses to go on when existing topics disagree.
 
+use crate::client::{KafkaError, admin_client};
 use crate::config::ConnectionConfig;
-use crate::kafka::{KafkaError, admin_client};
 use artifact_domain::Stage;
 use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -231,7 +231,7 @@ pub fn partition_counts(
     topics: &[String],
     timeout: Duration,
 ) -> Result<BTreeMap<String, usize>, KafkaError> {
-    let consumer: BaseConsumer = crate::kafka::client_config(conn, "artifact-admin")
+    let consumer: BaseConsumer = crate::client::client_config(conn, "artifact-admin")
         .create()
         .map_err(KafkaError::Client)?;
     let deadline = std::time::Instant::now() + timeout;

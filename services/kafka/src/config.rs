@@ -1,5 +1,5 @@
-//! Configuration shared by every binary: where Kafka, the Schema Registry and
-//! the blob store are, and how topics are named. Each binary flattens these
+//! Configuration shared by every binary: where Kafka and the Schema Registry
+//! are, and how topics are named. Each binary flattens these
 //! into its own clap struct, so every value comes from a flag or an env var.
 
 use clap::Args;
@@ -106,45 +106,6 @@ fn parse_properties(s: &str) -> Result<KafkaProperties, String> {
         .map(KafkaProperties)
 }
 
-/// Where a binary serves `/healthz`, `/readyz` and `/metrics`.
-#[derive(Debug, Clone, Args)]
-pub struct HttpConfig {
-    /// Address to serve HTTP on (health, readiness, metrics).
-    #[arg(long, env = "HTTP_ADDR")]
-    pub http_addr: Option<std::net::SocketAddr>,
-}
-
-/// Where artifact bytes and extracted texts live.
-#[derive(Debug, Clone, Args)]
-pub struct BlobStoreConfig {
-    /// Blob store root: `file:///absolute/path` (default: `./data/blobs`
-    /// under the working directory), or `s3://bucket[/prefix]` with the
-    /// endpoint, region and credentials from the standard `AWS_*` variables
-    /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, ...).
-    #[arg(long, env = "BLOB_STORE_URL")]
-    pub blob_store_url: Option<String>,
-}
-
-impl BlobStoreConfig {
-    /// The configured URL, or the default `file://` root.
-    pub fn url(&self) -> Result<String, ConfigError> {
-        match &self.blob_store_url {
-            Some(u) if u.starts_with("file:///") => Ok(u.clone()),
-            Some(u) if u.strip_prefix("s3://").is_some_and(|r| !r.is_empty()) => Ok(u.clone()),
-            Some(u) => Err(ConfigError::Invalid {
-                name: "BLOB_STORE_URL",
-                value: u.clone(),
-                expected: "a file:/// URL with an absolute path or an s3://bucket[/prefix] URL",
-            }),
-            None => {
-                let cwd = std::env::current_dir().map_err(|e| ConfigError::Io(e.to_string()))?;
-                Ok(format!("file://{}/data/blobs", cwd.display()))
-            }
-        }
-    }
-}
-
 /// A configuration value that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -158,9 +119,6 @@ pub enum ConfigError {
         /// What would be accepted.
         expected: &'static str,
     },
-    /// The environment could not be read.
-    #[error("cannot read the working directory: {0}")]
-    Io(String),
 }
 
 #[cfg(test)]
@@ -227,33 +185,5 @@ mod tests {
         let shown = format!("{:?}", cli.conn.kafka_properties);
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(Cli::try_parse_from(["x", "--kafka-properties", "novalue"]).is_err());
-    }
-
-    #[test]
-    fn blob_store_accepts_file_and_s3_urls_only() {
-        for ok in [
-            "file:///tmp/blobs",
-            "s3://artifacts",
-            "s3://artifacts/team/a",
-        ] {
-            let cfg = BlobStoreConfig {
-                blob_store_url: Some(ok.into()),
-            };
-            assert_eq!(cfg.url().unwrap(), ok);
-        }
-        for bad in ["ftp://x", "s3://", "file://relative", "/data/blobs"] {
-            let cfg = BlobStoreConfig {
-                blob_store_url: Some(bad.into()),
-            };
-            let err = cfg.url().unwrap_err().to_string();
-            assert!(
-                err.contains("BLOB_STORE_URL") && err.contains("s3://"),
-                "{bad}: {err}"
-            );
-        }
-        let default = BlobStoreConfig {
-            blob_store_url: None,
-        };
-        assert!(default.url().unwrap().ends_with("/data/blobs"));
     }
 }
