@@ -15,4 +15,5 @@ pub mod retry;
 pub mod runner;
 pub mod service;
 pub mod stage;
+mod stage_metrics;
 pub mod telemetry;

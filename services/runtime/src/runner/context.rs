@@ -37,7 +37,7 @@ impl Assignment {
 /// The context of the input consumer.
 pub struct StageContext {
     /// Held while a batch's transaction commits.
-    pub(crate) gate: Arc<super::batch::TxnGate>,
+    pub(crate) gate: Arc<super::commit::TxnGate>,
     pub(crate) group: String,
     pub(crate) input_topic: String,
     pub(crate) retry_topic: String,
@@ -96,7 +96,7 @@ impl ClientContext for StageContext {
                     continue;
                 }
                 metrics::gauge!(
-                    "artifact_pipeline_consumer_lag",
+                    crate::stage_metrics::CONSUMER_LAG.0,
                     "consumer_group" => self.group.clone(),
                     "topic" => topic.clone(),
                     "partition" => partition.clone(),

@@ -1,0 +1,407 @@
+//! The stage loop: one owned state, and a step per stage of a batch's life
+//! (see the module documentation of [`super`]). Collecting a batch is in
+//! [`super::collect`].
+
+use super::commit::{InFlight, TxnGate};
+use super::context::{Assignment, StageContext};
+use super::item::{Item, Source, first_offsets};
+use super::pace::Pacer;
+use super::producer::StageProducer;
+use super::purge::RetryPurge;
+use super::retries::RetryQueue;
+use super::setup::Clients;
+use super::{RunnerError, StageRunner, batch};
+use crate::dedup::{DedupState, Tombstones, restore_partition};
+use crate::retry;
+use crate::stage::StageLogic;
+use crate::stage_metrics;
+use artifact_kafka::now_ms;
+use rdkafka::Offset;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::Producer;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Most tombstones of expired dedup entries a transaction of `records`
+/// input records writes. A rotation expires a retention's worth of keys at
+/// once; written a few per record, they spread over the traffic that
+/// follows instead of swelling a few transactions (and every hop's latency).
+/// An idle stage writes them in transactions of their own, of
+/// `max_tombstones(TRANSACTION_MAX_RECORDS)` at most.
+pub(crate) fn max_tombstones(records: usize) -> usize {
+    2 * records + 100
+}
+
+/// Everything the loop owns.
+pub(crate) struct StageLoop<'r, S: StageLogic> {
+    pub(super) runner: &'r StageRunner<S>,
+    pub(super) consumer: StreamConsumer<StageContext>,
+    pub(super) retries: RetryQueue,
+    producer: StageProducer,
+    gate: Arc<TxnGate>,
+    assignment: Arc<Mutex<Assignment>>,
+    dedup: DedupState,
+    /// The batch whose transaction commits while the next one is
+    /// collected and processed.
+    pub(super) in_flight: Option<InFlight>,
+    purge: RetryPurge,
+    pub(super) pacer: Pacer,
+    /// Batches that failed in a row.
+    failures: u32,
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+impl<'r, S: StageLogic> StageLoop<'r, S> {
+    pub fn new(
+        runner: &'r StageRunner<S>,
+        clients: Clients,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let retry_topic = runner.names.retry(S::STAGE);
+        StageLoop {
+            runner,
+            consumer: clients.consumer,
+            retries: RetryQueue::new(clients.retry_consumer, retry_topic.clone()),
+            producer: clients.producer,
+            gate: clients.gate,
+            assignment: clients.assignment,
+            dedup: DedupState::new(runner.cfg.dedup_retention(), Instant::now()),
+            in_flight: None,
+            purge: RetryPurge::new(retry_topic, Some(runner.conn.clone())),
+            pacer: Pacer::new(Duration::from_millis(runner.cfg.transaction_linger_ms)),
+            failures: 0,
+            shutdown,
+        }
+    }
+
+    /// Runs until `shutdown` turns true, then finishes the open batch and
+    /// leaves the group.
+    pub async fn run(mut self) -> Result<(), RunnerError> {
+        let stage = S::STAGE.name();
+        stage_metrics::describe(stage);
+        let input_topic = self.runner.names.input(S::STAGE);
+        self.consumer
+            .subscribe(&[&input_topic])
+            .map_err(|e| RunnerError::Fatal(e.to_string()))?;
+        tracing::info!(stage, group = %self.runner.group, %input_topic, delivery = ?self.runner.cfg.delivery, "stage running");
+        while !*self.shutdown.borrow() {
+            // Processed retry records go, in the background (at least every
+            // quarter second: an idle wait ends that often).
+            self.purge.poll();
+            let collected = self.collect().await?;
+            self.apply_assignment().await;
+            self.expire_dedup();
+            let batch = self.keep_owned(collected);
+            self.handle_batch(batch).await?;
+        }
+        self.finish().await
+    }
+
+    pub(super) fn assignment(&self) -> MutexGuard<'_, Assignment> {
+        self.assignment.lock().expect("assignment lock")
+    }
+
+    /// Applies assignment changes: forgets revoked partitions, restores
+    /// newly assigned ones before any of their records is processed.
+    async fn apply_assignment(&mut self) {
+        let (revoked, to_restore) = {
+            let mut a = self.assignment();
+            let revoked: Vec<(i32, u64)> = std::mem::take(&mut a.revoked)
+                .into_iter()
+                .map(|p| (p, a.revoked_at.get(&p).copied().unwrap_or(a.epoch)))
+                .collect();
+            (revoked, a.to_restore.clone())
+        };
+        for (p, at) in revoked {
+            self.dedup.drop_partition(p);
+            self.retries.revoked(p, at);
+        }
+        if !to_restore.is_empty() {
+            self.restore(to_restore).await;
+        }
+    }
+
+    /// Restores the dedup state of newly assigned partitions, each from its
+    /// own reader, concurrently; one that fails is tried again next time.
+    async fn restore(&mut self, partitions: BTreeSet<i32>) {
+        let runner = self.runner;
+        let stage = S::STAGE.name();
+        let topic = runner.names.dedup(S::STAGE);
+        runner.health.set_not_ready(format!(
+            "restoring dedup state of partitions {partitions:?}"
+        ));
+        let timeout = Duration::from_millis(runner.cfg.restore_timeout_ms);
+        let expire_before_ms = runner
+            .cfg
+            .dedup_retention()
+            .map(|r| now_ms() - r.as_millis() as i64);
+        let restores = partitions.iter().map(|&p| {
+            let topic = &topic;
+            async move {
+                let started = Instant::now();
+                let r = restore_partition(
+                    &runner.conn,
+                    &runner.codec,
+                    topic,
+                    p,
+                    timeout,
+                    expire_before_ms,
+                )
+                .await;
+                (p, r, started.elapsed().as_secs_f64())
+            }
+        });
+        for (p, result, secs) in futures::future::join_all(restores).await {
+            match result {
+                Ok(r) => {
+                    stage_metrics::restore_time(stage, secs);
+                    tracing::info!(
+                        partition = p,
+                        keys = r.entries.len(),
+                        expired = r.expired.len(),
+                        records = r.records,
+                        undecodable = r.undecodable,
+                        secs,
+                        "dedup state restored"
+                    );
+                    let mut a = self.assignment.lock().expect("assignment lock");
+                    // Still ours and not revoked meanwhile: install it.
+                    if a.owned.contains(&p) && a.to_restore.remove(&p) {
+                        self.dedup.install(p, r);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = p, "dedup restore failed; will retry");
+                    runner.health.set_not_ready(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Expires dedup entries older than the retention, when due.
+    fn expire_dedup(&mut self) {
+        let stage = S::STAGE.name();
+        let expired = self.dedup.rotate_if_due(Instant::now());
+        if expired > 0 {
+            tracing::info!(
+                expired,
+                kept = self.dedup.len(),
+                "dedup entries older than the retention expired"
+            );
+            stage_metrics::dedup_expired(stage, expired as u64);
+        }
+        stage_metrics::dedup_keys(stage, self.dedup.len());
+    }
+
+    /// Keeps only records of partitions that are ours and restored. A
+    /// revoked partition's records are read by its new owner from the
+    /// committed offset; those of a partition still waiting for its restore
+    /// are read again after it.
+    fn keep_owned(&mut self, items: Vec<Item>) -> Vec<Item> {
+        let (kept, waiting): (Vec<Item>, Vec<Item>) = {
+            let a = self.assignment();
+            items
+                .into_iter()
+                .filter(|it| a.is_current(it.partition(), it.epoch))
+                .partition(|it| self.dedup.has_partition(it.partition()))
+        };
+        if !waiting.is_empty() {
+            self.rewind(&waiting);
+        }
+        kept
+    }
+
+    /// Prepares the batch and starts its commit once the previous one has
+    /// settled. With no records, an idle stage's pending tombstones go out
+    /// in a transaction of their own, so neither memory nor the topic waits
+    /// for traffic to drop them.
+    async fn handle_batch(&mut self, mut items: Vec<Item>) -> Result<(), RunnerError> {
+        let tombstones_only =
+            items.is_empty() && self.in_flight.is_none() && self.dedup.pending_tombstones() > 0;
+        if items.is_empty() && !tombstones_only {
+            self.report_idle();
+            return Ok(());
+        }
+        let prepare_started = Instant::now();
+        let room = max_tombstones(if tombstones_only {
+            self.runner.cfg.transaction_max_records
+        } else {
+            items.len()
+        });
+        let committing = self.in_flight.as_ref().map(|f| &f.generations);
+        let tombstones = self.dedup.take_tombstones(room, committing);
+        let (dedup, in_flight) = (&self.dedup, &self.in_flight);
+        let seen = |k @ (p, id)| {
+            dedup.last(p, id).max(
+                in_flight
+                    .as_ref()
+                    .and_then(|f| f.generations.get(&k).copied()),
+            )
+        };
+        let prepared = self.runner.prepare(&items, seen, &tombstones).await;
+        if let Ok(p) = &prepared
+            && p.covered < items.len()
+        {
+            // Cut short: what it did not start is read again.
+            let rest = items.split_off(p.covered);
+            self.rewind(&rest);
+        }
+        if !tombstones_only {
+            self.pacer.processed(prepare_started.elapsed());
+        }
+        // One transaction at a time: the previous batch settles before
+        // this one's starts. If it failed, this batch is read again too.
+        if let Some(flight) = self.in_flight.take() {
+            match self.settle_or_rewind(flight, items).await? {
+                Some(back) => items = back,
+                None => {
+                    // Read again with the failed one: its tombstones too.
+                    self.dedup.return_tombstones(tombstones);
+                    return Ok(());
+                }
+            }
+        }
+        self.commit(prepared, items, tombstones).await
+    }
+
+    /// Starts committing a prepared batch; a batch that could not be
+    /// prepared or started is read again (nothing of it was produced).
+    async fn commit(
+        &mut self,
+        prepared: Result<batch::Prepared, batch::BatchError>,
+        items: Vec<Item>,
+        tombstones: Tombstones,
+    ) -> Result<(), RunnerError> {
+        let (e, items, tombstones) = match prepared {
+            Err(e) => (e, items, tombstones),
+            Ok(p) => match self.runner.start_commit(
+                &self.consumer,
+                &self.producer,
+                &self.gate,
+                p,
+                items,
+                tombstones,
+            ) {
+                Ok(flight) => {
+                    self.in_flight = Some(flight);
+                    return Ok(());
+                }
+                Err(back) => back,
+            },
+        };
+        self.dedup.return_tombstones(tombstones);
+        self.failed_batch(e, &items).await
+    }
+
+    /// Nothing to do: ready, unless a batch failed since the last success,
+    /// a restore is pending, or no partition is assigned.
+    fn report_idle(&self) {
+        let a = self.assignment();
+        if self.failures == 0 && a.to_restore.is_empty() {
+            if a.owned.is_empty() {
+                self.runner.health.set_not_ready("no partitions assigned");
+            } else {
+                self.runner.health.set_ready();
+            }
+        }
+    }
+
+    /// Settles the batch in flight. On success returns `next` (the batch
+    /// prepared meanwhile) to be committed; on failure rewinds both batches
+    /// (nothing of either was committed), pauses, and returns `None`.
+    pub(super) async fn settle_or_rewind(
+        &mut self,
+        flight: InFlight,
+        next: Vec<Item>,
+    ) -> Result<Option<Vec<Item>>, RunnerError> {
+        match self
+            .runner
+            .settle(&self.consumer, &mut self.dedup, flight)
+            .await
+        {
+            Ok(retried) => {
+                self.purge.committed(retried);
+                self.failures = 0;
+                self.runner.health.set_ready();
+                Ok(Some(next))
+            }
+            Err((e, mut items)) => {
+                items.extend(next);
+                self.failed_batch(e, &items).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A batch did not commit: fatal errors end the runner; otherwise its
+    /// records are read again after a pause that grows with each failure.
+    async fn failed_batch(
+        &mut self,
+        error: batch::BatchError,
+        items: &[Item],
+    ) -> Result<(), RunnerError> {
+        let e = match error {
+            batch::BatchError::Fatal(e) => {
+                self.runner.health.set_not_ready(e.clone());
+                return Err(RunnerError::Fatal(e));
+            }
+            batch::BatchError::Transient(e) => e,
+        };
+        self.failures += 1;
+        tracing::warn!(error = %e, failures = self.failures, "batch failed; rewinding and retrying");
+        stage_metrics::batch_failed(S::STAGE.name());
+        self.runner.health.set_not_ready(e);
+        self.rewind(items);
+        let pause = retry::jittered(
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+            self.failures,
+        );
+        tokio::select! {
+            _ = self.shutdown.changed() => {},
+            _ = tokio::time::sleep(pause) => {},
+        }
+        Ok(())
+    }
+
+    /// Puts the consumers back at the first offset of each partition in
+    /// `items`, so those records are read again (nothing of them was
+    /// committed).
+    fn rewind(&mut self, items: &[Item]) {
+        for ((topic, p, source), offset) in first_offsets(items) {
+            match source {
+                Source::Input => {
+                    if let Err(e) =
+                        self.consumer
+                            .seek(topic, p, Offset::Offset(offset), Duration::from_secs(5))
+                    {
+                        tracing::warn!(%topic, partition = p, offset, error = %e, "rewind failed");
+                    }
+                }
+                Source::Retry => self.retries.rewind(p, offset),
+            }
+        }
+    }
+
+    /// Settles the batch in flight, leaves the group and flushes.
+    async fn finish(mut self) -> Result<(), RunnerError> {
+        if let Some(flight) = self.in_flight.take() {
+            self.settle_or_rewind(flight, Vec::new()).await?;
+        }
+        tracing::info!(stage = S::STAGE.name(), "shutting down: leaving the group");
+        self.runner.health.set_not_ready("shutting down");
+        self.consumer.unsubscribe();
+        let StageLoop {
+            consumer,
+            retries,
+            producer,
+            ..
+        } = self;
+        drop(consumer);
+        drop(retries);
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        Ok(())
+    }
+}
