@@ -15,10 +15,7 @@ use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, 
 use clap::Parser;
 use std::time::Duration;
 
-/// The allocator of the stages whose work is the runner's own path
-/// (mime-detector, location-logger), so the runner is measured as they run.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+artifact_runtime::global_allocator!();
 
 #[derive(Debug, Parser)]
 struct Config {

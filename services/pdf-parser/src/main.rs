@@ -6,16 +6,7 @@ use pdf_parser::Limits;
 use pdf_parser::stage::ParseStage;
 use std::time::Duration;
 
-/// mimalloc instead of glibc's malloc: lopdf allocates many small objects
-/// per page, and with mimalloc this stage parsed 1-page PDFs about 15 %
-/// faster and 100-page PDFs about 18 % faster (bench-stages, alternating
-/// runs), for 35–70 MiB more peak memory. mime-detector and
-/// location-logger use it too; the summarizer and the API keep glibc's
-/// malloc: the summarizer gained nothing measurable and its resident set
-/// tripled, and the API's CPU per upload did not move beyond the spread of
-/// end-to-end runs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+artifact_runtime::global_allocator!();
 
 /// The pdf-parser stage.
 #[derive(Debug, Parser)]

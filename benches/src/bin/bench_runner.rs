@@ -17,6 +17,7 @@
 //! stack up (KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL).
 
 use anyhow::Context;
+use artifact_benches::process_cpu_seconds;
 use artifact_domain::dedup::DedupEntry;
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::{ArtifactId, Generation, Stage};
@@ -242,7 +243,7 @@ async fn stage_run(
         // A failed look (the coordinator moving) is looked again.
         let done = committed_total(&reader, &input, partitions).unwrap_or(0);
         if done > 0 && start.is_none() {
-            start = stage.cpu_seconds().map(|cpu| (cpu, done));
+            start = process_cpu_seconds(stage.pid()).map(|cpu| (cpu, done));
         }
         if done >= n as i64 {
             break;
@@ -254,7 +255,7 @@ async fn stage_run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Not measured (NaN) when the first look already found every record.
-    let cpu_us = match (start, stage.cpu_seconds()) {
+    let cpu_us = match (start, process_cpu_seconds(stage.pid())) {
         (Some((cpu0, done0)), Some(cpu1)) if done0 < n as i64 => {
             (cpu1 - cpu0) * 1e6 / (n as i64 - done0) as f64
         }
