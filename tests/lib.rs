@@ -267,6 +267,29 @@ impl TestEnv {
         Ok(consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?)
     }
 
+    /// Whether the stage processes' group has committed every record of
+    /// `topic` (written without transactions): on each partition, its
+    /// committed offset is the end.
+    pub fn group_caught_up(&self, topic: &str) -> anyhow::Result<bool> {
+        let consumer: BaseConsumer = client_config(&self.conn, "test-lag")
+            .set("group.id", self.stage_group())
+            .set("isolation.level", "read_committed")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions as i32 {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        for e in committed.elements() {
+            let (_, end) =
+                consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
+            if e.offset().to_raw().unwrap_or(0).max(0) < end {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Every committed record of `topic` (`read_committed`), from the start to
     /// the current end.
     pub fn read_all(&self, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {

@@ -25,13 +25,14 @@ use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, producer_con
 use artifact_kafka::now_ms;
 use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::{StageProcess, TestEnv};
-use artifact_runtime::dedup::restore_partition;
+use artifact_runtime::dedup::{RestoreProgress, restore_partition};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, TopicPartitionList};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -352,8 +353,9 @@ async fn restore_bench(env: &TestEnv, keys: usize) -> anyhow::Result<Vec<Restore
             &env.codec,
             &topic,
             0,
-            Duration::from_secs(600),
             expire_before_ms,
+            &RestoreProgress::default(),
+            &AtomicBool::new(false),
         )
         .await
         .context("restoring")?;

@@ -233,7 +233,7 @@ fn commit_blocking(
     group: Option<&ConsumerGroupMetadata>,
     abort_pending: &AtomicBool,
 ) -> Result<(), BatchError> {
-    let timeout = Duration::from_secs(30);
+    let timeout = CALL_TIMEOUT;
     if group.is_some() {
         if abort_pending.load(Ordering::Acquire) {
             producer
@@ -289,6 +289,8 @@ fn produce_and_commit(
         .send_offsets_to_transaction(&offsets, group, timeout)
         .map_err(|e| BatchError::of_transaction("send offsets to transaction", e))?;
     let t_offsets = t0.elapsed();
+    #[cfg(debug_assertions)]
+    hold_before_commit();
     commit_transaction(producer, timeout)?;
     tracing::trace!(
         send_ms = t_sent.as_secs_f64() * 1e3,
@@ -297,6 +299,29 @@ fn produce_and_commit(
         "transaction phases"
     );
     Ok(())
+}
+
+/// A test hook, compiled into debug builds only: while the file named by
+/// `RUNNER_TEST_HOLD_COMMIT` exists, a commit waits between sending its
+/// offsets and committing, after creating `<file>.held` to say so. Tests
+/// use it to let the stage's partitions move on while its transaction is
+/// open.
+#[cfg(debug_assertions)]
+fn hold_before_commit() {
+    let Some(hold) = std::env::var_os("RUNNER_TEST_HOLD_COMMIT").map(std::path::PathBuf::from)
+    else {
+        return;
+    };
+    if !hold.exists() {
+        return;
+    }
+    let mut held = hold.clone().into_os_string();
+    held.push(".held");
+    let _ = std::fs::write(&held, b"");
+    tracing::warn!(file = %hold.display(), "commit held by the test hook");
+    while hold.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// librdkafka's `rd_kafka_commit_transaction`, called directly. rdkafka's
@@ -337,6 +362,17 @@ fn commit_transaction(producer: &StageProducer, timeout: Duration) -> Result<(),
 
 /// How long a retriable commit is called again before the stage stops.
 const COMMIT_GIVE_UP: Duration = Duration::from_secs(120);
+
+/// Each transactional call's timeout.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest a batch's commit takes before it succeeds or fails: an
+/// earlier abort finished, the records enqueued, the offsets sent, the
+/// commit called again until [`COMMIT_GIVE_UP`] (and once more), then an
+/// abort, each within [`CALL_TIMEOUT`]. A revocation waits this long for
+/// the transaction in flight.
+pub(crate) const COMMIT_MAX: Duration =
+    Duration::from_secs(COMMIT_GIVE_UP.as_secs() + 5 * CALL_TIMEOUT.as_secs());
 
 /// How one call of `rd_kafka_commit_transaction` failed.
 enum Commit {
@@ -396,7 +432,7 @@ fn send(producer: &StageProducer, o: &Out) -> Result<(), BatchError> {
         rec = rec.key(k.as_slice());
     }
     rec = rec.partition(o.partition);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + CALL_TIMEOUT;
     let deliveries = producer.context();
     loop {
         deliveries.enqueuing();

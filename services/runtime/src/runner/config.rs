@@ -90,10 +90,6 @@ pub struct RunnerConfig {
     #[arg(long, env = "DEDUP_RETENTION_MS", default_value_t = 604_800_000)]
     pub dedup_retention_ms: u64,
 
-    /// Time allowed to restore one partition's dedup state, in milliseconds.
-    #[arg(long, env = "RESTORE_TIMEOUT_MS", default_value_t = 120_000)]
-    pub restore_timeout_ms: u64,
-
     /// After SIGTERM/SIGINT, time to finish the open batch and leave the
     /// group before exiting anyway, in milliseconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]

@@ -43,6 +43,7 @@ mod process;
 mod producer;
 mod purge;
 mod records;
+mod restores;
 mod retries;
 mod setup;
 mod stage_loop;

@@ -8,18 +8,18 @@ use super::item::{Item, Source, first_offsets};
 use super::pace::Pacer;
 use super::producer::StageProducer;
 use super::purge::RetryPurge;
+use super::restores::Restores;
 use super::retries::RetryQueue;
 use super::setup::Clients;
 use super::{RunnerError, StageRunner, batch};
-use crate::dedup::{DedupState, Tombstones, restore_partition};
+use crate::dedup::{DedupState, Tombstones};
 use crate::retry;
 use crate::stage::StageLogic;
 use crate::stage_metrics;
 use artifact_kafka::now_ms;
-use rdkafka::Offset;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::Producer;
-use std::collections::BTreeSet;
+use rdkafka::{Offset, TopicPartitionList};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -43,6 +43,7 @@ pub(crate) struct StageLoop<'r, S: StageLogic> {
     gate: Arc<TxnGate>,
     assignment: Arc<Mutex<Assignment>>,
     dedup: DedupState,
+    restores: Restores,
     /// The batch whose transaction commits while the next one is
     /// collected and processed.
     pub(super) in_flight: Option<InFlight>,
@@ -68,6 +69,11 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             gate: clients.gate,
             assignment: clients.assignment,
             dedup: DedupState::new(runner.cfg.dedup_retention(), Instant::now()),
+            restores: Restores::new(
+                runner.conn.clone(),
+                runner.codec.clone(),
+                runner.names.dedup(S::STAGE),
+            ),
             in_flight: None,
             purge: RetryPurge::new(retry_topic, Some(runner.conn.clone())),
             pacer: Pacer::new(Duration::from_millis(runner.cfg.transaction_linger_ms)),
@@ -103,8 +109,9 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         self.assignment.lock().expect("assignment lock")
     }
 
-    /// Applies assignment changes: forgets revoked partitions, restores
-    /// newly assigned ones before any of their records is processed.
+    /// Applies assignment changes: forgets revoked partitions (and stops
+    /// their restores), starts restoring newly assigned ones, and installs
+    /// the states restored since, before any of their records is processed.
     async fn apply_assignment(&mut self) {
         let (revoked, to_restore) = {
             let mut a = self.assignment();
@@ -117,66 +124,63 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         for (p, at) in revoked {
             self.dedup.drop_partition(p);
             self.retries.revoked(p, at);
+            self.restores.cancel(p);
         }
-        if !to_restore.is_empty() {
-            self.restore(to_restore).await;
-        }
-    }
-
-    /// Restores the dedup state of newly assigned partitions, each from its
-    /// own reader, concurrently; one that fails is tried again next time.
-    async fn restore(&mut self, partitions: BTreeSet<i32>) {
-        let runner = self.runner;
-        let stage = S::STAGE.name();
-        let topic = runner.names.dedup(S::STAGE);
-        runner.health.set_not_ready(format!(
-            "restoring dedup state of partitions {partitions:?}"
-        ));
-        let timeout = Duration::from_millis(runner.cfg.restore_timeout_ms);
-        let expire_before_ms = runner
+        let expire_before_ms = self
+            .runner
             .cfg
             .dedup_retention()
             .map(|r| now_ms() - r.as_millis() as i64);
-        let restores = partitions.iter().map(|&p| {
-            let topic = &topic;
-            async move {
-                let started = Instant::now();
-                let r = restore_partition(
-                    &runner.conn,
-                    &runner.codec,
-                    topic,
-                    p,
-                    timeout,
-                    expire_before_ms,
-                )
-                .await;
-                (p, r, started.elapsed().as_secs_f64())
+        for &p in &to_restore {
+            if !self.restores.partitions().contains(&p) {
+                self.pause_input(p, true);
+                self.restores.start(p, expire_before_ms);
             }
-        });
-        for (p, result, secs) in futures::future::join_all(restores).await {
-            match result {
-                Ok(r) => {
-                    stage_metrics::restore_time(stage, secs);
-                    tracing::info!(
-                        partition = p,
-                        keys = r.entries.len(),
-                        expired = r.expired.len(),
-                        records = r.records,
-                        undecodable = r.undecodable,
-                        secs,
-                        "dedup state restored"
-                    );
-                    let mut a = self.assignment.lock().expect("assignment lock");
-                    // Still ours and not revoked meanwhile: install it.
-                    if a.owned.contains(&p) && a.to_restore.remove(&p) {
-                        self.dedup.install(p, r);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, partition = p, "dedup restore failed; will retry");
-                    runner.health.set_not_ready(e.to_string());
-                }
+        }
+        self.install_restored();
+    }
+
+    /// Installs the dedup states restored since the last look, of the
+    /// partitions still ours and waiting for them.
+    fn install_restored(&mut self) {
+        let stage = S::STAGE.name();
+        for f in self.restores.finished() {
+            let r = &f.restored;
+            stage_metrics::restore_time(stage, f.secs);
+            tracing::info!(
+                partition = f.partition,
+                keys = r.entries.len(),
+                expired = r.expired.len(),
+                records = r.records,
+                undecodable = r.undecodable,
+                secs = f.secs,
+                "dedup state restored"
+            );
+            let mut a = self.assignment.lock().expect("assignment lock");
+            // Still ours and not revoked meanwhile: install it.
+            if a.owned.contains(&f.partition) && a.to_restore.remove(&f.partition) {
+                drop(a);
+                self.dedup.install(f.partition, f.restored);
+                self.pause_input(f.partition, false);
             }
+        }
+        let report = self.restores.report(stage);
+        if !self.restores.is_empty() {
+            self.runner.health.set_not_ready(report);
+        }
+    }
+
+    /// Pauses (or resumes) reading partition `p` of the input topic.
+    fn pause_input(&self, p: i32, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        let _ = tpl.add_partition(&self.runner.names.input(S::STAGE), p);
+        let res = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = res {
+            tracing::warn!(partition = p, pause, error = %e, "pausing or resuming an input partition failed");
         }
     }
 
