@@ -404,6 +404,19 @@ impl StageProcess {
         Self::start_with_logs(env, bin, vars, Stdio::inherit())
     }
 
+    /// Starts `bin` like [`StageProcess::start`], under `prlimit` with an
+    /// address space of `bytes` (as a memory limit stops a process).
+    pub fn start_limited(
+        env: &TestEnv,
+        bin: &std::path::Path,
+        vars: &[(&str, String)],
+        bytes: u64,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--as={bytes}")).arg("--").arg(bin);
+        Self::spawn(env, cmd, vars, Stdio::inherit())
+    }
+
     /// Starts `bin` like [`StageProcess::start`], its logs going to `logs`.
     pub fn start_with_logs(
         env: &TestEnv,
@@ -411,8 +424,16 @@ impl StageProcess {
         vars: &[(&str, String)],
         logs: Stdio,
     ) -> anyhow::Result<Self> {
+        Self::spawn(env, Command::new(bin), vars, logs)
+    }
+
+    fn spawn(
+        env: &TestEnv,
+        mut cmd: Command,
+        vars: &[(&str, String)],
+        logs: Stdio,
+    ) -> anyhow::Result<Self> {
         let port = free_port();
-        let mut cmd = Command::new(bin);
         cmd.env("KAFKA_BOOTSTRAP_SERVERS", &env.conn.kafka_bootstrap_servers)
             .env("SCHEMA_REGISTRY_URL", &env.conn.schema_registry_url)
             .env("TOPIC_PREFIX", &env.conn.topic_prefix)
@@ -429,9 +450,7 @@ impl StageProcess {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
         Ok(StageProcess {
             child,
             http: format!("http://127.0.0.1:{port}"),

@@ -577,7 +577,12 @@ fn completion_is_timed_once_both_the_creation_and_the_summary_are_known() {
 
     let mut created_first = ArtifactStatus::empty(id, g(1));
     created_first.apply(created(id, g(1)));
-    created_first.apply(stage_event(id, g(1), Stage::MimeDetector, Outcome::Succeeded));
+    created_first.apply(stage_event(
+        id,
+        g(1),
+        Stage::MimeDetector,
+        Outcome::Succeeded,
+    ));
     assert_eq!(created_first.completion_ms(), None, "not completed");
     created_first.apply(stage_event(id, g(1), Stage::Summarizer, Outcome::Succeeded));
     assert_eq!(created_first.completion_ms(), Some(40));

@@ -8,8 +8,9 @@
 use super::StageRunner;
 use super::batch::{BatchError, Prepared};
 use super::config::Delivery;
-use super::item::{Item, Source, commit_offsets};
+use super::item::{Item, commit_offsets};
 use super::plan::Key;
+use super::poison::{self, Markers};
 use super::producer::StageProducer;
 use super::records::Out;
 use crate::dedup::{DedupState, Tombstones};
@@ -19,7 +20,7 @@ use artifact_domain::Generation;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::HashMap;
@@ -98,6 +99,13 @@ impl Drop for GateGuard {
     }
 }
 
+/// A prepared batch with the records it covers and the tombstones it carries.
+pub(crate) struct Ready {
+    pub prepared: Prepared,
+    pub items: Vec<Item>,
+    pub tombstones: Tombstones,
+}
+
 impl<S: StageLogic> StageRunner<S> {
     /// Starts committing a prepared batch on a blocking thread: in
     /// exactly-once mode one transaction with its records and offsets; in
@@ -108,10 +116,14 @@ impl<S: StageLogic> StageRunner<S> {
         consumer: &StreamConsumer<C>,
         producer: &StageProducer,
         gate: &Arc<TxnGate>,
-        prepared: Prepared,
-        items: Vec<Item>,
-        tombstones: Tombstones,
+        ready: Ready,
+        markers: Option<Arc<Markers>>,
     ) -> Result<InFlight, (BatchError, Vec<Item>, Tombstones)> {
+        let Ready {
+            prepared,
+            items,
+            tombstones,
+        } = ready;
         let exactly_once = self.cfg.delivery == Delivery::ExactlyOnce;
         let group = match consumer.group_metadata() {
             _ if !exactly_once => None,
@@ -127,14 +139,20 @@ impl<S: StageLogic> StageRunner<S> {
         // Within a batch a key's generations only grow, so the last wins.
         let generations = built.recorded.into_iter().collect();
         let offsets = commit_offsets(&items);
+        let ranges = markers.as_ref().map(|_| poison::ranges(&items, 0));
         let producer = producer.clone();
         let abort_pending = self.abort_pending.clone();
         let guard = gate.enter();
         let handle = tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let started = Instant::now();
-            commit_blocking(&producer, &outs, offsets, group.as_ref(), &abort_pending)
-                .map(|()| started.elapsed().as_secs_f64())
+            let result = commit_blocking(&producer, &outs, offsets, group.as_ref(), &abort_pending);
+            if let (Err(_), Some(markers), Some(ranges)) = (&result, markers, ranges) {
+                // Before the gate opens: a revocation waiting for it must
+                // not hand over a range that looks like a death.
+                futures::executor::block_on(markers.clear(&ranges));
+            }
+            result.map(|()| started.elapsed().as_secs_f64())
         });
         Ok(InFlight {
             items,
@@ -150,15 +168,14 @@ impl<S: StageLogic> StageRunner<S> {
 
     /// Waits for an in-flight batch and applies its result: on success the
     /// dedup state and the counters follow (and, at least once, the offsets
-    /// are committed), and the retry offsets it committed are returned. On
-    /// failure nothing of the batch was committed and its items come back
-    /// to be read again.
+    /// are committed), and its items are returned. On failure nothing of the
+    /// batch was committed and its items come back to be read again.
     pub(crate) async fn settle<C: ConsumerContext + 'static>(
         &self,
         consumer: &StreamConsumer<C>,
         dedup: &mut DedupState,
         mut flight: InFlight,
-    ) -> Result<Vec<(i32, i64)>, (BatchError, Vec<Item>)> {
+    ) -> Result<Vec<Item>, (BatchError, Vec<Item>)> {
         flight.finished().await;
         let secs = match flight.result.take().expect("finished sets the result") {
             Ok(secs) => secs,
@@ -189,12 +206,7 @@ impl<S: StageLogic> StageRunner<S> {
             dedup.record(p, id, generation);
         }
         count_committed(S::STAGE.name(), &flight);
-        Ok(flight
-            .items
-            .iter()
-            .filter(|it| it.source == Source::Retry)
-            .map(|it| (it.msg.partition(), it.msg.offset() + 1))
-            .collect())
+        Ok(flight.items)
     }
 }
 

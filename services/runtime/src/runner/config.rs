@@ -90,6 +90,13 @@ pub struct RunnerConfig {
     #[arg(long, env = "DEDUP_RETENTION_MS", default_value_t = 604_800_000)]
     pub dedup_retention_ms: u64,
 
+    /// A record during whose processing the stage's process ended (killed,
+    /// out of memory, aborted) this many times fails permanently without
+    /// being processed again; 0 turns the watch off (and its write per
+    /// batch).
+    #[arg(long, env = "POISON_MAX_CRASHES", default_value_t = 3)]
+    pub poison_max_crashes: u32,
+
     /// After SIGTERM/SIGINT, time to finish the open batch and leave the
     /// group before exiting anyway, in milliseconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]

@@ -4,6 +4,7 @@
 //! is paused while its state is restored; its records are read once the
 //! state is installed.
 
+use super::poison::{self, Source, Suspect};
 use crate::dedup::{RestoreProgress, Restored, restore_partition};
 use crate::stage_metrics;
 use artifact_kafka::codec::AvroCodec;
@@ -14,8 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// What a restore found: the dedup state and the ranges that were in
+/// flight when a process ended.
+type Found = (Restored, Vec<(Source, Suspect)>);
+
 struct Running {
-    task: tokio::task::JoinHandle<Option<Restored>>,
+    task: tokio::task::JoinHandle<Option<Found>>,
     cancelled: Arc<AtomicBool>,
     progress: Arc<RestoreProgress>,
     started: Instant,
@@ -25,6 +30,7 @@ struct Running {
 pub(crate) struct Finished {
     pub partition: i32,
     pub restored: Restored,
+    pub suspects: Vec<(Source, Suspect)>,
     pub secs: f64,
 }
 
@@ -33,15 +39,25 @@ pub(crate) struct Restores {
     conn: ConnectionConfig,
     codec: Arc<AvroCodec>,
     topic: String,
+    /// The stage's group and in-flight topic, when deaths are watched.
+    inflight: Option<(String, String)>,
     running: BTreeMap<i32, Running>,
 }
 
 impl Restores {
-    pub fn new(conn: ConnectionConfig, codec: Arc<AvroCodec>, topic: String) -> Self {
+    /// Restores from the dedup `topic`; with `inflight` (the stage's group
+    /// and in-flight topic), also finds the ranges that were in flight.
+    pub fn new(
+        conn: ConnectionConfig,
+        codec: Arc<AvroCodec>,
+        topic: String,
+        inflight: Option<(String, String)>,
+    ) -> Self {
         Restores {
             conn,
             codec,
             topic,
+            inflight,
             running: BTreeMap::new(),
         }
     }
@@ -55,9 +71,17 @@ impl Restores {
         let cancelled = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(RestoreProgress::default());
         let (conn, codec, topic) = (self.conn.clone(), self.codec.clone(), self.topic.clone());
+        let inflight = self.inflight.clone();
         let (c, p) = (cancelled.clone(), progress.clone());
         let task = tokio::spawn(async move {
-            restore_partition(&conn, &codec, &topic, partition, expire_before_ms, &p, &c).await
+            let restored =
+                restore_partition(&conn, &codec, &topic, partition, expire_before_ms, &p, &c)
+                    .await?;
+            let suspects = match inflight {
+                Some((group, topic)) => suspects(conn, group, topic, partition, &c).await?,
+                None => Vec::new(),
+            };
+            Some((restored, suspects))
         });
         self.running.insert(
             partition,
@@ -89,9 +113,10 @@ impl Restores {
         for partition in done {
             let r = self.running.remove(&partition).expect("listed above");
             match r.task.now_or_never() {
-                Some(Ok(Some(restored))) => finished.push(Finished {
+                Some(Ok(Some((restored, suspects)))) => finished.push(Finished {
                     partition,
                     restored,
+                    suspects,
                     secs: r.started.elapsed().as_secs_f64(),
                 }),
                 // Cancelled, or the task panicked: started again if the
@@ -134,6 +159,42 @@ impl Restores {
                 ""
             }
         )
+    }
+}
+
+/// The ranges of `partition` that were in flight when a process ended,
+/// asked again after a pause while the broker does not answer; `None` if
+/// cancelled.
+async fn suspects(
+    conn: ConnectionConfig,
+    group: String,
+    topic: String,
+    partition: i32,
+    cancelled: &AtomicBool,
+) -> Option<Vec<(Source, Suspect)>> {
+    let mut failures = 0;
+    loop {
+        let (c, g, t) = (conn.clone(), group.clone(), topic.clone());
+        let read =
+            tokio::task::spawn_blocking(move || poison::read_suspects(&c, &g, &t, partition))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+        match read {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, partition, "reading the batches in flight failed; trying again");
+            }
+        }
+        if cancelled.load(Ordering::Relaxed) {
+            return None;
+        }
+        tokio::time::sleep(crate::retry::jittered(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(5),
+            failures,
+        ))
+        .await;
     }
 }
 

@@ -2,10 +2,11 @@
 //! (see the module documentation of [`super`]). Collecting a batch is in
 //! [`super::collect`].
 
-use super::commit::{InFlight, TxnGate};
+use super::commit::{self, InFlight, TxnGate};
 use super::context::{Assignment, StageContext};
 use super::item::{Item, Source, first_offsets};
 use super::pace::Pacer;
+use super::poison::{self, Markers, Suspects};
 use super::producer::StageProducer;
 use super::purge::RetryPurge;
 use super::restores::Restores;
@@ -44,6 +45,10 @@ pub(crate) struct StageLoop<'r, S: StageLogic> {
     assignment: Arc<Mutex<Assignment>>,
     dedup: DedupState,
     restores: Restores,
+    /// Ranges that were in flight when a process ended.
+    suspects: Suspects,
+    /// Where batches in flight are recorded (`None`: POISON_MAX_CRASHES=0).
+    markers: Option<Arc<Markers>>,
     /// The batch whose transaction commits while the next one is
     /// collected and processed.
     pub(super) in_flight: Option<InFlight>,
@@ -73,7 +78,13 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
                 runner.conn.clone(),
                 runner.codec.clone(),
                 runner.names.dedup(S::STAGE),
+                clients
+                    .markers
+                    .as_ref()
+                    .map(|_| (runner.group.clone(), runner.names.inflight(S::STAGE))),
             ),
+            suspects: Suspects::new(runner.cfg.poison_max_crashes),
+            markers: clients.markers,
             in_flight: None,
             purge: RetryPurge::new(retry_topic, Some(runner.conn.clone())),
             pacer: Pacer::new(Duration::from_millis(runner.cfg.transaction_linger_ms)),
@@ -125,6 +136,7 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             self.dedup.drop_partition(p);
             self.retries.revoked(p, at);
             self.restores.cancel(p);
+            self.suspects.revoked(p);
         }
         let expire_before_ms = self
             .runner
@@ -161,6 +173,9 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             if a.owned.contains(&f.partition) && a.to_restore.remove(&f.partition) {
                 drop(a);
                 self.dedup.install(f.partition, f.restored);
+                for (source, suspect) in f.suspects {
+                    self.suspects.insert(source, suspect);
+                }
                 self.pause_input(f.partition, false);
             }
         }
@@ -221,7 +236,10 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
     /// settled. With no records, an idle stage's pending tombstones go out
     /// in a transaction of their own, so neither memory nor the topic waits
     /// for traffic to drop them.
-    async fn handle_batch(&mut self, mut items: Vec<Item>) -> Result<(), RunnerError> {
+    async fn handle_batch(&mut self, items: Vec<Item>) -> Result<(), RunnerError> {
+        let Some((mut items, deaths, refuse)) = self.isolate_suspects(items).await? else {
+            return Ok(());
+        };
         let tombstones_only =
             items.is_empty() && self.in_flight.is_none() && self.dedup.pending_tombstones() > 0;
         if items.is_empty() && !tombstones_only {
@@ -244,7 +262,12 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
                     .and_then(|f| f.generations.get(&k).copied()),
             )
         };
-        let prepared = self.runner.prepare(&items, seen, &tombstones).await;
+        let guard = batch::Guard {
+            markers: self.markers.as_deref(),
+            deaths,
+            refuse,
+        };
+        let prepared = self.runner.prepare(&items, seen, &tombstones, guard).await;
         if let Ok(p) = &prepared
             && p.covered < items.len()
         {
@@ -270,6 +293,37 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         self.commit(prepared, items, tombstones).await
     }
 
+    /// A batch, with the deaths seen while processing its records and, for a
+    /// record that is not processed again, why it fails: while a range that
+    /// was in flight when a process ended has not committed, a batch that
+    /// reaches it is that range's next slice alone (after the batch in
+    /// flight settled); the rest is read again. `None` if the batch in
+    /// flight failed (both are read again).
+    async fn isolate_suspects(
+        &mut self,
+        items: Vec<Item>,
+    ) -> Result<Option<(Vec<Item>, u32, Option<String>)>, RunnerError> {
+        if self.suspects.is_empty() || items.is_empty() {
+            return Ok(Some((items, 0, None)));
+        }
+        if let Some(flight) = self.in_flight.take()
+            && self.settle_or_rewind(flight, Vec::new()).await?.is_none()
+        {
+            self.rewind(&items);
+            return Ok(None);
+        }
+        let (isolated, kept, rest) = self.suspects.isolate(items);
+        self.rewind(&rest);
+        Ok(Some(match isolated {
+            None => (kept, 0, None),
+            Some(i) => {
+                let max = self.runner.cfg.poison_max_crashes;
+                let refuse = i.poison.then(|| poison::poison_reason(i.deaths, max));
+                (i.items, i.deaths, refuse)
+            }
+        }))
+    }
+
     /// Starts committing a prepared batch; a batch that could not be
     /// prepared or started is read again (nothing of it was produced).
     async fn commit(
@@ -284,9 +338,12 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
                 &self.consumer,
                 &self.producer,
                 &self.gate,
-                p,
-                items,
-                tombstones,
+                commit::Ready {
+                    prepared: p,
+                    items,
+                    tombstones,
+                },
+                self.markers.clone(),
             ) {
                 Ok(flight) => {
                     self.in_flight = Some(flight);
@@ -325,8 +382,14 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             .settle(&self.consumer, &mut self.dedup, flight)
             .await
         {
-            Ok(retried) => {
-                self.purge.committed(retried);
+            Ok(items) => {
+                self.purge.committed(
+                    items
+                        .iter()
+                        .filter(|it| it.source == Source::Retry)
+                        .map(|it| (it.partition(), it.offset() + 1)),
+                );
+                self.suspects.committed(&items);
                 self.failures = 0;
                 self.runner.health.set_ready();
                 Ok(Some(next))
@@ -358,6 +421,10 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         stage_metrics::batch_failed(S::STAGE.name());
         self.runner.health.set_not_ready(e);
         self.rewind(items);
+        if let Some(markers) = &self.markers {
+            // Its process lives: no owner may count this batch a death.
+            markers.clear(&poison::ranges(items, 0)).await;
+        }
         let pause = retry::jittered(
             Duration::from_millis(200),
             Duration::from_secs(5),
