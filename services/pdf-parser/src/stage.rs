@@ -36,6 +36,14 @@ impl StageLogic for ParseStage {
     type Input = LocationVerified;
     type Result = ParseResult;
 
+    /// The file's verified size, up to the read limit; the limit when unknown.
+    fn input_bytes(&self, input: &LocationVerified) -> u64 {
+        let max = self.limits.max_bytes as u64;
+        let size = input.result.as_ref().map(|r| r.size_bytes);
+        size.or(input.context.size_bytes)
+            .map_or(max, |s| (s.max(0) as u64).min(max))
+    }
+
     async fn process(
         &self,
         input: &LocationVerified,

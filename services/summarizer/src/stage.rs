@@ -36,6 +36,15 @@ impl StageLogic for SummaryStage {
     type Input = Parsed;
     type Result = SummaryResult;
 
+    /// The text's UTF-8 bytes at most (4 per character), up to the read limit.
+    fn input_bytes(&self, input: &Parsed) -> u64 {
+        input.result.as_ref().map_or(0, |r| {
+            (r.char_count.max(0) as u64)
+                .saturating_mul(4)
+                .min(self.max_text_bytes)
+        })
+    }
+
     async fn process(
         &self,
         input: &Parsed,

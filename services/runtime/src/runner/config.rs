@@ -97,6 +97,12 @@ pub struct RunnerConfig {
     #[arg(long, env = "POISON_MAX_CRASHES", default_value_t = 3)]
     pub poison_max_crashes: u32,
 
+    /// Input bodies held at once, in bytes, as the stage counts them
+    /// (`StageLogic::input_bytes`); a record larger alone fails
+    /// permanently. 0: no limit.
+    #[arg(long, env = "STAGE_MAX_INFLIGHT_BYTES", default_value_t = 256 << 20)]
+    pub max_inflight_bytes: u64,
+
     /// After SIGTERM/SIGINT, time to finish the open batch and leave the
     /// group before exiting anyway, in milliseconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
