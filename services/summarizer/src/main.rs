@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         },
         max_text_bytes: cfg.max_text_bytes,
         backend,
+        attempt_timeout: std::time::Duration::from_millis(cfg.stage.runner.processing_timeout_ms),
     };
     cfg.stage.run(stage, cfg.http_addr).await?;
     Ok(())

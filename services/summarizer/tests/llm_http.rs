@@ -624,6 +624,7 @@ async fn the_stage_records_the_llm_method_and_skips_empty_texts() {
         options: SummaryOptions::default(),
         max_text_bytes: 1 << 20,
         backend: Backend::Llm(Box::new(llm(config(&server.base_url)))),
+        attempt_timeout: Duration::from_secs(60),
     };
 
     let done = stage.process(&parsed(Some(text)), &record()).await.unwrap();
