@@ -2,7 +2,7 @@
 //! broker and registry, pointed at an OpenAI-compatible chat-completions
 //! server on 127.0.0.1 run by this test in place of the external API.
 //! Parsed events go in; Summarized outcomes come out: a success recording
-//! `llm:<model>`, a 429 retried by the runner into a success, and a 400 that
+//! `llm:<model>`, a 429 with `Retry-After` waited out into a success, and a 400 that
 //! ends as `failed(permanent)` with the server's message, after one request.
 
 use artifact_domain::*;
@@ -251,7 +251,7 @@ async fn summarizer_with_the_llm_backend() -> anyhow::Result<()> {
         assert_eq!(
             seen.by_marker.get(RATE_LIMIT_ONCE),
             Some(&2),
-            "a 429, then the runner's retry"
+            "a 429 with Retry-After: 1, then the request again after the wait"
         );
         assert_eq!(
             seen.by_marker.get(REJECT),

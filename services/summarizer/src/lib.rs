@@ -13,9 +13,12 @@
 //! [`summarize_until`], by a deadline checked as it goes, so that a
 //! blocking thread does not outlive the attempt it was started for.
 
+pub mod budget;
 pub mod chunk;
 pub mod config;
+pub mod gate;
 pub mod llm;
+pub mod llm_metrics;
 mod rank;
 mod segment;
 pub mod stage;
