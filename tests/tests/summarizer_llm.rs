@@ -141,6 +141,7 @@ fn parsed(text_location: String) -> Parsed {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn summarizer_with_the_llm_backend() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))

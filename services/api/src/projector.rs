@@ -295,7 +295,10 @@ async fn fold_batch(
         let Some(event) = event else { continue };
         metrics::counter!(EVENTS).increment(1);
         let id = event.artifact_id();
-        let is_summary = matches!(event, PipelineEvent::Summarized(_));
+        let timed_before = projection
+            .folds
+            .get(&id)
+            .is_some_and(|s| s.completion_ms().is_some());
         let Some(status) = projection.apply(event) else {
             // Written before the start: re-read, not late.
             if m.timestamp().to_millis().is_none_or(|t| t >= started_ms) {
@@ -303,15 +306,11 @@ async fn fold_batch(
             }
             continue;
         };
-        if is_summary {
-            let view = status.view();
-            if view.state == ArtifactState::Completed
-                && view.updated_at >= started_ms
-                && let Some(created) = view.created_at
-            {
-                metrics::histogram!("artifact_pipeline_end_to_end_seconds")
-                    .record((view.updated_at - created).max(0) as f64 / 1000.0);
-            }
+        if !timed_before
+            && let Some(ms) = status.completion_ms()
+            && status.updated_at().is_some_and(|t| t >= started_ms)
+        {
+            metrics::histogram!("artifact_pipeline_end_to_end_seconds").record(ms as f64 / 1000.0);
         }
         changed.insert(id);
     }

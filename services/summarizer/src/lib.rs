@@ -23,7 +23,7 @@ mod rank;
 mod segment;
 pub mod stage;
 
-pub use segment::sentences;
+pub use segment::{Sentences, sentences};
 use std::time::Instant;
 
 /// Bounds of a summary.
@@ -83,8 +83,8 @@ fn summarize_within(
     if opts.max_chars == 0 {
         return Ok(None);
     }
-    let mut all = sentences(text);
-    all.truncate(MAX_RANKED_SENTENCES);
+    // The text may be tens of megabytes: only the ranked sentences are split.
+    let all: Vec<String> = Sentences::new(text).take(MAX_RANKED_SENTENCES).collect();
     if all.is_empty() {
         return Ok(None);
     }
@@ -134,7 +134,7 @@ pub fn bound_summary(summary: &str, max_chars: usize) -> Option<String> {
     }
     let mut out = String::new();
     let mut chars = 0;
-    for sentence in sentences(&flat) {
+    for sentence in Sentences::new(&flat) {
         let len = sentence.chars().count() + usize::from(!out.is_empty());
         if chars + len > max_chars {
             break;

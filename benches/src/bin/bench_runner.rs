@@ -17,6 +17,7 @@
 //! stack up (KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL).
 
 use anyhow::Context;
+use artifact_benches::process_cpu_seconds;
 use artifact_domain::dedup::DedupEntry;
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::{ArtifactId, Generation, Stage};
@@ -24,13 +25,14 @@ use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, producer_con
 use artifact_kafka::now_ms;
 use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::{StageProcess, TestEnv};
-use artifact_runtime::dedup::restore_partition;
+use artifact_runtime::dedup::{RestoreProgress, restore_partition};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, TopicPartitionList};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -242,7 +244,7 @@ async fn stage_run(
         // A failed look (the coordinator moving) is looked again.
         let done = committed_total(&reader, &input, partitions).unwrap_or(0);
         if done > 0 && start.is_none() {
-            start = stage.cpu_seconds().map(|cpu| (cpu, done));
+            start = process_cpu_seconds(stage.pid()).map(|cpu| (cpu, done));
         }
         if done >= n as i64 {
             break;
@@ -254,7 +256,7 @@ async fn stage_run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Not measured (NaN) when the first look already found every record.
-    let cpu_us = match (start, stage.cpu_seconds()) {
+    let cpu_us = match (start, process_cpu_seconds(stage.pid())) {
         (Some((cpu0, done0)), Some(cpu1)) if done0 < n as i64 => {
             (cpu1 - cpu0) * 1e6 / (n as i64 - done0) as f64
         }
@@ -351,8 +353,9 @@ async fn restore_bench(env: &TestEnv, keys: usize) -> anyhow::Result<Vec<Restore
             &env.codec,
             &topic,
             0,
-            Duration::from_secs(600),
             expire_before_ms,
+            &RestoreProgress::default(),
+            &AtomicBool::new(false),
         )
         .await
         .context("restoring")?;
