@@ -58,6 +58,19 @@ pub struct RestoreProgress {
     pub remaining: AtomicI64,
     /// Waiting for transactions below the target to finish.
     pub waiting: AtomicBool,
+    /// Why the last interrupted attempt was (a registry or broker outage).
+    pub interrupted: std::sync::Mutex<Option<String>>,
+}
+
+impl RestoreProgress {
+    fn set_interrupted(&self, why: String) {
+        *self.interrupted.lock().expect("progress lock") = Some(why);
+    }
+
+    /// Why the last interrupted attempt was, if one was.
+    pub fn interrupted(&self) -> Option<String> {
+        self.interrupted.lock().expect("progress lock").clone()
+    }
 }
 
 /// What a restore reads, and how far it read.
@@ -115,6 +128,7 @@ pub async fn restore_partition(
             Ok(false) => return None,
             Err(e) => {
                 failures += 1;
+                progress.set_interrupted(e.to_string());
                 tracing::warn!(error = %e, partition, next = reading.next, failures, "dedup restore interrupted; resuming");
                 tokio::time::sleep(crate::retry::jittered(
                     Duration::from_millis(200),

@@ -144,19 +144,21 @@ impl Restores {
         let mut records = 0;
         let mut remaining = 0;
         let mut waiting = false;
+        let mut interrupted = None;
         for r in self.running.values() {
             records += r.progress.records.load(Ordering::Relaxed);
             remaining += r.progress.remaining.load(Ordering::Relaxed).max(0);
             waiting |= r.progress.waiting.load(Ordering::Relaxed);
+            interrupted = interrupted.or_else(|| r.progress.interrupted());
         }
         stage_metrics::restoring(stage, self.running.len(), remaining);
         format!(
             "restoring dedup state of partitions {:?}: {records} records read, about {remaining} left{}",
             self.partitions(),
-            if waiting {
-                ", waiting for an open transaction"
-            } else {
-                ""
+            match (interrupted, waiting) {
+                (Some(why), _) => format!(", interrupted, resuming: {why}"),
+                (None, true) => ", waiting for an open transaction".to_owned(),
+                (None, false) => String::new(),
             }
         )
     }
