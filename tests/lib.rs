@@ -4,6 +4,7 @@
 
 pub mod pipeline;
 pub mod s3;
+pub mod stack;
 
 use anyhow::{Context, bail};
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation};
@@ -266,6 +267,29 @@ impl TestEnv {
         Ok(consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?)
     }
 
+    /// Whether the stage processes' group has committed every record of
+    /// `topic` (written without transactions): on each partition, its
+    /// committed offset is the end.
+    pub fn group_caught_up(&self, topic: &str) -> anyhow::Result<bool> {
+        let consumer: BaseConsumer = client_config(&self.conn, "test-lag")
+            .set("group.id", self.stage_group())
+            .set("isolation.level", "read_committed")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions as i32 {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        for e in committed.elements() {
+            let (_, end) =
+                consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
+            if e.offset().to_raw().unwrap_or(0).max(0) < end {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Every committed record of `topic` (`read_committed`), from the start to
     /// the current end.
     pub fn read_all(&self, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
@@ -362,50 +386,6 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {PORTS:?}");
 }
 
-/// CPU time process `pid` has used so far (user + system), in seconds, from
-/// `/proc/<pid>/stat` (in USER_HZ = 100 ticks per second, as Linux reports
-/// it to user space); `None` if there is no such process or off Linux.
-pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields after it are plain.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime: fields 14 and 15 of the line, 11 and 12 (from 0) after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-/// Busy CPU time of the whole machine so far, all CPUs, in seconds, from
-/// the first line of `/proc/stat`: everything but idle and I/O wait (every
-/// process and kernel thread, such as the flusher threads writing files
-/// back). `None` off Linux.
-pub fn machine_busy_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().ok())
-        .collect::<Option<_>>()?;
-    let idle = ticks.get(3)? + ticks.get(4)?;
-    // In USER_HZ = 100 ticks per second, like `/proc/<pid>/stat`.
-    Some((ticks.iter().sum::<u64>() - idle) as f64 / 100.0)
-}
-
-/// The local stack's Kafka broker process (a JVM running `kafka.Kafka`), if
-/// one runs on this machine.
-pub fn broker_pid() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == b"kafka.Kafka")
-            .then_some(pid)
-    })
-}
-
 /// A stage process.
 pub struct StageProcess {
     child: Child,
@@ -424,6 +404,19 @@ impl StageProcess {
         Self::start_with_logs(env, bin, vars, Stdio::inherit())
     }
 
+    /// Starts `bin` like [`StageProcess::start`], under `prlimit` with an
+    /// address space of `bytes` (as a memory limit stops a process).
+    pub fn start_limited(
+        env: &TestEnv,
+        bin: &std::path::Path,
+        vars: &[(&str, String)],
+        bytes: u64,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--as={bytes}")).arg("--").arg(bin);
+        Self::spawn(env, cmd, vars, Stdio::inherit())
+    }
+
     /// Starts `bin` like [`StageProcess::start`], its logs going to `logs`.
     pub fn start_with_logs(
         env: &TestEnv,
@@ -431,8 +424,16 @@ impl StageProcess {
         vars: &[(&str, String)],
         logs: Stdio,
     ) -> anyhow::Result<Self> {
+        Self::spawn(env, Command::new(bin), vars, logs)
+    }
+
+    fn spawn(
+        env: &TestEnv,
+        mut cmd: Command,
+        vars: &[(&str, String)],
+        logs: Stdio,
+    ) -> anyhow::Result<Self> {
         let port = free_port();
-        let mut cmd = Command::new(bin);
         cmd.env("KAFKA_BOOTSTRAP_SERVERS", &env.conn.kafka_bootstrap_servers)
             .env("SCHEMA_REGISTRY_URL", &env.conn.schema_registry_url)
             .env("TOPIC_PREFIX", &env.conn.topic_prefix)
@@ -449,9 +450,7 @@ impl StageProcess {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
         Ok(StageProcess {
             child,
             http: format!("http://127.0.0.1:{port}"),
@@ -499,12 +498,6 @@ impl StageProcess {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// CPU time it has used so far (user + system), in seconds; `None` once
-    /// it has exited or off Linux.
-    pub fn cpu_seconds(&self) -> Option<f64> {
-        process_cpu_seconds(self.pid())
     }
 
     /// Its peak resident set size so far, in bytes (`VmHWM` in

@@ -92,6 +92,7 @@ fn permanent_reason(e: &LocationVerified) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn location_logger_verifies_objects_in_its_prefix_only() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(2).await?;
     let s3 = S3Prefix::fresh("location-logger");
     let neighbour = S3Prefix::fresh("neighbour");
@@ -233,6 +234,7 @@ async fn location_logger_verifies_objects_in_its_prefix_only() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_are_parsed_and_served_from_s3() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let fx = fixtures();
     let bin_dir = Path::new(BIN_DIR_OF).parent().unwrap();
     bin("artifact-api")?;

@@ -14,12 +14,7 @@ use clap::Parser;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// mimalloc instead of glibc's malloc: with glibc, growing request buffers
-/// and the projector's tables kept taking fresh pages from the kernel. In
-/// profiles at 1 000 uploads/s, the kernel zeroing pages took 9.8 % of the
-/// API's CPU with glibc and 4.8 % with mimalloc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+artifact_runtime::global_allocator!();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

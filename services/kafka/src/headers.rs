@@ -1,6 +1,7 @@
-//! Headers the pipeline writes on retry-topic records and dead letters: the
+//! Headers the pipeline writes on retry-topic records and dead letters (the
 //! delivery count and not-before time of a retry, the error, and where the
-//! record was first read. `artifactctl dlq` reads them back.
+//! record was first read; `artifactctl dlq` reads them back) and on the
+//! records of a stage's batches in flight.
 
 /// Header: the attempt the record will be processed as (1-based).
 pub const ATTEMPT: &str = "x-attempt";
@@ -22,3 +23,13 @@ pub const STAGE: &str = "x-stage";
 /// the letter would have been larger than a record may be. The record is
 /// still at its source offset, unless compaction removed it since.
 pub const PAYLOAD_OMITTED: &str = "x-payload-omitted";
+/// Header (batches in flight): the first offset of the batch's records of
+/// the partition named by the record's key and partition.
+pub const FIRST_OFFSET: &str = "x-first-offset";
+/// Header (batches in flight): the last offset of those records.
+pub const LAST_OFFSET: &str = "x-last-offset";
+/// Header (batches in flight): how many times a stage's process ended while
+/// processing those offsets, before this attempt.
+pub const DEATHS: &str = "x-deaths";
+/// Header (batches in flight): the instance processing them.
+pub const INSTANCE: &str = "x-instance";

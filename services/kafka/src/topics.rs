@@ -147,6 +147,12 @@ impl TopicNames {
         format!("{}.{}.dlq", self.prefix, stage.name())
     }
 
+    /// A stage's batches in flight, one record per source topic and
+    /// partition: what a stage that died was processing.
+    pub fn inflight(&self, stage: Stage) -> String {
+        format!("{}.{}.inflight", self.prefix, stage.name())
+    }
+
     /// Every topic of the design with its cleanup policy and, for compacted
     /// topics, [`DEFAULT_COMPACTED_SEGMENT_MS`], for retry topics
     /// [`RETRY_RETENTION_MS`], for dead-letter topics
@@ -171,6 +177,7 @@ impl TopicNames {
             v.push(compact(self.dedup(s)));
             v.push(delete(self.retry(s), Some(RETRY_RETENTION_MS)));
             v.push(delete(self.dlq(s), Some(DEFAULT_DLQ_RETENTION_MS)));
+            v.push(compact(self.inflight(s)));
         }
         v
     }
@@ -417,10 +424,11 @@ mod tests {
             "artifact.pdf-parser.dedup",
             "artifact.summarizer.retry",
             "artifact.mime-detector.dlq",
+            "artifact.location-logger.inflight",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
-        assert_eq!(cat.len(), 6 + 3 * 4);
+        assert_eq!(cat.len(), 6 + 4 * 4);
         for s in &cat {
             let want = if s.name.ends_with(".retry") || s.name.ends_with(".dlq") {
                 Cleanup::Delete

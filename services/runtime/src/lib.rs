@@ -17,3 +17,18 @@ pub mod service;
 pub mod stage;
 mod stage_metrics;
 pub mod telemetry;
+
+#[doc(hidden)]
+pub use mimalloc;
+
+/// Makes mimalloc the binary's allocator, as every service of the pipeline
+/// does: it costs the runner's per-record path, lopdf and the API less CPU
+/// than glibc's malloc for some more resident memory (docs/BENCHMARKS.md,
+/// "What the defaults rest on").
+#[macro_export]
+macro_rules! global_allocator {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::mimalloc::MiMalloc = $crate::mimalloc::MiMalloc;
+    };
+}

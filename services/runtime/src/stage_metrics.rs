@@ -73,6 +73,14 @@ const COUNTERS: [&Counter; 8] = [
     &BATCH_FAILURES,
 ];
 
+const RESTORING: (&str, &str) = (
+    "artifact_stage_restoring_partitions",
+    "Partitions whose dedup state is being restored.",
+);
+const RESTORE_REMAINING: (&str, &str) = (
+    "artifact_stage_restore_remaining_records",
+    "Records the restores under way have left to read (an estimate).",
+);
 const DEDUP_KEYS: (&str, &str) = (
     "artifact_stage_dedup_keys",
     "Artifacts in the stage's dedup state.",
@@ -113,7 +121,7 @@ pub(crate) fn describe(stage: &'static str) {
             None => metrics::counter!(c.name, "stage" => stage).absolute(0),
         }
     }
-    for (name, help) in [DEDUP_KEYS, CONSUMER_LAG] {
+    for (name, help) in [DEDUP_KEYS, CONSUMER_LAG, RESTORING, RESTORE_REMAINING] {
         metrics::describe_gauge!(name, help);
     }
     for (name, help) in [
@@ -180,6 +188,12 @@ pub(crate) fn batch_failed(stage: &'static str) {
 /// The artifacts in the dedup state now.
 pub(crate) fn dedup_keys(stage: &'static str, keys: usize) {
     metrics::gauge!(DEDUP_KEYS.0, "stage" => stage).set(keys as f64);
+}
+
+/// The restores under way and the records they have left.
+pub(crate) fn restoring(stage: &'static str, partitions: usize, remaining: i64) {
+    metrics::gauge!(RESTORING.0, "stage" => stage).set(partitions as f64);
+    metrics::gauge!(RESTORE_REMAINING.0, "stage" => stage).set(remaining as f64);
 }
 
 /// The histogram of processing attempts of `stage`.

@@ -43,7 +43,7 @@ mod writer;
 
 use crate::metrics;
 use crate::readmodel::StatusTable;
-use artifact_domain::{ArtifactId, ArtifactState, PipelineEvent};
+use artifact_domain::{ArtifactId, PipelineEvent};
 use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, ordered_producer_config};
 use artifact_kafka::codec::AvroCodec;
 use artifact_kafka::config::ConnectionConfig;
@@ -177,7 +177,11 @@ impl Projector {
             };
             metrics::projector_event();
             let id = event.artifact_id();
-            let is_summary = matches!(event, PipelineEvent::Summarized(_));
+            let timed_before = self
+                .projection
+                .folds
+                .get(&id)
+                .is_some_and(|s| s.completion_ms().is_some());
             let Some(status) = self.projection.apply(event) else {
                 // Written before the start: re-read, not late.
                 if m.timestamp()
@@ -188,14 +192,11 @@ impl Projector {
                 }
                 continue;
             };
-            if is_summary {
-                let view = status.view();
-                if view.state == ArtifactState::Completed
-                    && view.updated_at >= self.started_ms
-                    && let Some(created) = view.created_at
-                {
-                    metrics::end_to_end((view.updated_at - created).max(0) as f64 / 1000.0);
-                }
+            if !timed_before
+                && let Some(ms) = status.completion_ms()
+                && status.updated_at().is_some_and(|t| t >= self.started_ms)
+            {
+                metrics::end_to_end(ms as f64 / 1000.0);
             }
             changed.insert(id);
         }

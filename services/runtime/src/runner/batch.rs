@@ -3,7 +3,8 @@
 
 use super::StageRunner;
 use super::item::Item;
-use super::plan::{self, Key};
+use super::plan::{self, Key, Plan};
+use super::poison::{self, Markers};
 use super::records::{Built, Disposition, Encode, Records, Writers};
 use crate::stage::StageLogic;
 use crate::stage_metrics;
@@ -47,22 +48,44 @@ pub(crate) struct Prepared {
     pub built: Built,
 }
 
+/// What a batch is, for the watch on records that kill the process
+/// ([`super::poison`]).
+pub(crate) struct Guard<'a> {
+    /// Where the batch's ranges are recorded before stage code runs; `None`
+    /// with the watch off.
+    pub markers: Option<&'a Markers>,
+    /// Deaths while processing the batch's records before.
+    pub deaths: u32,
+    /// Set when the batch is a record that is not processed again: why it
+    /// fails.
+    pub refuse: Option<String>,
+}
+
 impl<S: StageLogic> StageRunner<S> {
     /// Decodes, plans (against the restored dedup state through `seen`,
-    /// and earlier records of this batch), processes and encodes a batch,
-    /// after the `tombstones` of expired dedup entries
-    /// (`DedupState::take_tombstones`).
+    /// and earlier records of this batch), records what it will process
+    /// (`guard`), processes and encodes a batch, after the `tombstones` of
+    /// expired dedup entries (`DedupState::take_tombstones`).
     pub(crate) async fn prepare(
         &self,
         items: &[Item],
         seen: impl Fn(Key) -> Option<Generation>,
         tombstones: &[(i32, ArtifactId)],
+        guard: Guard<'_>,
     ) -> Result<Prepared, BatchError> {
         let t0 = Instant::now();
         let decoded = plan::decode::<S::Input>(&self.codec, items)
             .await
             .map_err(|e| BatchError::Transient(e.to_string()))?;
         let mut plans = plan::plan(items, decoded, seen);
+        if let Some(reason) = &guard.refuse {
+            plans = plan::refuse(plans, reason);
+        }
+        if let Some(markers) = guard.markers
+            && plans.iter().any(|p| matches!(p, Plan::Process(_)))
+        {
+            markers.mark(&poison::ranges(items, guard.deaths)).await?;
+        }
         let t_decoded = t0.elapsed();
         let (done, covered) = self.process(items, &plans, t0 + self.start_budget).await;
         plans.truncate(covered);

@@ -8,8 +8,9 @@
 use super::StageRunner;
 use super::batch::{BatchError, Prepared};
 use super::config::Delivery;
-use super::item::{Item, Source, commit_offsets};
+use super::item::{Item, commit_offsets};
 use super::plan::Key;
+use super::poison::{self, Markers};
 use super::producer::StageProducer;
 use super::records::Out;
 use crate::dedup::{DedupState, Tombstones};
@@ -19,7 +20,7 @@ use artifact_domain::Generation;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::HashMap;
@@ -98,6 +99,13 @@ impl Drop for GateGuard {
     }
 }
 
+/// A prepared batch with the records it covers and the tombstones it carries.
+pub(crate) struct Ready {
+    pub prepared: Prepared,
+    pub items: Vec<Item>,
+    pub tombstones: Tombstones,
+}
+
 impl<S: StageLogic> StageRunner<S> {
     /// Starts committing a prepared batch on a blocking thread: in
     /// exactly-once mode one transaction with its records and offsets; in
@@ -108,10 +116,14 @@ impl<S: StageLogic> StageRunner<S> {
         consumer: &StreamConsumer<C>,
         producer: &StageProducer,
         gate: &Arc<TxnGate>,
-        prepared: Prepared,
-        items: Vec<Item>,
-        tombstones: Tombstones,
+        ready: Ready,
+        markers: Option<Arc<Markers>>,
     ) -> Result<InFlight, (BatchError, Vec<Item>, Tombstones)> {
+        let Ready {
+            prepared,
+            items,
+            tombstones,
+        } = ready;
         let exactly_once = self.cfg.delivery == Delivery::ExactlyOnce;
         let group = match consumer.group_metadata() {
             _ if !exactly_once => None,
@@ -127,14 +139,20 @@ impl<S: StageLogic> StageRunner<S> {
         // Within a batch a key's generations only grow, so the last wins.
         let generations = built.recorded.into_iter().collect();
         let offsets = commit_offsets(&items);
+        let ranges = markers.as_ref().map(|_| poison::ranges(&items, 0));
         let producer = producer.clone();
         let abort_pending = self.abort_pending.clone();
         let guard = gate.enter();
         let handle = tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let started = Instant::now();
-            commit_blocking(&producer, &outs, offsets, group.as_ref(), &abort_pending)
-                .map(|()| started.elapsed().as_secs_f64())
+            let result = commit_blocking(&producer, &outs, offsets, group.as_ref(), &abort_pending);
+            if let (Err(_), Some(markers), Some(ranges)) = (&result, markers, ranges) {
+                // Before the gate opens: a revocation waiting for it must
+                // not hand over a range that looks like a death.
+                futures::executor::block_on(markers.clear(&ranges));
+            }
+            result.map(|()| started.elapsed().as_secs_f64())
         });
         Ok(InFlight {
             items,
@@ -150,15 +168,14 @@ impl<S: StageLogic> StageRunner<S> {
 
     /// Waits for an in-flight batch and applies its result: on success the
     /// dedup state and the counters follow (and, at least once, the offsets
-    /// are committed), and the retry offsets it committed are returned. On
-    /// failure nothing of the batch was committed and its items come back
-    /// to be read again.
+    /// are committed), and its items are returned. On failure nothing of the
+    /// batch was committed and its items come back to be read again.
     pub(crate) async fn settle<C: ConsumerContext + 'static>(
         &self,
         consumer: &StreamConsumer<C>,
         dedup: &mut DedupState,
         mut flight: InFlight,
-    ) -> Result<Vec<(i32, i64)>, (BatchError, Vec<Item>)> {
+    ) -> Result<Vec<Item>, (BatchError, Vec<Item>)> {
         flight.finished().await;
         let secs = match flight.result.take().expect("finished sets the result") {
             Ok(secs) => secs,
@@ -189,12 +206,7 @@ impl<S: StageLogic> StageRunner<S> {
             dedup.record(p, id, generation);
         }
         count_committed(S::STAGE.name(), &flight);
-        Ok(flight
-            .items
-            .iter()
-            .filter(|it| it.source == Source::Retry)
-            .map(|it| (it.msg.partition(), it.msg.offset() + 1))
-            .collect())
+        Ok(flight.items)
     }
 }
 
@@ -233,7 +245,7 @@ fn commit_blocking(
     group: Option<&ConsumerGroupMetadata>,
     abort_pending: &AtomicBool,
 ) -> Result<(), BatchError> {
-    let timeout = Duration::from_secs(30);
+    let timeout = CALL_TIMEOUT;
     if group.is_some() {
         if abort_pending.load(Ordering::Acquire) {
             producer
@@ -289,6 +301,8 @@ fn produce_and_commit(
         .send_offsets_to_transaction(&offsets, group, timeout)
         .map_err(|e| BatchError::of_transaction("send offsets to transaction", e))?;
     let t_offsets = t0.elapsed();
+    #[cfg(debug_assertions)]
+    hold_before_commit();
     commit_transaction(producer, timeout)?;
     tracing::trace!(
         send_ms = t_sent.as_secs_f64() * 1e3,
@@ -297,6 +311,29 @@ fn produce_and_commit(
         "transaction phases"
     );
     Ok(())
+}
+
+/// A test hook, compiled into debug builds only: while the file named by
+/// `RUNNER_TEST_HOLD_COMMIT` exists, a commit waits between sending its
+/// offsets and committing, after creating `<file>.held` to say so. Tests
+/// use it to let the stage's partitions move on while its transaction is
+/// open.
+#[cfg(debug_assertions)]
+fn hold_before_commit() {
+    let Some(hold) = std::env::var_os("RUNNER_TEST_HOLD_COMMIT").map(std::path::PathBuf::from)
+    else {
+        return;
+    };
+    if !hold.exists() {
+        return;
+    }
+    let mut held = hold.clone().into_os_string();
+    held.push(".held");
+    let _ = std::fs::write(&held, b"");
+    tracing::warn!(file = %hold.display(), "commit held by the test hook");
+    while hold.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// librdkafka's `rd_kafka_commit_transaction`, called directly. rdkafka's
@@ -337,6 +374,17 @@ fn commit_transaction(producer: &StageProducer, timeout: Duration) -> Result<(),
 
 /// How long a retriable commit is called again before the stage stops.
 const COMMIT_GIVE_UP: Duration = Duration::from_secs(120);
+
+/// Each transactional call's timeout.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest a batch's commit takes before it succeeds or fails: an
+/// earlier abort finished, the records enqueued, the offsets sent, the
+/// commit called again until [`COMMIT_GIVE_UP`] (and once more), then an
+/// abort, each within [`CALL_TIMEOUT`]. A revocation waits this long for
+/// the transaction in flight.
+pub(crate) const COMMIT_MAX: Duration =
+    Duration::from_secs(COMMIT_GIVE_UP.as_secs() + 5 * CALL_TIMEOUT.as_secs());
 
 /// How one call of `rd_kafka_commit_transaction` failed.
 enum Commit {
@@ -396,7 +444,7 @@ fn send(producer: &StageProducer, o: &Out) -> Result<(), BatchError> {
         rec = rec.key(k.as_slice());
     }
     rec = rec.partition(o.partition);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + CALL_TIMEOUT;
     let deliveries = producer.context();
     loop {
         deliveries.enqueuing();

@@ -117,7 +117,7 @@ impl ConsumerContext for StageContext {
             tracing::info!(?parts, "partitions revoked");
             // The batch in flight may hold offsets of these partitions: let
             // it commit or abort before they change hands.
-            self.gate.wait_idle(std::time::Duration::from_secs(60));
+            self.gate.wait_idle(super::commit::COMMIT_MAX);
             if let Some(rc) = self.retry_consumer.get()
                 && let Err(e) = rc.incremental_unassign(&self.retry_tpl(&parts, Offset::Invalid))
             {

@@ -47,6 +47,10 @@ impl Item {
     pub fn partition(&self) -> i32 {
         self.msg.partition()
     }
+
+    pub fn offset(&self) -> i64 {
+        self.msg.offset()
+    }
 }
 
 /// Per-partition offsets to commit for a batch: the highest offset + 1.

@@ -39,10 +39,12 @@ mod context;
 mod item;
 mod pace;
 mod plan;
+mod poison;
 mod process;
 mod producer;
 mod purge;
 mod records;
+mod restores;
 mod retries;
 mod setup;
 mod stage_loop;
@@ -217,6 +219,7 @@ impl<S: StageLogic> StageRunner<S> {
             self.names.dedup(stage),
             self.names.retry(stage),
             self.names.dlq(stage),
+            self.names.inflight(stage),
         ];
         let counts = partition_counts(&self.conn, &topics, Duration::from_secs(30))
             .map_err(|e| RunnerError::TopicsMissing(e.to_string()))?;

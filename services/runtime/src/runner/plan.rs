@@ -19,6 +19,8 @@ pub(crate) enum Plan<I> {
     Skip(&'static str),
     /// Processed.
     Process(I),
+    /// Not processed: fails permanently, for this reason.
+    Fail(I, String),
 }
 
 /// A dedup key: the partition number and the artifact.
@@ -40,6 +42,17 @@ pub(crate) async fn decode<I: StageInput>(
         }
     }
     Ok(decoded)
+}
+
+/// Makes every record the plan would process fail for `reason` instead.
+pub(crate) fn refuse<I>(plans: Vec<Plan<I>>, reason: &str) -> Vec<Plan<I>> {
+    plans
+        .into_iter()
+        .map(|p| match p {
+            Plan::Process(input) => Plan::Fail(input, reason.to_owned()),
+            other => other,
+        })
+        .collect()
 }
 
 /// Plans each decoded record of a batch, in order. `seen` is the newest
@@ -92,6 +105,7 @@ mod tests {
                 Plan::DeadLetter(e) => format!("dlq: {e}"),
                 Plan::Skip(r) => format!("skip: {r}"),
                 Plan::Process(_) => "process".into(),
+                Plan::Fail(_, r) => format!("fail: {r}"),
             })
             .collect()
     }

@@ -52,6 +52,7 @@ impl<S: StageLogic> StageRunner<S> {
             .filter_map(|(i, p)| matches!(p, Plan::Process(_)).then_some(i))
             .collect();
         let processing_time = &stage_metrics::processing_time(S::STAGE.name());
+        let budget = &ByteBudget::new(self.cfg.max_inflight_bytes);
         let mut done: Vec<Option<Attempted<S::Result>>> = Vec::new();
         done.resize_with(items.len(), || None);
         let started = AtomicUsize::new(0);
@@ -67,7 +68,7 @@ impl<S: StageLogic> StageRunner<S> {
                 let Plan::Process(input) = &plans[i] else {
                     unreachable!("work holds processed items only")
                 };
-                self.process_one(input, &items[i], processing_time)
+                self.process_one(input, &items[i], processing_time, budget)
                     .map(move |d| (i, d))
             })
             .buffer_unordered(concurrency);
@@ -95,6 +96,7 @@ impl<S: StageLogic> StageRunner<S> {
         input: &S::Input,
         it: &Item,
         processing_time: &metrics::Histogram,
+        budget: &ByteBudget,
     ) -> Attempted<S::Result> {
         let tp = child_value(header(&it.msg, TRACEPARENT));
         let span = tracing::info_span!(
@@ -107,6 +109,18 @@ impl<S: StageLogic> StageRunner<S> {
             offset = it.msg.offset(),
             traceparent = %tp,
         );
+        let bytes = self.logic.input_bytes(input);
+        let _held = match budget.hold(bytes).await {
+            Ok(held) => held,
+            Err(reason) => {
+                let _entered = span.enter();
+                tracing::info!(error = %reason, "permanent failure");
+                return Attempted {
+                    done: Done::Permanent(reason),
+                    traceparent: tp,
+                };
+            }
+        };
         self.process_with_retries(input, it, tp, processing_time)
             .instrument(span)
             .await
@@ -171,6 +185,45 @@ impl<S: StageLogic> StageRunner<S> {
     }
 }
 
+/// `STAGE_MAX_INFLIGHT_BYTES` over a batch's records, counted in KiB (a
+/// semaphore's permits are `u32`); first come, first served, so a large
+/// record waits for room instead of being overtaken for ever.
+struct ByteBudget {
+    limit: u64,
+    permits: Option<tokio::sync::Semaphore>,
+}
+
+impl ByteBudget {
+    fn new(limit: u64) -> Self {
+        let permits = (limit > 0).then(|| {
+            tokio::sync::Semaphore::new(
+                kib(limit).min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize
+            )
+        });
+        ByteBudget { limit, permits }
+    }
+
+    /// Waits until `bytes` fit; refuses, with the reason, bytes that never can.
+    async fn hold(&self, bytes: u64) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, String> {
+        let Some(permits) = &self.permits else {
+            return Ok(None);
+        };
+        if bytes > self.limit {
+            return Err(format!(
+                "the input needs {bytes} bytes in memory, over the stage's limit of {} \
+                 (STAGE_MAX_INFLIGHT_BYTES)",
+                self.limit
+            ));
+        }
+        let need = u32::try_from(kib(bytes)).unwrap_or(u32::MAX);
+        Ok(permits.acquire_many(need).await.ok())
+    }
+}
+
+fn kib(bytes: u64) -> u64 {
+    bytes.div_ceil(1024)
+}
+
 /// The result of the attempts made with `ctx`.
 fn ended<R>(ctx: RecordContext, done: Done<R>) -> Attempted<R> {
     Attempted {
@@ -186,4 +239,28 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteBudget;
+    use futures::FutureExt;
+
+    #[tokio::test]
+    async fn a_record_waits_for_room_and_one_too_large_alone_is_refused() {
+        let budget = ByteBudget::new(10 << 20);
+        let refused = budget.hold((10 << 20) + 1).await.unwrap_err();
+        assert!(refused.contains("STAGE_MAX_INFLIGHT_BYTES"), "{refused}");
+        let first = budget.hold(6 << 20).await.unwrap();
+        let mut second = Box::pin(budget.hold(6 << 20));
+        assert!((&mut second).now_or_never().is_none(), "12 MiB held of 10");
+        drop(first);
+        assert!(second.await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn no_limit_holds_nothing() {
+        let budget = ByteBudget::new(0);
+        assert!(budget.hold(u64::MAX).await.unwrap().is_none());
+    }
 }

@@ -22,7 +22,7 @@ use artifact_domain::{ArtifactId, Generation, Outcome, Stage};
 use artifact_kafka::client::header;
 use artifact_kafka::codec::TopicWriter;
 use artifact_kafka::headers;
-use artifact_kafka::trace::TRACEPARENT;
+use artifact_kafka::trace::{TRACEPARENT, child_value};
 use rdkafka::message::Message;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -170,6 +170,11 @@ impl Records<'_> {
                     let attempted = done[i].take().expect("every processed item has a result");
                     self.after_processing(&items[i], input, attempted)
                 }
+                Plan::Fail(input, reason) => Disposition::Outcome {
+                    event: self.failed(&input, reason),
+                    input,
+                    traceparent: child_value(header(&items[i].msg, TRACEPARENT)),
+                },
             })
             .collect()
     }

@@ -5,6 +5,7 @@
 use super::commit::TxnGate;
 use super::config::Delivery;
 use super::context::{Assignment, StageContext};
+use super::poison::Markers;
 use super::producer::{Deliveries, StageProducer};
 use super::{RunnerError, StageRunner};
 use crate::retry;
@@ -26,6 +27,8 @@ pub(crate) struct Clients {
     /// Held while a batch's transaction commits; a revocation waits for it.
     pub gate: Arc<TxnGate>,
     pub assignment: Arc<Mutex<Assignment>>,
+    /// Where batches in flight are recorded (`None`: POISON_MAX_CRASHES=0).
+    pub markers: Option<Arc<Markers>>,
 }
 
 fn fatal(e: rdkafka::error::KafkaError) -> RunnerError {
@@ -68,12 +71,20 @@ impl<S: StageLogic> StageRunner<S> {
         if self.cfg.delivery == Delivery::ExactlyOnce {
             self.init_transactions(&producer, shutdown).await?;
         }
+        let markers = match self.cfg.poison_max_crashes {
+            0 => None,
+            _ => Some(Arc::new(
+                Markers::new(&self.conn, self.names.inflight(S::STAGE), instance)
+                    .map_err(RunnerError::Fatal)?,
+            )),
+        };
         Ok(Clients {
             consumer,
             retry_consumer,
             producer,
             gate,
             assignment,
+            markers,
         })
     }
 

@@ -2,24 +2,25 @@
 //! (see the module documentation of [`super`]). Collecting a batch is in
 //! [`super::collect`].
 
-use super::commit::{InFlight, TxnGate};
+use super::commit::{self, InFlight, TxnGate};
 use super::context::{Assignment, StageContext};
 use super::item::{Item, Source, first_offsets};
 use super::pace::Pacer;
+use super::poison::{self, Markers, Suspects};
 use super::producer::StageProducer;
 use super::purge::RetryPurge;
+use super::restores::Restores;
 use super::retries::RetryQueue;
 use super::setup::Clients;
 use super::{RunnerError, StageRunner, batch};
-use crate::dedup::{DedupState, Tombstones, restore_partition};
+use crate::dedup::{DedupState, Tombstones};
 use crate::retry;
 use crate::stage::StageLogic;
 use crate::stage_metrics;
 use artifact_kafka::now_ms;
-use rdkafka::Offset;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::Producer;
-use std::collections::BTreeSet;
+use rdkafka::{Offset, TopicPartitionList};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -43,6 +44,11 @@ pub(crate) struct StageLoop<'r, S: StageLogic> {
     gate: Arc<TxnGate>,
     assignment: Arc<Mutex<Assignment>>,
     dedup: DedupState,
+    restores: Restores,
+    /// Ranges that were in flight when a process ended.
+    suspects: Suspects,
+    /// Where batches in flight are recorded (`None`: POISON_MAX_CRASHES=0).
+    markers: Option<Arc<Markers>>,
     /// The batch whose transaction commits while the next one is
     /// collected and processed.
     pub(super) in_flight: Option<InFlight>,
@@ -68,6 +74,17 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             gate: clients.gate,
             assignment: clients.assignment,
             dedup: DedupState::new(runner.cfg.dedup_retention(), Instant::now()),
+            restores: Restores::new(
+                runner.conn.clone(),
+                runner.codec.clone(),
+                runner.names.dedup(S::STAGE),
+                clients
+                    .markers
+                    .as_ref()
+                    .map(|_| (runner.group.clone(), runner.names.inflight(S::STAGE))),
+            ),
+            suspects: Suspects::new(runner.cfg.poison_max_crashes),
+            markers: clients.markers,
             in_flight: None,
             purge: RetryPurge::new(retry_topic, Some(runner.conn.clone())),
             pacer: Pacer::new(Duration::from_millis(runner.cfg.transaction_linger_ms)),
@@ -103,8 +120,9 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         self.assignment.lock().expect("assignment lock")
     }
 
-    /// Applies assignment changes: forgets revoked partitions, restores
-    /// newly assigned ones before any of their records is processed.
+    /// Applies assignment changes: forgets revoked partitions (and stops
+    /// their restores), starts restoring newly assigned ones, and installs
+    /// the states restored since, before any of their records is processed.
     async fn apply_assignment(&mut self) {
         let (revoked, to_restore) = {
             let mut a = self.assignment();
@@ -117,66 +135,67 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         for (p, at) in revoked {
             self.dedup.drop_partition(p);
             self.retries.revoked(p, at);
+            self.restores.cancel(p);
+            self.suspects.revoked(p);
         }
-        if !to_restore.is_empty() {
-            self.restore(to_restore).await;
-        }
-    }
-
-    /// Restores the dedup state of newly assigned partitions, each from its
-    /// own reader, concurrently; one that fails is tried again next time.
-    async fn restore(&mut self, partitions: BTreeSet<i32>) {
-        let runner = self.runner;
-        let stage = S::STAGE.name();
-        let topic = runner.names.dedup(S::STAGE);
-        runner.health.set_not_ready(format!(
-            "restoring dedup state of partitions {partitions:?}"
-        ));
-        let timeout = Duration::from_millis(runner.cfg.restore_timeout_ms);
-        let expire_before_ms = runner
+        let expire_before_ms = self
+            .runner
             .cfg
             .dedup_retention()
             .map(|r| now_ms() - r.as_millis() as i64);
-        let restores = partitions.iter().map(|&p| {
-            let topic = &topic;
-            async move {
-                let started = Instant::now();
-                let r = restore_partition(
-                    &runner.conn,
-                    &runner.codec,
-                    topic,
-                    p,
-                    timeout,
-                    expire_before_ms,
-                )
-                .await;
-                (p, r, started.elapsed().as_secs_f64())
+        for &p in &to_restore {
+            if !self.restores.partitions().contains(&p) {
+                self.pause_input(p, true);
+                self.restores.start(p, expire_before_ms);
             }
-        });
-        for (p, result, secs) in futures::future::join_all(restores).await {
-            match result {
-                Ok(r) => {
-                    stage_metrics::restore_time(stage, secs);
-                    tracing::info!(
-                        partition = p,
-                        keys = r.entries.len(),
-                        expired = r.expired.len(),
-                        records = r.records,
-                        undecodable = r.undecodable,
-                        secs,
-                        "dedup state restored"
-                    );
-                    let mut a = self.assignment.lock().expect("assignment lock");
-                    // Still ours and not revoked meanwhile: install it.
-                    if a.owned.contains(&p) && a.to_restore.remove(&p) {
-                        self.dedup.install(p, r);
-                    }
+        }
+        self.install_restored();
+    }
+
+    /// Installs the dedup states restored since the last look, of the
+    /// partitions still ours and waiting for them.
+    fn install_restored(&mut self) {
+        let stage = S::STAGE.name();
+        for f in self.restores.finished() {
+            let r = &f.restored;
+            stage_metrics::restore_time(stage, f.secs);
+            tracing::info!(
+                partition = f.partition,
+                keys = r.entries.len(),
+                expired = r.expired.len(),
+                records = r.records,
+                undecodable = r.undecodable,
+                secs = f.secs,
+                "dedup state restored"
+            );
+            let mut a = self.assignment.lock().expect("assignment lock");
+            // Still ours and not revoked meanwhile: install it.
+            if a.owned.contains(&f.partition) && a.to_restore.remove(&f.partition) {
+                drop(a);
+                self.dedup.install(f.partition, f.restored);
+                for (source, suspect) in f.suspects {
+                    self.suspects.insert(source, suspect);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, partition = p, "dedup restore failed; will retry");
-                    runner.health.set_not_ready(e.to_string());
-                }
+                self.pause_input(f.partition, false);
             }
+        }
+        let report = self.restores.report(stage);
+        if !self.restores.is_empty() {
+            self.runner.health.set_not_ready(report);
+        }
+    }
+
+    /// Pauses (or resumes) reading partition `p` of the input topic.
+    fn pause_input(&self, p: i32, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        let _ = tpl.add_partition(&self.runner.names.input(S::STAGE), p);
+        let res = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = res {
+            tracing::warn!(partition = p, pause, error = %e, "pausing or resuming an input partition failed");
         }
     }
 
@@ -217,7 +236,10 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
     /// settled. With no records, an idle stage's pending tombstones go out
     /// in a transaction of their own, so neither memory nor the topic waits
     /// for traffic to drop them.
-    async fn handle_batch(&mut self, mut items: Vec<Item>) -> Result<(), RunnerError> {
+    async fn handle_batch(&mut self, items: Vec<Item>) -> Result<(), RunnerError> {
+        let Some((mut items, deaths, refuse)) = self.isolate_suspects(items).await? else {
+            return Ok(());
+        };
         let tombstones_only =
             items.is_empty() && self.in_flight.is_none() && self.dedup.pending_tombstones() > 0;
         if items.is_empty() && !tombstones_only {
@@ -240,7 +262,12 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
                     .and_then(|f| f.generations.get(&k).copied()),
             )
         };
-        let prepared = self.runner.prepare(&items, seen, &tombstones).await;
+        let guard = batch::Guard {
+            markers: self.markers.as_deref(),
+            deaths,
+            refuse,
+        };
+        let prepared = self.runner.prepare(&items, seen, &tombstones, guard).await;
         if let Ok(p) = &prepared
             && p.covered < items.len()
         {
@@ -266,6 +293,37 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         self.commit(prepared, items, tombstones).await
     }
 
+    /// A batch, with the deaths seen while processing its records and, for a
+    /// record that is not processed again, why it fails: while a range that
+    /// was in flight when a process ended has not committed, a batch that
+    /// reaches it is that range's next slice alone (after the batch in
+    /// flight settled); the rest is read again. `None` if the batch in
+    /// flight failed (both are read again).
+    async fn isolate_suspects(
+        &mut self,
+        items: Vec<Item>,
+    ) -> Result<Option<(Vec<Item>, u32, Option<String>)>, RunnerError> {
+        if self.suspects.is_empty() || items.is_empty() {
+            return Ok(Some((items, 0, None)));
+        }
+        if let Some(flight) = self.in_flight.take()
+            && self.settle_or_rewind(flight, Vec::new()).await?.is_none()
+        {
+            self.rewind(&items);
+            return Ok(None);
+        }
+        let (isolated, kept, rest) = self.suspects.isolate(items);
+        self.rewind(&rest);
+        Ok(Some(match isolated {
+            None => (kept, 0, None),
+            Some(i) => {
+                let max = self.runner.cfg.poison_max_crashes;
+                let refuse = i.poison.then(|| poison::poison_reason(i.deaths, max));
+                (i.items, i.deaths, refuse)
+            }
+        }))
+    }
+
     /// Starts committing a prepared batch; a batch that could not be
     /// prepared or started is read again (nothing of it was produced).
     async fn commit(
@@ -280,9 +338,12 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
                 &self.consumer,
                 &self.producer,
                 &self.gate,
-                p,
-                items,
-                tombstones,
+                commit::Ready {
+                    prepared: p,
+                    items,
+                    tombstones,
+                },
+                self.markers.clone(),
             ) {
                 Ok(flight) => {
                     self.in_flight = Some(flight);
@@ -321,8 +382,14 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             .settle(&self.consumer, &mut self.dedup, flight)
             .await
         {
-            Ok(retried) => {
-                self.purge.committed(retried);
+            Ok(items) => {
+                self.purge.committed(
+                    items
+                        .iter()
+                        .filter(|it| it.source == Source::Retry)
+                        .map(|it| (it.partition(), it.offset() + 1)),
+                );
+                self.suspects.committed(&items);
                 self.failures = 0;
                 self.runner.health.set_ready();
                 Ok(Some(next))
@@ -354,6 +421,10 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         stage_metrics::batch_failed(S::STAGE.name());
         self.runner.health.set_not_ready(e);
         self.rewind(items);
+        if let Some(markers) = &self.markers {
+            // Its process lives: no owner may count this batch a death.
+            markers.clear(&poison::ranges(items, 0)).await;
+        }
         let pause = retry::jittered(
             Duration::from_millis(200),
             Duration::from_secs(5),

@@ -66,6 +66,7 @@ fn stage_event<R>(result: Option<R>, outcome: Outcome) -> StageEvent<R> {
 
 #[tokio::test]
 async fn every_event_round_trips_through_the_registry() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let names = TopicNames::from_config(&conn);
     let codec = AvroCodec::new(&conn.schema_registry_url).unwrap();
@@ -207,6 +208,7 @@ async fn every_event_round_trips_through_the_registry() {
 
 #[tokio::test]
 async fn garbage_and_unknown_schema_ids_are_undecodable_not_retriable() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let codec = AvroCodec::new(&conn.schema_registry_url).unwrap();
     for bytes in [
@@ -230,6 +232,7 @@ async fn garbage_and_unknown_schema_ids_are_undecodable_not_retriable() {
 
 #[tokio::test]
 async fn a_record_of_another_event_type_does_not_decode_as_this_one() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let names = TopicNames::from_config(&conn);
     let codec = AvroCodec::new(&conn.schema_registry_url).unwrap();
@@ -255,6 +258,7 @@ async fn a_record_of_another_event_type_does_not_decode_as_this_one() {
 
 #[tokio::test]
 async fn register_all_is_idempotent() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let names = TopicNames::from_config(&conn);
     let admin = RegistryAdmin::new(&conn.schema_registry_url);
@@ -266,6 +270,7 @@ async fn register_all_is_idempotent() {
 
 #[tokio::test]
 async fn registry_enforces_backward_compatibility() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let admin = RegistryAdmin::new(&conn.schema_registry_url);
     let subject = format!("{}.created-value", conn.topic_prefix);
@@ -303,6 +308,7 @@ async fn registry_enforces_backward_compatibility() {
 
 #[tokio::test]
 async fn status_snapshots_round_trip() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let names = TopicNames::from_config(&conn);
     let codec = AvroCodec::new(&conn.schema_registry_url).unwrap();

@@ -59,6 +59,7 @@ fn sha256(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn put_read_digest_and_delete() {
+    artifact_pipeline_tests::needs_stack!();
     let s = fresh();
     let loc = s.location("texts/a/1.txt");
     assert!(
@@ -95,6 +96,7 @@ async fn put_read_digest_and_delete() {
 
 #[tokio::test]
 async fn a_missing_object_is_retriable_not_found() {
+    artifact_pipeline_tests::needs_stack!();
     let s = fresh();
     let loc = s.location("uploads/never-written");
     for e in [
@@ -109,6 +111,7 @@ async fn a_missing_object_is_retriable_not_found() {
 
 #[tokio::test]
 async fn objects_outside_the_prefix_or_bucket_are_refused() {
+    artifact_pipeline_tests::needs_stack!();
     let a = fresh();
     let b = fresh();
     // An object that exists, under another prefix of the same bucket.
@@ -149,6 +152,7 @@ async fn objects_outside_the_prefix_or_bucket_are_refused() {
 
 #[tokio::test]
 async fn staged_uploads_stream_in_parts_and_move_into_place_once() {
+    artifact_pipeline_tests::needs_stack!();
     let s = fresh();
     // 12 MiB in 64 KiB chunks: three parts of a multipart upload.
     let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
@@ -248,6 +252,7 @@ async fn a_streamed_read_gives_the_whole_object() {
 
 #[tokio::test]
 async fn unreachable_or_refusing_stores_are_retriable_errors() {
+    artifact_pipeline_tests::needs_stack!();
     let url = format!("{}/runtime-test-x", bucket_url());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -17,17 +17,12 @@
 //! retention, not every artifact ever processed. A duplicate that arrives
 //! after its entry expired is processed again.
 
-use artifact_domain::dedup::DedupEntry;
+mod restore;
+
+pub use restore::{RestoreError, RestoreProgress, restore_partition};
+
 use artifact_domain::{ArtifactId, DedupDecision, Generation, decide};
-use artifact_kafka::client::QuietEof;
-use artifact_kafka::client::client_config;
-use artifact_kafka::codec::{AvroCodec, CodecError};
-use artifact_kafka::config::ConnectionConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// One partition's entries: recorded in `current`; `previous` holds those
@@ -204,39 +199,6 @@ impl DedupState {
     }
 }
 
-/// Restoring a partition failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    /// Kafka could not be read.
-    #[error("reading dedup topic {topic} partition {partition}: {source}")]
-    Kafka {
-        /// The dedup topic.
-        topic: String,
-        /// The partition.
-        partition: i32,
-        /// The client error.
-        source: KafkaError,
-    },
-    /// A record could not be decoded for a transient reason (registry down).
-    #[error("decoding dedup topic {topic}: {source}")]
-    Codec {
-        /// The dedup topic.
-        topic: String,
-        /// The codec error.
-        source: CodecError,
-    },
-    /// The partition was not read to its end in time.
-    #[error("restoring dedup topic {topic} partition {partition} took longer than {timeout:?}")]
-    Timeout {
-        /// The dedup topic.
-        topic: String,
-        /// The partition.
-        partition: i32,
-        /// The limit.
-        timeout: Duration,
-    },
-}
-
 /// What a restore read.
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -248,124 +210,6 @@ pub struct Restored {
     pub records: u64,
     /// Records that did not decode (skipped; counted).
     pub undecodable: u64,
-}
-
-/// A record's key and value; a tombstone has no value.
-type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
-
-/// Reads one partition of a dedup topic from the beginning to its end
-/// (`read_committed`: up to the last stable offset) and returns the newest
-/// generation per artifact, leaving out those whose newest entry was
-/// processed before `expire_before_ms` (epoch milliseconds).
-pub async fn restore_partition(
-    conn: &ConnectionConfig,
-    codec: &AvroCodec,
-    topic: &str,
-    partition: i32,
-    timeout: Duration,
-    expire_before_ms: Option<i64>,
-) -> Result<Restored, RestoreError> {
-    let kafka = |source| RestoreError::Kafka {
-        topic: topic.to_owned(),
-        partition,
-        source,
-    };
-    let consumer: BaseConsumer<QuietEof> = client_config(conn, "dedup-restore")
-        .set("group.id", "dedup-restore-unused")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        // Reaching the end is the goal: do not let the broker hold fetches.
-        .set("fetch.wait.max.ms", "10")
-        .set(
-            "fetch.queue.backoff.ms",
-            artifact_kafka::client::FETCH_QUEUE_BACKOFF_MS,
-        )
-        .set("fetch.max.bytes", "52428800")
-        .set("max.partition.fetch.bytes", "52428800")
-        .create_with_context(QuietEof)
-        .map_err(kafka)?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)
-        .map_err(kafka)?;
-    consumer.assign(&tpl).map_err(kafka)?;
-
-    let deadline = Instant::now() + timeout;
-    let mut out = Restored::default();
-    // Keys whose last entry so far was processed before the expiry: entries
-    // are appended as they are processed, so a key's last is its newest.
-    let mut expired: HashSet<ArtifactId> = HashSet::new();
-    let mut batch: Vec<KeyValue> = Vec::with_capacity(1024);
-    loop {
-        if Instant::now() >= deadline {
-            return Err(RestoreError::Timeout {
-                topic: topic.to_owned(),
-                partition,
-                timeout,
-            });
-        }
-        // Drain what the client has buffered without yielding between records.
-        let mut eof = false;
-        while batch.len() < 4096 {
-            match consumer.poll(Duration::from_millis(if batch.is_empty() {
-                100
-            } else {
-                0
-            })) {
-                None => break,
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    eof = true;
-                    break;
-                }
-                Some(Err(e)) => return Err(kafka(e)),
-                Some(Ok(m)) => {
-                    batch.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)))
-                }
-            }
-        }
-        for (key, value) in batch.drain(..) {
-            out.records += 1;
-            let Some(bytes) = value else {
-                // A tombstone: the key's entries before it expired.
-                let id = key
-                    .and_then(|k| String::from_utf8(k).ok())
-                    .and_then(|k| k.parse::<ArtifactId>().ok());
-                if let Some(id) = id {
-                    expired.remove(&id);
-                    out.entries.remove(&id);
-                }
-                continue;
-            };
-            match codec.decode::<DedupEntry>(Some(&bytes)).await {
-                Ok(e) => {
-                    let slot = out.entries.entry(e.artifact_id).or_insert(e.generation);
-                    *slot = (*slot).max(e.generation);
-                    if expire_before_ms.is_some_and(|before| e.processed_at < before) {
-                        expired.insert(e.artifact_id);
-                    } else {
-                        expired.remove(&e.artifact_id);
-                    }
-                }
-                Err(e) if e.is_retriable() => {
-                    return Err(RestoreError::Codec {
-                        topic: topic.to_owned(),
-                        source: e,
-                    });
-                }
-                Err(_) => out.undecodable += 1,
-            }
-        }
-        if eof {
-            for id in &expired {
-                out.entries.remove(id);
-            }
-            if expired.len() > out.entries.len() {
-                out.entries.shrink_to_fit();
-            }
-            out.expired = expired.into_iter().collect();
-            return Ok(out);
-        }
-    }
 }
 
 #[cfg(test)]

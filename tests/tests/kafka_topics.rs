@@ -19,6 +19,7 @@ fn conn() -> ConnectionConfig {
 
 #[tokio::test]
 async fn creates_every_topic_once_then_reports_them_existing() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let catalogue = TopicNames::from_config(&conn).catalogue();
     let first = ensure_topics(&conn, &catalogue, 3, 1).await.unwrap();
@@ -37,6 +38,7 @@ async fn creates_every_topic_once_then_reports_them_existing() {
 
 #[tokio::test]
 async fn refuses_when_existing_partition_counts_differ() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let catalogue = TopicNames::from_config(&conn).catalogue();
     // One topic exists already with another partition count.
@@ -60,6 +62,7 @@ async fn refuses_when_existing_partition_counts_differ() {
 
 #[tokio::test]
 async fn refuses_when_an_existing_topic_has_the_wrong_policy() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let catalogue = TopicNames::from_config(&conn).catalogue();
     let mut wrong = catalogue[0].clone();
@@ -73,6 +76,7 @@ async fn refuses_when_an_existing_topic_has_the_wrong_policy() {
 
 #[tokio::test]
 async fn new_topics_get_the_catalogues_configuration() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let catalogue = TopicNames::from_config(&conn).catalogue();
     ensure_topics(&conn, &catalogue, 1, 1).await.unwrap();
@@ -81,10 +85,18 @@ async fn new_topics_get_the_catalogues_configuration() {
         .iter()
         .map(|s| ResourceSpecifier::Topic(&s.name))
         .collect();
-    let described = admin
-        .describe_configs(&resources, &AdminOptions::new())
-        .await
-        .unwrap();
+    // A topic just created may not be known yet to the broker answering.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let described = loop {
+        let described = admin
+            .describe_configs(&resources, &AdminOptions::new())
+            .await
+            .unwrap();
+        if described.iter().all(Result::is_ok) || Instant::now() > deadline {
+            break described;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for (spec, res) in catalogue.iter().zip(described) {
         let res = res.unwrap();
         let value = |k: &str| res.get(k).and_then(|e| e.value.clone()).unwrap_or_default();
@@ -147,6 +159,7 @@ fn count_records(conn: &ConnectionConfig, topic: &str) -> usize {
 /// broker's log cleaner looks for work every 15 s.)
 #[tokio::test]
 async fn compacted_topics_keep_the_newest_record_per_key_once_rolled() {
+    artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let mut catalogue = TopicNames::from_config(&conn).catalogue();
     catalogue.truncate(1);

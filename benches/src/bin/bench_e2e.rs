@@ -18,11 +18,12 @@
 //! [--restart-watch 15]]` with the local stack up.
 
 use anyhow::Context;
+use artifact_benches::{broker_pid, machine_busy_seconds, process_cpu_seconds};
 use artifact_domain::{ArtifactState, Stage, StatusView, Summarized};
 use artifact_kafka::now_ms;
 use artifact_kafka::topics::Cleanup;
 use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
-use artifact_pipeline_tests::{broker_pid, machine_busy_seconds, process_cpu_seconds, wait_until};
+use artifact_pipeline_tests::wait_until;
 use clap::Parser;
 use rdkafka::Message;
 use std::collections::HashMap;
@@ -93,7 +94,7 @@ async fn restart_api(
     let api = p.api.as_ref().expect("started");
     tokio::time::sleep(watch).await; // the measurement window
     let written = records_in(p, &status)? - before;
-    let cpu = api.cpu_seconds().unwrap_or(f64::NAN);
+    let cpu = process_cpu_seconds(api.pid()).unwrap_or(f64::NAN);
     let rss = api.rss_bytes().unwrap_or(0) as f64 / 1048576.0;
     println!(
         "| {} | {on_topic} | {ready:.2} | {written} | {cpu:.2} | {rss:.1} |",

@@ -17,8 +17,8 @@
 //! Usage: `bench-blobs [--ops N] [--size BYTES] [--concurrency N] [--rounds N]`
 
 use anyhow::Context;
+use artifact_benches::{machine_busy_seconds, process_cpu_seconds};
 use artifact_blob::BlobStore;
-use artifact_pipeline_tests::{machine_busy_seconds, process_cpu_seconds};
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;

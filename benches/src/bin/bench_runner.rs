@@ -17,6 +17,7 @@
 //! stack up (KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL).
 
 use anyhow::Context;
+use artifact_benches::process_cpu_seconds;
 use artifact_domain::dedup::DedupEntry;
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::{ArtifactId, Generation, Stage};
@@ -24,13 +25,14 @@ use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, producer_con
 use artifact_kafka::now_ms;
 use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::{StageProcess, TestEnv};
-use artifact_runtime::dedup::restore_partition;
+use artifact_runtime::dedup::{RestoreProgress, restore_partition};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, TopicPartitionList};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -56,6 +58,11 @@ struct Args {
     /// Runs only the stage in this delivery mode (no baselines, no restore).
     #[arg(long, value_parser = ["exactly-once", "at-least-once"])]
     only: Option<String>,
+    /// With `--only`: each round also runs the stage with
+    /// `POISON_MAX_CRASHES=0` (no in-flight marker per batch), alternating,
+    /// to measure what the poison-record watch costs.
+    #[arg(long, requires = "only")]
+    poison_baseline: bool,
     /// Rounds of each throughput variant; the median is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -207,6 +214,7 @@ async fn stage_run(
     partitions: usize,
     delivery: &str,
     log: &str,
+    extra: &[(&str, &str)],
 ) -> anyhow::Result<StageRun> {
     fill(env, n).await?;
     let out_topic = env.names.output(Stage::MimeDetector);
@@ -229,10 +237,11 @@ async fn stage_run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let vars = [
+    let mut vars = vec![
         ("DELIVERY", delivery.to_owned()),
         ("RUST_LOG", log.to_owned()),
     ];
+    vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let stage = StageProcess::start(env, bin, &vars)?;
     // The stage's CPU time and its committed records when progress was
     // first seen: CPU per record counts only the records committed after.
@@ -242,7 +251,7 @@ async fn stage_run(
         // A failed look (the coordinator moving) is looked again.
         let done = committed_total(&reader, &input, partitions).unwrap_or(0);
         if done > 0 && start.is_none() {
-            start = stage.cpu_seconds().map(|cpu| (cpu, done));
+            start = process_cpu_seconds(stage.pid()).map(|cpu| (cpu, done));
         }
         if done >= n as i64 {
             break;
@@ -254,7 +263,7 @@ async fn stage_run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Not measured (NaN) when the first look already found every record.
-    let cpu_us = match (start, stage.cpu_seconds()) {
+    let cpu_us = match (start, process_cpu_seconds(stage.pid())) {
         (Some((cpu0, done0)), Some(cpu1)) if done0 < n as i64 => {
             (cpu1 - cpu0) * 1e6 / (n as i64 - done0) as f64
         }
@@ -351,8 +360,9 @@ async fn restore_bench(env: &TestEnv, keys: usize) -> anyhow::Result<Vec<Restore
             &env.codec,
             &topic,
             0,
-            Duration::from_secs(600),
             expire_before_ms,
+            &RestoreProgress::default(),
+            &AtomicBool::new(false),
         )
         .await
         .context("restoring")?;
@@ -390,14 +400,36 @@ async fn main() -> anyhow::Result<()> {
         return restore_report(args.restore_keys).await;
     }
     if let Some(mode) = &args.only {
-        let r = TestEnv::scoped(args.partitions, async |env| {
-            stage_run(env, &bin, n, args.partitions, mode, &args.stage_log).await
-        })
-        .await?;
-        println!(
-            "no-op stage, {mode}: {:.0} records/s, {:.1} µs of stage CPU per record",
-            r.rate, r.cpu_us
-        );
+        let variants: &[(&str, &[(&str, &str)])] = if args.poison_baseline {
+            &[
+                ("", &[]),
+                (", POISON_MAX_CRASHES=0", &[("POISON_MAX_CRASHES", "0")]),
+            ]
+        } else {
+            &[("", &[])]
+        };
+        let rounds = if args.poison_baseline { args.rounds } else { 1 };
+        let mut rates = vec![vec![]; variants.len()];
+        for round in 1..=rounds {
+            for (v, (name, extra)) in variants.iter().enumerate() {
+                let r = TestEnv::scoped(args.partitions, async |env| {
+                    stage_run(env, &bin, n, args.partitions, mode, &args.stage_log, extra).await
+                })
+                .await?;
+                println!(
+                    "round {round}: no-op stage, {mode}{name}: {:.0} records/s, {:.1} µs of stage CPU per record",
+                    r.rate, r.cpu_us
+                );
+                rates[v].push(r.rate);
+            }
+        }
+        if args.poison_baseline {
+            let (on, off) = (median(rates[0].clone()), median(rates[1].clone()));
+            println!(
+                "median {mode}: {on:.0} records/s with the poison watch, {off:.0} without ({:.0}%)",
+                100.0 * on / off
+            );
+        }
         return Ok(());
     }
     println!(
@@ -413,11 +445,11 @@ async fn main() -> anyhow::Result<()> {
         raw2.push(TestEnv::scoped(p, async |env| raw_pair(env, n, RawOut::Two).await).await?);
         let log = &args.stage_log;
         let a = TestEnv::scoped(p, async |env| {
-            stage_run(env, &bin, n, p, "at-least-once", log).await
+            stage_run(env, &bin, n, p, "at-least-once", log, &[]).await
         })
         .await?;
         let e = TestEnv::scoped(p, async |env| {
-            stage_run(env, &bin, n, p, "exactly-once", log).await
+            stage_run(env, &bin, n, p, "exactly-once", log, &[]).await
         })
         .await?;
         println!(
