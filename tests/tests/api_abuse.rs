@@ -190,6 +190,34 @@ async fn read_text(p: &Pipeline, id: ArtifactId, size: u64, rounds: u64) -> anyh
     Ok(())
 }
 
+/// Uploads `body` as a well-behaved client does: while the API answers 503
+/// or 429 (its upload slots taken by stalled connections, or the rate
+/// spent), waits the `Retry-After` it names and sends again with the same
+/// `Idempotency-Key`, for at most a minute.
+async fn upload_as_a_client_should(p: &Pipeline, body: Vec<u8>) -> anyhow::Result<String> {
+    let key = uuid::Uuid::new_v4().simple().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = p
+            .upload_raw(body.clone(), "text/plain", "ok.txt", Some(&key))
+            .await?;
+        if !matches!(resp.status().as_u16(), 429 | 503) {
+            return Pipeline::accepted_id(resp).await;
+        }
+        let wait: u64 = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{} without Retry-After", resp.status()))?;
+        anyhow::ensure!(
+            std::time::Instant::now() + Duration::from_secs(wait) < deadline,
+            "the upload still refused after a minute: {}",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_api_stays_bounded_under_stalled_connections_and_large_reads() -> anyhow::Result<()> {
     let connections = setting("SOAK_CONNECTIONS", 200) as usize;
@@ -232,9 +260,7 @@ async fn the_api_stays_bounded_under_stalled_connections_and_large_reads() -> an
     let reads = (0..readers).map(|_| read_text(p, id, size, rounds));
     let uploads = (0..5).map(|i| {
         let body = format!("Upload {i} arrives while others stall. It completes.").into_bytes();
-        async move {
-            Pipeline::accepted_id(p.upload_raw(body, "text/plain", "ok.txt", None).await?).await
-        }
+        async move { upload_as_a_client_should(p, body).await }
     });
     let polling = async {
         let mut polls = 0;
