@@ -76,11 +76,13 @@ async fn race(s3: bool) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn racing_uploads_with_one_key_give_one_artifact_on_the_file_store() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     race(false).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn racing_uploads_with_one_key_give_one_artifact_on_s3() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     race(true).await
 }
 
@@ -220,6 +222,7 @@ async fn upload_as_a_client_should(p: &Pipeline, body: Vec<u8>) -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_api_stays_bounded_under_stalled_connections_and_large_reads() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let connections = setting("SOAK_CONNECTIONS", 200) as usize;
     let (text_mib, readers) = (
         setting("SOAK_TEXT_MIB", 64),
