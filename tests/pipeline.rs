@@ -35,6 +35,20 @@ pub fn fixtures() -> PathBuf {
     dir
 }
 
+/// An HTTP client that sends [`TOKEN`] with every request.
+pub fn authorised_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let auth = format!("Bearer {TOKEN}");
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        auth.parse().expect("a header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
 pub struct Pipeline {
     /// Topics and codec.
     pub env: TestEnv,
@@ -48,9 +62,12 @@ pub struct Pipeline {
     pub api: Option<StageProcess>,
     /// The API's base URL.
     pub api_url: String,
-    /// An HTTP client.
+    /// An HTTP client that sends [`TOKEN`] with every request (reads are
+    /// protected too).
     pub http: reqwest::Client,
     bin_dir: PathBuf,
+    /// Settings the API gets besides the usual ones.
+    api_vars: Vec<(&'static str, String)>,
 }
 
 impl Drop for Pipeline {
@@ -100,8 +117,9 @@ impl Pipeline {
             stages: HashMap::new(),
             api: None,
             api_url: String::new(),
-            http: reqwest::Client::new(),
+            http: authorised_client(),
             bin_dir: bin_dir.to_owned(),
+            api_vars: Vec::new(),
         };
         for name in [
             "mime-detector",
@@ -111,6 +129,32 @@ impl Pipeline {
         ] {
             p.start_stage(name)?;
         }
+        p.start_api().await?;
+        Ok(p)
+    }
+
+    /// Starts the API alone (no stage) with `settings` besides the usual
+    /// ones, on a `file://` blob store or, with `s3`, on a fresh prefix of
+    /// the stack's bucket; every topic has 3 partitions.
+    pub async fn start_api_only(
+        bin_dir: &Path,
+        s3: bool,
+        settings: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
+        let env = TestEnv::new(3).await?;
+        let blobs = std::env::temp_dir().join(format!("api-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&blobs)?;
+        let mut p = Pipeline {
+            env,
+            blobs,
+            s3: s3.then(|| S3Prefix::fresh("api")),
+            stages: HashMap::new(),
+            api: None,
+            api_url: String::new(),
+            http: authorised_client(),
+            bin_dir: bin_dir.to_owned(),
+            api_vars: settings.to_vec(),
+        };
         p.start_api().await?;
         Ok(p)
     }
@@ -155,6 +199,7 @@ impl Pipeline {
             "PROJECTOR_GROUP",
             format!("{}.projector", self.env.conn.topic_prefix),
         ));
+        vars.extend(self.api_vars.iter().cloned());
         let api = StageProcess::start(&self.env, bin, &vars)?;
         wait_until("the API ready", Duration::from_secs(60), || api.is_ready()).await?;
         self.api_url = api.http.clone();

@@ -251,12 +251,18 @@ async fn auth_limits_idempotency_restart_and_a_killed_stage() -> anyhow::Result<
     artifact_pipeline_tests::needs_stack!();
     let mut p = start().await?;
 
-    // No token, or a wrong one: 401 as problem+json.
-    let r = p.http.post(p.url("/v1/artifacts")).body("x").send().await?;
+    // No token, or a wrong one: 401 as problem+json, on writes and reads.
+    let anonymous = reqwest::Client::new();
+    let r = anonymous
+        .post(p.url("/v1/artifacts"))
+        .body("x")
+        .send()
+        .await?;
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let r = p
-        .http
+    let r = anonymous.get(p.url("/v1/artifacts")).send().await?;
+    assert_eq!(r.status(), 401, "reads are protected by default");
+    let r = anonymous
         .post(p.url("/v1/artifacts"))
         .bearer_auth("nope")
         .body("x")

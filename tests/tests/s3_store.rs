@@ -199,6 +199,57 @@ async fn staged_uploads_stream_in_parts_and_move_into_place_once() {
     assert_eq!(s.digest(&empty).await.unwrap().size, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_writers_racing_for_one_place_exactly_one_moves() {
+    let s = fresh();
+    for round in 0..10 {
+        let mut staged = Vec::new();
+        for i in 0..4 {
+            let mut w = s.begin_staging().await.unwrap();
+            w.write(Bytes::from(format!("writer {i}"))).await.unwrap();
+            staged.push(w.finish().await.unwrap());
+        }
+        let target = s.location(&format!("uploads/race-{round}"));
+        let moves = staged.iter().map(|from| s.move_if_absent(from, &target));
+        let moved = futures::future::try_join_all(moves).await.unwrap();
+        assert_eq!(
+            moved.iter().filter(|m| **m).count(),
+            1,
+            "round {round}: {moved:?}"
+        );
+        let winner = moved.iter().position(|m| *m).unwrap();
+        let kept = s.read_all(&target, 100).await.unwrap();
+        assert_eq!(
+            kept,
+            format!("writer {winner}").into_bytes(),
+            "round {round}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_read_gives_the_whole_object() {
+    use futures::TryStreamExt;
+    let s = fresh();
+    let loc = s.location("texts/long.txt");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+    s.put(&loc, &bytes).await.unwrap();
+    let chunks: Vec<Bytes> = s
+        .read_stream(&loc)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(chunks.concat(), bytes);
+    let missing = s.read_stream(&s.location("texts/none.txt")).await;
+    assert!(
+        matches!(missing, Err(BlobError::NotFound(_))),
+        "{:?}",
+        missing.err()
+    );
+}
+
 #[tokio::test]
 async fn unreachable_or_refusing_stores_are_retriable_errors() {
     artifact_pipeline_tests::needs_stack!();

@@ -165,6 +165,33 @@ scalars replace. Call with (list $ "mimeDetector"); returns YAML.
       optional: true
 {{- end -}}
 
+{{/* An env var from the Secret that must hold the key: the pod does not start without it. (list $ "KEY") */}}
+{{- define "ap.secretEnvRequired" -}}
+- name: {{ index . 1 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ap.secretName" (index . 0) }}
+      key: {{ index . 1 }}
+      optional: false
+{{- end -}}
+
+{{/* Refuses an API without tokens unless it is explicitly anonymous, with reads open. */}}
+{{- define "ap.checkApiAuth" -}}
+{{- $api := .Values.api -}}
+{{- if $api.enabled -}}
+{{- $tokens := or .Values.secrets.apiTokens .Values.secrets.existingSecret -}}
+{{- if and (not $api.allowAnonymous) (not $tokens) -}}
+{{- fail "artifact-api needs bearer tokens: set secrets.apiTokens, or secrets.existingSecret with an API_TOKENS key; or set api.allowAnonymous=true and api.protectReads=false to run it open to anyone" -}}
+{{- end -}}
+{{- if and $api.allowAnonymous .Values.secrets.apiTokens -}}
+{{- fail "api.allowAnonymous=true and secrets.apiTokens are both set: drop one" -}}
+{{- end -}}
+{{- if and $api.allowAnonymous (ne (toString $api.protectReads) "false") -}}
+{{- fail "api.allowAnonymous=true needs api.protectReads=false: without tokens no read can be authorised" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Whether the chart's Secret would hold anything. */}}
 {{- define "ap.secretHasData" -}}
 {{- with .Values.secrets -}}
@@ -232,7 +259,14 @@ scalars replace. Call with (list $ "mimeDetector"); returns YAML.
 {{- if $s.maxUploadBytes -}}
 {{- $_ := set $data "MAX_UPLOAD_BYTES" $s.maxUploadBytes -}}
 {{- end -}}
-{{- $_ := set $data "API_PROTECT_READS" (ternary "true" "false" (default false $s.protectReads)) -}}
+{{- $_ := set $data "API_PROTECT_READS" (ternary "false" "true" (eq (toString $s.protectReads) "false")) -}}
+{{- if $s.allowAnonymous -}}
+{{- $_ := set $data "API_ALLOW_ANONYMOUS" "true" -}}
+{{- end -}}
+{{- $names := dict "maxConcurrentUploads" "API_MAX_CONCURRENT_UPLOADS" "uploadDeadlineMs" "API_UPLOAD_DEADLINE_MS" "bodyIdleTimeoutMs" "API_BODY_IDLE_TIMEOUT_MS" "headerTimeoutMs" "API_HEADER_TIMEOUT_MS" "rateLimitPerSecond" "API_RATE_LIMIT_PER_SECOND" "rateLimitBurst" "API_RATE_LIMIT_BURST" -}}
+{{- range $k, $v := ($s.limits | default dict) -}}
+{{- $_ := set $data (index $names $k) $v -}}
+{{- end -}}
 {{- if $s.projectorGroup -}}
 {{- $_ := set $data "PROJECTOR_GROUP" $s.projectorGroup -}}
 {{- end -}}

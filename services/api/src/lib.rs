@@ -1,13 +1,17 @@
-//! artifact-api: accepts uploads (streamed to the blob store, then published
-//! as `ArtifactCreated`), runs the projector that folds every outcome into
-//! the compacted status topic, and serves the read model built from that
-//! topic.
+//! artifact-api: three parts in one service.
+//!
+//! - [`http`]: the HTTP API: uploads (streamed to the blob store, then
+//!   published as `ArtifactCreated`), reads, reprocess, and the bounds
+//!   that keep it answering;
+//! - [`projector`]: a stream processor that folds every outcome into the
+//!   compacted status topic;
+//! - [`readmodel`]: the on-disk table built from that topic by its Kafka
+//!   follower, which the reads are served from.
+//!
+//! [`config`] holds the settings, [`metrics`] every metric, defined once.
 
-pub mod app;
-pub mod auth;
-pub mod completions;
-pub mod multipart;
-pub mod problem;
+pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod projector;
 pub mod readmodel;
-pub mod upload;

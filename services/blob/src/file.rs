@@ -3,7 +3,10 @@
 //! disk through the root's group sync ([`crate::sync`]).
 
 use crate::sync::RootSync;
-use crate::{BlobDigest, BlobError, Resolved};
+use crate::{BlobChunks, BlobDigest, BlobError, Resolved};
+
+/// Bytes of one chunk of a streamed read.
+const STREAM_CHUNK_BYTES: usize = 64 * 1024;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -96,6 +99,23 @@ impl FileStore {
         })
     }
 
+    pub async fn read_stream(&self, location: &str) -> Result<BlobChunks, BlobError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncReadExt;
+        let path = self.path(location)?;
+        let file = tokio::fs::File::open(&path).await.map_err(io(location))?;
+        let chunks = futures::stream::try_unfold(
+            (file, location.to_owned()),
+            |(mut file, location)| async move {
+                let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
+                let n = file.read(&mut buf).await.map_err(io(&location))?;
+                buf.truncate(n);
+                Ok((n > 0).then(|| (Bytes::from(buf), (file, location))))
+            },
+        );
+        Ok(chunks.boxed())
+    }
+
     pub async fn digest(&self, location: &str) -> Result<BlobDigest, BlobError> {
         let path = self.path(location)?;
         let (hasher, size) = on_disk(move || {
@@ -183,13 +203,18 @@ impl FileStore {
         let root = self.root.clone();
         on_disk(move || {
             let syncs = RootSync::of(&root)?;
-            if to_path.try_exists()? {
-                return Ok(false);
-            }
             if let Some(dir) = to_path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::rename(&from_path, &to_path)?;
+            // A link fails if `to` exists, atomically: of two writers racing
+            // for one place exactly one gets it (a check, then a rename,
+            // would let the later one replace the first).
+            match std::fs::hard_link(&from_path, &to_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            std::fs::remove_file(&from_path)?;
             syncs.sync()?;
             Ok(true)
         })
@@ -444,6 +469,49 @@ mod tests {
         s.delete(&loc).await.unwrap();
         s.delete(&loc).await.unwrap();
         assert!(!s.exists(&loc).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_writers_racing_for_one_place_exactly_one_moves() {
+        let (s, _) = store();
+        for round in 0..40 {
+            let mut staged = Vec::new();
+            for i in 0..8 {
+                let mut w = s.begin_staging().await.unwrap();
+                w.write(Bytes::from(format!("writer {i}"))).await.unwrap();
+                staged.push(w.finish().await.unwrap());
+            }
+            let target = s.location(&format!("uploads/race-{round}"));
+            let moves = staged.iter().map(|from| s.move_if_absent(from, &target));
+            let moved = futures::future::try_join_all(moves).await.unwrap();
+            assert_eq!(moved.iter().filter(|m| **m).count(), 1, "round {round}");
+            let winner = moved.iter().position(|m| *m).unwrap();
+            let kept = s.read_all(&target, 100).await.unwrap();
+            assert_eq!(kept, format!("writer {winner}").into_bytes());
+            for (i, from) in staged.iter().enumerate() {
+                assert_eq!(s.exists(from).await.unwrap(), i != winner, "round {round}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_read_gives_the_whole_blob_in_bounded_chunks() {
+        use futures::TryStreamExt;
+        let (s, _) = store();
+        let loc = s.location("texts/long.txt");
+        let bytes: Vec<u8> = (0..3 * STREAM_CHUNK_BYTES + 5).map(|i| i as u8).collect();
+        s.put(&loc, &bytes).await.unwrap();
+        let chunks: Vec<Bytes> = s
+            .read_stream(&loc)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(chunks.iter().all(|c| c.len() <= STREAM_CHUNK_BYTES));
+        assert_eq!(chunks.concat(), bytes);
+        let missing = s.read_stream(&s.location("texts/none.txt")).await;
+        assert!(matches!(missing, Err(BlobError::NotFound(_))));
     }
 
     #[tokio::test]

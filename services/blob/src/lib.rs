@@ -108,6 +108,9 @@ impl BlobError {
     }
 }
 
+/// A blob's bytes, a chunk at a time (see [`BlobStore::read_stream`]).
+pub type BlobChunks = futures::stream::BoxStream<'static, Result<Bytes, BlobError>>;
+
 /// Size and digest of a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobDigest {
@@ -218,6 +221,11 @@ impl BlobStore {
         on_backend!(self, b => b.read_all(location, limit).await)
     }
 
+    /// The blob's bytes as a stream of bounded chunks, never held whole.
+    pub async fn read_stream(&self, location: &str) -> Result<BlobChunks, BlobError> {
+        on_backend!(self, b => b.read_stream(location).await)
+    }
+
     /// Streams the blob through SHA-256.
     pub async fn digest(&self, location: &str) -> Result<BlobDigest, BlobError> {
         on_backend!(self, b => b.digest(location).await)
@@ -277,9 +285,10 @@ impl BlobStore {
     /// Moves the blob at `from` to `to` unless a blob is already at `to`.
     /// Returns whether it moved; if not, `from` is left as it was.
     ///
-    /// On S3 the move is a server-side copy and a delete of `from`; the check
-    /// and the copy are two requests, so two writers racing for one `to`
-    /// both see it absent and the later copy wins.
+    /// Of writers racing for one `to`, exactly one moves: a file is linked
+    /// (which fails if `to` exists), then unlinked from `from`; an object is
+    /// copied server-side by a copy completed only if `to` does not exist
+    /// (`If-None-Match: *`), then deleted from `from`.
     pub async fn move_if_absent(&self, from: &str, to: &str) -> Result<bool, BlobError> {
         on_backend!(self, b => b.move_if_absent(from, to).await)
     }

@@ -2,12 +2,15 @@
 //! in one bucket under a key prefix. The endpoint, region and credentials
 //! come from the standard AWS environment variables or explicit settings.
 
-use crate::{BlobDigest, BlobError, Resolved};
+use crate::{BlobChunks, BlobDigest, BlobError, Resolved};
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3CopyIfNotExists};
 use object_store::path::Path as ObjectPath;
-use object_store::{BackoffConfig, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
+use object_store::{
+    BackoffConfig, CopyMode, CopyOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    WriteMultipart,
+};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::sync::Arc;
@@ -63,6 +66,15 @@ impl S3Store {
                 max_retries: 3,
                 retry_timeout: Duration::from_secs(30),
             });
+        // A copy that creates: a multipart copy completed with
+        // `If-None-Match: *`, S3's conditional write (unless configured
+        // otherwise, e.g. R2's header).
+        if builder
+            .get_config_value(&AmazonS3ConfigKey::CopyIfNotExists)
+            .is_none()
+        {
+            builder = builder.with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+        }
         for (key, value) in settings {
             let key: AmazonS3ConfigKey = key.parse().map_err(|e| format!("setting {key}: {e}"))?;
             builder = builder.with_config(key, *value);
@@ -170,6 +182,16 @@ impl S3Store {
         Ok(out)
     }
 
+    pub async fn read_stream(&self, location: &str) -> Result<BlobChunks, BlobError> {
+        let path = self.object(location)?;
+        let got = self.store.get(&path).await.map_err(store_error(location))?;
+        let location = location.to_owned();
+        Ok(got
+            .into_stream()
+            .map(move |c| c.map_err(store_error(&location)))
+            .boxed())
+    }
+
     pub async fn digest(&self, location: &str) -> Result<BlobDigest, BlobError> {
         let path = self.object(location)?;
         let mut stream = self
@@ -232,14 +254,15 @@ impl S3Store {
     }
 
     pub async fn move_if_absent(&self, from: &str, to: &str) -> Result<bool, BlobError> {
-        if self.exists(to).await? {
-            return Ok(false);
-        }
         let (from_path, to_path) = (self.object(from)?, self.object(to)?);
-        self.store
-            .copy(&from_path, &to_path)
-            .await
-            .map_err(store_error(to))?;
+        // Conditional: of two writers racing for one place exactly one
+        // copies (a check, then a copy, would let the later one replace it).
+        let create = CopyOptions::new().with_mode(CopyMode::Create);
+        match self.store.copy_opts(&from_path, &to_path, create).await {
+            Ok(()) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => return Ok(false),
+            Err(e) => return Err(store_error(to)(e)),
+        }
         // The blob is in place; a copy left under `from` is only litter.
         if let Err(e) = self.delete(from).await {
             tracing::warn!(location = %from, error = %e, "could not remove a moved blob's source");

@@ -8,8 +8,9 @@
 //! shows its boundary, or a field header that never ends, is answered 413
 //! once it passes that bound, instead of being buffered without end.
 
-use crate::problem::Problem;
-use crate::upload::{self, Staged, bytes_stream::BodyError};
+use crate::http::limits::is_idle_timeout;
+use crate::http::problem::Problem;
+use crate::http::upload::{self, Staged, bytes_stream::BodyError};
 use artifact_blob::BlobStore;
 use axum::BoxError;
 use axum::body::Body;
@@ -59,6 +60,8 @@ pub async fn stage_file_field(
         let field = form.next_field().await.map_err(|e| {
             if budget.exceeded() {
                 envelope_too_large(limit)
+            } else if is_idle_timeout(&e) {
+                upload::idle()
             } else {
                 Problem::bad_request(format!("bad multipart body: {e}"))
             }
@@ -70,13 +73,15 @@ pub async fn stage_file_field(
             continue;
         }
         let filename = field.file_name().map(str::to_owned);
-        let declared = field.content_type().map(str::to_owned);
+        let declared = upload::declared_type(field.content_type())?;
         budget.allow_more(limit.saturating_add(ENVELOPE_BYTES));
         let chunks = field
             .map(|c| {
                 c.map_err(|e| {
                     if budget.exceeded() {
                         BodyError::TooLarge
+                    } else if is_idle_timeout(&e) {
+                        BodyError::Idle
                     } else {
                         BodyError::Interrupted(e.to_string())
                     }

@@ -1,6 +1,5 @@
-//! The API's local read-model table, built from the compacted status topic:
-//! read from the beginning at start (the API is not ready until it reached
-//! the end), then kept up to date. Every API instance holds every artifact.
+//! The read-model table: every artifact's newest snapshot, the final ones
+//! in a file and the others in memory.
 //!
 //! Held whole in memory, each artifact's snapshot cost the API about 1.5 KB
 //! for good. Now the snapshot of an artifact in a final state is appended
@@ -15,30 +14,12 @@
 //! new file, so the file stays within twice its live size plus 64 MiB.
 
 use artifact_domain::{ArtifactId, ArtifactState, Generation, StatusView};
-use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config};
-use artifact_kafka::codec::AvroCodec;
-use artifact_kafka::config::ConnectionConfig;
-use artifact_kafka::topics::{TopicNames, partition_counts};
-use futures::FutureExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
-
-/// Records written to the table at once, at most.
-const BATCH: usize = 256;
-
-/// Gauge of the bytes of the table's file (against the volume's size).
-const FILE_BYTES: &str = "artifact_api_read_model_file_bytes";
-
-/// Gauge of the artifacts whose snapshot the table holds in memory.
-const IN_FLIGHT: &str = "artifact_api_read_model_in_flight";
 
 /// The table could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +146,52 @@ struct Lengths {
     live: u64,
 }
 
+/// Of several snapshots of one artifact in a batch, the newest (the later
+/// in the batch at a tie).
+fn newest_of(views: &[StatusView]) -> HashMap<u128, &StatusView> {
+    let mut newest: HashMap<u128, &StatusView> = HashMap::with_capacity(views.len());
+    for v in views {
+        let slot = newest.entry(key(v.artifact_id)).or_insert(v);
+        if order(v) >= order(slot) {
+            *slot = v;
+        }
+    }
+    newest
+}
+
+/// Snapshots of a batch by where they go (see [`StatusTable::sort`]).
+#[derive(Default)]
+struct Sorted<'v> {
+    to_file: Vec<(u128, &'v StatusView)>,
+    to_memory: Vec<(u128, &'v StatusView)>,
+    ties: Vec<(u128, &'v StatusView, Slot)>,
+}
+
+/// The JSON lines of `views`, to be appended at `end`, and the slot each
+/// will have.
+fn encode(end: u64, views: &[(u128, &StatusView)]) -> (Vec<u8>, Vec<(u128, Slot)>) {
+    let mut buf = Vec::new();
+    let mut slots = Vec::with_capacity(views.len());
+    for (k, v) in views {
+        let offset = end + buf.len() as u64;
+        serde_json::to_writer(&mut buf, v).expect("a snapshot serializes to JSON");
+        let len = (end + buf.len() as u64 - offset) as u32;
+        buf.push(b'\n');
+        slots.push((
+            *k,
+            Slot {
+                offset,
+                len,
+                generation: v.generation,
+                updated_at: v.updated_at,
+                state: v.state,
+                settled: v.is_settled(),
+            },
+        ));
+    }
+    (buf, slots)
+}
+
 /// Dead bytes the file may hold before it is compacted, at least.
 const COMPACT_ABOVE: u64 = 64 << 20;
 
@@ -212,40 +239,18 @@ impl StatusTable {
     /// and of the given ones the later in `views`. A final snapshot equal to
     /// the one on file is not appended again. Returns how many changed.
     pub fn upsert(&self, views: &[StatusView]) -> Result<usize, TableError> {
-        // Of several snapshots of one artifact in the batch, the newest.
-        let mut newest: HashMap<u128, &StatusView> = HashMap::with_capacity(views.len());
-        for v in views {
-            let slot = newest.entry(key(v.artifact_id)).or_insert(v);
-            if order(v) >= order(slot) {
-                *slot = v;
-            }
-        }
-        let (mut to_file, mut to_memory, mut ties) = (Vec::new(), Vec::new(), Vec::new());
-        {
-            let index = self.index.read().expect("table lock");
-            for (k, v) in newest {
-                if index.order(k).is_some_and(|o| order(v) < o) {
-                    continue;
-                }
-                if !v.state.is_terminal() {
-                    to_memory.push((k, v));
-                    continue;
-                }
-                match index.on_file.get(&k) {
-                    Some(slot) if !index.in_flight.contains_key(&k) && slot.order() == order(v) => {
-                        ties.push((k, v, *slot))
-                    }
-                    _ => to_file.push((k, v)),
-                }
-            }
-        }
-        // A final snapshot that ties with the one on file is appended only
-        // if it differs (a fold that took a late step with an older time);
-        // the same snapshot written again (a resend) is not.
+        let Sorted {
+            mut to_file,
+            to_memory,
+            ties,
+        } = self.sort(newest_of(views));
         // The writer's lock: the file is neither appended to nor replaced
         // by anyone else until this write is done.
         let mut lengths = self.lengths.lock().expect("file lock");
         let file = self.index.read().expect("table lock").file.clone();
+        // A final snapshot that ties with the one on file is appended only
+        // if it differs (a fold that took a late step with an older time);
+        // the same snapshot written again (a resend) is not.
         for (k, v, slot) in ties {
             if read(&file, k, slot)? != *v {
                 to_file.push((k, v));
@@ -253,28 +258,9 @@ impl StatusTable {
         }
         // The final snapshots are appended in one write; memory points at
         // them once they are in the file.
-        let end = lengths.end;
-        let mut buf = Vec::new();
-        let mut slots = Vec::with_capacity(to_file.len());
-        for (k, v) in &to_file {
-            let offset = end + buf.len() as u64;
-            serde_json::to_writer(&mut buf, v).expect("a snapshot serializes to JSON");
-            let len = (end + buf.len() as u64 - offset) as u32;
-            buf.push(b'\n');
-            slots.push((
-                *k,
-                Slot {
-                    offset,
-                    len,
-                    generation: v.generation,
-                    updated_at: v.updated_at,
-                    state: v.state,
-                    settled: v.is_settled(),
-                },
-            ));
-        }
+        let (buf, slots) = encode(lengths.end, &to_file);
         if !buf.is_empty() {
-            file.write_all_at(&buf, end)?;
+            file.write_all_at(&buf, lengths.end)?;
             lengths.end += buf.len() as u64;
         }
         {
@@ -299,6 +285,31 @@ impl StatusTable {
             }
         }
         Ok(to_file.len() + to_memory.len())
+    }
+
+    /// Where each of the `newest` snapshots goes, given what the table
+    /// holds: nowhere (older than the held one), to memory (in flight), to
+    /// the file (final), or to a comparison with the file's (a final one
+    /// that ties with it).
+    fn sort<'v>(&self, newest: HashMap<u128, &'v StatusView>) -> Sorted<'v> {
+        let mut sorted = Sorted::default();
+        let index = self.index.read().expect("table lock");
+        for (k, v) in newest {
+            if index.order(k).is_some_and(|o| order(v) < o) {
+                continue;
+            }
+            if !v.state.is_terminal() {
+                sorted.to_memory.push((k, v));
+                continue;
+            }
+            match index.on_file.get(&k) {
+                Some(slot) if !index.in_flight.contains_key(&k) && slot.order() == order(v) => {
+                    sorted.ties.push((k, v, *slot))
+                }
+                _ => sorted.to_file.push((k, v)),
+            }
+        }
+        sorted
     }
 
     /// Copies the live snapshots to a new file and points the index at it.
@@ -497,145 +508,6 @@ impl StatusTable {
     /// Bytes of the file.
     pub fn file_bytes(&self) -> u64 {
         self.lengths.lock().expect("file lock").end
-    }
-}
-
-/// Reads the status topic into `table` for ever.
-pub async fn follow_status_topic(
-    conn: ConnectionConfig,
-    codec: Arc<AvroCodec>,
-    table: Arc<StatusTable>,
-) -> anyhow::Result<()> {
-    let topic = TopicNames::from_config(&conn).status();
-    let (partitions, empty) = loop {
-        let conn2 = conn.clone();
-        let t = topic.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let counts =
-                partition_counts(&conn2, std::slice::from_ref(&t), Duration::from_secs(10))?;
-            let n = counts.get(&t).copied();
-            let empty = n
-                .map(|n| empty_partitions(&conn2, &t, n as i32))
-                .unwrap_or_default();
-            Ok::<_, artifact_kafka::client::KafkaError>((n, empty))
-        })
-        .await??;
-        match found {
-            (Some(n), empty) => break (n as i32, empty),
-            (None, _) => {
-                tracing::warn!(%topic, "status topic missing; run `artifactctl topics create`");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-    };
-    let consumer: StreamConsumer<QuietEof> = client_config(&conn, "artifact-api-readmodel")
-        .set("group.id", "artifact-api-readmodel-unused")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create_with_context(QuietEof)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    metrics::gauge!(FILE_BYTES).set(0.0);
-    metrics::gauge!(IN_FLIGHT).set(0.0);
-    // An empty partition is read to its end already: its end-of-partition
-    // event would only come once a fetch waited out `fetch.wait.max.ms`.
-    let mut at_end: HashSet<i32> = empty;
-    // Status records read until the restore is done.
-    let mut restore_records: u64 = 0;
-    loop {
-        if at_end.len() == partitions as usize && !table.is_restored() {
-            table.mark_restored();
-            tracing::info!(
-                records = restore_records,
-                artifacts = table.len(),
-                in_flight = table.in_flight(),
-                file_bytes = table.file_bytes(),
-                "read model restored from the status topic"
-            );
-        }
-        // What the client already holds goes into one write, up to BATCH.
-        let mut views: Vec<StatusView> = Vec::new();
-        let mut next = Some(consumer.recv().await);
-        while let Some(received) = next.take() {
-            match received {
-                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
-                    at_end.insert(p);
-                }
-                Err(e) => tracing::warn!(error = %e, "status topic read error"),
-                Ok(m) => {
-                    if let Some(v) = decode_status(&codec, &m).await {
-                        views.push(v);
-                    }
-                }
-            }
-            if views.len() < BATCH {
-                next = consumer.recv().now_or_never();
-            }
-        }
-        if !views.is_empty() {
-            if !table.is_restored() {
-                restore_records += views.len() as u64;
-            }
-            write(&table, views).await;
-            metrics::gauge!(FILE_BYTES).set(table.file_bytes() as f64);
-            metrics::gauge!(IN_FLIGHT).set(table.in_flight() as f64);
-        }
-    }
-}
-
-/// The partitions of `topic` without a record to read (their first and end
-/// offsets are equal, as read by a `read_committed` consumer). A partition
-/// whose offsets cannot be looked up is left out: it is read to its end.
-fn empty_partitions(conn: &ConnectionConfig, topic: &str, partitions: i32) -> HashSet<i32> {
-    let consumer: Result<rdkafka::consumer::BaseConsumer, _> =
-        client_config(conn, "artifact-api-readmodel")
-            .set("isolation.level", "read_committed")
-            .create();
-    let Ok(consumer) = consumer else {
-        return HashSet::new();
-    };
-    (0..partitions)
-        .filter(|&p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .is_ok_and(|(low, high)| low == high)
-        })
-        .collect()
-}
-
-/// A status record's snapshot; `None` (logged) if it can never decode.
-async fn decode_status(codec: &AvroCodec, m: &BorrowedMessage<'_>) -> Option<StatusView> {
-    loop {
-        match codec.decode::<StatusView>(m.payload()).await {
-            Ok(v) => return Some(v),
-            // Registry unavailable: wait, the record is not lost.
-            Err(e) if e.is_retriable() => {
-                tracing::warn!(error = %e, "status record waits for the registry");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, offset = m.offset(), "undecodable status record skipped");
-                return None;
-            }
-        }
-    }
-}
-
-/// Writes snapshots to the table, again and again until the file takes them
-/// (a full disk, say): the table falls behind the topic, nothing is lost.
-/// (A write is an append of a few kilobytes: it runs on the task.)
-async fn write(table: &StatusTable, views: Vec<StatusView>) {
-    loop {
-        match table.upsert(&views) {
-            Ok(_) => return,
-            Err(e) => tracing::warn!(error = %e, "read-model write failed; retrying"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -7,7 +7,7 @@
 //! A staged blob not yet in place is removed whatever ends the upload: an
 //! error, or the upload's future dropped (its client went away).
 
-use crate::problem::Problem;
+use crate::http::problem::Problem;
 use artifact_blob::{BlobError, BlobStore};
 use axum::http::StatusCode;
 use bytes_stream::{BodyError, ByteChunks};
@@ -24,6 +24,9 @@ pub mod bytes_stream {
         /// The body is larger than the upload limit allows.
         #[error("the body is larger than the upload limit")]
         TooLarge,
+        /// No piece of the body arrived within the idle timeout.
+        #[error("no part of the body arrived within API_BODY_IDLE_TIMEOUT_MS")]
+        Idle,
         /// The connection failed or the body is malformed.
         #[error("{0}")]
         Interrupted(String),
@@ -81,8 +84,18 @@ async fn remove(blobs: &BlobStore, location: &str) {
     }
 }
 
+/// 503 for a blob store failure: what failed, for the body; the store's
+/// error (its locations and bucket) for the log.
 fn unavailable(what: &str, e: BlobError) -> Problem {
-    Problem::unavailable(format!("{what}: {e}"))
+    Problem::unavailable(format!("{what}; retry in a moment")).caused_by(e)
+}
+
+/// The answer to a body left idle past the timeout.
+pub fn idle() -> Problem {
+    crate::metrics::refused(crate::metrics::Refusal::IdleBody);
+    Problem::timeout(
+        "no part of the upload arrived within API_BODY_IDLE_TIMEOUT_MS; nothing was stored",
+    )
 }
 
 /// The answer to an upload larger than the limit.
@@ -94,6 +107,22 @@ pub fn too_large(limit: u64) -> Problem {
             "the upload is larger than the limit of {limit} bytes (MAX_UPLOAD_BYTES); nothing was stored"
         ),
     )
+}
+
+/// Longest declared content type copied into an artifact's events, in bytes
+/// (RFC 6838 bounds a type and a subtype to 127 characters each).
+pub const MAX_DECLARED_TYPE_BYTES: usize = 255;
+
+/// A declared content type to copy into the event; a longer one than
+/// [`MAX_DECLARED_TYPE_BYTES`] is refused with 400.
+pub fn declared_type(value: Option<&str>) -> Result<Option<String>, Problem> {
+    match value {
+        Some(v) if v.len() > MAX_DECLARED_TYPE_BYTES => Err(Problem::bad_request(format!(
+            "the declared content type is {} bytes long; at most {MAX_DECLARED_TYPE_BYTES} are accepted",
+            v.len()
+        ))),
+        v => Ok(v.map(str::to_owned)),
+    }
 }
 
 /// Streams `chunks` into a temporary blob under the store's root.
@@ -115,6 +144,10 @@ pub async fn stage(
             Err(BodyError::TooLarge) => {
                 writer.abort().await;
                 return Err(too_large(limit));
+            }
+            Err(BodyError::Idle) => {
+                writer.abort().await;
+                return Err(idle());
             }
             Err(BodyError::Interrupted(e)) => {
                 writer.abort().await;

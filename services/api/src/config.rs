@@ -1,0 +1,142 @@
+//! The API's configuration: flags and environment variables, validated at
+//! start (secrets never logged).
+
+use crate::http::auth::{Access, AccessError, Tokens};
+use crate::http::limits::Limits;
+use artifact_blob::BlobStoreConfig;
+use artifact_kafka::config::ConnectionConfig;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The artifact API.
+#[derive(Debug, Parser)]
+#[command(name = "artifact-api", version, about)]
+pub struct Config {
+    #[command(flatten)]
+    pub conn: ConnectionConfig,
+    #[command(flatten)]
+    pub blobs: BlobStoreConfig,
+    /// Address to serve the API, health and metrics on.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: std::net::SocketAddr,
+    /// Bearer tokens, comma-separated. Without any the API does not start,
+    /// unless API_ALLOW_ANONYMOUS=true.
+    #[arg(long, env = "API_TOKENS", default_value = "", hide_env_values = true)]
+    pub api_tokens: String,
+    /// A file with one token per line, added to API_TOKENS.
+    #[arg(long, env = "API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
+    /// Run without tokens: anyone who reaches the API may upload and
+    /// reprocess. Needs API_PROTECT_READS=false too.
+    #[arg(long, env = "API_ALLOW_ANONYMOUS", default_value_t = false)]
+    pub allow_anonymous: bool,
+    /// Require a token on reads (the default); `false` opens them.
+    #[arg(long, env = "API_PROTECT_READS")]
+    pub protect_reads: Option<bool>,
+    /// Largest upload, in bytes.
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 100 << 20)]
+    pub max_upload_bytes: u64,
+    /// Uploads received at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "API_MAX_CONCURRENT_UPLOADS", default_value_t = 16)]
+    pub max_concurrent_uploads: usize,
+    /// Total time an upload's body may take to arrive, in milliseconds.
+    #[arg(long, env = "API_UPLOAD_DEADLINE_MS", default_value_t = 600_000)]
+    pub upload_deadline_ms: u64,
+    /// Longest wait for the next piece of a request body, in milliseconds.
+    #[arg(long, env = "API_BODY_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_idle_timeout_ms: u64,
+    /// Longest wait for a request's headers, from its first byte (or from
+    /// the end of the previous request on a kept-alive connection), in
+    /// milliseconds.
+    #[arg(long, env = "API_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Requests per second per token (per address without one) on /v1;
+    /// more are answered 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "API_RATE_LIMIT_PER_SECOND", default_value_t = 100)]
+    pub rate_limit_per_second: u32,
+    /// Requests a token may send at once above its rate.
+    #[arg(long, env = "API_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+    /// Directory of the read-model table's file (created at each start and
+    /// unlinked at once; it holds the final snapshot of every artifact).
+    #[arg(long, env = "READ_MODEL_DIR", default_value_os_t = std::env::temp_dir())]
+    pub read_model_dir: PathBuf,
+    /// Consumer group of the projector task.
+    #[arg(long, env = "PROJECTOR_GROUP", default_value = "artifact-projector")]
+    pub projector_group: String,
+    /// How long SIGTERM/SIGINT waits for requests in flight (uploads being
+    /// received, moved into place and published) before the process exits
+    /// anyway, in milliseconds. New connections are refused meanwhile.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+/// Why the configuration cannot start the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The token file cannot be read.
+    #[error("API_TOKENS_FILE {path}: {source}")]
+    TokensFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Tokens and anonymity do not agree.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// A bound is zero.
+    #[error("{0} must be above 0")]
+    Zero(&'static str),
+}
+
+impl Config {
+    /// Who may call what: the tokens of API_TOKENS and API_TOKENS_FILE, and
+    /// the anonymity and read settings.
+    pub fn access(&self) -> Result<Access, ConfigError> {
+        let mut list = self.api_tokens.clone();
+        if let Some(f) = &self.api_tokens_file {
+            let text = std::fs::read_to_string(f).map_err(|source| ConfigError::TokensFile {
+                path: f.display().to_string(),
+                source,
+            })?;
+            for line in text.lines() {
+                list.push(',');
+                list.push_str(line);
+            }
+        }
+        Ok(Access::new(
+            Tokens::parse(&list),
+            self.allow_anonymous,
+            self.protect_reads,
+        )?)
+    }
+
+    /// The bounds on requests.
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        let ms = Duration::from_millis;
+        for (name, value) in [
+            (
+                "API_MAX_CONCURRENT_UPLOADS",
+                self.max_concurrent_uploads as u64,
+            ),
+            ("API_UPLOAD_DEADLINE_MS", self.upload_deadline_ms),
+            ("API_BODY_IDLE_TIMEOUT_MS", self.body_idle_timeout_ms),
+            ("API_HEADER_TIMEOUT_MS", self.header_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(Limits {
+            max_upload_bytes: self.max_upload_bytes,
+            concurrent_uploads: self.max_concurrent_uploads,
+            upload_deadline: ms(self.upload_deadline_ms),
+            body_idle_timeout: ms(self.body_idle_timeout_ms),
+            header_timeout: ms(self.header_timeout_ms),
+            rate_per_second: self.rate_limit_per_second,
+            rate_burst: self.rate_limit_burst.max(1),
+        })
+    }
+}

@@ -1,0 +1,199 @@
+//! What the projector knows: the folds of artifacts still moving, and the
+//! settled generations of those whose fold was dropped, until the read
+//! model's table answers for them.
+
+use crate::readmodel::StatusTable;
+use artifact_domain::{ArtifactId, ArtifactStatus, Generation, PipelineEvent};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What the projector knows: the folds of artifacts still moving, and the
+/// settled generation of those whose fold was dropped, until the table
+/// holds their settled snapshot.
+#[derive(Default)]
+pub(super) struct Projection {
+    pub(super) folds: HashMap<ArtifactId, ArtifactStatus>,
+    pub(super) settled: HashMap<ArtifactId, Generation>,
+    table: Option<Arc<StatusTable>>,
+}
+
+impl Projection {
+    pub(super) fn with_table(table: Arc<StatusTable>) -> Self {
+        Self {
+            table: Some(table),
+            ..Self::default()
+        }
+    }
+
+    /// The settled generation known for an artifact without a fold.
+    fn settled_generation(&self, id: ArtifactId) -> Option<Generation> {
+        self.settled
+            .get(&id)
+            .copied()
+            .or_else(|| self.table.as_ref()?.settled_generation(id))
+    }
+
+    /// Folds one event and returns the artifact's fold, or `None` for an
+    /// event of a generation at or below a settled one without a fold: a
+    /// duplicate of an event folded before, not folded again.
+    pub(super) fn apply(&mut self, event: PipelineEvent) -> Option<&ArtifactStatus> {
+        let id = event.artifact_id();
+        if !self.folds.contains_key(&id) {
+            if self
+                .settled_generation(id)
+                .is_some_and(|settled| event.generation() <= settled)
+            {
+                return None;
+            }
+            self.settled.remove(&id);
+        }
+        let status = self
+            .folds
+            .entry(id)
+            .or_insert_with(|| ArtifactStatus::empty(id, event.generation()));
+        status.apply(event);
+        Some(status)
+    }
+
+    /// Forgets the settled generations the table now holds a settled
+    /// snapshot of (at that generation or a newer one).
+    pub(super) fn forget_shown(&mut self) {
+        let Some(table) = &self.table else { return };
+        self.settled
+            .retain(|id, g| table.settled_generation(*id).is_none_or(|shown| shown < *g));
+    }
+
+    /// Drops the folds of `delivered` snapshots that are settled and still
+    /// the last written for their artifact (an artifact written again since
+    /// has that write's own report to come).
+    pub(super) fn drop_settled(
+        &mut self,
+        written: &mut HashMap<ArtifactId, u64>,
+        delivered: Vec<(ArtifactId, u64)>,
+    ) {
+        for (id, fingerprint) in delivered {
+            let settled = self.folds.get(&id).filter(|f| f.is_settled());
+            if let Some(fold) = settled
+                && written.get(&id) == Some(&fingerprint)
+            {
+                self.settled.insert(id, fold.generation());
+                self.folds.remove(&id);
+                written.remove(&id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projector::writer::fingerprint;
+    use artifact_domain::*;
+
+    fn id(n: u128) -> ArtifactId {
+        uuid::Uuid::from_u128(n).to_string().parse().unwrap()
+    }
+
+    fn created(id: ArtifactId, generation: i64) -> PipelineEvent {
+        PipelineEvent::Created(ArtifactCreated {
+            artifact_id: id,
+            generation: Generation::new(generation).unwrap(),
+            storage_location: "file:///blobs/x".into(),
+            declared_content_type: None,
+            filename: None,
+            size_bytes: None,
+            sha256: None,
+            created_at: 1,
+        })
+    }
+
+    fn failed_at_mime(id: ArtifactId) -> PipelineEvent {
+        PipelineEvent::MimeDetected(StageEvent {
+            artifact_id: id,
+            generation: Generation::FIRST,
+            context: ArtifactContext::default(),
+            outcome: Outcome::permanent("unreadable"),
+            result: None,
+            processed_at: 2,
+        })
+    }
+
+    #[test]
+    fn settled_folds_are_dropped_once_their_last_snapshot_is_delivered() {
+        let (settled, moving) = (id(1), id(2));
+        let mut p = Projection::default();
+        for e in [
+            created(settled, 1),
+            failed_at_mime(settled),
+            created(moving, 1),
+        ] {
+            assert!(p.apply(e).is_some());
+        }
+        let mut written = HashMap::from([
+            (settled, fingerprint(b"final")),
+            (moving, fingerprint(b"pending")),
+        ]);
+        // An older snapshot's delivery, and a fold that is not settled: kept.
+        p.drop_settled(
+            &mut written,
+            vec![
+                (settled, fingerprint(b"older")),
+                (moving, fingerprint(b"pending")),
+            ],
+        );
+        assert_eq!(p.folds.len(), 2);
+        // The settled fold's last snapshot delivered: dropped, its
+        // generation kept.
+        p.drop_settled(&mut written, vec![(settled, fingerprint(b"final"))]);
+        assert!(!p.folds.contains_key(&settled));
+        assert!(!written.contains_key(&settled));
+        assert_eq!(p.settled.get(&settled), Some(&Generation::FIRST));
+        assert!(p.folds.contains_key(&moving));
+        // Its events again: not folded, no fold comes back.
+        assert!(p.apply(failed_at_mime(settled)).is_none());
+        assert!(p.apply(created(settled, 1)).is_none());
+        assert!(!p.folds.contains_key(&settled));
+        // A new generation folds again.
+        let fold = p.apply(created(settled, 2)).expect("a newer generation");
+        assert_eq!(fold.generation().get(), 2);
+        assert!(!p.settled.contains_key(&settled));
+    }
+
+    #[test]
+    fn the_table_answers_for_the_settled_generations_it_holds() {
+        let table = Arc::new(StatusTable::create(&std::env::temp_dir()).expect("table"));
+        let mut p = Projection::with_table(table.clone());
+        let (done, unfinished) = (id(1), id(2));
+        let fold = p.apply(created(done, 1)).unwrap().clone();
+        let mut settled = fold.clone();
+        settled.apply(failed_at_mime(done));
+        p.apply(failed_at_mime(done)).unwrap();
+        let mut written = HashMap::from([(done, fingerprint(b"final"))]);
+        p.drop_settled(&mut written, vec![(done, fingerprint(b"final"))]);
+        assert_eq!(p.settled.get(&done), Some(&Generation::FIRST));
+        // Until the table holds the settled snapshot the projector keeps
+        // the generation; then the table answers for it.
+        p.forget_shown();
+        assert_eq!(p.settled.len(), 1);
+        table.upsert(&[fold.view()]).unwrap();
+        p.forget_shown();
+        assert_eq!(p.settled.len(), 1, "an unsettled snapshot does not answer");
+        table.upsert(&[settled.view()]).unwrap();
+        p.forget_shown();
+        assert!(p.settled.is_empty());
+        assert!(p.apply(failed_at_mime(done)).is_none());
+        assert!(p.apply(created(done, 1)).is_none());
+        assert!(p.folds.is_empty());
+        assert_eq!(p.apply(created(done, 2)).unwrap().generation().get(), 2);
+
+        // A final snapshot with a step still to come (mime-detector's
+        // failure folded before the creation): its events are folded.
+        let mut first = ArtifactStatus::empty(unfinished, Generation::FIRST);
+        first.apply(failed_at_mime(unfinished));
+        assert!(first.view().state.is_terminal());
+        table.upsert(&[first.view()]).unwrap();
+        assert!(p.apply(created(unfinished, 1)).is_some());
+        let fold = p.apply(failed_at_mime(unfinished)).expect("folded");
+        assert!(fold.is_settled());
+    }
+}
