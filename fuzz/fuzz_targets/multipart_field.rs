@@ -5,7 +5,7 @@
 //! blob store in a temporary directory.
 #![no_main]
 
-use artifact_api::multipart::stage_file_field;
+use artifact_api::http::multipart::stage_file_field;
 use artifact_runtime::blob::BlobStore;
 use axum::body::Body;
 use axum::extract::Request;
