@@ -263,7 +263,7 @@ scalars replace. Call with (list $ "mimeDetector"); returns YAML.
 {{- if $s.allowAnonymous -}}
 {{- $_ := set $data "API_ALLOW_ANONYMOUS" "true" -}}
 {{- end -}}
-{{- $names := dict "maxConcurrentUploads" "API_MAX_CONCURRENT_UPLOADS" "uploadDeadlineMs" "API_UPLOAD_DEADLINE_MS" "bodyIdleTimeoutMs" "API_BODY_IDLE_TIMEOUT_MS" "headerTimeoutMs" "API_HEADER_TIMEOUT_MS" "rateLimitPerSecond" "API_RATE_LIMIT_PER_SECOND" "rateLimitBurst" "API_RATE_LIMIT_BURST" -}}
+{{- $names := dict "maxConcurrentUploads" "API_MAX_CONCURRENT_UPLOADS" "maxEventStreams" "API_MAX_EVENT_STREAMS" "uploadDeadlineMs" "API_UPLOAD_DEADLINE_MS" "bodyIdleTimeoutMs" "API_BODY_IDLE_TIMEOUT_MS" "headerTimeoutMs" "API_HEADER_TIMEOUT_MS" "rateLimitPerSecond" "API_RATE_LIMIT_PER_SECOND" "rateLimitBurst" "API_RATE_LIMIT_BURST" -}}
 {{- range $k, $v := ($s.limits | default dict) -}}
 {{- $_ := set $data (index $names $k) $v -}}
 {{- end -}}

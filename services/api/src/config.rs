@@ -40,6 +40,10 @@ pub struct Config {
     /// Uploads received at once; more are answered 503 with Retry-After.
     #[arg(long, env = "API_MAX_CONCURRENT_UPLOADS", default_value_t = 16)]
     pub max_concurrent_uploads: usize,
+    /// Event streams (`/v1/events`, `/v1/artifacts/{id}/events`) open at
+    /// once; more are answered 503 with Retry-After.
+    #[arg(long, env = "API_MAX_EVENT_STREAMS", default_value_t = 256)]
+    pub max_event_streams: usize,
     /// Total time an upload's body may take to arrive, in milliseconds.
     #[arg(long, env = "API_UPLOAD_DEADLINE_MS", default_value_t = 600_000)]
     pub upload_deadline_ms: u64,
@@ -121,6 +125,7 @@ impl Config {
                 "API_MAX_CONCURRENT_UPLOADS",
                 self.max_concurrent_uploads as u64,
             ),
+            ("API_MAX_EVENT_STREAMS", self.max_event_streams as u64),
             ("API_UPLOAD_DEADLINE_MS", self.upload_deadline_ms),
             ("API_BODY_IDLE_TIMEOUT_MS", self.body_idle_timeout_ms),
             ("API_HEADER_TIMEOUT_MS", self.header_timeout_ms),
@@ -132,6 +137,7 @@ impl Config {
         Ok(Limits {
             max_upload_bytes: self.max_upload_bytes,
             concurrent_uploads: self.max_concurrent_uploads,
+            event_streams: self.max_event_streams,
             upload_deadline: ms(self.upload_deadline_ms),
             body_idle_timeout: ms(self.body_idle_timeout_ms),
             header_timeout: ms(self.header_timeout_ms),

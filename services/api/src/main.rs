@@ -111,6 +111,7 @@ fn app_state(cfg: &Config) -> anyhow::Result<AppState> {
         table: Arc::new(StatusTable::create(&cfg.read_model_dir)?),
         access,
         uploads: UploadSlots::new(limits.concurrent_uploads),
+        streams: artifact_api::http::events::StreamSlots::new(limits.event_streams),
         limits,
         completions: Completions::default(),
     })

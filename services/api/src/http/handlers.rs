@@ -62,20 +62,7 @@ pub async fn list_artifacts(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, Problem> {
     let Query(q) = query.map_err(bad_query)?;
-    let state = q
-        .state
-        .as_deref()
-        .map(|s| {
-            serde_json::from_value::<ArtifactState>(serde_json::Value::String(
-                s.to_ascii_uppercase(),
-            ))
-            .map_err(|_| {
-                Problem::bad_request(format!(
-                    "state {s:?} is not one of PENDING, IN_PROGRESS, COMPLETED, FAILED"
-                ))
-            })
-        })
-        .transpose()?;
+    let state = q.state.as_deref().map(parse_state).transpose()?;
     let cursor = q.cursor.as_deref().map(parse_id).transpose()?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -172,4 +159,14 @@ pub async fn reprocess(
             sha256: c.sha256.clone(),
         }),
     ))
+}
+
+/// A state named in a query, in any case.
+pub(super) fn parse_state(s: &str) -> Result<ArtifactState, Problem> {
+    serde_json::from_value::<ArtifactState>(serde_json::Value::String(s.to_ascii_uppercase()))
+        .map_err(|_| {
+            Problem::bad_request(format!(
+                "state {s:?} is not one of PENDING, IN_PROGRESS, COMPLETED, FAILED"
+            ))
+        })
 }

@@ -24,6 +24,8 @@ pub struct Limits {
     pub max_upload_bytes: u64,
     /// Uploads received at once.
     pub concurrent_uploads: usize,
+    /// Event streams open at once.
+    pub event_streams: usize,
     /// Total time an upload's body may take.
     pub upload_deadline: Duration,
     /// Longest wait for the next piece of a body.
@@ -42,6 +44,7 @@ impl Limits {
         Limits {
             max_upload_bytes,
             concurrent_uploads: 64,
+            event_streams: 8,
             upload_deadline: Duration::from_secs(60),
             body_idle_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),

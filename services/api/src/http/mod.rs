@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod completions;
+pub mod events;
 pub mod handlers;
 pub mod limits;
 pub mod multipart;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Permits for uploads being received.
     pub uploads: UploadSlots,
+    /// Permits for event streams open.
+    pub streams: events::StreamSlots,
     /// Uploads being moved into place and published.
     pub completions: Completions,
 }
@@ -155,7 +158,9 @@ fn bad_query(e: QueryRejection) -> Problem {
         handlers::get_artifact,
         handlers::list_artifacts,
         handlers::get_text,
-        handlers::reprocess
+        handlers::reprocess,
+        events::artifact_events,
+        events::all_events
     ),
     components(schemas(Accepted))
 )]
@@ -185,6 +190,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/artifacts/{id}", get(handlers::get_artifact))
         .route("/v1/artifacts/{id}/text", get(handlers::get_text))
         .route("/v1/artifacts/{id}/reprocess", post(handlers::reprocess))
+        .route("/v1/artifacts/{id}/events", get(events::artifact_events))
+        .route("/v1/events", get(events::all_events))
         // Uploads enforce MAX_UPLOAD_BYTES themselves, while streaming (a
         // multipart body's envelope included: see `multipart`).
         .layer(DefaultBodyLimit::disable())

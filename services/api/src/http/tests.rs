@@ -68,6 +68,7 @@ fn build(protect_reads: Option<bool>, limits: Limits) -> Api {
         table: table.clone(),
         access,
         uploads: UploadSlots::new(limits.concurrent_uploads),
+        streams: crate::http::events::StreamSlots::new(limits.event_streams),
         limits,
         completions: Completions::default(),
     };
@@ -725,4 +726,128 @@ async fn a_request_whose_headers_stall_is_closed_after_the_header_timeout() {
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let read = tokio::time::timeout(server::LINGER * 4, conn.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "an idle connection still open");
+}
+
+fn snapshot(id: ArtifactId, state: ArtifactState, updated_at: i64) -> StatusView {
+    StatusView {
+        artifact_id: id,
+        generation: Generation::FIRST,
+        state,
+        current_stage: None,
+        failed_stage: None,
+        failure_reason: None,
+        context: ArtifactContext::default(),
+        page_count: None,
+        word_count: None,
+        summary: None,
+        summary_method: None,
+        timeline: Vec::new(),
+        created_at: Some(1),
+        updated_at,
+    }
+}
+
+/// The `event:` names and parsed `data:` of a server-sent-events body read
+/// to its end.
+async fn sse_events(resp: Response) -> Vec<(String, serde_json::Value)> {
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            Some((
+                field("event: ")?,
+                serde_json::from_str(&field("data: ")?).ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_artifacts_event_stream_shows_each_change_and_ends_once_final() {
+    let a = api(true);
+    let id = ArtifactId::new_random();
+    let other = ArtifactId::new_random();
+    a.table
+        .upsert(&[snapshot(id, ArtifactState::Pending, 1)])
+        .unwrap();
+    let req = HttpRequest::get(format!("/v1/artifacts/{id}/events"))
+        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = call(a.app.clone(), req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()[CONTENT_TYPE], "text/event-stream");
+    let table = a.table.clone();
+    let writer = tokio::spawn(async move {
+        // After the stream has subscribed (the response exists).
+        table
+            .upsert(&[snapshot(other, ArtifactState::Completed, 2)])
+            .unwrap();
+        table
+            .upsert(&[snapshot(id, ArtifactState::InProgress, 3)])
+            .unwrap();
+        table
+            .upsert(&[snapshot(id, ArtifactState::Completed, 4)])
+            .unwrap();
+        // Past the final state: not sent.
+        table
+            .upsert(&[snapshot(id, ArtifactState::Completed, 5)])
+            .unwrap();
+    });
+    let events = tokio::time::timeout(Duration::from_secs(10), sse_events(resp))
+        .await
+        .expect("the stream ends once the artifact is final");
+    writer.await.unwrap();
+    let states: Vec<_> = events
+        .iter()
+        .map(|(name, v)| {
+            assert_eq!(name, "status");
+            assert_eq!(v["artifact_id"], id.to_string());
+            v["state"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(states, ["PENDING", "IN_PROGRESS", "COMPLETED"]);
+}
+
+#[tokio::test]
+async fn event_streams_need_a_reader_and_are_bounded() {
+    let a = api(true);
+    let id = artifact(&a, None);
+    let anonymous = HttpRequest::get("/v1/events").body(Body::empty()).unwrap();
+    let (status, _) = problem(call(a.app.clone(), anonymous).await).await;
+    assert_eq!(status, 401);
+    let bad = HttpRequest::get("/v1/events?state=DONE")
+        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _) = problem(call(a.app.clone(), bad).await).await;
+    assert_eq!(status, 400);
+    // Limits::for_tests allows 8 at once: the open ones hold their slots.
+    let open = |path: String| {
+        HttpRequest::get(path)
+            .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let resp = call(a.app.clone(), open("/v1/events?state=failed".into())).await;
+        assert_eq!(resp.status(), 200);
+        held.push(resp);
+    }
+    let (status, p) =
+        problem(call(a.app.clone(), open(format!("/v1/artifacts/{id}/events"))).await).await;
+    assert_eq!(status, 503, "{p}");
+    assert!(detail(&p).contains("API_MAX_EVENT_STREAMS"), "{p}");
+    drop(held);
+    let resp = call(a.app.clone(), open(format!("/v1/artifacts/{id}/events"))).await;
+    assert_eq!(resp.status(), 200, "a slot is free again");
 }

@@ -195,6 +195,10 @@ fn encode(end: u64, views: &[(u128, &StatusView)]) -> (Vec<u8>, Vec<(u128, Slot)
 /// Dead bytes the file may hold before it is compacted, at least.
 const COMPACT_ABOVE: u64 = 64 << 20;
 
+/// Changes a slow event stream may fall behind by before it is told it
+/// missed some.
+const CHANGES_BUFFERED: usize = 4096;
+
 /// Snapshots by artifact: the final ones in a file, the others in memory.
 #[derive(Debug)]
 pub struct StatusTable {
@@ -207,6 +211,8 @@ pub struct StatusTable {
     restored_now: tokio::sync::Notify,
     /// Dead bytes the file may hold before it is compacted, at least.
     compact_above: u64,
+    /// Every snapshot that changed the table, for the event streams.
+    changes: tokio::sync::broadcast::Sender<StatusView>,
 }
 
 impl StatusTable {
@@ -224,7 +230,15 @@ impl StatusTable {
             restored: AtomicBool::new(false),
             restored_now: tokio::sync::Notify::new(),
             compact_above: COMPACT_ABOVE,
+            changes: tokio::sync::broadcast::Sender::new(CHANGES_BUFFERED),
         })
+    }
+
+    /// Every snapshot that changes the table from now on, in order; a
+    /// receiver that falls behind by more than a few thousand is told how
+    /// many it missed.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StatusView> {
+        self.changes.subscribe()
     }
 
     /// The same, compacting once the dead bytes outweigh the live ones and
@@ -274,6 +288,12 @@ impl StatusTable {
             }
             for (k, v) in &to_memory {
                 index.in_flight.insert(*k, (*v).clone());
+            }
+        }
+        // Cloned only while someone listens.
+        if self.changes.receiver_count() > 0 {
+            for (_, v) in to_file.iter().chain(&to_memory) {
+                let _ = self.changes.send((*v).clone());
             }
         }
         let dead = lengths.end - lengths.live;
