@@ -116,43 +116,153 @@ impl Api {
     }
 
     /// Waits until every artifact reached a final state of at least its
-    /// generation, printing a line whenever one moves on.
+    /// generation, printing a line whenever one moves on. It follows the
+    /// API's event stream and looks each artifact up at the start, when the
+    /// stream fell behind, and every few seconds; without a stream (an API
+    /// that has none) it looks them up four times a second.
     pub async fn wait(
         &self,
         ids: &[(String, u32, String)],
         timeout: Duration,
     ) -> anyhow::Result<Vec<StatusView>> {
         let deadline = Instant::now() + timeout;
-        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        let mut w = Waiting::new(ids);
+        // Subscribed before the first look, so no change falls in between.
+        let mut events = self.events().await.ok();
+        let mut look = true;
         loop {
-            let mut done = vec![];
-            for (id, generation, name) in ids {
-                let Some(v) = self.status(id).await? else {
-                    continue;
-                };
-                if v.generation.get() < *generation {
-                    continue;
+            if look {
+                for id in w.pending() {
+                    if let Some(v) = self.status(&id).await? {
+                        w.saw(v);
+                    }
                 }
-                let line = progress_line(&v, name);
-                if last.get(id) != Some(&line) {
-                    println!("{line}");
-                    last.insert(id.clone(), line);
-                }
-                if matches!(v.state, ArtifactState::Completed | ArtifactState::Failed) {
-                    done.push(v);
-                }
+                look = false;
             }
-            if done.len() == ids.len() {
-                return Ok(done);
+            if w.pending().is_empty() {
+                return Ok(w.done);
             }
             if Instant::now() > deadline {
                 bail!(
                     "{} of {} artifacts reached a final state within {timeout:?}",
-                    done.len(),
+                    w.done.len(),
                     ids.len()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            let Some(stream) = events.as_mut() else {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                look = true;
+                continue;
+            };
+            let until = deadline.min(Instant::now() + Duration::from_secs(5));
+            match tokio::time::timeout_at(until.into(), stream.next()).await {
+                Ok(Ok(Some((event, data)))) if event == "status" => {
+                    if let Ok(v) = serde_json::from_str::<StatusView>(&data) {
+                        w.saw(v);
+                    }
+                }
+                Ok(Ok(Some(_))) | Err(_) => look = true,
+                Ok(Ok(None) | Err(_)) => {
+                    events = None;
+                    look = true;
+                }
+            }
+        }
+    }
+
+    /// The API's stream of every change (`/v1/events`).
+    async fn events(&self) -> anyhow::Result<EventStream> {
+        let resp = self
+            .auth(self.http.get(format!("{}/v1/events", self.url)))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(EventStream {
+            resp,
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// The artifacts waited for: which final snapshot each reached, and the
+/// line last printed for it.
+struct Waiting<'a> {
+    ids: &'a [(String, u32, String)],
+    last: BTreeMap<String, String>,
+    done: Vec<StatusView>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(ids: &'a [(String, u32, String)]) -> Self {
+        Waiting {
+            ids,
+            last: BTreeMap::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn pending(&self) -> Vec<String> {
+        self.ids
+            .iter()
+            .filter(|(id, _, _)| !self.done.iter().any(|v| v.artifact_id.to_string() == *id))
+            .map(|(id, _, _)| id.clone())
+            .collect()
+    }
+
+    /// Prints a snapshot of one of the artifacts if it moved on, and keeps
+    /// it once final.
+    fn saw(&mut self, v: StatusView) {
+        let id = v.artifact_id.to_string();
+        let Some((_, generation, name)) = self.ids.iter().find(|(i, _, _)| *i == id) else {
+            return;
+        };
+        if v.generation.get() < *generation
+            || self.done.iter().any(|d| d.artifact_id == v.artifact_id)
+        {
+            return;
+        }
+        let line = progress_line(&v, name);
+        if self.last.get(&id) != Some(&line) {
+            println!("{line}");
+            self.last.insert(id, line);
+        }
+        if matches!(v.state, ArtifactState::Completed | ArtifactState::Failed) {
+            self.done.push(v);
+        }
+    }
+}
+
+/// A server-sent-events body, read an event at a time.
+struct EventStream {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event's name and data; `None` once the stream ended.
+    async fn next(&mut self) -> anyhow::Result<Option<(String, String)>> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let block = String::from_utf8_lossy(&block);
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .filter_map(|l| l.strip_prefix(name))
+                        .map(|v| v.strip_prefix(' ').unwrap_or(v))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                let (event, data) = (field("event:"), field("data:"));
+                if !event.is_empty() || !data.is_empty() {
+                    return Ok(Some((event, data)));
+                }
+                continue;
+            }
+            match self.resp.chunk().await? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk),
+                None => return Ok(None),
+            }
         }
     }
 }
