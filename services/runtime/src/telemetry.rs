@@ -32,6 +32,21 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Every binary's version and commit (`ARTIFACT_BUILD_COMMIT`, set by the
+/// build script from git).
+const BUILD_INFO: &str = "artifact_pipeline_build_info";
+const BUILD_COMMIT: &str = match option_env!("ARTIFACT_BUILD_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// The process collector, its metrics described once.
+fn process_collector() -> metrics_process::Collector {
+    let c = metrics_process::Collector::default();
+    c.describe();
+    c
+}
+
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -49,6 +64,12 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Another recorder may already be installed (tests); rendering
             // then shows nothing of ours, which a test would notice.
             let _ = metrics::set_global_recorder(recorder);
+            metrics::describe_gauge!(
+                BUILD_INFO,
+                "1, labelled with the binary's version and the commit it was built from"
+            );
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => BUILD_COMMIT)
+                .set(1.0);
             handle
         })
         .clone()
@@ -89,6 +110,9 @@ impl Health {
 struct Ops {
     health: Health,
     metrics: PrometheusHandle,
+    /// CPU, memory, open files and threads of the process, read at each
+    /// scrape (`process_*`, the names Prometheus's client libraries use).
+    process: Arc<metrics_process::Collector>,
 }
 
 /// Liveness.
@@ -126,6 +150,7 @@ async fn readyz(State(ops): State<Ops>) -> (StatusCode, String) {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Every metric of the process", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
+    ops.process.collect();
     (
         [("content-type", "text/plain; version=0.0.4")],
         ops.metrics.render(),
@@ -158,7 +183,11 @@ pub fn health_router(health: Health, metrics: PrometheusHandle, doc: OpenApiDoc)
             "/openapi.json",
             get(move || async move { ([("content-type", "application/json")], doc) }),
         )
-        .with_state(Ops { health, metrics })
+        .with_state(Ops {
+            health,
+            metrics,
+            process: Arc::new(process_collector()),
+        })
 }
 
 #[cfg(test)]
@@ -217,5 +246,33 @@ mod tests {
         assert_eq!(r.status(), StatusCode::OK);
         let undocumented = reqwest::get(format!("{base}/status")).await.unwrap();
         assert_eq!(undocumented.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn metrics_carry_the_build_and_the_process() {
+        let base = serve(Health::default()).await;
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let build = text
+            .lines()
+            .find(|l| l.starts_with("artifact_pipeline_build_info{"))
+            .unwrap_or_else(|| panic!("no build info in\n{text}"));
+        assert!(build.contains(concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"")));
+        assert!(build.ends_with(" 1"), "{build}");
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing");
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no help"
+            );
+        }
     }
 }
