@@ -35,7 +35,7 @@ use crate::readmodel::StatusTable;
 use artifact_domain::*;
 use artifact_runtime::codec::AvroCodec;
 use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, ordered_producer_config};
+use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, consumer_config, ordered_producer_config};
 use artifact_runtime::now_ms;
 use artifact_runtime::schemas::EventSchema;
 use artifact_runtime::topics::TopicNames;
@@ -84,11 +84,8 @@ pub async fn run_projector(
     let names = TopicNames::from_config(&conn);
     let mut topics = vec![names.created()];
     topics.extend(Stage::ALL.map(|s| names.output(s)));
-    let consumer: StreamConsumer = client_config(&conn, "artifact-projector")
-        .set("group.id", &group)
+    let consumer: StreamConsumer = consumer_config(&conn, "artifact-projector", &group)
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
         .create()?;

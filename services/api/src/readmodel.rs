@@ -17,7 +17,7 @@
 use artifact_domain::{ArtifactId, ArtifactState, Generation, StatusView};
 use artifact_runtime::codec::AvroCodec;
 use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config};
+use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config, consumer_config};
 use artifact_runtime::topics::{TopicNames, partition_counts};
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -528,13 +528,14 @@ pub async fn follow_status_topic(
             }
         }
     };
-    let consumer: StreamConsumer<QuietEof> = client_config(&conn, "artifact-api-readmodel")
-        .set("group.id", "artifact-api-readmodel-unused")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create_with_context(QuietEof)?;
+    let consumer: StreamConsumer<QuietEof> = consumer_config(
+        &conn,
+        "artifact-api-readmodel",
+        "artifact-api-readmodel-unused",
+    )
+    .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+    .set("enable.partition.eof", "true")
+    .create_with_context(QuietEof)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)?;

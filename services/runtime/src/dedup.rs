@@ -20,7 +20,7 @@
 use crate::codec::{AvroCodec, CodecError};
 use crate::config::ConnectionConfig;
 use crate::kafka::QuietEof;
-use crate::kafka::client_config;
+use crate::kafka::consumer_config;
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::{ArtifactId, DedupDecision, Generation, decide};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -284,21 +284,19 @@ pub async fn restore_partition(
         partition,
         source,
     };
-    let consumer: BaseConsumer<QuietEof> = client_config(conn, "dedup-restore")
-        .set("group.id", "dedup-restore-unused")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        // Reaching the end is the goal: do not let the broker hold fetches.
-        .set("fetch.wait.max.ms", "10")
-        .set(
-            "fetch.queue.backoff.ms",
-            crate::kafka::FETCH_QUEUE_BACKOFF_MS,
-        )
-        .set("fetch.max.bytes", "52428800")
-        .set("max.partition.fetch.bytes", "52428800")
-        .create_with_context(QuietEof)
-        .map_err(kafka)?;
+    let consumer: BaseConsumer<QuietEof> =
+        consumer_config(conn, "dedup-restore", "dedup-restore-unused")
+            .set("enable.partition.eof", "true")
+            // Reaching the end is the goal: do not let the broker hold fetches.
+            .set("fetch.wait.max.ms", "10")
+            .set(
+                "fetch.queue.backoff.ms",
+                crate::kafka::FETCH_QUEUE_BACKOFF_MS,
+            )
+            .set("fetch.max.bytes", "52428800")
+            .set("max.partition.fetch.bytes", "52428800")
+            .create_with_context(QuietEof)
+            .map_err(kafka)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)
         .map_err(kafka)?;

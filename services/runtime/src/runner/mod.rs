@@ -39,7 +39,7 @@ pub use config::{Delivery, RunnerConfig, RunnerConfigError};
 use crate::codec::AvroCodec;
 use crate::config::ConnectionConfig;
 use crate::dedup::{DedupState, restore_partition};
-use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, client_config, header, producer_config};
+use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, consumer_config, header, producer_config};
 use crate::now_ms;
 use crate::retry;
 use crate::stage::StageLogic;
@@ -322,11 +322,8 @@ impl<S: StageLogic> StageRunner<S> {
         let exactly_once = self.cfg.delivery == Delivery::ExactlyOnce;
 
         let consumer_cfg = |client_id: &str| {
-            let mut c = client_config(&self.conn, client_id);
-            c.set("group.id", &self.group)
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("isolation.level", "read_committed")
+            let mut c = consumer_config(&self.conn, client_id, &self.group);
+            c.set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "earliest")
                 // A crashed instance's partitions move on after 10 s.
                 .set("session.timeout.ms", "10000")
