@@ -2,6 +2,7 @@
 //! test, producing events, running stage binaries as child processes,
 //! reading committed outputs, and waiting on conditions with deadlines.
 
+pub mod chaos;
 pub mod pipeline;
 pub mod s3;
 
@@ -9,7 +10,7 @@ use anyhow::{Context, bail};
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation};
 use artifact_runtime::codec::AvroCodec;
 use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{client_config, producer_config};
+use artifact_runtime::kafka::{client_config, consumer_config, producer_config};
 use artifact_runtime::schemas::EventSchema;
 use artifact_runtime::stage::StageInput;
 use artifact_runtime::topics::{TopicNames, ensure_topics};
@@ -62,10 +63,16 @@ impl TestEnv {
 
     /// Creates every topic under a fresh prefix with `partitions` partitions.
     pub async fn new(partitions: usize) -> anyhow::Result<Self> {
+        Self::replicated(partitions, 1).await
+    }
+
+    /// Like [`TestEnv::new`], every topic with `replication` replicas (and
+    /// `min.insync.replicas` of min(2, `replication`)).
+    pub async fn replicated(partitions: usize, replication: i32) -> anyhow::Result<Self> {
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         let conn = ConnectionConfig::local(&prefix);
         let names = TopicNames::from_config(&conn);
-        ensure_topics(&conn, &names.catalogue(), partitions, 1)
+        ensure_topics(&conn, &names.catalogue(), partitions, replication)
             .await
             .context("creating test topics (is the stack up? deploy/local/stack up)")?;
         let codec = AvroCodec::new(&conn.schema_registry_url)?;
@@ -269,10 +276,8 @@ impl TestEnv {
     /// Every committed record of `topic` (`read_committed`), from the start to
     /// the current end.
     pub fn read_all(&self, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
-        let consumer: BaseConsumer = client_config(&self.conn, "test-reader")
-            .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
+        let group = format!("reader-{}", uuid::Uuid::new_v4());
+        let consumer: BaseConsumer = consumer_config(&self.conn, "test-reader", &group)
             .set("enable.partition.eof", "true")
             .create()?;
         let mut tpl = TopicPartitionList::new();
