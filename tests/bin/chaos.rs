@@ -584,8 +584,8 @@ impl Campaign {
     }
 
     /// Writes every stage's and the API's threads' stacks (gdb, if the
-    /// machine has it) beside their logs, as `<name>.stacks.txt`.
-    async fn dump_stacks(&self) {
+    /// machine has it) beside their logs, as `<name>.stacks-<tag>.txt`.
+    async fn dump_stacks(&self, tag: &str) {
         let pids: Vec<(String, u32)> = {
             let procs = self.procs.lock().expect("procs");
             let mut v: Vec<(String, u32)> = procs
@@ -598,7 +598,9 @@ impl Campaign {
             }
             v
         };
-        eprintln!("chaos: no artifact became final for 2 minutes; dumping stacks next to the logs");
+        eprintln!(
+            "chaos: no artifact became final for 2 minutes; dumping stacks next to the logs ({tag})"
+        );
         for (name, pid) in pids {
             let out = tokio::process::Command::new("gdb")
                 .args([
@@ -611,7 +613,37 @@ impl Campaign {
                 .output()
                 .await;
             if let Ok(out) = out {
-                let _ = std::fs::write(self.logs.join(format!("{name}.stacks.txt")), out.stdout);
+                let _ = std::fs::write(
+                    self.logs.join(format!("{name}.stacks-{tag}.txt")),
+                    out.stdout,
+                );
+            }
+        }
+    }
+
+    /// Dumps the stacks when no artifact became final for 2 minutes while
+    /// some were in flight (at most every 10 minutes), until aborted.
+    async fn watch_stalls(self: Arc<Self>) {
+        let mut last_dump: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let (in_flight, last_final) = {
+                let sent = self.sent.lock().expect("sent");
+                let finals = self.finals.lock().expect("finals");
+                let in_flight = sent
+                    .iter()
+                    .filter(|(s, _)| !finals.contains_key(&s.id))
+                    .count();
+                (
+                    in_flight,
+                    finals.values().max().copied().unwrap_or(self.start),
+                )
+            };
+            let stalled = in_flight > 0 && last_final.elapsed() > Duration::from_secs(120);
+            if stalled && last_dump.is_none_or(|t| t.elapsed() > Duration::from_secs(600)) {
+                last_dump = Some(Instant::now());
+                self.dump_stacks(&format!("{:.0}s", self.start.elapsed().as_secs_f64()))
+                    .await;
             }
         }
     }
@@ -942,6 +974,7 @@ async fn main() -> anyhow::Result<()> {
 
     let supervisor = tokio::spawn(c.clone().supervise());
     let watcher = tokio::spawn(c.clone().watch_finals());
+    let stalls = tokio::spawn(c.clone().watch_stalls());
     let load = tokio::spawn(c.clone().load());
     let brokers = tokio::spawn(c.clone().broker_track(seed));
     let processes = tokio::spawn(c.clone().process_track(seed.wrapping_add(1)));
@@ -970,7 +1003,6 @@ async fn main() -> anyhow::Result<()> {
         "chaos: {} artifacts sent; waiting for their final states",
         sent.len()
     );
-    let (mut last_left, mut last_progress, mut dumped) = (usize::MAX, Instant::now(), false);
     loop {
         let left = {
             let finals = c.finals.lock().expect("finals");
@@ -978,13 +1010,6 @@ async fn main() -> anyhow::Result<()> {
                 .filter(|(s, _)| !finals.contains_key(&s.id))
                 .count()
         };
-        if left < last_left {
-            (last_left, last_progress) = (left, Instant::now());
-        } else if !dumped && last_progress.elapsed() > Duration::from_secs(120) {
-            // Stuck: where each process is, for whoever reads the logs.
-            dumped = true;
-            c.dump_stacks().await;
-        }
         if left == 0 || Instant::now() >= settle_deadline {
             if left > 0 {
                 eprintln!("chaos: {left} artifacts not final after {:?}", c.cli.settle);
@@ -1047,6 +1072,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     watcher.abort();
     supervisor.abort();
+    stalls.abort();
 
     // Times: recovery after each fault, the longest stall, end to end.
     let finals = c.finals.lock().expect("finals").clone();
