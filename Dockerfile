@@ -15,9 +15,15 @@
 #
 # Build needs BuildKit (default in current Docker). The cache mounts keep the cargo
 # registry and target directory between builds.
+#
+# scripts/image builds this file with podman/buildah and no registry, as
+# `--target prebuilt-runtime --build-arg RUNTIME_BASE=<a debootstrapped bookworm>`, with the
+# binaries compiled on the (Debian bookworm) host in bin/ of its build context. Both final
+# stages are runtime-base plus the same binaries in /usr/local/bin.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
+ARG RUNTIME_BASE=debian:${DEBIAN_RELEASE}-slim
 
 # ---------------------------------------------------------------------------- builder
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
@@ -35,8 +41,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
         cp "target/release/$bin" /out/; \
     done
 
-# ---------------------------------------------------------------------------- runtime
-FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+# ---------------------------------------------------------------------------- runtime-base
+# Everything of the runtime image but the binaries.
+FROM ${RUNTIME_BASE} AS runtime-base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
  && rm -rf /var/lib/apt/lists/* \
@@ -48,8 +55,6 @@ RUN apt-get update \
  # the chart's fsGroup does this).
  && mkdir -p /data/blobs /var/lib/artifact-api \
  && chown 10001:10001 /data/blobs /var/lib/artifact-api
-
-COPY --from=builder /out/ /usr/local/bin/
 
 USER 10001:10001
 WORKDIR /data
@@ -64,3 +69,15 @@ LABEL org.opencontainers.image.title="artifact-pipeline" \
 
 # No ENTRYPOINT: the command is the binary to run, with its arguments.
 CMD ["artifactctl", "--help"]
+
+# ---------------------------------------------------------------------------- prebuilt-runtime
+# scripts/image's target: the binaries from bin/ of the build context.
+FROM scratch AS prebuilt
+COPY bin/ /out/
+FROM runtime-base AS prebuilt-runtime
+COPY --from=prebuilt /out/ /usr/local/bin/
+
+# ---------------------------------------------------------------------------- runtime
+# The default (last) stage: the binaries from the builder stage.
+FROM runtime-base AS runtime
+COPY --from=builder /out/ /usr/local/bin/

@@ -10,8 +10,8 @@ use artifact_domain::{
     ArtifactCreated, ArtifactId, ArtifactState, ArtifactStatus, Generation, LocationVerified,
     MimeDetected, Outcome, Parsed, PipelineEvent, Stage, StatusView, Summarized,
 };
-use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{QuietEof, client_config, consumer_config};
+use artifact_kafka::client::{QuietEof, client_config, consumer_config};
+use artifact_kafka::config::ConnectionConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -558,7 +558,7 @@ async fn check_topics(env: &TestEnv, replication: i32) -> anyhow::Result<Vec<Fin
     use rdkafka::admin::{AdminOptions, ResourceSpecifier};
     let names: Vec<String> = env.names.catalogue().into_iter().map(|t| t.name).collect();
     let layouts =
-        artifact_runtime::topics::topic_layouts(&env.conn, &names, Duration::from_secs(10))?;
+        artifact_kafka::topics::topic_layouts(&env.conn, &names, Duration::from_secs(10))?;
     let mut out = vec![];
     for name in &names {
         match layouts.get(name) {
@@ -573,10 +573,10 @@ async fn check_topics(env: &TestEnv, replication: i32) -> anyhow::Result<Vec<Fin
             }),
         }
     }
-    let admin = artifact_runtime::kafka::admin_client(&env.conn)?;
+    let admin = artifact_kafka::client::admin_client(&env.conn)?;
     let resources: Vec<ResourceSpecifier> =
         names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
-    let want = artifact_runtime::topics::min_insync_replicas(replication).to_string();
+    let want = artifact_kafka::topics::min_insync_replicas(replication).to_string();
     for (name, res) in names.iter().zip(
         admin
             .describe_configs(&resources, &AdminOptions::new())

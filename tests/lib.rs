@@ -5,15 +5,16 @@
 pub mod chaos;
 pub mod pipeline;
 pub mod s3;
+pub mod stack;
 
 use anyhow::{Context, bail};
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation};
-use artifact_runtime::codec::AvroCodec;
-use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{client_config, consumer_config, producer_config};
-use artifact_runtime::schemas::EventSchema;
+use artifact_kafka::client::{client_config, consumer_config, producer_config};
+use artifact_kafka::codec::AvroCodec;
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::schemas::EventSchema;
+use artifact_kafka::topics::{TopicNames, ensure_topics};
 use artifact_runtime::stage::StageInput;
-use artifact_runtime::topics::{TopicNames, ensure_topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -216,7 +217,7 @@ impl TestEnv {
             .into_iter()
             .find(|t| t.name == topic)
             .with_context(|| format!("{topic} is not in the catalogue"))?;
-        let admin = artifact_runtime::kafka::admin_client(&self.conn)?;
+        let admin = artifact_kafka::client::admin_client(&self.conn)?;
         let created = spec.configs();
         let mut cfg = AlterConfig::new(ResourceSpecifier::Topic(topic));
         for (k, v) in &created {
@@ -256,7 +257,7 @@ impl TestEnv {
     /// envs and would otherwise leave their topics on the broker).
     pub async fn delete_topics(&self) -> anyhow::Result<()> {
         use rdkafka::admin::AdminOptions;
-        let admin = artifact_runtime::kafka::admin_client(&self.conn)?;
+        let admin = artifact_kafka::client::admin_client(&self.conn)?;
         let names: Vec<String> = self.names.catalogue().into_iter().map(|t| t.name).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         for r in admin.delete_topics(&refs, &AdminOptions::new()).await? {
@@ -271,6 +272,27 @@ impl TestEnv {
             .set("isolation.level", "read_committed")
             .create()?;
         Ok(consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?)
+    }
+
+    /// Whether the stage processes' group has committed every record of
+    /// `topic` (written without transactions): on each partition, its
+    /// committed offset is the end.
+    pub fn group_caught_up(&self, topic: &str) -> anyhow::Result<bool> {
+        let consumer: BaseConsumer =
+            consumer_config(&self.conn, "test-lag", &self.stage_group()).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions as i32 {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        for e in committed.elements() {
+            let (_, end) =
+                consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
+            if e.offset().to_raw().unwrap_or(0).max(0) < end {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Every committed record of `topic` (`read_committed`), from the start to
@@ -322,7 +344,7 @@ impl TestEnv {
 
 /// A header's value as text.
 pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
-    artifact_runtime::kafka::header(msg, name).map(str::to_owned)
+    artifact_kafka::client::header(msg, name).map(str::to_owned)
 }
 
 /// Runs `deploy/local/stack <cmd>` (e.g. `stop-registry`), failing the
@@ -367,50 +389,6 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {PORTS:?}");
 }
 
-/// CPU time process `pid` has used so far (user + system), in seconds, from
-/// `/proc/<pid>/stat` (in USER_HZ = 100 ticks per second, as Linux reports
-/// it to user space); `None` if there is no such process or off Linux.
-pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields after it are plain.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime: fields 14 and 15 of the line, 11 and 12 (from 0) after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-/// Busy CPU time of the whole machine so far, all CPUs, in seconds, from
-/// the first line of `/proc/stat`: everything but idle and I/O wait (every
-/// process and kernel thread, such as the flusher threads writing files
-/// back). `None` off Linux.
-pub fn machine_busy_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().ok())
-        .collect::<Option<_>>()?;
-    let idle = ticks.get(3)? + ticks.get(4)?;
-    // In USER_HZ = 100 ticks per second, like `/proc/<pid>/stat`.
-    Some((ticks.iter().sum::<u64>() - idle) as f64 / 100.0)
-}
-
-/// The local stack's Kafka broker process (a JVM running `kafka.Kafka`), if
-/// one runs on this machine.
-pub fn broker_pid() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == b"kafka.Kafka")
-            .then_some(pid)
-    })
-}
-
 /// A stage process.
 pub struct StageProcess {
     child: Child,
@@ -429,6 +407,19 @@ impl StageProcess {
         Self::start_with_logs(env, bin, vars, Stdio::inherit())
     }
 
+    /// Starts `bin` like [`StageProcess::start`], under `prlimit` with an
+    /// address space of `bytes` (as a memory limit stops a process).
+    pub fn start_limited(
+        env: &TestEnv,
+        bin: &std::path::Path,
+        vars: &[(&str, String)],
+        bytes: u64,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--as={bytes}")).arg("--").arg(bin);
+        Self::spawn(env, cmd, vars, Stdio::inherit())
+    }
+
     /// Starts `bin` like [`StageProcess::start`], its logs going to `logs`.
     pub fn start_with_logs(
         env: &TestEnv,
@@ -436,8 +427,16 @@ impl StageProcess {
         vars: &[(&str, String)],
         logs: Stdio,
     ) -> anyhow::Result<Self> {
+        Self::spawn(env, Command::new(bin), vars, logs)
+    }
+
+    fn spawn(
+        env: &TestEnv,
+        mut cmd: Command,
+        vars: &[(&str, String)],
+        logs: Stdio,
+    ) -> anyhow::Result<Self> {
         let port = free_port();
-        let mut cmd = Command::new(bin);
         cmd.env("KAFKA_BOOTSTRAP_SERVERS", &env.conn.kafka_bootstrap_servers)
             .env("SCHEMA_REGISTRY_URL", &env.conn.schema_registry_url)
             .env("TOPIC_PREFIX", &env.conn.topic_prefix)
@@ -454,9 +453,7 @@ impl StageProcess {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
         Ok(StageProcess {
             child,
             http: format!("http://127.0.0.1:{port}"),
@@ -504,12 +501,6 @@ impl StageProcess {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// CPU time it has used so far (user + system), in seconds; `None` once
-    /// it has exited or off Linux.
-    pub fn cpu_seconds(&self) -> Option<f64> {
-        process_cpu_seconds(self.pid())
     }
 
     /// Its peak resident set size so far, in bytes (`VmHWM` in

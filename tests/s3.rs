@@ -3,7 +3,7 @@
 //! `stack env` prints, with the stack's defaults when unset, and a fresh
 //! prefix of its bucket per test.
 
-use artifact_runtime::blob::BlobStore;
+use artifact_blob::BlobStore;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};

@@ -27,13 +27,13 @@
 
 use anyhow::{Context, bail};
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation, Stage, StatusView};
+use artifact_kafka::client::{QuietEof, consumer_config};
+use artifact_kafka::schemas::{EventSchema, RegistryAdmin};
 use artifact_pipeline_tests::chaos::{
     self, CheckReport, Kind, Sent, Via, cluster_view, partition_leader, transaction_coordinator,
 };
 use artifact_pipeline_tests::pipeline::fixtures;
 use artifact_pipeline_tests::{StageProcess, TestEnv, free_port};
-use artifact_runtime::kafka::{QuietEof, consumer_config};
-use artifact_runtime::schemas::{EventSchema, RegistryAdmin};
 use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -461,7 +461,7 @@ impl Campaign {
             filename: Some(name),
             size_bytes: Some(bytes.len() as i64),
             sha256: Some(hex::encode(sha2::Sha256::digest(&bytes))),
-            created_at: artifact_runtime::now_ms(),
+            created_at: artifact_kafka::now_ms(),
         };
         let topic = self.env.names.created();
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -876,10 +876,8 @@ fn percentile(mut v: Vec<f64>, q: f64) -> Option<f64> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let seed = cli
-        .seed
-        .unwrap_or_else(|| artifact_runtime::now_ms() as u64);
-    let conn = artifact_runtime::config::ConnectionConfig::local("chaos-probe");
+    let seed = cli.seed.unwrap_or_else(|| artifact_kafka::now_ms() as u64);
+    let conn = artifact_kafka::config::ConnectionConfig::local("chaos-probe");
     let view = cluster_view(&conn).context("asking the cluster for its brokers")?;
     if view.brokers.len() < cli.brokers {
         bail!(

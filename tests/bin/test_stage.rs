@@ -2,23 +2,22 @@
 //! (as mime-detector does) and behaves by the artifact's `filename`:
 //! `fail-until-N` fails retriably until attempt N, `fail-always` always
 //! fails retriably, `permanent` fails permanently, `panic` panics,
-//! `oversized` succeeds with a result larger than a record may be;
+//! `oversized` succeeds with a result larger than a record may be, `abort`
+//! aborts the process, `oom` asks for 16 GiB at once (which a memory limit
+//! refuses: the process aborts);
 //! anything else succeeds at once (after `TEST_STAGE_DELAY_MS`). While the file named
 //! by `TEST_STAGE_HOLD_COMMITS_WHILE` exists, every batch fails before its
 //! commit, as a stage whose writes cannot be made durable does.
 
 use artifact_domain::{ArtifactCreated, MimeDetection, Stage};
-use artifact_runtime::config::ConnectionConfig;
+use artifact_kafka::config::ConnectionConfig;
 use artifact_runtime::runner::RunnerConfig;
 use artifact_runtime::service::run_stage;
 use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
 use clap::Parser;
 use std::time::Duration;
 
-/// The allocator of the stages whose work is the runner's own path
-/// (mime-detector, location-logger), so the runner is measured as they run.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+artifact_runtime::global_allocator!();
 
 #[derive(Debug, Parser)]
 struct Config {
@@ -66,6 +65,11 @@ impl StageLogic for TestStage {
             "fail-always" => return Err(StageError::Retriable("never heals".into())),
             "permanent" => return Err(StageError::Permanent("bad input".into())),
             "panic" => panic!("test stage asked to panic"),
+            "abort" => std::process::abort(),
+            "oom" => {
+                let huge = vec![0u8; 16 << 30];
+                std::hint::black_box(&huge);
+            }
             _ => {}
         }
         if !self.delay.is_zero() {

@@ -14,6 +14,7 @@ const BIN_DIR_OF: &str = env!("CARGO_BIN_EXE_test-stage");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_publish_is_completed_by_a_retry_with_the_same_key() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let p = Pipeline::start(Path::new(BIN_DIR_OF).parent().unwrap()).await?;
     let body = b"Uploads survive a registry outage. The retry completes them.".to_vec();
 

@@ -26,6 +26,7 @@ fn bin(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn documents_reach_their_final_states_through_the_api() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let fx = fixtures();
     let p = start().await?;
     let pdf_path = fx.join("text/fpdf2-3.pdf");
@@ -247,6 +248,7 @@ async fn documents_reach_their_final_states_through_the_api() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_limits_idempotency_restart_and_a_killed_stage() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let mut p = start().await?;
 
     // No token, or a wrong one: 401 as problem+json.

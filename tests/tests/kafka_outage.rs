@@ -14,6 +14,7 @@ const ARTIFACTS: usize = 1_000;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_outage_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(3).await?;
     let output = env.names.output(Stage::MimeDetector);
     let events: Vec<_> = (0..ARTIFACTS)

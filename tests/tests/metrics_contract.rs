@@ -244,6 +244,7 @@ fn promql_names_are_found_outside_matchers_strings_and_ranges() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stage_metrics_used_by_dashboards_and_alerts_are_exported() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let wanted: BTreeSet<String> = used_names()
         .into_iter()
         .filter(|n| owned_by_stages(n))
@@ -328,6 +329,7 @@ async fn stage_metrics_used_by_dashboards_and_alerts_are_exported() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread")]
 async fn api_metrics_used_by_dashboards_are_exported() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let wanted: BTreeSet<String> = used_names()
         .into_iter()
         .filter(|n| owned_by_api(n))

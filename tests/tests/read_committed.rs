@@ -3,13 +3,13 @@
 //! input and its dedup restore), the API's projector and its read model
 //! must act as if they were not there.
 
+use artifact_domain::dedup::DedupEntry;
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::{ArtifactStatus, Generation, MimeDetected, PipelineEvent, Stage};
+use artifact_kafka::client::producer_config;
+use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::chaos::unread;
 use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
-use artifact_runtime::dedup::DedupEntry;
-use artifact_runtime::kafka::producer_config;
-use artifact_runtime::schemas::EventSchema;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -47,6 +47,7 @@ async fn write_aborted(env: &TestEnv, records: &[(String, String, Vec<u8>)]) -> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stage_skips_aborted_inputs_and_aborted_dedup_entries() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(1).await?;
     let created = env.names.created();
     let dedup = env.names.dedup(Stage::MimeDetector);
@@ -57,7 +58,7 @@ async fn a_stage_skips_aborted_inputs_and_aborted_dedup_entries() -> anyhow::Res
         artifact_id: b.artifact_id,
         generation: Generation::FIRST,
         outcome_status: OutcomeStatus::Succeeded,
-        processed_at: artifact_runtime::now_ms(),
+        processed_at: artifact_kafka::now_ms(),
     };
     write_aborted(
         &env,
@@ -110,6 +111,7 @@ async fn a_stage_skips_aborted_inputs_and_aborted_dedup_entries() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_projector_and_the_read_model_skip_aborted_records() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(1).await?;
     let created = env.names.created();
     let status = env.names.status();

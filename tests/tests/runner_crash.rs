@@ -16,6 +16,7 @@ const KILLS: usize = 5;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_artifact_has_exactly_one_outcome_despite_kill_9() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(3).await?;
     let events: Vec<_> = (0..ARTIFACTS)
         .map(|i| TestEnv::created(&format!("doc-{i}")))

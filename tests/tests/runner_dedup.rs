@@ -5,9 +5,9 @@
 //! their input's partition number.
 
 use artifact_domain::{Generation, MimeDetected, Outcome};
+use artifact_kafka::now_ms;
+use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::{StageProcess, TestEnv, header, wait_until};
-use artifact_runtime::now_ms;
-use artifact_runtime::schemas::EventSchema;
 use rdkafka::Message;
 use std::collections::HashMap;
 use std::path::Path;
@@ -49,6 +49,7 @@ async fn outcomes_on_their_partitions(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicates_and_stale_generations_produce_no_second_outcome() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(3).await?;
     let stage = StageProcess::start(&env, Path::new(BIN), &[])?;
 
@@ -97,6 +98,7 @@ async fn duplicates_and_stale_generations_produce_no_second_outcome() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn outcomes_keep_the_partition_number_of_their_input() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     // An external producer may partition by another rule than the key's
     // murmur2 hash: here artifact i goes to partition i % 3 whatever its id.
     // Under murmur2 all twelve would land where written with odds of 3^-12.
@@ -123,6 +125,7 @@ async fn outcomes_keep_the_partition_number_of_their_input() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_records_go_to_the_dlq_and_the_partition_moves_on() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(1).await?;
     let stage = StageProcess::start(&env, Path::new(BIN), &[])?;
     let topic = env.names.created();
@@ -172,6 +175,7 @@ async fn poison_records_go_to_the_dlq_and_the_partition_moves_on() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread")]
 async fn replayed_dead_letters_return_to_their_partition_and_are_processed_once()
 -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     // Dead letters whose cause was fixed (as if the schema their writer used
     // was registered since): valid events in the dead-letter topic with the
     // headers the runner writes, each naming its source partition.
@@ -254,6 +258,7 @@ async fn replayed_dead_letters_return_to_their_partition_and_are_processed_once(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trace_context_lag_and_readiness_are_visible() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(2).await?;
     let stage = StageProcess::start(&env, Path::new(BIN), &[])?;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -306,15 +311,16 @@ async fn trace_context_lag_and_readiness_are_visible() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refuses_to_start_when_topics_are_not_co_partitioned() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
-    let conn = artifact_runtime::config::ConnectionConfig::local(&prefix);
-    let names = artifact_runtime::topics::TopicNames::from_config(&conn);
+    let conn = artifact_kafka::config::ConnectionConfig::local(&prefix);
+    let names = artifact_kafka::topics::TopicNames::from_config(&conn);
     let (dedup, rest): (Vec<_>, Vec<_>) = names
         .catalogue()
         .into_iter()
         .partition(|t| t.name == names.dedup(artifact_domain::Stage::MimeDetector));
-    artifact_runtime::topics::ensure_topics(&conn, &rest, 3, 1).await?;
-    artifact_runtime::topics::ensure_topics(&conn, &dedup, 2, 1).await?;
+    artifact_kafka::topics::ensure_topics(&conn, &rest, 3, 1).await?;
+    artifact_kafka::topics::ensure_topics(&conn, &dedup, 2, 1).await?;
     let out = std::process::Command::new(BIN)
         .env("TOPIC_PREFIX", &prefix)
         .env(
@@ -353,6 +359,7 @@ fn tombstoned(env: &TestEnv, id: artifact_domain::ArtifactId) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn dedup_entries_expire_after_the_retention_in_memory_and_in_the_topic() -> anyhow::Result<()>
 {
+    artifact_pipeline_tests::needs_stack!();
     const RETENTION: Duration = Duration::from_secs(2);
     let env = TestEnv::new(1).await?;
     let vars = [("DEDUP_RETENTION_MS", RETENTION.as_millis().to_string())];
@@ -461,6 +468,7 @@ async fn dedup_entries_expire_after_the_retention_in_memory_and_in_the_topic() -
 /// and a batch of tombstones alone (no offsets to commit) is not a failure.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_stage_tombstones_expired_entries_at_least_once_too() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(1).await?;
     let vars = [
         ("DEDUP_RETENTION_MS", "1000".to_owned()),

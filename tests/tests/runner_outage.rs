@@ -14,6 +14,7 @@ const ARTIFACTS: usize = 500;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_outage_loses_nothing() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(3).await?;
     let output = env.names.output(Stage::MimeDetector);
     let vars = [

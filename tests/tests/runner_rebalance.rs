@@ -17,6 +17,7 @@ const ARTIFACTS: usize = 3_000;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_instance_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(6).await?;
     let output = env.names.output(Stage::MimeDetector);
     let vars = |id: &str| {
@@ -95,6 +96,7 @@ async fn a_stopped_instance_loses_and_duplicates_nothing() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_slower_than_the_poll_interval_is_cut_short_and_commits() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     const SLOW: usize = 150;
     let env = TestEnv::new(1).await?;
     let output = env.names.output(Stage::MimeDetector);

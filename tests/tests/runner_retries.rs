@@ -65,6 +65,7 @@ fn by_name<'a>(out: &'a [MimeDetected], name: &str) -> Vec<&'a MimeDetected> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_topic_heals_gives_up_and_never_blocks_the_partition() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     // One partition: every artifact shares it.
     let env = TestEnv::new(1).await?;
     let stage = StageProcess::start(
@@ -141,6 +142,7 @@ async fn retry_topic_heals_gives_up_and_never_blocks_the_partition() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_process_retries_heal_without_the_retry_topic() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(1).await?;
     let _stage = StageProcess::start(
         &env,
@@ -165,6 +167,7 @@ async fn in_process_retries_heal_without_the_retry_topic() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pending_retry_survives_a_kill_9() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(1).await?;
     let vars = [
         ("RETRY_INLINE_ATTEMPTS", "1".to_owned()),
@@ -202,6 +205,7 @@ async fn a_pending_retry_survives_a_kill_9() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_commits_only_after_its_writes_are_durable() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(1).await?;
     let hold = std::env::temp_dir().join(format!("hold-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&hold, b"")?;
@@ -239,6 +243,7 @@ async fn a_batch_commits_only_after_its_writes_are_durable() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn held_retries_are_processed_after_their_partition_comes_back() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(2).await?;
     let vars = |id: &str| {
         vec![
@@ -299,6 +304,7 @@ async fn held_retries_are_processed_after_their_partition_comes_back() -> anyhow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn records_too_large_to_write_do_not_hold_up_the_partition() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(1).await?;
     let _stage = StageProcess::start(&env, Path::new(BIN), &[])?;
     let oversized = TestEnv::created("oversized");

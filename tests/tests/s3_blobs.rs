@@ -14,10 +14,10 @@
 //! Needs the workspace's binaries (`cargo build --workspace --bins`).
 
 use artifact_domain::*;
+use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::pipeline::{MAX_UPLOAD, Pipeline, fixtures};
 use artifact_pipeline_tests::s3::S3Prefix;
 use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
-use artifact_runtime::schemas::EventSchema;
 use rdkafka::message::Message;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -92,6 +92,7 @@ fn permanent_reason(e: &LocationVerified) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn location_logger_verifies_objects_in_its_prefix_only() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(2).await?;
     let s3 = S3Prefix::fresh("location-logger");
     let neighbour = S3Prefix::fresh("neighbour");
@@ -233,6 +234,7 @@ async fn location_logger_verifies_objects_in_its_prefix_only() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_are_parsed_and_served_from_s3() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let fx = fixtures();
     let bin_dir = Path::new(BIN_DIR_OF).parent().unwrap();
     bin("artifact-api")?;

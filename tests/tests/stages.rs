@@ -119,6 +119,7 @@ async fn statuses(env: &TestEnv) -> anyhow::Result<HashMap<ArtifactId, ArtifactS
 
 #[tokio::test(flavor = "multi_thread")]
 async fn documents_flow_through_all_four_stages() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let fx = fixtures();
     let env = TestEnv::new(2).await?;
     let blobs = Blobs::new();

@@ -20,6 +20,7 @@ const FOLDED_COMPLETIONS: &str = "artifact_pipeline_end_to_end_seconds_count";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_undelivered_status_snapshot_is_written_again() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let p = Pipeline::start(Path::new(BIN_DIR_OF).parent().unwrap()).await?;
     let api = p.api.as_ref().expect("the API runs");
     let status = p.env.names.status();

@@ -6,8 +6,8 @@
 //! ends as `failed(permanent)` with the server's message, after one request.
 
 use artifact_domain::*;
+use artifact_kafka::schemas::EventSchema;
 use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
-use artifact_runtime::schemas::EventSchema;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -141,6 +141,7 @@ fn parsed(text_location: String) -> Parsed {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn summarizer_with_the_llm_backend() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))

@@ -4,7 +4,7 @@
 
 use super::*;
 use artifact_domain::ArtifactContext;
-use artifact_runtime::config::ConnectionConfig;
+use artifact_kafka::config::ConnectionConfig;
 use axum::body::{Body, Bytes};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderValue, Request as HttpRequest};

@@ -4,12 +4,13 @@ use artifact_api::app::{AppState, router};
 use artifact_api::auth::Tokens;
 use artifact_api::completions::Completions;
 use artifact_api::readmodel::{StatusTable, follow_status_topic};
-use artifact_runtime::blob::BlobStore;
-use artifact_runtime::codec::AvroCodec;
-use artifact_runtime::config::{BlobStoreConfig, ConnectionConfig};
-use artifact_runtime::kafka::producer_config;
+use artifact_blob::BlobStore;
+use artifact_blob::BlobStoreConfig;
+use artifact_kafka::client::producer_config;
+use artifact_kafka::codec::AvroCodec;
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::topics::TopicNames;
 use artifact_runtime::telemetry::{Health, health_router, init_logging, metrics_handle};
-use artifact_runtime::topics::TopicNames;
 use clap::Parser;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,12 +53,7 @@ struct Config {
     shutdown_timeout_ms: u64,
 }
 
-/// mimalloc instead of glibc's malloc: with glibc, growing request buffers
-/// and the projector's tables kept taking fresh pages from the kernel. In
-/// profiles at 1 000 uploads/s, the kernel zeroing pages took 9.8 % of the
-/// API's CPU with glibc and 4.8 % with mimalloc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+artifact_runtime::global_allocator!();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

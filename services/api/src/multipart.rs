@@ -10,7 +10,7 @@
 
 use crate::problem::Problem;
 use crate::upload::{self, Staged, bytes_stream::BodyError};
-use artifact_runtime::blob::BlobStore;
+use artifact_blob::BlobStore;
 use axum::BoxError;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request};

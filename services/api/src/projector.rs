@@ -33,12 +33,12 @@
 
 use crate::readmodel::StatusTable;
 use artifact_domain::*;
-use artifact_runtime::codec::AvroCodec;
-use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, consumer_config, ordered_producer_config};
-use artifact_runtime::now_ms;
-use artifact_runtime::schemas::EventSchema;
-use artifact_runtime::topics::TopicNames;
+use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, ordered_producer_config};
+use artifact_kafka::codec::AvroCodec;
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::now_ms;
+use artifact_kafka::schemas::EventSchema;
+use artifact_kafka::topics::TopicNames;
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -56,7 +56,7 @@ async fn decode(
     names: &TopicNames,
     topic: &str,
     payload: Option<&[u8]>,
-) -> Result<PipelineEvent, artifact_runtime::codec::CodecError> {
+) -> Result<PipelineEvent, artifact_kafka::codec::CodecError> {
     Ok(if topic == names.created() {
         PipelineEvent::Created(codec.decode(payload).await?)
     } else if topic == names.output(Stage::MimeDetector) {
@@ -84,8 +84,11 @@ pub async fn run_projector(
     let names = TopicNames::from_config(&conn);
     let mut topics = vec![names.created()];
     topics.extend(Stage::ALL.map(|s| names.output(s)));
-    let consumer: StreamConsumer = consumer_config(&conn, "artifact-projector", &group)
+    let consumer: StreamConsumer = client_config(&conn, "artifact-projector")
+        .set("group.id", &group)
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
         .create()?;
@@ -292,7 +295,10 @@ async fn fold_batch(
         let Some(event) = event else { continue };
         metrics::counter!(EVENTS).increment(1);
         let id = event.artifact_id();
-        let is_summary = matches!(event, PipelineEvent::Summarized(_));
+        let timed_before = projection
+            .folds
+            .get(&id)
+            .is_some_and(|s| s.completion_ms().is_some());
         let Some(status) = projection.apply(event) else {
             // Written before the start: re-read, not late.
             if m.timestamp().to_millis().is_none_or(|t| t >= started_ms) {
@@ -300,15 +306,11 @@ async fn fold_batch(
             }
             continue;
         };
-        if is_summary {
-            let view = status.view();
-            if view.state == ArtifactState::Completed
-                && view.updated_at >= started_ms
-                && let Some(created) = view.created_at
-            {
-                metrics::histogram!("artifact_pipeline_end_to_end_seconds")
-                    .record((view.updated_at - created).max(0) as f64 / 1000.0);
-            }
+        if !timed_before
+            && let Some(ms) = status.completion_ms()
+            && status.updated_at().is_some_and(|t| t >= started_ms)
+        {
+            metrics::histogram!("artifact_pipeline_end_to_end_seconds").record(ms as f64 / 1000.0);
         }
         changed.insert(id);
     }

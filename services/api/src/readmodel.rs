@@ -15,10 +15,10 @@
 //! new file, so the file stays within twice its live size plus 64 MiB.
 
 use artifact_domain::{ArtifactId, ArtifactState, Generation, StatusView};
-use artifact_runtime::codec::AvroCodec;
-use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config, consumer_config};
-use artifact_runtime::topics::{TopicNames, partition_counts};
+use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config};
+use artifact_kafka::codec::AvroCodec;
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::topics::{TopicNames, partition_counts};
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -517,7 +517,7 @@ pub async fn follow_status_topic(
             let empty = n
                 .map(|n| empty_partitions(&conn2, &t, n as i32))
                 .unwrap_or_default();
-            Ok::<_, artifact_runtime::kafka::KafkaError>((n, empty))
+            Ok::<_, artifact_kafka::client::KafkaError>((n, empty))
         })
         .await??;
         match found {
@@ -528,14 +528,13 @@ pub async fn follow_status_topic(
             }
         }
     };
-    let consumer: StreamConsumer<QuietEof> = consumer_config(
-        &conn,
-        "artifact-api-readmodel",
-        "artifact-api-readmodel-unused",
-    )
-    .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-    .set("enable.partition.eof", "true")
-    .create_with_context(QuietEof)?;
+    let consumer: StreamConsumer<QuietEof> = client_config(&conn, "artifact-api-readmodel")
+        .set("group.id", "artifact-api-readmodel-unused")
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create_with_context(QuietEof)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)?;

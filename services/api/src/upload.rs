@@ -8,7 +8,7 @@
 //! error, or the upload's future dropped (its client went away).
 
 use crate::problem::Problem;
-use artifact_runtime::blob::{BlobError, BlobStore};
+use artifact_blob::{BlobError, BlobStore};
 use axum::http::StatusCode;
 use bytes_stream::{BodyError, ByteChunks};
 use sha2::{Digest, Sha256};

@@ -5,9 +5,9 @@ mod ops;
 
 use anyhow::Context;
 use artifact_domain::Stage;
-use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::schemas::RegistryAdmin;
-use artifact_runtime::topics::{
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::schemas::RegistryAdmin;
+use artifact_kafka::topics::{
     DEFAULT_COMPACTED_SEGMENT_MS, DEFAULT_DLQ_RETENTION_MS, TopicNames, ensure_topics,
     min_insync_replicas, set_compacted_segment_ms, set_dlq_retention_ms,
 };

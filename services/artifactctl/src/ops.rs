@@ -3,12 +3,12 @@
 
 use anyhow::Context;
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation, Stage};
-use artifact_runtime::codec::AvroCodec;
-use artifact_runtime::config::ConnectionConfig;
-use artifact_runtime::kafka::{consumer_config, producer_config};
-use artifact_runtime::retry;
-use artifact_runtime::schemas::EventSchema;
-use artifact_runtime::topics::{TopicNames, partition_counts};
+use artifact_kafka::client::{consumer_config, producer_config};
+use artifact_kafka::codec::AvroCodec;
+use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::headers;
+use artifact_kafka::schemas::EventSchema;
+use artifact_kafka::topics::{TopicNames, partition_counts};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -50,7 +50,7 @@ pub fn external_event(
         filename,
         size_bytes: None,
         sha256: None,
-        created_at: artifact_runtime::now_ms(),
+        created_at: artifact_kafka::now_ms(),
     }
 }
 
@@ -255,23 +255,23 @@ pub fn mark_replayed(
 
 /// A header as text.
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
-    artifact_runtime::kafka::header(m, name).map(str::to_owned)
+    artifact_kafka::client::header(m, name).map(str::to_owned)
 }
 
 /// Why a dead letter cannot be written back, if it cannot: it does not
 /// name its source topic, or its bytes were left out (too large to copy;
 /// the record is still at its source offset unless compaction removed it).
 pub fn not_replayable(m: &OwnedMessage) -> Option<String> {
-    if let Some(size) = header(m, retry::PAYLOAD_OMITTED) {
+    if let Some(size) = header(m, headers::PAYLOAD_OMITTED) {
         return Some(format!(
             "its {size} bytes were too large to keep in the letter; the record is at {}/{}@{}",
-            header(m, retry::SOURCE_TOPIC).unwrap_or_default(),
-            header(m, retry::SOURCE_PARTITION).unwrap_or_default(),
-            header(m, retry::SOURCE_OFFSET).unwrap_or_default(),
+            header(m, headers::SOURCE_TOPIC).unwrap_or_default(),
+            header(m, headers::SOURCE_PARTITION).unwrap_or_default(),
+            header(m, headers::SOURCE_OFFSET).unwrap_or_default(),
         ));
     }
-    if header(m, retry::SOURCE_TOPIC).is_none() {
-        return Some(format!("it has no {} header", retry::SOURCE_TOPIC));
+    if header(m, headers::SOURCE_TOPIC).is_none() {
+        return Some(format!("it has no {} header", headers::SOURCE_TOPIC));
     }
     None
 }
@@ -289,7 +289,7 @@ pub async fn replay(conn: &ConnectionConfig, letters: &[&OwnedMessage]) -> anyho
         if not_replayable(m).is_some() {
             continue;
         }
-        let Some(topic) = header(m, retry::SOURCE_TOPIC) else {
+        let Some(topic) = header(m, headers::SOURCE_TOPIC) else {
             continue;
         };
         let mut headers = OwnedHeaders::new();
@@ -305,7 +305,7 @@ pub async fn replay(conn: &ConnectionConfig, letters: &[&OwnedMessage]) -> anyho
         if let Some(k) = m.key() {
             rec = rec.key(k);
         }
-        let partition = header(m, retry::SOURCE_PARTITION).and_then(|p| p.parse().ok());
+        let partition = header(m, headers::SOURCE_PARTITION).and_then(|p| p.parse().ok());
         rec = rec.partition(partition.unwrap_or(m.partition()));
         producer
             .send(rec, Duration::from_secs(30))
@@ -345,17 +345,17 @@ mod tests {
     #[test]
     fn letters_without_their_bytes_or_source_are_not_replayed() {
         let source = [
-            (retry::SOURCE_TOPIC, "artifact.created"),
-            (retry::SOURCE_PARTITION, "2"),
-            (retry::SOURCE_OFFSET, "41"),
+            (headers::SOURCE_TOPIC, "artifact.created"),
+            (headers::SOURCE_PARTITION, "2"),
+            (headers::SOURCE_OFFSET, "41"),
         ];
         assert_eq!(not_replayable(&letter(&source)), None);
         let mut omitted = source.to_vec();
-        omitted.push((retry::PAYLOAD_OMITTED, "999900"));
+        omitted.push((headers::PAYLOAD_OMITTED, "999900"));
         let why = not_replayable(&letter(&omitted)).unwrap();
         assert!(why.contains("999900 bytes"), "{why}");
         assert!(why.contains("artifact.created/2@41"), "{why}");
         let why = not_replayable(&letter(&[])).unwrap();
-        assert!(why.contains(retry::SOURCE_TOPIC), "{why}");
+        assert!(why.contains(headers::SOURCE_TOPIC), "{why}");
     }
 }

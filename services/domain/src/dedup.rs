@@ -1,6 +1,22 @@
-//! The keyed dedup decision every stage makes before processing an event.
+//! The keyed dedup decision every stage makes before processing an event,
+//! and the entry a stage keeps per artifact to make it.
 
-use crate::Generation;
+use crate::outcome::OutcomeStatus;
+use crate::{ArtifactId, Generation};
+use serde::{Deserialize, Serialize};
+
+/// The value of a dedup-topic record (`schemas/dedup-entry.avsc`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    /// The artifact; also the record key.
+    pub artifact_id: ArtifactId,
+    /// The newest generation processed.
+    pub generation: Generation,
+    /// The kind of outcome emitted for it.
+    pub outcome_status: OutcomeStatus,
+    /// When it was processed (epoch milliseconds).
+    pub processed_at: i64,
+}
 
 /// What a stage does with an incoming event, given the newest generation it
 /// already processed for the same artifact.

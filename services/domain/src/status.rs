@@ -427,6 +427,15 @@ impl ArtifactStatus {
         let stages = self.stages.iter().flatten().map(PipelineEvent::timestamp);
         created.chain(stages).max()
     }
+
+    /// Milliseconds from creation to the latest folded event, once the
+    /// generation completed and its creation is known (the two can arrive
+    /// in either order, from different topics).
+    pub fn completion_ms(&self) -> Option<i64> {
+        let created = self.created.as_ref()?.created_at;
+        (self.state() == ArtifactState::Completed)
+            .then(|| (self.updated_at().unwrap_or(created) - created).max(0))
+    }
 }
 
 /// Precedence among two creation events of the same generation.

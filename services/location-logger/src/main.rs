@@ -15,14 +15,7 @@ struct Config {
     http_addr: std::net::SocketAddr,
 }
 
-/// mimalloc instead of glibc's malloc: this stage's work is the runner's
-/// per-record path (decode, dedup, encode, produce), which allocates a few
-/// dozen small objects per record. The no-op test stage, which runs the
-/// same path, used 9.8–12.3 µs of CPU per record with it against
-/// 10.7–18.1 µs without (three alternating `bench-runner` runs), and about
-/// 40 MiB more peak memory (164 against 125 MiB).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+artifact_runtime::global_allocator!();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -5,21 +5,25 @@
 //! `pdftotext`'s (one subprocess per file), word recall of ours against
 //! theirs, and pages per second for both over the same files in one run.
 //! For comparison, the recall of lopdf's own `Document::extract_text`.
-//! Ours parses in place on a thread with the parser's stack, as the
-//! pdf-parser service does.
+//! Ours parses as the pdf-parser service does: in a parse worker process
+//! (this program started again, kept between documents, 1 GiB of address
+//! space), or with `--in-process` in place on a thread with the parser's
+//! stack, which is what the workers do inside.
 //!
 //! ```text
 //! scripts/fixtures/make-pdfs.sh
-//! cargo run --release -p pdf-parser --example recall -- [FIXTURE_TEXT_DIR] [--rounds N]
+//! cargo run --release -p pdf-parser --example recall -- [FIXTURE_TEXT_DIR] [--rounds N] [--in-process]
 //! ```
 
-use pdf_parser::{Limits, extract_pdf, word_recall};
+use pdf_parser::worker::{ParserPool, WorkerSettings, serve_if_worker};
+use pdf_parser::{Extracted, Limits, extract_pdf, word_recall};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn main() {
+    serve_if_worker();
     // Parse as pdf-parser does: in place, on a thread with the parser's
     // stack, not on a thread started per document.
     std::thread::Builder::new()
@@ -40,6 +44,24 @@ fn run() {
         rounds = args[i + 1].parse().expect("--rounds N");
         args.drain(i..i + 2);
     }
+    let in_process = args.iter().any(|a| a == "--in-process");
+    args.retain(|a| a != "--in-process");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the worker pool");
+    let pool =
+        ParserPool::new(WorkerSettings::this_program(1, 1 << 30).expect("this program's path"));
+    let timeout = Duration::from_secs(60);
+    let extract = |bytes: &[u8], limits: &Limits| -> Extracted {
+        if in_process {
+            extract_pdf(bytes, limits).expect("our extraction")
+        } else {
+            runtime
+                .block_on(pool.extract_pdf(bytes, limits, timeout))
+                .expect("our extraction")
+        }
+    };
     let dir = args.first().map(PathBuf::from).unwrap_or_else(|| {
         let base = std::env::var("FIXTURE_DIR")
             .map(PathBuf::from)
@@ -75,7 +97,7 @@ fn run() {
         let mut theirs = String::new();
         for _ in 0..rounds {
             let start = Instant::now();
-            ours = Some(extract_pdf(&bytes, &limits).expect("our extraction"));
+            ours = Some(extract(&bytes, &limits));
             ours_time += start.elapsed();
             let start = Instant::now();
             let out = Command::new("pdftotext")

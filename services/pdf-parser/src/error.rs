@@ -55,6 +55,22 @@ pub enum ParseError {
         "extracting the text took longer than its time limit; raise the limit or split the file"
     )]
     Timeout,
+    /// The parse worker ran out of its address space
+    /// ([`crate::worker::WorkerSettings::memory_limit`]) reading the
+    /// document: lopdf builds every object of a PDF when it loads it.
+    #[error(
+        "reading the PDF needs more memory than the parser's limit of {limit} bytes \
+         (PARSE_WORKER_MEMORY_BYTES): it holds too many objects or inflates too far; \
+         raise the limit or split the file"
+    )]
+    OutOfMemory {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The parse worker died on the document (abort, stack overflow,
+    /// signal); the reason says how.
+    #[error("the parser process died reading the PDF: {0}")]
+    WorkerDied(String),
 }
 
 impl ParseError {
@@ -69,7 +85,9 @@ impl ParseError {
             | ParseError::TooManyPages { .. }
             | ParseError::Empty
             | ParseError::TooMuchContent { .. }
-            | ParseError::Timeout => true,
+            | ParseError::Timeout
+            | ParseError::OutOfMemory { .. }
+            | ParseError::WorkerDied(_) => true,
         }
     }
 }
@@ -88,6 +106,8 @@ mod tests {
             ParseError::Empty,
             ParseError::TooMuchContent { limit: 1024 },
             ParseError::Timeout,
+            ParseError::OutOfMemory { limit: 1 << 30 },
+            ParseError::WorkerDied("its stack overflowed".into()),
         ];
         for e in &errors {
             assert!(e.is_permanent());
@@ -97,5 +117,7 @@ mod tests {
         assert!(errors[1].to_string().contains("no trailer"));
         assert!(errors[5].to_string().contains("more than 1024 bytes"));
         assert!(errors[6].to_string().contains("time limit"));
+        assert!(errors[7].to_string().contains("limit of 1073741824 bytes"));
+        assert!(errors[8].to_string().contains("stack overflowed"));
     }
 }

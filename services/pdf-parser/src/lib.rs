@@ -11,7 +11,8 @@
 //! - [`extract_text`]: text/plain and text/markdown bytes normalised to
 //!   UTF-8; [`extract_plain`] the same within [`Limits::max_chars`].
 //!
-//! Pure logic: no I/O, no async. Every error is permanent
+//! [`worker`] runs [`extract_pdf`] in worker processes under a memory
+//! limit; the rest is pure logic: no I/O, no async. Every error is permanent
 //! ([`ParseError::is_permanent`]): the same bytes fail the same way (a
 //! timeout, given no more time).
 
@@ -25,7 +26,9 @@ mod layout;
 mod plain;
 mod recall;
 pub mod stage;
+mod wire;
 mod work;
+pub mod worker;
 
 pub use document::{PARSER_STACK, large_stack_thread};
 pub use error::ParseError;

@@ -4,18 +4,10 @@ use artifact_runtime::service::StageArgs;
 use clap::Parser;
 use pdf_parser::Limits;
 use pdf_parser::stage::ParseStage;
+use pdf_parser::worker::{ParserPool, WorkerSettings, serve_if_worker};
 use std::time::Duration;
 
-/// mimalloc instead of glibc's malloc: lopdf allocates many small objects
-/// per page, and with mimalloc this stage parsed 1-page PDFs about 15 %
-/// faster and 100-page PDFs about 18 % faster (bench-stages, alternating
-/// runs), for 35–70 MiB more peak memory. mime-detector and
-/// location-logger use it too; the summarizer and the API keep glibc's
-/// malloc: the summarizer gained nothing measurable and its resident set
-/// tripled, and the API's CPU per upload did not move beyond the spread of
-/// end-to-end runs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+artifact_runtime::global_allocator!();
 
 /// The pdf-parser stage.
 #[derive(Debug, Parser)]
@@ -39,21 +31,25 @@ struct Config {
     /// each time drawn, fonts); more fails permanently.
     #[arg(long, env = "PARSE_MAX_CONTENT_BYTES", default_value_t = pdf_parser::DEFAULT_MAX_CONTENT_BYTES)]
     max_content_bytes: usize,
-    /// Time limit per document, in milliseconds.
+    /// Time limit per document, in milliseconds, from when a parse worker
+    /// takes it.
     #[arg(long, env = "PARSE_TIMEOUT_MS", default_value_t = 20_000)]
     timeout_ms: u64,
+    /// Parse worker processes at most: PDFs parsed at once.
+    #[arg(long, env = "PARSE_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
+    /// Address space of each parse worker (RLIMIT_AS), in bytes; a PDF
+    /// that needs more fails permanently.
+    #[arg(long, env = "PARSE_WORKER_MEMORY_BYTES", default_value_t = 1 << 30)]
+    worker_memory_bytes: u64,
 }
 
 fn main() -> anyhow::Result<()> {
+    // This binary is also its own parse worker (see pdf_parser::worker).
+    serve_if_worker();
     let cfg = Config::parse();
-    // Every thread of the runtime, the blocking ones that parse included,
-    // gets the parser's large stack, so a PDF is parsed on the thread that
-    // takes it. The stack is address space: only the pages a parse touches
-    // become memory.
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(pdf_parser::PARSER_STACK)
-        .on_thread_start(pdf_parser::large_stack_thread)
         .build()?
         .block_on(run(cfg))
 }
@@ -70,6 +66,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             deadline: None,
         },
         timeout: Duration::from_millis(cfg.timeout_ms),
+        parser: ParserPool::new(WorkerSettings::this_program(
+            cfg.workers.into(),
+            cfg.worker_memory_bytes,
+        )?),
     };
     cfg.stage.run(stage, cfg.http_addr).await?;
     Ok(())

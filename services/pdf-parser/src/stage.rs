@@ -3,15 +3,16 @@
 //! other type is skipped with the reason. The full text is written as a
 //! UTF-8 blob at a location derived from (artifact id, generation), so a
 //! replay overwrites it. Text of either kind is cut to
-//! [`Limits::max_chars`]. Parsing runs on a blocking thread within a time
-//! limit: the parser is given the limit as its deadline and stops there
-//! itself (freeing its thread and memory), and a timeout around the
-//! blocking task answers even if it does not (lopdf loading the file is
-//! not interruptible). Every parse error is a permanent failure.
+//! [`Limits::max_chars`]. A file over [`Limits::max_bytes`] is refused
+//! before it is read. PDFs are parsed in worker processes under a memory
+//! limit ([`ParserPool`]), each given the time limit from when a worker
+//! takes it and killed past it; text files on a blocking thread, with the
+//! limit as deadline. Every parse error is a permanent failure.
 
-use crate::{Limits, ParseError, extract_pdf, extract_plain};
+use crate::worker::{ParserPool, PoolError};
+use crate::{Limits, ParseError, extract_plain};
 use artifact_domain::{ArtifactId, Generation, LocationVerified, ParseResult, Stage};
-use artifact_runtime::blob::BlobStore;
+use artifact_runtime::blob::{BlobError, BlobStore};
 use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
 use std::time::{Duration, Instant};
 
@@ -26,12 +27,22 @@ pub struct ParseStage {
     pub limits: Limits,
     /// Time limit per document.
     pub timeout: Duration,
+    /// The workers that parse PDFs.
+    pub parser: ParserPool,
 }
 
 impl StageLogic for ParseStage {
     const STAGE: Stage = Stage::PdfParser;
     type Input = LocationVerified;
     type Result = ParseResult;
+
+    /// The file's verified size, up to the read limit; the limit when unknown.
+    fn input_bytes(&self, input: &LocationVerified) -> u64 {
+        let max = self.limits.max_bytes as u64;
+        let size = input.result.as_ref().map(|r| r.size_bytes);
+        size.or(input.context.size_bytes)
+            .map_or(max, |s| (s.max(0) as u64).min(max))
+    }
 
     async fn process(
         &self,
@@ -58,37 +69,63 @@ impl StageLogic for ParseStage {
                 context,
             ));
         }
-        let bytes = self
-            .blobs
-            .read_all(&context.storage_location, self.limits.max_bytes as u64)
-            .await?;
-        let limits = Limits {
-            deadline: Instant::now().checked_add(self.timeout),
-            ..self.limits.clone()
+        let max_bytes = self.limits.max_bytes;
+        let too_large = |size: Option<i64>| {
+            let size = match size {
+                Some(size) => format!("has {size} bytes, over the limit of {max_bytes}"),
+                None => format!("is larger than the limit of {max_bytes} bytes"),
+            };
+            StageError::Permanent(format!(
+                "the file {size} (PARSE_MAX_BYTES); raise the limit or split the file"
+            ))
         };
-        let is_pdf = kind == "application/pdf";
-        let charset = mime
-            .split(';')
-            .find_map(|p| p.trim().strip_prefix("charset="))
-            .map(str::to_owned);
-        let work = tokio::task::spawn_blocking(move || {
-            if is_pdf {
-                extract_pdf(&bytes, &limits)
-            } else {
-                extract_plain(&bytes, charset.as_deref(), &limits)
-            }
-        });
+        if let Some(size) = context.size_bytes.filter(|&s| s > max_bytes as i64) {
+            return Err(too_large(Some(size)));
+        }
+        let bytes = match self
+            .blobs
+            .read_all(&context.storage_location, max_bytes as u64)
+            .await
+        {
+            Err(BlobError::TooLarge { .. }) => return Err(too_large(None)),
+            read => read?,
+        };
         let timed_out = || {
             StageError::Permanent(format!(
-                "parsing took longer than the limit of {:?}",
+                "parsing took longer than the limit of {:?} (PARSE_TIMEOUT_MS)",
                 self.timeout
             ))
         };
-        let extracted = match tokio::time::timeout(self.timeout, work).await {
-            Err(_) | Ok(Ok(Err(ParseError::Timeout))) => return Err(timed_out()),
-            Ok(Err(join)) => return Err(StageError::Permanent(format!("parser failed: {join}"))),
-            Ok(Ok(Err(e))) => return Err(StageError::Permanent(e.to_string())),
-            Ok(Ok(Ok(x))) => x,
+        let is_pdf = kind == "application/pdf";
+        let parsed = if is_pdf {
+            self.parser
+                .extract_pdf(&bytes, &self.limits, self.timeout)
+                .await
+        } else {
+            let charset = mime
+                .split(';')
+                .find_map(|p| p.trim().strip_prefix("charset="))
+                .map(str::to_owned);
+            let limits = Limits {
+                deadline: Instant::now().checked_add(self.timeout),
+                ..self.limits.clone()
+            };
+            let work = tokio::task::spawn_blocking(move || {
+                extract_plain(&bytes, charset.as_deref(), &limits)
+            });
+            match tokio::time::timeout(self.timeout, work).await {
+                Err(_) => Err(ParseError::Timeout.into()),
+                Ok(Err(join)) => {
+                    return Err(StageError::Permanent(format!("parser failed: {join}")));
+                }
+                Ok(Ok(result)) => result.map_err(PoolError::from),
+            }
+        };
+        let extracted = match parsed {
+            Ok(x) => x,
+            Err(PoolError::Parse(ParseError::Timeout)) => return Err(timed_out()),
+            Err(PoolError::Parse(e)) => return Err(StageError::Permanent(e.to_string())),
+            Err(e @ PoolError::Start(_)) => return Err(StageError::Retriable(e.to_string())),
         };
         let text = extracted.full_text();
         let text_location = self

@@ -1,29 +1,34 @@
-//! The artifact pipeline's runtime: everything that talks to the outside
-//! world. Kafka clients and topic administration, the Schema Registry and the
-//! Avro codec in the Confluent wire format, the exactly-once stage runner with
-//! its keyed dedup state, retries and dead letters, shared configuration and
-//! telemetry. Stages and the API build on it; the domain crate never sees it.
+//! The stage SDK of the artifact pipeline. A stage implements
+//! [`stage::StageLogic`] and hands it to [`service::StageArgs::run`]; the
+//! exactly-once [`runner`] does the rest: decoding, keyed dedup state
+//! ([`dedup`]), retries ([`retry`]), dead letters and transactions. The
+//! service start-up also serves logs, health and metrics ([`telemetry`]),
+//! which the API uses too. Stages reach their bytes through the blob port,
+//! re-exported here as [`blob`]; the Kafka plumbing under all of it is
+//! `artifact-kafka`.
 
-mod avro_write;
-pub mod blob;
-pub mod codec;
-pub mod config;
+pub use artifact_blob as blob;
+
 pub mod dedup;
-pub mod kafka;
-pub mod logfields;
+mod logfields;
 pub mod retry;
 pub mod runner;
-pub mod schemas;
 pub mod service;
 pub mod stage;
+mod stage_metrics;
 pub mod telemetry;
-pub mod topics;
-pub mod trace;
 
-/// Milliseconds since the Unix epoch, the unit of every timestamp in the
-/// events (0 if the clock is before the epoch).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+#[doc(hidden)]
+pub use mimalloc;
+
+/// Makes mimalloc the binary's allocator, as every service of the pipeline
+/// does: it costs the runner's per-record path, lopdf and the API less CPU
+/// than glibc's malloc for some more resident memory (docs/BENCHMARKS.md,
+/// "What the defaults rest on").
+#[macro_export]
+macro_rules! global_allocator {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::mimalloc::MiMalloc = $crate::mimalloc::MiMalloc;
+    };
 }

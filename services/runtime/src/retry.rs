@@ -1,31 +1,10 @@
 //! Retry policy: quick in-process retries with exponential backoff and full
 //! jitter, then delayed retries through the stage's retry topic, then a
 //! permanent failure. Retry-topic records carry the original input bytes and
-//! these headers.
+//! the headers of [`artifact_kafka::headers`].
 
 use rand::Rng;
 use std::time::Duration;
-
-/// Header: the attempt the record will be processed as (1-based).
-pub const ATTEMPT: &str = "x-attempt";
-/// Header: epoch milliseconds before which the record must not be processed.
-pub const NOT_BEFORE: &str = "x-not-before";
-/// Header: the last error.
-pub const ERROR: &str = "x-error";
-/// Header: kind of error (`undecodable`, `retriable`, …).
-pub const ERROR_KIND: &str = "x-error-kind";
-/// Header: topic the record was first read from.
-pub const SOURCE_TOPIC: &str = "x-source-topic";
-/// Header: its partition.
-pub const SOURCE_PARTITION: &str = "x-source-partition";
-/// Header: its offset.
-pub const SOURCE_OFFSET: &str = "x-source-offset";
-/// Header: the stage that wrote the record.
-pub const STAGE: &str = "x-stage";
-/// Header (dead letters): the size of the record's bytes, left out because
-/// the letter would have been larger than a record may be. The record is
-/// still at its source offset, unless compaction removed it since.
-pub const PAYLOAD_OMITTED: &str = "x-payload-omitted";
 
 /// How a stage retries.
 #[derive(Debug, Clone, PartialEq, Eq)]

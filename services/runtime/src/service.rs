@@ -2,10 +2,11 @@
 //! server, signal handling with a shutdown deadline, and the runner.
 
 use crate::blob::BlobStore;
-use crate::config::{BlobStoreConfig, ConnectionConfig};
+use crate::blob::BlobStoreConfig;
 use crate::runner::{RunnerConfig, StageRunner};
 use crate::stage::StageLogic;
 use crate::telemetry::{Health, OpsDoc, health_router, init_logging, metrics_handle};
+use artifact_kafka::config::ConnectionConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;

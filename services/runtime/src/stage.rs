@@ -142,6 +142,14 @@ pub trait StageLogic: Send + Sync + 'static {
         ctx: &RecordContext,
     ) -> impl Future<Output = Result<Processed<Self::Result>, StageError>> + Send;
 
+    /// The bytes of its body `process` holds in memory for this input (a
+    /// blob it reads whole), as far as the input tells. The runner holds
+    /// at most `STAGE_MAX_INFLIGHT_BYTES` of them at once, and fails an
+    /// input that cannot fit alone without processing it. By default 0.
+    fn input_bytes(&self, _input: &Self::Input) -> u64 {
+        0
+    }
+
     /// Called once per batch, after `process` has run for each of its new
     /// inputs and before their outcomes are committed: a stage whose
     /// `process` wrote without waiting for the disk (for instance with

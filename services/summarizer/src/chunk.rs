@@ -41,98 +41,129 @@ struct Piece<'a> {
     chars: usize,
 }
 
+/// More chunks than allowed: the text was not split further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyChunks;
+
 /// Splits `text` into chunks of at most `max_chars` characters (at least 1
 /// is assumed), cut at paragraph, then sentence, then word boundaries.
 /// An empty or whitespace-only text has no chunks.
 pub fn chunks(text: &str, max_chars: usize) -> Vec<String> {
-    let max_chars = max_chars.max(1);
-    let mut pieces = Vec::new();
-    for paragraph in paragraphs(text) {
-        split_paragraph(paragraph, max_chars, &mut pieces);
-    }
-    pack(&pieces, max_chars)
+    chunks_at_most(text, max_chars, usize::MAX).unwrap_or_default()
 }
 
-/// The paragraphs of `text`, trimmed, without empty ones: a paragraph ends at
-/// a form feed or at a line that is empty or only whitespace.
-fn paragraphs(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
+/// [`chunks`], or [`TooManyChunks`] as soon as there would be more than
+/// `max_chunks`: the rest of the text is not looked at, so the work and
+/// memory are bounded by `max_chunks` chunks whatever the text's length.
+pub fn chunks_at_most(
+    text: &str,
+    max_chars: usize,
+    max_chunks: usize,
+) -> Result<Vec<String>, TooManyChunks> {
+    let mut packer = Packer {
+        max_chars: max_chars.max(1),
+        max_chunks,
+        out: Vec::new(),
+        current: String::new(),
+        current_chars: 0,
+    };
+    for_each_paragraph(text, |p| split_paragraph(p, &mut packer))?;
+    packer.finish()
+}
+
+/// Calls `f` with each paragraph of `text`, trimmed, skipping empty ones:
+/// a paragraph ends at a form feed or at a line that is empty or only
+/// whitespace.
+fn for_each_paragraph<'a, E>(
+    text: &'a str,
+    mut f: impl FnMut(&'a str) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut trimmed = |s: &'a str| {
+        let s = s.trim();
+        if s.is_empty() { Ok(()) } else { f(s) }
+    };
     for page in text.split('\u{c}') {
         let mut start = 0;
         let mut pos = 0;
         for line in page.split_inclusive('\n') {
             if line.trim().is_empty() {
-                push_trimmed(&mut out, &page[start..pos]);
+                trimmed(&page[start..pos])?;
                 start = pos + line.len();
             }
             pos += line.len();
         }
-        push_trimmed(&mut out, &page[start..]);
+        trimmed(&page[start..])?;
     }
-    out
+    Ok(())
 }
 
-fn push_trimmed<'a>(out: &mut Vec<&'a str>, s: &'a str) {
-    let s = s.trim();
-    if !s.is_empty() {
-        out.push(s);
-    }
-}
-
-/// Adds `paragraph` as pieces that each fit in `max_chars`: whole if it
-/// fits, else by sentences, words, and as a last resort parts of words.
-fn split_paragraph<'a>(paragraph: &'a str, max_chars: usize, out: &mut Vec<Piece<'a>>) {
+/// Adds `paragraph` as pieces that each fit in a chunk: whole if it fits,
+/// else by sentences, words, and as a last resort parts of words.
+fn split_paragraph(paragraph: &str, packer: &mut Packer) -> Result<(), TooManyChunks> {
+    let max_chars = packer.max_chars;
     let chars = paragraph.chars().count();
     if chars <= max_chars {
-        out.push(Piece {
+        return packer.add(Piece {
             join: Join::Paragraph,
             text: paragraph,
             chars,
         });
-        return;
     }
-    for (i, sentence) in sentence_spans(paragraph).into_iter().enumerate() {
-        let join = if i == 0 { Join::Paragraph } else { Join::Space };
+    let mut first_sentence = true;
+    for_each_sentence(paragraph, |sentence| {
+        let join = if first_sentence {
+            Join::Paragraph
+        } else {
+            Join::Space
+        };
+        first_sentence = false;
         let chars = sentence.chars().count();
         if chars <= max_chars {
-            out.push(Piece {
+            return packer.add(Piece {
                 join,
                 text: sentence,
                 chars,
             });
-            continue;
         }
         for (j, word) in sentence.split_whitespace().enumerate() {
             let join = if j == 0 { join } else { Join::Space };
             let chars = word.chars().count();
             if chars <= max_chars {
-                out.push(Piece {
+                packer.add(Piece {
                     join,
                     text: word,
                     chars,
-                });
+                })?;
                 continue;
             }
-            for (k, part) in cut_word(word, max_chars).into_iter().enumerate() {
-                out.push(Piece {
+            for (k, part) in cut_word(word, max_chars).enumerate() {
+                packer.add(Piece {
                     join: if k == 0 { join } else { Join::Nothing },
                     text: part,
                     chars: part.chars().count(),
-                });
+                })?;
             }
         }
-    }
+        Ok(())
+    })
 }
 
 /// Characters that close a sentence after its final mark.
 const CLOSERS: &[char] = &['"', '\'', ')', ']', '”', '’', '»'];
 
-/// The sentences of a paragraph, trimmed: a sentence ends after `.`, `!` or
-/// `?` (and any further marks and closing quotes or brackets) followed by
-/// whitespace. Abbreviations may split a sentence in two; that only moves
-/// a possible chunk boundary, since pieces are joined again when packed.
-fn sentence_spans(paragraph: &str) -> Vec<&str> {
-    let mut out = Vec::new();
+/// Calls `f` with each sentence of a paragraph, trimmed: a sentence ends
+/// after `.`, `!` or `?` (and any further marks and closing quotes or
+/// brackets) followed by whitespace. Abbreviations may split a sentence in
+/// two; that only moves a possible chunk boundary, since pieces are joined
+/// again when packed.
+fn for_each_sentence<'a, E>(
+    paragraph: &'a str,
+    mut f: impl FnMut(&'a str) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut trimmed = |s: &'a str| {
+        let s = s.trim();
+        if s.is_empty() { Ok(()) } else { f(s) }
+    };
     let mut start = 0;
     let mut it = paragraph.char_indices().peekable();
     while let Some((i, c)) = it.next() {
@@ -149,59 +180,71 @@ fn sentence_spans(paragraph: &str) -> Vec<&str> {
             }
         }
         if it.peek().is_some_and(|&(_, n)| n.is_whitespace()) {
-            push_trimmed(&mut out, &paragraph[start..end]);
+            trimmed(&paragraph[start..end])?;
             start = end;
         }
     }
-    push_trimmed(&mut out, &paragraph[start..]);
-    out
+    trimmed(&paragraph[start..])
 }
 
 /// `word` in consecutive parts of `max_chars` characters (the last shorter).
-fn cut_word(word: &str, max_chars: usize) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for (n, (i, _)) in word.char_indices().enumerate() {
-        if n > 0 && n % max_chars == 0 {
-            out.push(&word[start..i]);
-            start = i;
+fn cut_word(word: &str, max_chars: usize) -> impl Iterator<Item = &str> {
+    let mut rest = word;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
         }
-    }
-    out.push(&word[start..]);
-    out
+        let end = rest
+            .char_indices()
+            .nth(max_chars)
+            .map_or(rest.len(), |(i, _)| i);
+        let (part, tail) = rest.split_at(end);
+        rest = tail;
+        Some(part)
+    })
 }
 
-/// Packs consecutive pieces greedily into chunks of at most `max_chars`.
-fn pack(pieces: &[Piece<'_>], max_chars: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut current_chars = 0;
-    for piece in pieces {
-        if current.is_empty() {
-            current.push_str(piece.text);
-            current_chars = piece.chars;
-            continue;
+/// Packs consecutive pieces greedily into chunks of at most `max_chars`,
+/// refusing to start chunk number `max_chunks + 1`.
+struct Packer {
+    max_chars: usize,
+    max_chunks: usize,
+    out: Vec<String>,
+    current: String,
+    current_chars: usize,
+}
+
+impl Packer {
+    fn add(&mut self, piece: Piece<'_>) -> Result<(), TooManyChunks> {
+        if !self.current.is_empty() {
+            let join = piece.join.as_str();
+            if self.current_chars + join.len() + piece.chars <= self.max_chars {
+                self.current.push_str(join);
+                self.current.push_str(piece.text);
+                self.current_chars += join.len() + piece.chars;
+                return Ok(());
+            }
+            self.out.push(std::mem::take(&mut self.current));
         }
-        let join = piece.join.as_str();
-        if current_chars + join.len() + piece.chars <= max_chars {
-            current.push_str(join);
-            current.push_str(piece.text);
-            current_chars += join.len() + piece.chars;
-        } else {
-            out.push(std::mem::take(&mut current));
-            current.push_str(piece.text);
-            current_chars = piece.chars;
+        if self.out.len() >= self.max_chunks {
+            return Err(TooManyChunks);
         }
+        self.current.push_str(piece.text);
+        self.current_chars = piece.chars;
+        Ok(())
     }
-    if !current.is_empty() {
-        out.push(current);
+
+    fn finish(mut self) -> Result<Vec<String>, TooManyChunks> {
+        if !self.current.is_empty() {
+            self.out.push(self.current);
+        }
+        Ok(self.out)
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::chunks;
+    use super::{TooManyChunks, chunks, chunks_at_most};
 
     fn non_whitespace(s: &str) -> String {
         s.chars().filter(|c| !c.is_whitespace()).collect()
@@ -325,5 +368,15 @@ mod tests {
     #[test]
     fn zero_is_treated_as_one() {
         assert_eq!(chunks("ab", 0), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn at_most_stops_at_the_cap() {
+        let text = "One sentence here. ".repeat(100);
+        let all = chunks(&text, 40);
+        assert_eq!(chunks_at_most(&text, 40, all.len()), Ok(all.clone()));
+        assert_eq!(chunks_at_most(&text, 40, all.len() - 1), Err(TooManyChunks));
+        assert_eq!(chunks_at_most("", 40, 0), Ok(vec![]));
+        assert_eq!(chunks_at_most("a", 40, 0), Err(TooManyChunks));
     }
 }

@@ -17,7 +17,7 @@ mod rank;
 mod segment;
 pub mod stage;
 
-pub use segment::sentences;
+pub use segment::{Sentences, sentences};
 
 /// Bounds of a summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +54,8 @@ pub fn summarize(text: &str, opts: &SummaryOptions) -> Option<String> {
     if opts.max_chars == 0 {
         return None;
     }
-    let mut all = sentences(text);
-    all.truncate(MAX_RANKED_SENTENCES);
+    // The text may be tens of megabytes: only the ranked sentences are split.
+    let all: Vec<String> = Sentences::new(text).take(MAX_RANKED_SENTENCES).collect();
     if all.is_empty() {
         return None;
     }
@@ -105,7 +105,7 @@ pub fn bound_summary(summary: &str, max_chars: usize) -> Option<String> {
     }
     let mut out = String::new();
     let mut chars = 0;
-    for sentence in sentences(&flat) {
+    for sentence in Sentences::new(&flat) {
         let len = sentence.chars().count() + usize::from(!out.is_empty());
         if chars + len > max_chars {
             break;

@@ -209,15 +209,13 @@ impl LlmSummarizer {
             return Ok(None);
         }
         let size = self.cfg.chunk_chars;
-        let chunks = chunk::chunks(text, size);
-        if chunks.len() > self.cfg.max_chunks {
+        let Ok(chunks) = chunk::chunks_at_most(text, size, self.cfg.max_chunks) else {
             return Err(StageError::Permanent(format!(
-                "the text is too long for the LLM backend: {} chunks of at most {size} characters \
-                 (LLM_CHUNK_CHARS), more than LLM_MAX_CHUNKS={}",
-                chunks.len(),
+                "the text is too long for the LLM backend: more than LLM_MAX_CHUNKS={} chunks \
+                 of at most {size} characters (LLM_CHUNK_CHARS)",
                 self.cfg.max_chunks
             )));
-        }
+        };
         if let [only] = chunks.as_slice() {
             return self.complete(Prompt::Whole(only)).await.map(Some);
         }

@@ -33,12 +33,7 @@ struct Config {
     backend: BackendArgs,
 }
 
-/// mimalloc instead of glibc's malloc, like the other stages: TextRank
-/// allocates many small vectors per text. In three alternating end-to-end
-/// runs at 1 000/s offered the summarizer used 0.23–0.26 ms of CPU per
-/// artifact with it, against 0.27–0.33 ms without.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+artifact_runtime::global_allocator!();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

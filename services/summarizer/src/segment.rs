@@ -18,58 +18,92 @@ const ABBREVIATIONS: [&str; 30] = [
 /// Splits `text` into sentences, each trimmed and with inner runs of
 /// whitespace collapsed to one space.
 pub fn sentences(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '\u{c}' || (c == '\n' && blank_line_follows(&chars, i)) {
-            push(&mut out, &mut current);
-            i += 1;
-            continue;
+    Sentences::new(text).collect()
+}
+
+/// The sentences of a text, as [`sentences`] gives them, found as they are
+/// asked for: taking the first `n` reads the text only up to the `n`-th
+/// sentence's end (and the whitespace after it).
+pub struct Sentences<'a> {
+    text: &'a str,
+    chars: std::iter::Peekable<std::str::CharIndices<'a>>,
+    current: String,
+}
+
+impl<'a> Sentences<'a> {
+    /// The sentences of `text`.
+    pub fn new(text: &'a str) -> Self {
+        Sentences {
+            text,
+            chars: text.char_indices().peekable(),
+            current: String::new(),
         }
-        current.push(c);
-        if matches!(c, '.' | '!' | '?') {
-            // Closing quotes and brackets belong to the sentence.
-            while let Some(&n) = chars.get(i + 1) {
-                if matches!(n, '"' | '\'' | ')' | ']' | '”' | '’' | '»') || (n == '.' && c == '.')
+    }
+}
+
+impl Iterator for Sentences<'_> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        while let Some((i, c)) = self.chars.next() {
+            if c == '\u{c}' || (c == '\n' && blank_line_follows(&self.text[i + 1..])) {
+                if let Some(sentence) = take(&mut self.current) {
+                    return Some(sentence);
+                }
+                continue;
+            }
+            self.current.push(c);
+            if matches!(c, '.' | '!' | '?') {
+                let mut end = i + 1;
+                // Closing quotes and brackets belong to the sentence.
+                while let Some(&(j, n)) = self.chars.peek() {
+                    if matches!(n, '"' | '\'' | ')' | ']' | '”' | '’' | '»')
+                        || (n == '.' && c == '.')
+                    {
+                        self.current.push(n);
+                        end = j + n.len_utf8();
+                        self.chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                if ends_sentence(&self.text[end..], &self.current, c)
+                    && let Some(sentence) = take(&mut self.current)
                 {
-                    current.push(n);
-                    i += 1;
-                } else {
-                    break;
+                    return Some(sentence);
                 }
             }
-            if ends_sentence(&chars, i, &current, c) {
-                push(&mut out, &mut current);
-            }
         }
-        i += 1;
+        take(&mut self.current)
     }
-    push(&mut out, &mut current);
-    out
 }
 
-/// Whether the line break at `i` is followed by a blank line.
-fn blank_line_follows(chars: &[char], i: usize) -> bool {
-    chars[i + 1..]
-        .iter()
-        .take_while(|&&c| c != '\n')
-        .all(|c| c.is_whitespace())
-        && chars[i + 1..].contains(&'\n')
+/// Whether a line break followed by `rest` is followed by a blank line:
+/// only whitespace up to the next line break.
+fn blank_line_follows(rest: &str) -> bool {
+    for c in rest.chars() {
+        if c == '\n' {
+            return true;
+        }
+        if !c.is_whitespace() {
+            return false;
+        }
+    }
+    false
 }
 
-fn ends_sentence(chars: &[char], i: usize, current: &str, mark: char) -> bool {
+/// Whether the mark `mark` ending `current`, followed by `rest`, ends a
+/// sentence.
+fn ends_sentence(rest: &str, current: &str, mark: char) -> bool {
     // Must be followed by whitespace (or the end), then a sentence start.
-    let Some(&next) = chars.get(i + 1) else {
+    let Some(next) = rest.chars().next() else {
         return true;
     };
     if !next.is_whitespace() {
         return false;
     }
-    let start = chars[i + 1..].iter().find(|c| !c.is_whitespace());
-    if let Some(&s) = start
+    let start = rest.chars().find(|c| !c.is_whitespace());
+    if let Some(s) = start
         && !(s.is_uppercase() || s.is_numeric() || "\"'“‘([¿¡".contains(s))
     {
         return false;
@@ -88,17 +122,20 @@ fn ends_sentence(chars: &[char], i: usize, current: &str, mark: char) -> bool {
     !(initial || ABBREVIATIONS.contains(&word.as_str()))
 }
 
-fn push(out: &mut Vec<String>, current: &mut String) {
+/// The sentence collected in `current`, whitespace collapsed, if it has a
+/// letter or digit; `current` is emptied either way.
+fn take(current: &mut String) -> Option<String> {
     let sentence = current.split_whitespace().collect::<Vec<_>>().join(" ");
-    if sentence.chars().any(char::is_alphanumeric) {
-        out.push(sentence);
-    }
     current.clear();
+    sentence
+        .chars()
+        .any(char::is_alphanumeric)
+        .then_some(sentence)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::sentences;
+    use super::{Sentences, sentences};
 
     #[test]
     fn abbreviations_initials_and_decimals_do_not_split() {
@@ -142,5 +179,16 @@ mod tests {
     fn whitespace_only_has_no_sentences() {
         assert!(sentences("  \n\n ").is_empty());
         assert!(sentences("... ---").is_empty());
+    }
+
+    #[test]
+    fn taking_the_first_sentences_gives_what_splitting_all_gives() {
+        let text = "Dr. Who came. Then \"left!\" And?\n\nA new one\u{c}page. x. Y... Z";
+        let all = sentences(text);
+        assert_eq!(all.len(), 5, "{all:?}");
+        for n in 0..=all.len() {
+            let first: Vec<String> = Sentences::new(text).take(n).collect();
+            assert_eq!(first, all[..n]);
+        }
     }
 }

@@ -7,7 +7,7 @@
 use crate::llm::LlmSummarizer;
 use crate::{SummaryOptions, summarize};
 use artifact_domain::{Outcome, Parsed, Stage, SummaryResult};
-use artifact_runtime::blob::BlobStore;
+use artifact_runtime::blob::{BlobError, BlobStore};
 use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
 
 /// Who writes the summaries.
@@ -36,6 +36,15 @@ impl StageLogic for SummaryStage {
     type Input = Parsed;
     type Result = SummaryResult;
 
+    /// The text's UTF-8 bytes at most (4 per character), up to the read limit.
+    fn input_bytes(&self, input: &Parsed) -> u64 {
+        input.result.as_ref().map_or(0, |r| {
+            (r.char_count.max(0) as u64)
+                .saturating_mul(4)
+                .min(self.max_text_bytes)
+        })
+    }
+
     async fn process(
         &self,
         input: &Parsed,
@@ -51,8 +60,20 @@ impl StageLogic for SummaryStage {
         let Some(location) = input.result.as_ref().map(|r| r.text_location.clone()) else {
             return Ok(Processed::skipped("no text to summarize", context));
         };
-        let bytes = self.blobs.read_all(&location, self.max_text_bytes).await?;
-        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let bytes = match self.blobs.read_all(&location, self.max_text_bytes).await {
+            Err(BlobError::TooLarge { .. }) => {
+                return Err(StageError::Permanent(format!(
+                    "the extracted text is larger than the limit of {} bytes \
+                     (SUMMARY_MAX_TEXT_BYTES); raise the limit or lower pdf-parser's PARSE_MAX_CHARS",
+                    self.max_text_bytes
+                )));
+            }
+            read => read?,
+        };
+        // The text is UTF-8 as pdf-parser wrote it; only a damaged one is
+        // copied to be repaired.
+        let text = String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         let (method, summary) = match &self.backend {
             Backend::Extractive => {
                 let options = self.options.clone();

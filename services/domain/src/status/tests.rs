@@ -565,3 +565,25 @@ proptest! {
         prop_assert!(settled_seen || !all.state().is_terminal());
     }
 }
+
+#[test]
+fn completion_is_timed_once_both_the_creation_and_the_summary_are_known() {
+    let id = ArtifactId::new_random();
+    let mut summary_first = ArtifactStatus::empty(id, g(1));
+    summary_first.apply(stage_event(id, g(1), Stage::Summarizer, Outcome::Succeeded));
+    assert_eq!(summary_first.completion_ms(), None, "creation unknown");
+    summary_first.apply(created(id, g(1)));
+    assert_eq!(summary_first.completion_ms(), Some(40));
+
+    let mut created_first = ArtifactStatus::empty(id, g(1));
+    created_first.apply(created(id, g(1)));
+    created_first.apply(stage_event(
+        id,
+        g(1),
+        Stage::MimeDetector,
+        Outcome::Succeeded,
+    ));
+    assert_eq!(created_first.completion_ms(), None, "not completed");
+    created_first.apply(stage_event(id, g(1), Stage::Summarizer, Outcome::Succeeded));
+    assert_eq!(created_first.completion_ms(), Some(40));
+}

@@ -90,9 +90,18 @@ pub struct RunnerConfig {
     #[arg(long, env = "DEDUP_RETENTION_MS", default_value_t = 604_800_000)]
     pub dedup_retention_ms: u64,
 
-    /// Time allowed to restore one partition's dedup state, in milliseconds.
-    #[arg(long, env = "RESTORE_TIMEOUT_MS", default_value_t = 120_000)]
-    pub restore_timeout_ms: u64,
+    /// A record during whose processing the stage's process ended (killed,
+    /// out of memory, aborted) this many times fails permanently without
+    /// being processed again; 0 turns the watch off (and its write per
+    /// batch).
+    #[arg(long, env = "POISON_MAX_CRASHES", default_value_t = 3)]
+    pub poison_max_crashes: u32,
+
+    /// Input bodies held at once, in bytes, as the stage counts them
+    /// (`StageLogic::input_bytes`); a record larger alone fails
+    /// permanently. 0: no limit.
+    #[arg(long, env = "STAGE_MAX_INFLIGHT_BYTES", default_value_t = 256 << 20)]
+    pub max_inflight_bytes: u64,
 
     /// After SIGTERM/SIGINT, time to finish the open batch and leave the
     /// group before exiting anyway, in milliseconds.

@@ -37,7 +37,7 @@ impl Assignment {
 /// The context of the input consumer.
 pub struct StageContext {
     /// Held while a batch's transaction commits.
-    pub(crate) gate: Arc<super::batch::TxnGate>,
+    pub(crate) gate: Arc<super::commit::TxnGate>,
     pub(crate) group: String,
     pub(crate) input_topic: String,
     pub(crate) retry_topic: String,
@@ -96,7 +96,7 @@ impl ClientContext for StageContext {
                     continue;
                 }
                 metrics::gauge!(
-                    "artifact_pipeline_consumer_lag",
+                    crate::stage_metrics::CONSUMER_LAG.0,
                     "consumer_group" => self.group.clone(),
                     "topic" => topic.clone(),
                     "partition" => partition.clone(),
@@ -117,7 +117,7 @@ impl ConsumerContext for StageContext {
             tracing::info!(?parts, "partitions revoked");
             // The batch in flight may hold offsets of these partitions: let
             // it commit or abort before they change hands.
-            self.gate.wait_idle(std::time::Duration::from_secs(60));
+            self.gate.wait_idle(super::commit::COMMIT_MAX);
             if let Some(rc) = self.retry_consumer.get()
                 && let Err(e) = rc.incremental_unassign(&self.retry_tpl(&parts, Offset::Invalid))
             {

@@ -5,7 +5,7 @@
 //! committed batch, whichever instance owns the partition now. The topic
 //! then holds the retries still pending, not every retry ever made.
 
-use crate::config::ConnectionConfig;
+use artifact_kafka::config::ConnectionConfig;
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -89,7 +89,7 @@ impl RetryPurge {
         let Some(conn) = &self.conn else { return };
         self.last = Some(Instant::now());
         if self.admin.is_none() {
-            match crate::kafka::admin_client(conn) {
+            match artifact_kafka::client::admin_client(conn) {
                 Ok(a) => self.admin = Some(Arc::new(a)),
                 Err(e) => {
                     tracing::warn!(error = %e, "processed retry records not deleted; trying again later");

@@ -1,0 +1,24 @@
+//! Kafka plumbing of the artifact pipeline, shared by the stage runtime, the
+//! API and `artifactctl`: where Kafka and the Schema Registry are
+//! ([`config`]), how clients are configured ([`client`]), the topic
+//! catalogue and its creation ([`topics`]), schema registration
+//! ([`schemas`]), the Avro codec in the Confluent wire format ([`codec`]),
+//! the names of the headers the pipeline writes ([`headers`]) and trace
+//! propagation ([`trace`]). Nothing here knows about stages or HTTP.
+
+mod avro_write;
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod headers;
+pub mod schemas;
+pub mod topics;
+pub mod trace;
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp in the
+/// events (0 if the clock is before the epoch).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

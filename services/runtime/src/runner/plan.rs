@@ -1,0 +1,169 @@
+//! What the runner does with each record of a batch, decided before any of
+//! it is processed: decode it, then (a pure step) process it, skip it as a
+//! duplicate, a stale generation or the input of a failed upstream stage,
+//! or send it to the dead-letter topic.
+
+use super::item::Item;
+use crate::stage::StageInput;
+use artifact_domain::{ArtifactId, DedupDecision, Generation, decide};
+use artifact_kafka::codec::{AvroCodec, CodecError};
+use rdkafka::message::Message;
+use std::collections::HashMap;
+
+/// What the runner does with one record.
+#[derive(Debug)]
+pub(crate) enum Plan<I> {
+    /// Undecodable: a dead letter naming the error.
+    DeadLetter(String),
+    /// Not processed, for this reason (a metric label).
+    Skip(&'static str),
+    /// Processed.
+    Process(I),
+    /// Not processed: fails permanently, for this reason.
+    Fail(I, String),
+}
+
+/// A dedup key: the partition number and the artifact.
+pub(crate) type Key = (i32, ArtifactId);
+
+/// Decodes every record of the batch. A registry that fails to answer is
+/// an outage (`Err`): the batch is read again later; a record the registry
+/// says cannot be decoded is a dead letter.
+pub(crate) async fn decode<I: StageInput>(
+    codec: &AvroCodec,
+    items: &[Item],
+) -> Result<Vec<Result<I, String>>, CodecError> {
+    let mut decoded = Vec::with_capacity(items.len());
+    for it in items {
+        match codec.decode::<I>(it.msg.payload()).await {
+            Err(e) if e.is_retriable() => return Err(e),
+            Err(e) => decoded.push(Err(e.to_string())),
+            Ok(input) => decoded.push(Ok(input)),
+        }
+    }
+    Ok(decoded)
+}
+
+/// Makes every record the plan would process fail for `reason` instead.
+pub(crate) fn refuse<I>(plans: Vec<Plan<I>>, reason: &str) -> Vec<Plan<I>> {
+    plans
+        .into_iter()
+        .map(|p| match p {
+            Plan::Process(input) => Plan::Fail(input, reason.to_owned()),
+            other => other,
+        })
+        .collect()
+}
+
+/// Plans each decoded record of a batch, in order. `seen` is the newest
+/// generation already processed for a key (the dedup state, and the batch
+/// still committing); an earlier record of this batch counts too.
+pub(crate) fn plan<I: StageInput>(
+    items: &[Item],
+    decoded: Vec<Result<I, String>>,
+    seen: impl Fn(Key) -> Option<Generation>,
+) -> Vec<Plan<I>> {
+    let mut pending: HashMap<Key, Generation> = HashMap::new();
+    items
+        .iter()
+        .zip(decoded)
+        .map(|(it, decoded)| {
+            let input = match decoded {
+                Err(e) => return Plan::DeadLetter(e),
+                Ok(input) => input,
+            };
+            if input
+                .upstream_outcome()
+                .is_some_and(|o| !o.lets_pipeline_continue())
+            {
+                return Plan::Skip("upstream_failed");
+            }
+            let key = (it.partition(), input.artifact_id());
+            let last = seen(key).max(pending.get(&key).copied());
+            match decide(last, input.generation()) {
+                DedupDecision::Duplicate => Plan::Skip("duplicate"),
+                DedupDecision::Stale => Plan::Skip("stale"),
+                DedupDecision::Process => {
+                    pending.insert(key, input.generation());
+                    Plan::Process(input)
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::testing::{created, item, parsed_after};
+    use artifact_domain::{ArtifactCreated, Outcome, Parsed};
+
+    fn labels<I>(plans: &[Plan<I>]) -> Vec<String> {
+        plans
+            .iter()
+            .map(|p| match p {
+                Plan::DeadLetter(e) => format!("dlq: {e}"),
+                Plan::Skip(r) => format!("skip: {r}"),
+                Plan::Process(_) => "process".into(),
+                Plan::Fail(_, r) => format!("fail: {r}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_generations_are_processed_and_repeats_skipped() {
+        let a = ArtifactId::new_random();
+        let items = [item(0, 10), item(0, 11), item(0, 12), item(1, 13)];
+        let decoded: Vec<Result<ArtifactCreated, String>> = vec![
+            Ok(created(a, 2)),
+            Ok(created(a, 2)), // again in the same batch
+            Ok(created(a, 1)), // older than one just planned
+            Ok(created(a, 2)), // another partition: another key
+        ];
+        let plans = plan(&items, decoded, |_| None);
+        assert_eq!(
+            labels(&plans),
+            ["process", "skip: duplicate", "skip: stale", "process"]
+        );
+    }
+
+    #[test]
+    fn what_was_seen_decides_duplicates_and_stale_generations() {
+        let (a, b, c) = (
+            ArtifactId::new_random(),
+            ArtifactId::new_random(),
+            ArtifactId::new_random(),
+        );
+        let seen = |(p, id): Key| match (p, id) {
+            (0, id) if id == a => Some(Generation::new(3).unwrap()),
+            (0, id) if id == b => Some(Generation::new(1).unwrap()),
+            _ => None,
+        };
+        let items = [item(0, 1), item(0, 2), item(0, 3), item(0, 4)];
+        let decoded = vec![
+            Ok(created(a, 3)),
+            Ok(created(a, 2)),
+            Ok(created(b, 2)),
+            Ok(created(c, 1)),
+        ];
+        assert_eq!(
+            labels(&plan(&items, decoded, seen)),
+            ["skip: duplicate", "skip: stale", "process", "process"]
+        );
+    }
+
+    #[test]
+    fn undecodable_records_are_dead_letters_and_failed_upstreams_skipped() {
+        let a = ArtifactId::new_random();
+        let items = [item(0, 1), item(0, 2), item(0, 3)];
+        let decoded: Vec<Result<Parsed, String>> = vec![
+            Err("bad magic byte".into()),
+            Ok(parsed_after(a, 1, Outcome::permanent("corrupt"))),
+            Ok(parsed_after(a, 1, Outcome::Succeeded)),
+        ];
+        assert_eq!(
+            labels(&plan(&items, decoded, |_| None)),
+            ["dlq: bad magic byte", "skip: upstream_failed", "process"]
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! Every metric a stage exports, defined once: its name, help text and
+//! labels. The runner records them through the functions here, and
+//! [`describe`] exports their help and every counter series at zero from
+//! the start, from the same definitions (a series that appears with its
+//! first increment has no earlier sample for a rate to compare with).
+
+use std::time::Duration;
+
+/// A counter and the values of its one label besides `stage`, if it has one.
+struct Counter {
+    name: &'static str,
+    help: &'static str,
+    label: Option<(&'static str, &'static [&'static str])>,
+}
+
+const RECORDS_CONSUMED: Counter = Counter {
+    name: "artifact_stage_records_consumed_total",
+    help: "Input and retry records whose batch committed.",
+    label: Some(("source", &["input", "retry"])),
+};
+const RECORDS_PRODUCED: Counter = Counter {
+    name: "artifact_stage_records_produced_total",
+    help: "Records the stage committed, by kind.",
+    label: Some(("kind", &["output", "dedup", "tombstone", "retry", "dlq"])),
+};
+const SKIPPED: Counter = Counter {
+    name: "artifact_stage_skipped_total",
+    help: "Inputs not processed: a duplicate, a stale generation, or a failed upstream stage.",
+    label: Some(("reason", &["duplicate", "stale", "upstream_failed"])),
+};
+const OUTCOMES: Counter = Counter {
+    name: "artifact_stage_outcomes_total",
+    help: "Outcomes the stage committed, by kind.",
+    label: Some((
+        "outcome",
+        &[
+            "succeeded",
+            "skipped",
+            "failed_retriable",
+            "failed_permanent",
+        ],
+    )),
+};
+const RETRIES: Counter = Counter {
+    name: "artifact_stage_retries_total",
+    help: "Retries: in process, or through the retry topic.",
+    label: Some(("kind", &["inline", "topic"])),
+};
+const DLQ_RECORDS: Counter = Counter {
+    name: "artifact_stage_dlq_records_total",
+    help: "Records sent to the stage's dead-letter topic.",
+    label: None,
+};
+const DEDUP_EXPIRED: Counter = Counter {
+    name: "artifact_stage_dedup_expired_total",
+    help: "Dedup entries dropped after the retention.",
+    label: None,
+};
+const BATCH_FAILURES: Counter = Counter {
+    name: "artifact_stage_batch_failures_total",
+    help: "Batches that did not commit and were read again.",
+    label: None,
+};
+
+const COUNTERS: [&Counter; 8] = [
+    &RECORDS_CONSUMED,
+    &RECORDS_PRODUCED,
+    &SKIPPED,
+    &OUTCOMES,
+    &RETRIES,
+    &DLQ_RECORDS,
+    &DEDUP_EXPIRED,
+    &BATCH_FAILURES,
+];
+
+const RESTORING: (&str, &str) = (
+    "artifact_stage_restoring_partitions",
+    "Partitions whose dedup state is being restored.",
+);
+const RESTORE_REMAINING: (&str, &str) = (
+    "artifact_stage_restore_remaining_records",
+    "Records the restores under way have left to read (an estimate).",
+);
+const DEDUP_KEYS: (&str, &str) = (
+    "artifact_stage_dedup_keys",
+    "Artifacts in the stage's dedup state.",
+);
+/// The gauge of consumer lag, labelled by group, topic and partition.
+pub(crate) const CONSUMER_LAG: (&str, &str) = (
+    "artifact_pipeline_consumer_lag",
+    "Records of an assigned partition not yet handed to the stage.",
+);
+const PROCESSING_SECONDS: (&str, &str) = (
+    "artifact_stage_processing_seconds",
+    "Time of one processing attempt of one record.",
+);
+const BEFORE_COMMIT_SECONDS: (&str, &str) = (
+    "artifact_stage_before_commit_seconds",
+    "Time of the stage's before-commit step of a batch.",
+);
+const COMMIT_SECONDS: (&str, &str) = (
+    "artifact_stage_transaction_commit_seconds",
+    "Time from a batch's first record sent to its transaction committed.",
+);
+const RESTORE_SECONDS: (&str, &str) = (
+    "artifact_stage_restore_seconds",
+    "Time to restore one partition's dedup state.",
+);
+
+/// Exports every metric's help text and every counter series of `stage`
+/// at zero.
+pub(crate) fn describe(stage: &'static str) {
+    for c in COUNTERS {
+        metrics::describe_counter!(c.name, c.help);
+        match c.label {
+            Some((key, values)) => {
+                for value in values {
+                    metrics::counter!(c.name, "stage" => stage, key => *value).absolute(0);
+                }
+            }
+            None => metrics::counter!(c.name, "stage" => stage).absolute(0),
+        }
+    }
+    for (name, help) in [DEDUP_KEYS, CONSUMER_LAG, RESTORING, RESTORE_REMAINING] {
+        metrics::describe_gauge!(name, help);
+    }
+    for (name, help) in [
+        PROCESSING_SECONDS,
+        BEFORE_COMMIT_SECONDS,
+        COMMIT_SECONDS,
+        RESTORE_SECONDS,
+    ] {
+        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    }
+}
+
+fn count(c: &Counter, stage: &'static str, value: Option<&'static str>, n: u64) {
+    match (c.label, value) {
+        (Some((key, values)), Some(v)) => {
+            debug_assert!(values.contains(&v), "{} has no {key}={v}", c.name);
+            metrics::counter!(c.name, "stage" => stage, key => v).increment(n);
+        }
+        _ => metrics::counter!(c.name, "stage" => stage).increment(n),
+    }
+}
+
+/// Records of a committed batch, from `source` (`input` or `retry`).
+pub(crate) fn consumed(stage: &'static str, source: &'static str, n: u64) {
+    count(&RECORDS_CONSUMED, stage, Some(source), n);
+}
+
+/// Records of a kind a committed batch wrote; dead letters and retry
+/// copies also count as such.
+pub(crate) fn produced(stage: &'static str, kind: &'static str, n: u64) {
+    count(&RECORDS_PRODUCED, stage, Some(kind), n);
+    match kind {
+        "dlq" => count(&DLQ_RECORDS, stage, None, n),
+        "retry" => retried(stage, "topic", n),
+        _ => {}
+    }
+}
+
+/// Inputs a committed batch skipped, for `reason`.
+pub(crate) fn skipped(stage: &'static str, reason: &'static str, n: u64) {
+    count(&SKIPPED, stage, Some(reason), n);
+}
+
+/// Outcomes of a kind a committed batch wrote.
+pub(crate) fn outcomes(stage: &'static str, outcome: &'static str, n: u64) {
+    count(&OUTCOMES, stage, Some(outcome), n);
+}
+
+/// Retries of a kind (`inline` or `topic`).
+pub(crate) fn retried(stage: &'static str, kind: &'static str, n: u64) {
+    count(&RETRIES, stage, Some(kind), n);
+}
+
+/// Dedup entries expired by a rotation.
+pub(crate) fn dedup_expired(stage: &'static str, n: u64) {
+    count(&DEDUP_EXPIRED, stage, None, n);
+}
+
+/// A batch that did not commit.
+pub(crate) fn batch_failed(stage: &'static str) {
+    count(&BATCH_FAILURES, stage, None, 1);
+}
+
+/// The artifacts in the dedup state now.
+pub(crate) fn dedup_keys(stage: &'static str, keys: usize) {
+    metrics::gauge!(DEDUP_KEYS.0, "stage" => stage).set(keys as f64);
+}
+
+/// The restores under way and the records they have left.
+pub(crate) fn restoring(stage: &'static str, partitions: usize, remaining: i64) {
+    metrics::gauge!(RESTORING.0, "stage" => stage).set(partitions as f64);
+    metrics::gauge!(RESTORE_REMAINING.0, "stage" => stage).set(remaining as f64);
+}
+
+/// The histogram of processing attempts of `stage`.
+pub(crate) fn processing_time(stage: &'static str) -> metrics::Histogram {
+    metrics::histogram!(PROCESSING_SECONDS.0, "stage" => stage)
+}
+
+/// A batch's before-commit step took `took`.
+pub(crate) fn before_commit_time(stage: &'static str, took: Duration) {
+    metrics::histogram!(BEFORE_COMMIT_SECONDS.0, "stage" => stage).record(took.as_secs_f64());
+}
+
+/// A batch's transaction took `secs` to commit.
+pub(crate) fn commit_time(stage: &'static str, secs: f64) {
+    metrics::histogram!(COMMIT_SECONDS.0, "stage" => stage).record(secs);
+}
+
+/// A partition's dedup state took `secs` to restore.
+pub(crate) fn restore_time(stage: &'static str, secs: f64) {
+    metrics::histogram!(RESTORE_SECONDS.0, "stage" => stage).record(secs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_and_described_once() {
+        let mut names: Vec<&str> = COUNTERS.iter().map(|c| c.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), COUNTERS.len(), "a counter is defined twice");
+        for c in COUNTERS {
+            assert!(c.name.ends_with("_total"), "{}", c.name);
+            assert!(!c.help.is_empty(), "{} has no help", c.name);
+        }
+    }
+}
