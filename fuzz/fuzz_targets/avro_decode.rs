@@ -8,9 +8,9 @@
 
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::*;
-use artifact_runtime::codec::AvroCodec;
-use artifact_runtime::dedup::DedupEntry;
-use artifact_runtime::schemas::{EventSchema, RegistryAdmin};
+use artifact_kafka::codec::AvroCodec;
+use artifact_domain::dedup::DedupEntry;
+use artifact_kafka::schemas::{EventSchema, RegistryAdmin};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -58,6 +58,11 @@ struct Args {
     /// Runs only the stage in this delivery mode (no baselines, no restore).
     #[arg(long, value_parser = ["exactly-once", "at-least-once"])]
     only: Option<String>,
+    /// With `--only`: each round also runs the stage with
+    /// `POISON_MAX_CRASHES=0` (no in-flight marker per batch), alternating,
+    /// to measure what the poison-record watch costs.
+    #[arg(long, requires = "only")]
+    poison_baseline: bool,
     /// Rounds of each throughput variant; the median is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -209,6 +214,7 @@ async fn stage_run(
     partitions: usize,
     delivery: &str,
     log: &str,
+    extra: &[(&str, &str)],
 ) -> anyhow::Result<StageRun> {
     fill(env, n).await?;
     let out_topic = env.names.output(Stage::MimeDetector);
@@ -231,10 +237,11 @@ async fn stage_run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let vars = [
+    let mut vars = vec![
         ("DELIVERY", delivery.to_owned()),
         ("RUST_LOG", log.to_owned()),
     ];
+    vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let stage = StageProcess::start(env, bin, &vars)?;
     // The stage's CPU time and its committed records when progress was
     // first seen: CPU per record counts only the records committed after.
@@ -393,14 +400,36 @@ async fn main() -> anyhow::Result<()> {
         return restore_report(args.restore_keys).await;
     }
     if let Some(mode) = &args.only {
-        let r = TestEnv::scoped(args.partitions, async |env| {
-            stage_run(env, &bin, n, args.partitions, mode, &args.stage_log).await
-        })
-        .await?;
-        println!(
-            "no-op stage, {mode}: {:.0} records/s, {:.1} µs of stage CPU per record",
-            r.rate, r.cpu_us
-        );
+        let variants: &[(&str, &[(&str, &str)])] = if args.poison_baseline {
+            &[
+                ("", &[]),
+                (", POISON_MAX_CRASHES=0", &[("POISON_MAX_CRASHES", "0")]),
+            ]
+        } else {
+            &[("", &[])]
+        };
+        let rounds = if args.poison_baseline { args.rounds } else { 1 };
+        let mut rates = vec![vec![]; variants.len()];
+        for round in 1..=rounds {
+            for (v, (name, extra)) in variants.iter().enumerate() {
+                let r = TestEnv::scoped(args.partitions, async |env| {
+                    stage_run(env, &bin, n, args.partitions, mode, &args.stage_log, extra).await
+                })
+                .await?;
+                println!(
+                    "round {round}: no-op stage, {mode}{name}: {:.0} records/s, {:.1} µs of stage CPU per record",
+                    r.rate, r.cpu_us
+                );
+                rates[v].push(r.rate);
+            }
+        }
+        if args.poison_baseline {
+            let (on, off) = (median(rates[0].clone()), median(rates[1].clone()));
+            println!(
+                "median {mode}: {on:.0} records/s with the poison watch, {off:.0} without ({:.0}%)",
+                100.0 * on / off
+            );
+        }
         return Ok(());
     }
     println!(
@@ -416,11 +445,11 @@ async fn main() -> anyhow::Result<()> {
         raw2.push(TestEnv::scoped(p, async |env| raw_pair(env, n, RawOut::Two).await).await?);
         let log = &args.stage_log;
         let a = TestEnv::scoped(p, async |env| {
-            stage_run(env, &bin, n, p, "at-least-once", log).await
+            stage_run(env, &bin, n, p, "at-least-once", log, &[]).await
         })
         .await?;
         let e = TestEnv::scoped(p, async |env| {
-            stage_run(env, &bin, n, p, "exactly-once", log).await
+            stage_run(env, &bin, n, p, "exactly-once", log, &[]).await
         })
         .await?;
         println!(
