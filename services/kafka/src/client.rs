@@ -202,7 +202,6 @@ mod tests {
     }
 
     /// Each builder's own settings are the values the guarantees need, and
-    /// nothing else in the workspace builds a client that could differ:
     /// KAFKA_PROPERTIES may not change them (`ConnectionConfig::validate`).
     #[test]
     fn builders_set_what_the_guarantees_need() {

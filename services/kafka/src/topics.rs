@@ -547,10 +547,11 @@ mod tests {
             "artifact.pdf-parser.dedup",
             "artifact.summarizer.retry",
             "artifact.mime-detector.dlq",
+            "artifact.location-logger.inflight",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
-        assert_eq!(cat.len(), 6 + 3 * 4);
+        assert_eq!(cat.len(), 6 + 4 * 4);
         for s in &cat {
             let want = if s.name.ends_with(".retry") || s.name.ends_with(".dlq") {
                 Cleanup::Delete
