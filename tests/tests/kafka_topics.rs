@@ -146,10 +146,18 @@ async fn new_topics_get_the_catalogues_configuration() {
         .iter()
         .map(|s| ResourceSpecifier::Topic(&s.name))
         .collect();
-    let described = admin
-        .describe_configs(&resources, &AdminOptions::new())
-        .await
-        .unwrap();
+    // A topic just created may not be known yet to the broker answering.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let described = loop {
+        let described = admin
+            .describe_configs(&resources, &AdminOptions::new())
+            .await
+            .unwrap();
+        if described.iter().all(Result::is_ok) || Instant::now() > deadline {
+            break described;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for (spec, res) in catalogue.iter().zip(described) {
         let res = res.unwrap();
         let value = |k: &str| res.get(k).and_then(|e| e.value.clone()).unwrap_or_default();

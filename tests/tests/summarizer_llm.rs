@@ -2,7 +2,7 @@
 //! broker and registry, pointed at an OpenAI-compatible chat-completions
 //! server on 127.0.0.1 run by this test in place of the external API.
 //! Parsed events go in; Summarized outcomes come out: a success recording
-//! `llm:<model>`, a 429 retried by the runner into a success, and a 400 that
+//! `llm:<model>`, a 429 with `Retry-After` waited out into a success, and a 400 that
 //! ends as `failed(permanent)` with the server's message, after one request.
 
 use artifact_domain::*;
@@ -252,7 +252,7 @@ async fn summarizer_with_the_llm_backend() -> anyhow::Result<()> {
         assert_eq!(
             seen.by_marker.get(RATE_LIMIT_ONCE),
             Some(&2),
-            "a 429, then the runner's retry"
+            "a 429 with Retry-After: 1, then the request again after the wait"
         );
         assert_eq!(
             seen.by_marker.get(REJECT),
@@ -269,12 +269,32 @@ async fn summarizer_with_the_llm_backend() -> anyhow::Result<()> {
         assert!(seen.models.iter().all(|m| m == MODEL), "{:?}", seen.models);
     }
     assert!(stage.is_running(), "the summarizer did not crash");
-    assert!(
+    // The 429 was waited out within its attempt, not retried by the runner.
+    assert_eq!(
+        stage
+            .exported_metric(
+                "artifact_summarizer_llm_waits_total",
+                &["cause=\"retry_after\""]
+            )
+            .await,
+        Some(1.0)
+    );
+    for (result, n) in [("ok", 2.0), ("rate_limited", 1.0), ("refused", 1.0)] {
+        let label = format!("result=\"{result}\"");
+        assert_eq!(
+            stage
+                .exported_metric("artifact_summarizer_llm_requests_total", &[&label])
+                .await,
+            Some(n),
+            "{result}"
+        );
+    }
+    assert_eq!(
         stage
             .metric("artifact_stage_retries_total", &["summarizer"])
-            .await
-            >= 1.0,
-        "the 429 was retried by the runner"
+            .await,
+        0.0,
+        "no retry by the runner"
     );
     server.abort();
     let _ = std::fs::remove_dir_all(&root);

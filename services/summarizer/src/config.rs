@@ -2,6 +2,8 @@
 //! flags or environment variables, checked at start with messages that say
 //! what to fix.
 
+use crate::budget::{BudgetLimits, most_requests};
+use crate::gate::burst;
 use crate::llm::LlmConfig;
 use clap::{Args, ValueEnum};
 use reqwest::Url;
@@ -49,9 +51,29 @@ pub struct BackendArgs {
     pub llm_api_key: Option<ApiKey>,
 
     /// Time limit of one request, in milliseconds, from sending it to the
-    /// last byte of the answer.
+    /// last byte of the answer; at most LLM_ATTEMPT_BUDGET_MS.
     #[arg(long, env = "LLM_TIMEOUT_MS", default_value_t = 20_000)]
     pub llm_timeout_ms: u64,
+
+    /// Time one processing attempt may spend on its LLM requests and the
+    /// waits before them, in milliseconds; past it the attempt fails
+    /// retriably. At most PROCESSING_TIMEOUT_MS, which also covers reading
+    /// the text.
+    #[arg(long, env = "LLM_ATTEMPT_BUDGET_MS", default_value_t = 25_000)]
+    pub llm_attempt_budget_ms: u64,
+
+    /// Requests one processing attempt may send, re-sends after a
+    /// `Retry-After` included; at least what a text of LLM_MAX_CHUNKS
+    /// chunks needs. Past it the attempt fails retriably.
+    #[arg(long, env = "LLM_ATTEMPT_MAX_REQUESTS", default_value_t = 48)]
+    pub llm_attempt_max_requests: u32,
+
+    /// Requests per second this replica sends at most, shared by all the
+    /// records it processes at once, in bursts of up to one second's worth.
+    /// With N replicas the endpoint sees up to N times this: set it to the
+    /// key's limit divided by N.
+    #[arg(long, env = "LLM_RATE_PER_SECOND", default_value_t = 5.0)]
+    pub llm_rate_per_second: f64,
 
     /// Largest piece of text sent in one request, in characters; longer
     /// texts are summarized in parts, then the parts' summaries together.
@@ -178,12 +200,28 @@ impl BackendArgs {
         at_least_one("LLM_CONCURRENCY", self.llm_concurrency as u64)?;
         at_least_one("LLM_MAX_CHUNKS", self.llm_max_chunks as u64)?;
         at_least_one("SUMMARY_MAX_CHARS", summary_max_chars as u64)?;
-        if self.llm_timeout_ms > processing_timeout_ms {
+        let rate = self.llm_rate_per_second;
+        if !(rate.is_finite() && rate > 0.0) {
             return Err(format!(
-                "LLM_TIMEOUT_MS={} is more than PROCESSING_TIMEOUT_MS={processing_timeout_ms}: \
-                 the runner would cut the attempt off first; lower LLM_TIMEOUT_MS or raise \
-                 PROCESSING_TIMEOUT_MS (a long text takes several rounds of requests)",
+                "LLM_RATE_PER_SECOND={rate} is not valid: give the requests per second of one \
+                 replica, more than 0 (e.g. 0.5 or 5)"
+            ));
+        }
+        let budget_ms = self.llm_attempt_budget_ms;
+        if self.llm_timeout_ms > budget_ms {
+            return Err(format!(
+                "LLM_TIMEOUT_MS={} is more than LLM_ATTEMPT_BUDGET_MS={budget_ms}: one request \
+                 would not fit in the attempt's budget; lower LLM_TIMEOUT_MS or raise \
+                 LLM_ATTEMPT_BUDGET_MS",
                 self.llm_timeout_ms
+            ));
+        }
+        if budget_ms > processing_timeout_ms {
+            return Err(format!(
+                "LLM_ATTEMPT_BUDGET_MS={budget_ms} is more than \
+                 PROCESSING_TIMEOUT_MS={processing_timeout_ms}: the runner would cut the attempt \
+                 off before its budget ends; lower LLM_ATTEMPT_BUDGET_MS or raise \
+                 PROCESSING_TIMEOUT_MS (leaving time to read the text)"
             ));
         }
         let min_chunk = 2 * summary_max_chars + 2;
@@ -193,6 +231,26 @@ impl BackendArgs {
                  must hold at least two partial summaries for them to be combined; raise \
                  LLM_CHUNK_CHARS or lower SUMMARY_MAX_CHARS",
                 self.llm_chunk_chars
+            ));
+        }
+        let most = most_requests(self.llm_max_chunks, self.llm_chunk_chars, summary_max_chars);
+        if u64::from(self.llm_attempt_max_requests) < most {
+            return Err(format!(
+                "LLM_ATTEMPT_MAX_REQUESTS={} is less than the {most} requests a text of \
+                 LLM_MAX_CHUNKS={} chunks may need; raise LLM_ATTEMPT_MAX_REQUESTS or lower \
+                 LLM_MAX_CHUNKS",
+                self.llm_attempt_max_requests, self.llm_max_chunks
+            ));
+        }
+        // Past the burst, the rate spaces requests 1/rate apart.
+        let paced_ms = most.saturating_sub(u64::from(burst(rate))) as f64 * 1000.0 / rate;
+        if paced_ms > budget_ms as f64 {
+            return Err(format!(
+                "at LLM_RATE_PER_SECOND={rate} the {most} requests a text of LLM_MAX_CHUNKS={} \
+                 chunks may need take at least {} ms, more than LLM_ATTEMPT_BUDGET_MS={budget_ms}; \
+                 raise the rate or the budget, or lower LLM_MAX_CHUNKS",
+                self.llm_max_chunks,
+                paced_ms.ceil()
             ));
         }
         Ok(Some(LlmConfig {
@@ -210,6 +268,11 @@ impl BackendArgs {
             max_tokens: (self.llm_max_tokens > 0).then_some(self.llm_max_tokens),
             temperature: self.llm_temperature.0,
             max_summary_chars: summary_max_chars,
+            attempt: BudgetLimits {
+                time: Duration::from_millis(budget_ms),
+                requests: self.llm_attempt_max_requests,
+            },
+            rate_per_second: rate,
         }))
     }
 
@@ -281,6 +344,39 @@ mod tests {
         assert_eq!(cfg.max_tokens, Some(512));
         assert_eq!(cfg.temperature, Some(0.0));
         assert_eq!(cfg.max_summary_chars, 600);
+        assert_eq!(
+            cfg.attempt,
+            BudgetLimits {
+                time: Duration::from_secs(25),
+                requests: 48
+            }
+        );
+        assert_eq!(cfg.rate_per_second, 5.0);
+    }
+
+    #[test]
+    fn a_budget_that_cannot_fit_in_the_processing_timeout_is_refused() {
+        let args = parse(&OK).unwrap();
+        let err = args.llm_config(600, 20_000).unwrap_err();
+        assert!(
+            err.contains("LLM_ATTEMPT_BUDGET_MS=25000 is more than PROCESSING_TIMEOUT_MS=20000"),
+            "{err}"
+        );
+        let err = llm(&[&OK[..], &["--llm-attempt-budget-ms=30001"]].concat()).unwrap_err();
+        assert!(err.contains("PROCESSING_TIMEOUT_MS=30000"), "{err}");
+        let fits = llm(&[&OK[..], &["--llm-attempt-budget-ms=30000"]].concat());
+        assert_eq!(fits.unwrap().unwrap().attempt.time, Duration::from_secs(30));
+        // The requests a longest text needs, at the rate, must fit in the time.
+        let err = llm(&[&OK[..], &["--llm-rate-per-second=1"]].concat()).unwrap_err();
+        assert!(
+            err.contains(
+                "at LLM_RATE_PER_SECOND=1 the 35 requests a text of LLM_MAX_CHUNKS=32 chunks may \
+                 need take at least 34000 ms, more than LLM_ATTEMPT_BUDGET_MS=25000"
+            ),
+            "{err}"
+        );
+        let args = [&OK[..], &["--llm-rate-per-second=1", "--llm-max-chunks=20"]].concat();
+        assert_eq!(llm(&args).unwrap().unwrap().rate_per_second, 1.0);
     }
 
     #[test]
@@ -304,7 +400,7 @@ mod tests {
 
     #[test]
     fn errors_say_what_to_fix() {
-        let cases: [(&[&str], &str); 11] = [
+        let cases: [(&[&str], &str); 15] = [
             (
                 &["--summarizer-backend=llm", "--llm-model=m"],
                 "needs LLM_BASE_URL",
@@ -362,8 +458,25 @@ mod tests {
                 "LLM_CONCURRENCY=0",
             ),
             (
-                &[&OK[..], &["--llm-timeout-ms=30001"]].concat(),
-                "more than PROCESSING_TIMEOUT_MS=30000",
+                &[&OK[..], &["--llm-timeout-ms=25001"]].concat(),
+                "LLM_TIMEOUT_MS=25001 is more than LLM_ATTEMPT_BUDGET_MS=25000",
+            ),
+            (
+                &[&OK[..], &["--llm-attempt-max-requests=34"]].concat(),
+                "LLM_ATTEMPT_MAX_REQUESTS=34 is less than the 35 requests a text of \
+                 LLM_MAX_CHUNKS=32 chunks may need",
+            ),
+            (
+                &[&OK[..], &["--llm-rate-per-second=0"]].concat(),
+                "LLM_RATE_PER_SECOND=0 is not valid",
+            ),
+            (
+                &[&OK[..], &["--llm-rate-per-second=inf"]].concat(),
+                "LLM_RATE_PER_SECOND=inf is not valid",
+            ),
+            (
+                &[&OK[..], &["--llm-rate-per-second=NaN"]].concat(),
+                "LLM_RATE_PER_SECOND=NaN is not valid",
             ),
             (
                 &[&OK[..], &["--llm-chunk-chars=1201"]].concat(),
@@ -376,7 +489,11 @@ mod tests {
                 .unwrap_or_else(|| panic!("{args:?} accepted"));
             assert!(err.contains(want), "{args:?}: {err}");
         }
-        assert!(llm(&[&OK[..], &["--llm-chunk-chars=1202"]].concat()).is_ok());
+        // Two partial summaries per chunk: 32 chunks would need 63 requests.
+        let err = llm(&[&OK[..], &["--llm-chunk-chars=1202"]].concat()).unwrap_err();
+        assert!(err.contains("less than the 63 requests"), "{err}");
+        let args = [&OK[..], &["--llm-chunk-chars=1202", "--llm-max-chunks=8"]].concat();
+        assert!(llm(&args).is_ok());
         let err = parse(&["--llm-temperature=3"]).unwrap_err();
         assert!(err.contains("from 0 to 2, or none"), "{err}");
         let err = parse(&["--summarizer-backend=gpt"]).unwrap_err();

@@ -8,16 +8,23 @@
 //! original order. Deterministic: equal scores are broken by position, and no
 //! randomness or hashing order is involved.
 //!
-//! The extractive summarizer is pure logic: no I/O, no async.
+//! The extractive summarizer is pure logic: no I/O, no async. Its work is
+//! bounded by the input (the sentences ranked) and, with
+//! [`summarize_until`], by a deadline checked as it goes, so that a
+//! blocking thread does not outlive the attempt it was started for.
 
+pub mod budget;
 pub mod chunk;
 pub mod config;
+pub mod gate;
 pub mod llm;
+pub mod llm_metrics;
 mod rank;
 mod segment;
 pub mod stage;
 
 pub use segment::{Sentences, sentences};
+use std::time::Instant;
 
 /// Bounds of a summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,15 +58,37 @@ pub const MAX_RANKED_SENTENCES: usize = 2000;
 /// the text. The result never exceeds `opts.max_chars` characters nor
 /// `opts.max_sentences` sentences.
 pub fn summarize(text: &str, opts: &SummaryOptions) -> Option<String> {
+    summarize_within(text, opts, None).unwrap_or_default()
+}
+
+/// The summarizing work passed its deadline and stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlinePassed;
+
+/// [`summarize`], stopped with [`DeadlinePassed`] once `deadline` is past
+/// (checked after segmenting, and often while ranking).
+pub fn summarize_until(
+    text: &str,
+    opts: &SummaryOptions,
+    deadline: Instant,
+) -> Result<Option<String>, DeadlinePassed> {
+    summarize_within(text, opts, Some(deadline))
+}
+
+fn summarize_within(
+    text: &str,
+    opts: &SummaryOptions,
+    deadline: Option<Instant>,
+) -> Result<Option<String>, DeadlinePassed> {
     if opts.max_chars == 0 {
-        return None;
+        return Ok(None);
     }
     // The text may be tens of megabytes: only the ranked sentences are split.
     let all: Vec<String> = Sentences::new(text).take(MAX_RANKED_SENTENCES).collect();
     if all.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let scores = rank::textrank(&all);
+    let scores = rank::textrank(&all, deadline)?;
     let mut order: Vec<usize> = (0..all.len()).collect();
     // Best score first; equal scores: earlier sentence first.
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
@@ -78,16 +107,16 @@ pub fn summarize(text: &str, opts: &SummaryOptions) -> Option<String> {
         }
     }
     if picked.is_empty() {
-        return Some(cut(&all[order[0]], opts.max_chars));
+        return Ok(Some(cut(&all[order[0]], opts.max_chars)));
     }
     picked.sort_unstable();
-    Some(
+    Ok(Some(
         picked
             .iter()
             .map(|&i| all[i].as_str())
             .collect::<Vec<_>>()
             .join(" "),
-    )
+    ))
 }
 
 /// Bounds a summary written by someone else (the LLM backend) as the
@@ -231,6 +260,19 @@ mod tests {
             let s = bound_summary(TEXT, max).unwrap();
             assert!(s.chars().count() <= max, "{max}: {s}");
         }
+    }
+
+    #[test]
+    fn a_passed_deadline_stops_the_work() {
+        let opts = SummaryOptions::default();
+        let passed = Instant::now();
+        assert_eq!(summarize_until(TEXT, &opts, passed), Err(DeadlinePassed));
+        let later = Instant::now() + std::time::Duration::from_secs(3600);
+        assert_eq!(
+            summarize_until(TEXT, &opts, later),
+            Ok(summarize(TEXT, &opts))
+        );
+        assert_eq!(summarize_until(" ", &opts, passed), Ok(None));
     }
 
     #[test]

@@ -9,18 +9,28 @@
 //! round after round, until they fit in one request. Every answer is bounded
 //! to [`LlmConfig::max_summary_chars`] like an extractive summary.
 //!
-//! Errors: a connection failure, a timeout, 408, 429 and 5xx are retriable
-//! (the runner retries with backoff; `Retry-After` is only quoted in the
-//! message); any other non-success status is permanent, with the server's
+//! Spend is bounded: one processing attempt (one call of
+//! [`LlmSummarizer::summarize`]) has a budget of time and requests
+//! ([`crate::budget`]), and every request of the process passes one
+//! [`crate::gate`]: a rate limit shared by the records processed at once,
+//! and the pause an endpoint asks for with `Retry-After`.
+//!
+//! Errors: a connection failure, a timeout, 408, 429 and 5xx are retriable.
+//! With a `Retry-After` the request is sent again after the wait when the
+//! wait ends within the attempt's budget; otherwise the runner retries with
+//! backoff. Any other non-success status is permanent, with the server's
 //! error message.
 
-use crate::{bound_summary, chunk};
+use crate::budget::{AttemptBudget, BudgetLimits};
+use crate::gate::{RequestGate, retry_after};
+use crate::{bound_summary, chunk, llm_metrics};
 use artifact_runtime::stage::StageError;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Largest response body read; more is a misbehaving server (a summary is
 /// bounded by `max_tokens`).
@@ -58,6 +68,10 @@ pub struct LlmConfig {
     pub temperature: Option<f32>,
     /// Longest summary (and partial summary), in characters.
     pub max_summary_chars: usize,
+    /// The budget of one processing attempt.
+    pub attempt: BudgetLimits,
+    /// Requests per second of the whole process, shared by its records.
+    pub rate_per_second: f64,
 }
 
 impl std::fmt::Debug for LlmConfig {
@@ -73,6 +87,8 @@ impl std::fmt::Debug for LlmConfig {
             .field("max_tokens", &self.max_tokens)
             .field("temperature", &self.temperature)
             .field("max_summary_chars", &self.max_summary_chars)
+            .field("attempt", &self.attempt)
+            .field("rate_per_second", &self.rate_per_second)
             .finish()
     }
 }
@@ -165,21 +181,31 @@ impl Prompt<'_> {
     }
 }
 
-/// A client of one OpenAI-compatible endpoint and model.
+/// A client of one OpenAI-compatible endpoint and model. Clones share one
+/// [`RequestGate`]: create one per process and clone it.
 #[derive(Debug, Clone)]
 pub struct LlmSummarizer {
     client: reqwest::Client,
     endpoint: Url,
     cfg: LlmConfig,
+    gate: Arc<RequestGate>,
+}
+
+/// How one sent request ended.
+enum Sent {
+    /// An answer, or a failure not worth sending again in this attempt.
+    Done(Result<String, StageError>),
+    /// A retriable status with a `Retry-After` of `wait`.
+    RetryAfter { wait: Duration, error: String },
 }
 
 impl LlmSummarizer {
-    /// A summarizer with these settings; fails only if the HTTP client
-    /// cannot be built (TLS initialisation).
+    /// A summarizer with these settings; fails if the HTTP client cannot be
+    /// built (TLS initialisation) or the rate is not usable.
     pub fn new(cfg: LlmConfig) -> Result<Self, String> {
         let endpoint = endpoint(&cfg.base_url)?;
+        let gate = Arc::new(RequestGate::new(cfg.rate_per_second)?);
         let client = reqwest::Client::builder()
-            .timeout(cfg.timeout)
             .user_agent(concat!(
                 "artifact-pipeline-summarizer/",
                 env!("CARGO_PKG_VERSION")
@@ -190,6 +216,7 @@ impl LlmSummarizer {
             client,
             endpoint,
             cfg,
+            gate,
         })
     }
 
@@ -203,11 +230,13 @@ impl LlmSummarizer {
         &self.endpoint
     }
 
-    /// Summarizes `text`, or `None` when it has no letters or digits.
+    /// Summarizes `text`, or `None` when it has no letters or digits; one
+    /// processing attempt, with a budget of its own.
     pub async fn summarize(&self, text: &str) -> Result<Option<String>, StageError> {
         if !text.chars().any(char::is_alphanumeric) {
             return Ok(None);
         }
+        let budget = AttemptBudget::start(self.cfg.attempt);
         let size = self.cfg.chunk_chars;
         let Ok(chunks) = chunk::chunks_at_most(text, size, self.cfg.max_chunks) else {
             return Err(StageError::Permanent(format!(
@@ -217,7 +246,7 @@ impl LlmSummarizer {
             )));
         };
         if let [only] = chunks.as_slice() {
-            return self.complete(Prompt::Whole(only)).await.map(Some);
+            return self.complete(Prompt::Whole(only), &budget).await.map(Some);
         }
         let of = chunks.len();
         tracing::debug!(chunks = of, "summarizing in parts");
@@ -232,12 +261,16 @@ impl LlmSummarizer {
                         text,
                     })
                     .collect(),
+                &budget,
             )
             .await?;
         loop {
             let joined = partials.join("\n\n");
             if joined.chars().count() <= size {
-                return self.complete(Prompt::Combine(&joined)).await.map(Some);
+                return self
+                    .complete(Prompt::Combine(&joined), &budget)
+                    .await
+                    .map(Some);
             }
             // Each partial summary is at most `max_summary_chars` and one
             // paragraph, and a chunk holds at least two of them (validated:
@@ -259,20 +292,24 @@ impl LlmSummarizer {
                     text,
                 })
                 .collect();
-            partials = self.complete_all(prompts).await?;
+            partials = self.complete_all(prompts, &budget).await?;
         }
     }
 
     /// Runs `prompts` with at most `concurrency` requests at once; answers
     /// in the prompts' order. The first error cancels the rest.
-    async fn complete_all(&self, prompts: Vec<Prompt<'_>>) -> Result<Vec<String>, StageError> {
+    async fn complete_all(
+        &self,
+        prompts: Vec<Prompt<'_>>,
+        budget: &AttemptBudget,
+    ) -> Result<Vec<String>, StageError> {
         let mut out = Vec::with_capacity(prompts.len());
         let mut waiting = prompts.into_iter();
         let mut running = FuturesOrdered::new();
         loop {
             while running.len() < self.cfg.concurrency.max(1) {
                 match waiting.next() {
-                    Some(prompt) => running.push_back(self.complete(prompt)),
+                    Some(prompt) => running.push_back(self.complete(prompt, budget)),
                     None => break,
                 }
             }
@@ -301,37 +338,125 @@ impl LlmSummarizer {
         }
     }
 
-    /// One request: the bounded summary it answers, or why not.
-    async fn complete(&self, prompt: Prompt<'_>) -> Result<String, StageError> {
+    /// One prompt: the bounded summary it is answered with, or why not.
+    /// Sent again after a `Retry-After` wait that ends within the budget.
+    async fn complete(
+        &self,
+        prompt: Prompt<'_>,
+        budget: &AttemptBudget,
+    ) -> Result<String, StageError> {
+        let request = self.request(prompt);
+        let mut last: Option<String> = None;
+        loop {
+            budget.take_request(last.as_deref())?;
+            self.gate.admit(budget).await?;
+            match self.send(&request, budget).await {
+                Sent::Done(result) => return result,
+                Sent::RetryAfter { wait, error } => {
+                    let until = self.gate.pause(wait);
+                    if until > budget.deadline() {
+                        return Err(budget.out_of_time(&format!(
+                            "ends before the wait the LLM endpoint asked for: {error}"
+                        )));
+                    }
+                    last = Some(error);
+                }
+            }
+        }
+    }
+
+    /// Sends `request` once, within the request's and the attempt's time.
+    async fn send(&self, request: &ChatRequest<'_>, budget: &AttemptBudget) -> Sent {
+        let left = budget.left();
+        let by_budget = left < self.cfg.timeout;
         let mut req = self
             .client
             .post(self.endpoint.clone())
-            .json(&self.request(prompt));
+            .timeout(self.cfg.timeout.min(left))
+            .json(request);
         if let Some(key) = &self.cfg.api_key {
             req = req.bearer_auth(key);
         }
-        let mut response = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let started = Instant::now();
+        let (result, sent) = match self.exchange(req).await {
+            Ok((status, retry_after, body, whole)) => {
+                self.answered(status, retry_after.as_deref(), &body, whole)
+            }
+            Err(e) if e.is_timeout() && by_budget => (
+                "timeout",
+                Sent::Done(Err(budget.out_of_time(&format!(
+                    "ran out during a request to {}",
+                    self.endpoint
+                )))),
+            ),
+            Err(e) => (
+                if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "connection"
+                },
+                Sent::Done(Err(self.transport_error(&e))),
+            ),
+        };
+        llm_metrics::request(result, started.elapsed());
+        sent
+    }
+
+    /// The status, `Retry-After` value, body (at most
+    /// [`MAX_RESPONSE_BYTES`]) and whether the body was whole.
+    async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Option<String>, Vec<u8>, bool), reqwest::Error> {
+        let mut response = req.send().await?;
         let status = response.status();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let (body, whole) = read_limited(&mut response, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let (body, whole) = read_limited(&mut response, MAX_RESPONSE_BYTES).await?;
+        Ok((status, retry_after, body, whole))
+    }
+
+    /// What an answer means, and its result label.
+    fn answered(
+        &self,
+        status: StatusCode,
+        retry_after_value: Option<&str>,
+        body: &[u8],
+        whole: bool,
+    ) -> (&'static str, Sent) {
         if !status.is_success() {
-            return Err(classify_status(status, retry_after.as_deref(), &body));
+            let error = classify_status(status, retry_after_value, body);
+            let result = match status.as_u16() {
+                429 => "rate_limited",
+                408 | 500..=599 => "server_error",
+                _ => "refused",
+            };
+            let wait = retry_after_value.and_then(|v| retry_after(v, SystemTime::now()));
+            return match (error, wait) {
+                (StageError::Retriable(error), Some(wait)) => {
+                    (result, Sent::RetryAfter { wait, error })
+                }
+                (error, _) => (result, Sent::Done(Err(error))),
+            };
         }
         if !whole {
-            return Err(StageError::Retriable(format!(
-                "the LLM endpoint answered with more than {MAX_RESPONSE_BYTES} bytes"
-            )));
+            return (
+                "bad_answer",
+                Sent::Done(Err(StageError::Retriable(format!(
+                    "the LLM endpoint answered with more than {MAX_RESPONSE_BYTES} bytes"
+                )))),
+            );
         }
-        let content = parse_completion(&body)?;
-        bound_summary(&content, self.cfg.max_summary_chars).ok_or_else(|| {
-            StageError::Retriable("the LLM endpoint answered an empty summary".into())
-        })
+        let summary = parse_completion(body).and_then(|content| {
+            bound_summary(&content, self.cfg.max_summary_chars).ok_or_else(|| {
+                StageError::Retriable("the LLM endpoint answered an empty summary".into())
+            })
+        });
+        let result = if summary.is_ok() { "ok" } else { "bad_answer" };
+        (result, Sent::Done(summary))
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> StageError {
@@ -392,7 +517,7 @@ async fn read_limited(
 /// (the server is overloaded, limits the rate, or failed); any other status
 /// is permanent (the request itself is refused: bad key, unknown model,
 /// context too long), with the server's error message and the
-/// `Retry-After` value, for people, when there is one.
+/// `Retry-After` value when there is one.
 fn classify_status(status: StatusCode, retry_after: Option<&str>, body: &[u8]) -> StageError {
     let mut reason = format!("the LLM endpoint answered {status}");
     if let Some(after) = retry_after {
@@ -520,6 +645,11 @@ mod tests {
             max_tokens: Some(256),
             temperature: Some(0.0),
             max_summary_chars: 300,
+            attempt: BudgetLimits {
+                time: Duration::from_secs(5),
+                requests: 20,
+            },
+            rate_per_second: 10.0,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use artifact_runtime::service::StageArgs;
-use artifact_runtime::telemetry::init_logging;
+use artifact_runtime::telemetry::{init_logging, metrics_handle};
 use clap::Parser;
 use summarizer::SummaryOptions;
 use summarizer::config::BackendArgs;
@@ -59,6 +59,8 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)
                 .context("invalid configuration")?;
             tracing::info!(endpoint = %llm.endpoint(), method = %llm.method(), "summaries by an LLM endpoint");
+            metrics_handle();
+            summarizer::llm_metrics::describe();
             Backend::Llm(Box::new(llm))
         }
     };
@@ -71,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         },
         max_text_bytes: cfg.max_text_bytes,
         backend,
+        attempt_timeout: std::time::Duration::from_millis(cfg.stage.runner.processing_timeout_ms),
     };
     cfg.stage.run(stage, cfg.http_addr).await?;
     Ok(())

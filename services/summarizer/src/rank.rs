@@ -1,6 +1,8 @@
 //! TextRank over a TF-IDF cosine-similarity graph of sentences.
 
+use crate::DeadlinePassed;
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// Words that carry no topic.
 const STOPWORDS: [&str; 64] = [
@@ -32,8 +34,22 @@ fn is_term(word: &str) -> bool {
     word.chars().nth(1).is_some() && !(word.len() <= 5 && STOPWORDS.contains(&word))
 }
 
-/// TextRank scores, one per sentence (higher is more central).
-pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
+/// Whether `deadline` is past; checked once per term, row and iteration of
+/// the quadratic steps (each at most a few million operations).
+fn check(deadline: Option<Instant>) -> Result<(), DeadlinePassed> {
+    match deadline {
+        Some(d) if Instant::now() >= d => Err(DeadlinePassed),
+        _ => Ok(()),
+    }
+}
+
+/// TextRank scores, one per sentence (higher is more central), or
+/// [`DeadlinePassed`] once `deadline` is past.
+pub(crate) fn textrank(
+    sentences: &[String],
+    deadline: Option<Instant>,
+) -> Result<Vec<f64>, DeadlinePassed> {
+    check(deadline)?;
     let n = sentences.len();
     // Each sentence's terms, numbered as first seen in the text.
     let mut ids: HashMap<String, u32> = HashMap::new();
@@ -117,6 +133,7 @@ pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
     }
     let mut weights = vec![vec![0.0; n]; n];
     for holders in &postings {
+        check(deadline)?;
         for (k, &(i, wi)) in holders.iter().enumerate() {
             for &(j, wj) in &holders[k + 1..] {
                 weights[i][j] += wi * wj;
@@ -124,6 +141,7 @@ pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
         }
     }
     for i in 0..n {
+        check(deadline)?;
         for j in i + 1..n {
             let sim = if norms[i] == 0.0 || norms[j] == 0.0 {
                 0.0
@@ -138,6 +156,7 @@ pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
 
     let mut scores = vec![1.0 / n as f64; n];
     for _ in 0..ITERATIONS {
+        check(deadline)?;
         let mut next = vec![(1.0 - DAMPING) / n as f64; n];
         for (j, row) in weights.iter().enumerate() {
             if out_sum[j] == 0.0 {
@@ -154,7 +173,7 @@ pub(crate) fn textrank(sentences: &[String]) -> Vec<f64> {
             break;
         }
     }
-    scores
+    Ok(scores)
 }
 
 #[cfg(test)]
@@ -172,7 +191,7 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let scores = textrank(&s);
+        let scores = textrank(&s, None).unwrap();
         assert!(scores[3] < scores[0] && scores[3] < scores[1] && scores[3] < scores[2]);
     }
 }

@@ -5,10 +5,11 @@
 //! `skipped` outcome.
 
 use crate::llm::LlmSummarizer;
-use crate::{SummaryOptions, summarize};
+use crate::{SummaryOptions, summarize_until};
 use artifact_domain::{Outcome, Parsed, Stage, SummaryResult};
 use artifact_runtime::blob::{BlobError, BlobStore};
 use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
+use std::time::{Duration, Instant};
 
 /// Who writes the summaries.
 #[derive(Debug, Clone)]
@@ -29,6 +30,10 @@ pub struct SummaryStage {
     pub max_text_bytes: u64,
     /// Who writes the summaries.
     pub backend: Backend,
+    /// The runner's time limit of one processing attempt
+    /// (`PROCESSING_TIMEOUT_MS`): the extractive work stops there too
+    /// instead of running on in its thread after the attempt was given up.
+    pub attempt_timeout: Duration,
 }
 
 impl StageLogic for SummaryStage {
@@ -50,6 +55,7 @@ impl StageLogic for SummaryStage {
         input: &Parsed,
         _ctx: &RecordContext,
     ) -> Result<Processed<SummaryResult>, StageError> {
+        let deadline = Instant::now() + self.attempt_timeout;
         let context = input.context();
         if let Outcome::Skipped { reason } = &input.outcome {
             return Ok(Processed::skipped(
@@ -77,9 +83,17 @@ impl StageLogic for SummaryStage {
         let (method, summary) = match &self.backend {
             Backend::Extractive => {
                 let options = self.options.clone();
-                let summary = tokio::task::spawn_blocking(move || summarize(&text, &options))
-                    .await
-                    .map_err(|e| StageError::Permanent(format!("summarizer failed: {e}")))?;
+                let summary =
+                    tokio::task::spawn_blocking(move || summarize_until(&text, &options, deadline))
+                        .await
+                        .map_err(|e| StageError::Permanent(format!("summarizer failed: {e}")))?
+                        .map_err(|_| {
+                            StageError::Retriable(format!(
+                                "the extractive summary was stopped at the attempt's time limit \
+                                 of {} ms (PROCESSING_TIMEOUT_MS)",
+                                self.attempt_timeout.as_millis()
+                            ))
+                        })?;
                 ("extractive".to_owned(), summary)
             }
             Backend::Llm(llm) => (llm.method(), llm.summarize(&text).await?),

@@ -1,181 +1,23 @@
 //! The LLM backend against a real HTTP server in this process, on
 //! 127.0.0.1, speaking the `POST /v1/chat/completions` shape of an
-//! OpenAI-compatible API. The server stands in for the external API: it
-//! records every request (headers and JSON body) and answers what each test
-//! tells it to, so the tests check what really goes over the wire and how
-//! each kind of answer is classified.
+//! OpenAI-compatible API ([`common::ChatServer`]).
+
+mod common;
 
 use artifact_domain::{
     ArtifactContext, ArtifactId, Generation, Outcome, ParseResult, Parsed, StageEvent,
 };
 use artifact_runtime::blob::BlobStore;
 use artifact_runtime::stage::{RecordContext, StageError, StageLogic};
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use serde_json::{Value, json};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use common::{Call, ChatServer, Reply};
+use serde_json::json;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use summarizer::SummaryOptions;
+use summarizer::budget::BudgetLimits;
 use summarizer::chunk::chunks;
 use summarizer::llm::{LlmConfig, LlmSummarizer};
 use summarizer::stage::{Backend, SummaryStage};
-
-/// What the server answers to one request.
-struct Reply {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: String,
-    delay: Duration,
-}
-
-impl Reply {
-    /// A chat completion whose first choice says `content`.
-    fn completion(content: &str) -> Reply {
-        Reply::json(
-            200,
-            json!({
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "created": 1,
-                "model": "served-model",
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop"
-                }],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-            }),
-        )
-    }
-
-    /// An OpenAI-style error body with `status`.
-    fn error(status: u16, message: &str) -> Reply {
-        Reply::json(
-            status,
-            json!({"error": {"message": message, "type": "test_error", "code": null}}),
-        )
-    }
-
-    fn json(status: u16, body: Value) -> Reply {
-        Reply {
-            status,
-            headers: vec![("content-type", "application/json".into())],
-            body: body.to_string(),
-            delay: Duration::ZERO,
-        }
-    }
-}
-
-/// One request as the server received it.
-#[derive(Debug, Clone)]
-struct Call {
-    authorization: Option<String>,
-    content_type: Option<String>,
-    body: Value,
-}
-
-impl Call {
-    fn user_prompt(&self) -> &str {
-        self.body["messages"][1]["content"].as_str().unwrap_or("")
-    }
-}
-
-type Responder = dyn Fn(usize, &Call) -> Reply + Send + Sync;
-
-struct ServerState {
-    calls: Mutex<Vec<Call>>,
-    respond: Box<Responder>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-}
-
-/// An OpenAI-compatible chat-completions server on 127.0.0.1.
-struct ChatServer {
-    /// The base URL, `http://127.0.0.1:<port>/v1`.
-    base_url: String,
-    state: Arc<ServerState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ChatServer {
-    /// Starts a server that answers request number `n` (from 0) with
-    /// `respond(n, call)`.
-    async fn start(respond: impl Fn(usize, &Call) -> Reply + Send + Sync + 'static) -> Self {
-        let state = Arc::new(ServerState {
-            calls: Mutex::new(vec![]),
-            respond: Box::new(respond),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
-        });
-        let app = Router::new()
-            .route("/v1/chat/completions", post(handle))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        ChatServer {
-            base_url: format!("http://{addr}/v1"),
-            state,
-            task,
-        }
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.state.calls.lock().unwrap().clone()
-    }
-
-    fn max_in_flight(&self) -> usize {
-        self.state.max_in_flight.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for ChatServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn handle(
-    State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let Ok(body) = serde_json::from_str::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, "the request body is not JSON").into_response();
-    };
-    let call = Call {
-        authorization: header("authorization"),
-        content_type: header("content-type"),
-        body,
-    };
-    let reply = {
-        let mut calls = state.calls.lock().unwrap();
-        let n = calls.len();
-        calls.push(call.clone());
-        (state.respond)(n, &call)
-    };
-    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    tokio::time::sleep(reply.delay).await;
-    state.in_flight.fetch_sub(1, Ordering::SeqCst);
-    let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
-    for (k, v) in reply.headers {
-        response.headers_mut().insert(k, v.parse().unwrap());
-    }
-    response
-}
 
 fn config(base_url: &str) -> LlmConfig {
     LlmConfig {
@@ -189,6 +31,12 @@ fn config(base_url: &str) -> LlmConfig {
         max_tokens: Some(300),
         temperature: Some(0.0),
         max_summary_chars: 600,
+        attempt: BudgetLimits {
+            time: Duration::from_secs(10),
+            requests: 64,
+        },
+        // High enough not to hold the tests that are not about it.
+        rate_per_second: 1000.0,
     }
 }
 
@@ -430,16 +278,10 @@ async fn text_over_the_chunk_limit_fails_permanently_without_requests() {
 }
 
 #[tokio::test]
-async fn rate_limited_then_succeeds_on_the_retry() {
+async fn rate_limited_without_retry_after_then_succeeds_on_the_retry() {
     let server = ChatServer::start(|n, _| {
         if n == 0 {
-            Reply {
-                headers: vec![
-                    ("content-type", "application/json".into()),
-                    ("retry-after", "7".into()),
-                ],
-                ..Reply::error(429, "Rate limit reached for requests")
-            }
+            Reply::error(429, "Rate limit reached for requests")
         } else {
             Reply::completion("After the wait.")
         }
@@ -451,14 +293,211 @@ async fn rate_limited_then_succeeds_on_the_retry() {
     let reason = retriable(s.summarize(TEXT).await);
     assert_eq!(
         reason,
-        "the LLM endpoint answered 429 Too Many Requests (Retry-After: 7): \
-         Rate limit reached for requests"
+        "the LLM endpoint answered 429 Too Many Requests: Rate limit reached for requests"
     );
     assert_eq!(
         s.summarize(TEXT).await.unwrap().as_deref(),
         Some("After the wait.")
     );
     assert_eq!(server.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn retry_after_in_seconds_is_waited_then_the_request_sent_again() {
+    let server = ChatServer::start(|n, _| {
+        if n == 0 {
+            Reply::error(429, "Rate limit reached for requests").retry_after("1")
+        } else {
+            Reply::completion("After the wait.")
+        }
+    })
+    .await;
+    let s = llm(config(&server.base_url));
+
+    let summary = s.summarize(TEXT).await.unwrap();
+
+    assert_eq!(summary.as_deref(), Some("After the wait."));
+    let calls = server.calls();
+    assert_eq!(calls.len(), 2, "sent again within the same attempt");
+    let gap = calls[1].received - calls[0].received;
+    assert!(gap >= Duration::from_secs(1), "sent again after {gap:?}");
+    assert_eq!(calls[1].body, calls[0].body, "the same request");
+}
+
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_waited() {
+    let asked = Arc::new(Mutex::new(None));
+    let date = asked.clone();
+    let server = ChatServer::start(move |n, _| {
+        if n == 0 {
+            let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
+            *date.lock().unwrap() = Some(httpdate::parse_http_date(&at).unwrap());
+            Reply::error(503, "Overloaded").retry_after(at)
+        } else {
+            Reply::completion("After the date.")
+        }
+    })
+    .await;
+    let s = llm(config(&server.base_url));
+
+    let summary = s.summarize(TEXT).await.unwrap();
+
+    assert_eq!(summary.as_deref(), Some("After the date."));
+    let calls = server.calls();
+    assert_eq!(calls.len(), 2);
+    let asked = asked.lock().unwrap().unwrap();
+    assert!(
+        calls[1].received_at >= asked,
+        "sent again at {:?}, before the date {asked:?}",
+        calls[1].received_at
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_budget_fails_retriably_and_holds_the_stage() {
+    let server = ChatServer::start(|_, _| {
+        Reply::error(429, "Rate limit reached for requests").retry_after("60")
+    })
+    .await;
+    let s = llm(LlmConfig {
+        timeout: Duration::from_secs(2),
+        attempt: BudgetLimits {
+            time: Duration::from_secs(2),
+            requests: 64,
+        },
+        ..config(&server.base_url)
+    });
+
+    let reason = retriable(s.summarize(TEXT).await);
+    assert_eq!(
+        reason,
+        "this attempt's LLM budget of 2000 ms (LLM_ATTEMPT_BUDGET_MS) ends before the wait the \
+         LLM endpoint asked for: the LLM endpoint answered 429 Too Many Requests \
+         (Retry-After: 60): Rate limit reached for requests"
+    );
+    assert_eq!(server.calls().len(), 1);
+
+    // Another record of the stage (the stage shares one summarizer) is held
+    // by the same pause: it fails without sending anything.
+    let other = s.clone();
+    let reason = retriable(other.summarize("Another text.").await);
+    assert!(
+        reason.contains("ends before the pause the LLM endpoint asked for (Retry-After)"),
+        "{reason}"
+    );
+    assert_eq!(server.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn re_sends_count_against_the_attempts_requests() {
+    let server = ChatServer::start(|_, _| Reply::error(429, "Slow down").retry_after("0")).await;
+    let s = llm(LlmConfig {
+        attempt: BudgetLimits {
+            time: Duration::from_secs(10),
+            requests: 3,
+        },
+        ..config(&server.base_url)
+    });
+    let reason = retriable(s.summarize(TEXT).await);
+    assert_eq!(
+        reason,
+        "this attempt sent its 3 LLM requests (LLM_ATTEMPT_MAX_REQUESTS) without finishing the \
+         summary; the last answer: the LLM endpoint answered 429 Too Many Requests \
+         (Retry-After: 0): Slow down"
+    );
+    assert_eq!(server.calls().len(), 3);
+}
+
+#[tokio::test]
+async fn a_request_is_cut_off_at_the_attempts_time_budget() {
+    let server = ChatServer::start(|_, _| Reply {
+        delay: Duration::from_secs(5),
+        ..Reply::completion("Too late.")
+    })
+    .await;
+    let s = llm(LlmConfig {
+        timeout: Duration::from_secs(10),
+        attempt: BudgetLimits {
+            time: Duration::from_millis(300),
+            requests: 64,
+        },
+        ..config(&server.base_url)
+    });
+    let reason = retriable(s.summarize(TEXT).await);
+    let endpoint = format!("{}/chat/completions", server.base_url);
+    assert_eq!(
+        reason,
+        format!(
+            "this attempt's LLM budget of 300 ms (LLM_ATTEMPT_BUDGET_MS) ran out during a \
+             request to {endpoint}"
+        )
+    );
+    assert_eq!(server.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_shared_by_the_records_processed_at_once() {
+    let server = ChatServer::start(|_, _| Reply::completion("Fine.")).await;
+    // One request every two seconds, and three seconds per attempt: of
+    // three records at once, the first goes now, the second after two
+    // seconds, and the third, four seconds away, is refused unsent.
+    let s = llm(LlmConfig {
+        rate_per_second: 0.5,
+        timeout: Duration::from_secs(3),
+        attempt: BudgetLimits {
+            time: Duration::from_secs(3),
+            requests: 64,
+        },
+        ..config(&server.base_url)
+    });
+
+    let records = (0..3).map(|_| s.summarize(TEXT));
+    let (mut done, mut refused) = (0, Vec::new());
+    for summary in futures::future::join_all(records).await {
+        match summary {
+            Ok(summary) => {
+                assert_eq!(summary.as_deref(), Some("Fine."));
+                done += 1;
+            }
+            Err(e) => refused.push(e),
+        }
+    }
+
+    assert_eq!(done, 2, "refused: {refused:?}");
+    assert_eq!(
+        refused,
+        [StageError::Retriable(
+            "this attempt's LLM budget of 3000 ms (LLM_ATTEMPT_BUDGET_MS) ends before the \
+             stage's rate limit lets a request go (LLM_RATE_PER_SECOND=0.5, shared by the \
+             records processed at once)"
+                .into()
+        )]
+    );
+    assert_eq!(server.calls().len(), 2, "the third request was not sent");
+}
+
+#[tokio::test]
+async fn a_rate_limit_wait_past_the_budget_fails_retriably() {
+    let server = ChatServer::start(|_, _| Reply::completion("Fine.")).await;
+    // One request every two seconds; an attempt has one second.
+    let s = llm(LlmConfig {
+        rate_per_second: 0.5,
+        timeout: Duration::from_secs(1),
+        attempt: BudgetLimits {
+            time: Duration::from_secs(1),
+            requests: 64,
+        },
+        ..config(&server.base_url)
+    });
+    assert_eq!(s.summarize(TEXT).await.unwrap().as_deref(), Some("Fine."));
+    let reason = retriable(s.summarize(TEXT).await);
+    assert_eq!(
+        reason,
+        "this attempt's LLM budget of 1000 ms (LLM_ATTEMPT_BUDGET_MS) ends before the stage's \
+         rate limit lets a request go (LLM_RATE_PER_SECOND=0.5, shared by the records processed \
+         at once)"
+    );
+    assert_eq!(server.calls().len(), 1, "the second request was not sent");
 }
 
 #[tokio::test]
@@ -624,6 +663,7 @@ async fn the_stage_records_the_llm_method_and_skips_empty_texts() {
         options: SummaryOptions::default(),
         max_text_bytes: 1 << 20,
         backend: Backend::Llm(Box::new(llm(config(&server.base_url)))),
+        attempt_timeout: Duration::from_secs(30),
     };
 
     let done = stage.process(&parsed(Some(text)), &record()).await.unwrap();

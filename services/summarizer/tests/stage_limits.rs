@@ -50,6 +50,7 @@ async fn a_text_over_max_text_bytes_is_refused_naming_the_setting() {
         options: SummaryOptions::default(),
         max_text_bytes: 100,
         backend: Backend::Extractive,
+        attempt_timeout: std::time::Duration::from_secs(60),
     };
     let ctx = RecordContext {
         topic: "t".into(),
