@@ -177,6 +177,8 @@ struct Campaign {
     faults: Mutex<Vec<FaultRecord>>,
     counts: Mutex<BTreeMap<Fault, usize>>,
     stop_load: AtomicBool,
+    /// A fault track failed: the other one stops too.
+    track_failed: AtomicBool,
     documents: Documents,
 }
 
@@ -649,10 +651,11 @@ impl Campaign {
     }
 
     /// Whether a track is done: the duration passed and each of its kinds
-    /// happened often enough.
+    /// happened often enough, or the other track failed.
     fn track_done(&self, kinds: &[Fault]) -> bool {
-        self.start.elapsed() >= self.cli.duration
-            && kinds.iter().all(|k| self.count(*k) >= self.cli.faults)
+        self.track_failed.load(Ordering::Relaxed)
+            || (self.start.elapsed() >= self.cli.duration
+                && kinds.iter().all(|k| self.count(*k) >= self.cli.faults))
     }
 
     /// Waits until every broker is up and every replica in sync.
@@ -937,6 +940,7 @@ async fn main() -> anyhow::Result<()> {
         faults: Mutex::new(vec![]),
         counts: Mutex::new(BTreeMap::new()),
         stop_load: AtomicBool::new(false),
+        track_failed: AtomicBool::new(false),
         documents,
         cli,
     });
@@ -974,8 +978,20 @@ async fn main() -> anyhow::Result<()> {
     let watcher = tokio::spawn(c.clone().watch_finals());
     let stalls = tokio::spawn(c.clone().watch_stalls());
     let load = tokio::spawn(c.clone().load());
-    let brokers = tokio::spawn(c.clone().broker_track(seed));
-    let processes = tokio::spawn(c.clone().process_track(seed.wrapping_add(1)));
+    let track = |c: Arc<Campaign>, r: anyhow::Result<()>| {
+        if r.is_err() {
+            c.track_failed.store(true, Ordering::Relaxed);
+        }
+        r
+    };
+    let brokers = tokio::spawn({
+        let c = c.clone();
+        async move { track(c.clone(), c.broker_track(seed).await) }
+    });
+    let processes = tokio::spawn({
+        let c = c.clone();
+        async move { track(c.clone(), c.process_track(seed.wrapping_add(1)).await) }
+    });
     let broker_result = brokers.await?;
     let process_result = processes.await?;
     c.stop_load.store(true, Ordering::Relaxed);
