@@ -1074,7 +1074,7 @@ async fn main() -> anyhow::Result<()> {
             let url = c.api_url(&format!("/v1/artifacts/{id}"));
             let http = c.http.clone();
             async move {
-                let r = http.get(url).send().await?;
+                let r = http.get(url).bearer_auth(TOKEN).send().await?;
                 if r.status() == 404 {
                     return Ok(None);
                 }
