@@ -2,13 +2,14 @@
 //! test, producing events, running stage binaries as child processes,
 //! reading committed outputs, and waiting on conditions with deadlines.
 
+pub mod chaos;
 pub mod pipeline;
 pub mod s3;
 pub mod stack;
 
 use anyhow::{Context, bail};
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation};
-use artifact_kafka::client::{client_config, producer_config};
+use artifact_kafka::client::{client_config, consumer_config, producer_config};
 use artifact_kafka::codec::AvroCodec;
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::schemas::EventSchema;
@@ -63,10 +64,16 @@ impl TestEnv {
 
     /// Creates every topic under a fresh prefix with `partitions` partitions.
     pub async fn new(partitions: usize) -> anyhow::Result<Self> {
+        Self::replicated(partitions, 1).await
+    }
+
+    /// Like [`TestEnv::new`], every topic with `replication` replicas (and
+    /// `min.insync.replicas` of min(2, `replication`)).
+    pub async fn replicated(partitions: usize, replication: i32) -> anyhow::Result<Self> {
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         let conn = ConnectionConfig::local(&prefix);
         let names = TopicNames::from_config(&conn);
-        ensure_topics(&conn, &names.catalogue(), partitions, 1)
+        ensure_topics(&conn, &names.catalogue(), partitions, replication)
             .await
             .context("creating test topics (is the stack up? deploy/local/stack up)")?;
         let codec = AvroCodec::new(&conn.schema_registry_url)?;
@@ -271,10 +278,8 @@ impl TestEnv {
     /// `topic` (written without transactions): on each partition, its
     /// committed offset is the end.
     pub fn group_caught_up(&self, topic: &str) -> anyhow::Result<bool> {
-        let consumer: BaseConsumer = client_config(&self.conn, "test-lag")
-            .set("group.id", self.stage_group())
-            .set("isolation.level", "read_committed")
-            .create()?;
+        let consumer: BaseConsumer =
+            consumer_config(&self.conn, "test-lag", &self.stage_group()).create()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partitions as i32 {
             tpl.add_partition(topic, p);
@@ -293,10 +298,8 @@ impl TestEnv {
     /// Every committed record of `topic` (`read_committed`), from the start to
     /// the current end.
     pub fn read_all(&self, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
-        let consumer: BaseConsumer = client_config(&self.conn, "test-reader")
-            .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
+        let group = format!("reader-{}", uuid::Uuid::new_v4());
+        let consumer: BaseConsumer = consumer_config(&self.conn, "test-reader", &group)
             .set("enable.partition.eof", "true")
             .create()?;
         let mut tpl = TopicPartitionList::new();

@@ -1,13 +1,14 @@
 //! Against the real local broker (deploy/local/stack up): topic creation is
-//! idempotent, refuses to go on when partition counts differ, and sets the
-//! catalogue's configuration, under which compacted topics do compact.
+//! idempotent, refuses to go on when partition counts, replication factors
+//! or min.insync.replicas differ, and sets the catalogue's configuration,
+//! under which compacted topics do compact.
 
 use artifact_kafka::client::{admin_client, client_config, producer_config};
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::topics::{
     Cleanup, TopicError, TopicNames, ensure_topics, partition_counts, set_compacted_segment_ms,
 };
-use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+use rdkafka::admin::{AdminOptions, AlterConfig, ConfigSource, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -75,6 +76,66 @@ async fn refuses_when_an_existing_topic_has_the_wrong_policy() {
 }
 
 #[tokio::test]
+async fn refuses_when_an_existing_topic_has_another_replication_factor() {
+    artifact_pipeline_tests::needs_stack!();
+    let conn = conn();
+    let catalogue = TopicNames::from_config(&conn).catalogue();
+    ensure_topics(&conn, &catalogue[..1], 2, 1).await.unwrap();
+    // Checked before anything is created, so a single broker can tell.
+    let err = ensure_topics(&conn, &catalogue, 2, 3).await.unwrap_err();
+    match &err {
+        TopicError::ReplicationMismatch {
+            expected,
+            mismatches,
+        } => {
+            assert_eq!(*expected, 3);
+            assert_eq!(mismatches, &vec![(catalogue[0].name.clone(), 1)]);
+        }
+        other => panic!("expected a replication mismatch, got {other:?}"),
+    }
+    let names: Vec<String> = catalogue.iter().map(|t| t.name.clone()).collect();
+    let counts = partition_counts(&conn, &names, Duration::from_secs(10)).unwrap();
+    assert_eq!(counts.len(), 1, "nothing else was created");
+}
+
+#[tokio::test]
+async fn refuses_when_an_existing_topic_has_another_min_insync_replicas() {
+    artifact_pipeline_tests::needs_stack!();
+    let conn = conn();
+    let catalogue = TopicNames::from_config(&conn).catalogue();
+    ensure_topics(&conn, &catalogue[..1], 2, 1).await.unwrap();
+    let admin = admin_client(&conn).unwrap();
+    // AlterConfigs replaces every override: the creation's are given again.
+    let configs = catalogue[0].configs();
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&catalogue[0].name));
+    for (k, v) in &configs {
+        alter = alter.set(k, v);
+    }
+    alter = alter.set("min.insync.replicas", "2");
+    for r in admin
+        .alter_configs(&[alter], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let err = ensure_topics(&conn, &catalogue, 2, 1).await.unwrap_err();
+    match &err {
+        TopicError::MinInsyncMismatch {
+            expected,
+            mismatches,
+        } => {
+            assert_eq!(*expected, 1);
+            assert_eq!(
+                mismatches,
+                &vec![(catalogue[0].name.clone(), "2".to_owned())]
+            );
+        }
+        other => panic!("expected a min.insync.replicas mismatch, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn new_topics_get_the_catalogues_configuration() {
     artifact_pipeline_tests::needs_stack!();
     let conn = conn();
@@ -111,6 +172,10 @@ async fn new_topics_get_the_catalogues_configuration() {
             // The broker's default (log.roll.ms: 7 days).
             Cleanup::Delete => assert_eq!(value("segment.ms"), "604800000", "{}", spec.name),
         }
+        // Set on the topic, not left to the broker's default: min(2, 1).
+        let insync = res.get("min.insync.replicas").unwrap();
+        assert_eq!(insync.value.as_deref(), Some("1"), "{}", spec.name);
+        assert_eq!(insync.source, ConfigSource::DynamicTopic, "{}", spec.name);
         // Dead letters and retries for good (processed retries are deleted
         // by the stages); the rest by the broker's default (7 days).
         let retention = if spec.name.ends_with(".dlq") || spec.name.ends_with(".retry") {

@@ -9,7 +9,7 @@ use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::schemas::RegistryAdmin;
 use artifact_kafka::topics::{
     DEFAULT_COMPACTED_SEGMENT_MS, DEFAULT_DLQ_RETENTION_MS, TopicNames, ensure_topics,
-    set_compacted_segment_ms, set_dlq_retention_ms,
+    min_insync_replicas, set_compacted_segment_ms, set_dlq_retention_ms,
 };
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -101,12 +101,15 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum TopicsCommand {
     /// Creates every topic of the design that is missing (idempotent) and
-    /// checks that existing ones have the same partition count and policy.
+    /// checks that existing ones have the same partition count, replication
+    /// factor, policy and min.insync.replicas.
     Create {
         /// Partitions of every topic; all topics share it (co-partitioning).
         #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..))]
         partitions: u16,
-        /// Replication factor of new topics.
+        /// Replication factor of every topic; each gets min.insync.replicas
+        /// = min(2, replication factor), so that with acks=all a write is on
+        /// two brokers before it is acknowledged.
         #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
         replication_factor: i32,
         /// `segment.ms` of new compacted topics: the longest the newest
@@ -191,8 +194,9 @@ async fn main() -> anyhow::Result<()> {
                 println!("exists   {t}");
             }
             println!(
-                "{} topics ready with {partitions} partitions ({} created)",
+                "{} topics ready with {partitions} partitions, replication factor {replication_factor}, min.insync.replicas {} ({} created)",
                 report.created.len() + report.existing.len(),
+                min_insync_replicas(replication_factor),
                 report.created.len()
             );
         }

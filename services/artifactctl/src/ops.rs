@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation, Stage};
-use artifact_kafka::client::{client_config, producer_config};
+use artifact_kafka::client::{consumer_config, producer_config};
 use artifact_kafka::codec::AvroCodec;
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::headers;
@@ -87,11 +87,7 @@ pub fn lag(conn: &ConnectionConfig, group_prefix: &str) -> anyhow::Result<Vec<La
         let n = *partition_counts(conn, std::slice::from_ref(&topic), timeout)?
             .get(&topic)
             .with_context(|| format!("topic {topic} does not exist"))?;
-        let consumer: BaseConsumer = client_config(conn, "artifactctl-lag")
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()?;
+        let consumer: BaseConsumer = consumer_config(conn, "artifactctl-lag", &group).create()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..n as i32 {
             tpl.add_partition(&topic, p);
@@ -128,12 +124,13 @@ fn only_markers_from(
     partition: i32,
     offset: i64,
 ) -> anyhow::Result<bool> {
-    let consumer: BaseConsumer = client_config(conn, "artifactctl-lag-probe")
-        .set("group.id", "artifactctl-lag-probe-unused")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()?;
+    let consumer: BaseConsumer = consumer_config(
+        conn,
+        "artifactctl-lag-probe",
+        "artifactctl-lag-probe-unused",
+    )
+    .set("enable.partition.eof", "true")
+    .create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     consumer.assign(&tpl)?;
@@ -174,17 +171,15 @@ impl DeadLetters {
 /// A client of the consumer group whose committed offsets mark, in each
 /// partition of a stage's dead-letter topic, the letters replayed so far.
 fn replay_group_client(conn: &ConnectionConfig, stage: Stage) -> rdkafka::ClientConfig {
-    let mut cfg = client_config(conn, "artifactctl-dlq");
-    cfg.set(
-        "group.id",
-        format!(
+    consumer_config(
+        conn,
+        "artifactctl-dlq",
+        &format!(
             "{}.artifactctl.dlq-replay.{}",
             conn.topic_prefix,
             stage.name()
         ),
     )
-    .set("enable.auto.commit", "false");
-    cfg
 }
 
 /// Every record of a stage's dead-letter topic, with the replay position.
@@ -195,7 +190,6 @@ pub fn read_dlq(conn: &ConnectionConfig, stage: Stage) -> anyhow::Result<DeadLet
         .get(&topic)
         .with_context(|| format!("topic {topic} does not exist"))?;
     let consumer: BaseConsumer = replay_group_client(conn, stage)
-        .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .create()?;
     let mut tpl = TopicPartitionList::new();

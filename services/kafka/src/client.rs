@@ -95,6 +95,40 @@ pub fn client_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig {
     cfg
 }
 
+/// Client properties the pipeline's delivery guarantees rest on, with the
+/// values KAFKA_PROPERTIES may give them (none: it may not set it). Every
+/// producer writes with `acks=all` and idempotence, every consumer reads
+/// only committed records and commits its offsets itself, and each stage
+/// derives its own transactional id.
+pub const GUARANTEED_PROPERTIES: &[(&str, &[&str])] = &[
+    ("acks", &["all", "-1"]),
+    ("enable.idempotence", &["true"]),
+    ("isolation.level", &["read_committed"]),
+    ("enable.auto.commit", &["false"]),
+    ("transactional.id", &[]),
+];
+
+/// The values `key` may be given by KAFKA_PROPERTIES, if the pipeline
+/// sets it itself ([`GUARANTEED_PROPERTIES`]); `None` for any other key.
+pub fn guaranteed_property(key: &str) -> Option<&'static [&'static str]> {
+    GUARANTEED_PROPERTIES
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, allowed)| *allowed)
+}
+
+/// Consumer config of a member of `group`: reads only committed records
+/// (`isolation.level=read_committed`: never the records of an aborted or
+/// still open transaction) and commits its offsets itself
+/// (`enable.auto.commit=false`).
+pub fn consumer_config(conn: &ConnectionConfig, client_id: &str, group: &str) -> ClientConfig {
+    let mut cfg = client_config(conn, client_id);
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    cfg
+}
+
 /// Producer config: idempotent, `acks=all`, `murmur2_random` partitioner.
 pub fn producer_config(conn: &ConnectionConfig, client_id: &str) -> ClientConfig {
     let mut cfg = client_config(conn, client_id);
@@ -153,6 +187,50 @@ mod tests {
         assert_eq!(cfg.get("max.in.flight.requests.per.connection"), Some("1"));
         assert_eq!(cfg.get("acks"), Some("all"));
         assert_eq!(cfg.get("partitioner"), Some("murmur2_random"));
+    }
+
+    #[test]
+    fn consumers_read_committed_records_and_commit_themselves() {
+        let mut conn = ConnectionConfig::local("t");
+        conn.kafka_properties
+            .0
+            .push(("isolation.level".into(), "read_committed".into()));
+        let cfg = consumer_config(&conn, "c", "g");
+        assert_eq!(cfg.get("isolation.level"), Some("read_committed"));
+        assert_eq!(cfg.get("enable.auto.commit"), Some("false"));
+        assert_eq!(cfg.get("group.id"), Some("g"));
+    }
+
+    /// Each builder's own settings are the values the guarantees need, and
+    /// KAFKA_PROPERTIES may not change them (`ConnectionConfig::validate`).
+    #[test]
+    fn builders_set_what_the_guarantees_need() {
+        let conn = ConnectionConfig::local("t");
+        let producer = producer_config(&conn, "p");
+        let ordered = ordered_producer_config(&conn, "p");
+        let consumer = consumer_config(&conn, "c", "g");
+        for (key, allowed) in GUARANTEED_PROPERTIES {
+            for (what, cfg) in [
+                ("producer", &producer),
+                ("ordered producer", &ordered),
+                ("consumer", &consumer),
+            ] {
+                let Some(v) = cfg.get(key) else { continue };
+                // The ordered producer alone trades idempotence for one
+                // request in flight (see ordered_producer_config).
+                if what == "ordered producer" && *key == "enable.idempotence" {
+                    assert_eq!(cfg.get("max.in.flight.requests.per.connection"), Some("1"));
+                    continue;
+                }
+                assert!(allowed.contains(&v), "{what} sets {key}={v}");
+            }
+        }
+        assert_eq!(producer.get("acks"), Some("all"));
+        assert_eq!(ordered.get("acks"), Some("all"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+        assert_eq!(guaranteed_property("transactional.id"), Some(&[][..]));
+        assert_eq!(guaranteed_property("security.protocol"), None);
     }
 
     #[test]

@@ -69,6 +69,22 @@ impl ConnectionConfig {
                 expected: "an http:// or https:// URL, e.g. http://127.0.0.1:8081/apis/ccompat/v7",
             });
         }
+        for (key, value) in &self.kafka_properties.0 {
+            let Some(allowed) = crate::client::guaranteed_property(key) else {
+                continue;
+            };
+            if !allowed.contains(&value.as_str()) {
+                return Err(ConfigError::Guaranteed {
+                    key: key.clone(),
+                    value: value.clone(),
+                    allowed: if allowed.is_empty() {
+                        "it set by the pipeline alone".to_owned()
+                    } else {
+                        allowed.join(" or ")
+                    },
+                });
+            }
+        }
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if self.topic_prefix.is_empty() || !self.topic_prefix.chars().all(legal) {
             return Err(ConfigError::Invalid {
@@ -118,6 +134,18 @@ pub enum ConfigError {
         value: String,
         /// What would be accepted.
         expected: &'static str,
+    },
+    /// KAFKA_PROPERTIES changes a property the delivery guarantees rest on.
+    #[error(
+        "KAFKA_PROPERTIES sets {key}={value}, but the pipeline's delivery guarantees need {allowed}: remove it"
+    )]
+    Guaranteed {
+        /// The property.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What it may be.
+        allowed: String,
     },
 }
 
@@ -171,6 +199,32 @@ mod tests {
                 .to_string()
                 .contains("TOPIC_PREFIX")
         );
+    }
+
+    #[test]
+    fn kafka_properties_cannot_weaken_the_guarantees() {
+        for bad in [
+            "acks=1",
+            "enable.idempotence=false",
+            "isolation.level=read_uncommitted",
+            "enable.auto.commit=true",
+            "transactional.id=mine",
+        ] {
+            let cli = Cli::try_parse_from(["x", "--kafka-properties", bad]).unwrap();
+            let err = cli.conn.validate().unwrap_err().to_string();
+            let key = bad.split('=').next().unwrap();
+            assert!(
+                err.contains(bad) && err.contains("guarantees") && err.contains(key),
+                "{bad}: {err}"
+            );
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--kafka-properties",
+            "acks=all,acks=-1,enable.idempotence=true,isolation.level=read_committed,enable.auto.commit=false,security.protocol=SSL",
+        ])
+        .unwrap();
+        assert!(cli.conn.validate().is_ok());
     }
 
     #[test]

@@ -79,6 +79,15 @@ pub const DEFAULT_DLQ_RETENTION_MS: i64 = -1;
 /// retries still pending, not every retry ever made.
 pub const RETRY_RETENTION_MS: i64 = -1;
 
+/// The `min.insync.replicas` of a topic with `replication` replicas:
+/// `min(2, replication)`. With `acks=all` a write is then acknowledged once
+/// two replicas have it, so one broker lost loses nothing, and with three
+/// replicas one broker may be down without stopping writes. A topic with
+/// one replica gets 1, whatever the broker's default, so it stays writable.
+pub fn min_insync_replicas(replication: i32) -> i32 {
+    replication.min(2)
+}
+
 /// Sets `retention.ms` of every dead-letter topic of `specs` to `ms`.
 pub fn set_dlq_retention_ms(specs: &mut [TopicSpec], ms: i64) {
     for s in specs.iter_mut().filter(|s| s.name.ends_with(".dlq")) {
@@ -188,7 +197,8 @@ impl TopicNames {
 pub struct TopicReport {
     /// Topics created now.
     pub created: Vec<String>,
-    /// Topics that existed with the right partition count and policy.
+    /// Topics that existed with the right partition count, replication,
+    /// policy and `min.insync.replicas`.
     pub existing: Vec<String>,
 }
 
@@ -210,6 +220,32 @@ pub enum TopicError {
         /// Topic name and its partition count.
         mismatches: Vec<(String, usize)>,
     },
+    /// Existing topics have another replication factor than asked for.
+    #[error(
+        "existing topics do not have replication factor {expected}: {}. \
+         Change it with kafka-reassign-partitions, or run with --replication-factor matching the existing topics",
+        mismatches.iter().map(|(t, n)| format!("{t} has {n}")).collect::<Vec<_>>().join(", ")
+    )]
+    ReplicationMismatch {
+        /// Requested replication factor.
+        expected: i32,
+        /// Topic name and its replication factor (the fewest replicas of
+        /// any of its partitions).
+        mismatches: Vec<(String, usize)>,
+    },
+    /// Existing topics have another `min.insync.replicas` than
+    /// [`min_insync_replicas`] of the replication factor.
+    #[error(
+        "existing topics have the wrong min.insync.replicas: {}. \
+         It must be {expected}, min(2, replication factor): change it with kafka-configs --alter --add-config min.insync.replicas={expected}",
+        mismatches.iter().map(|(t, got)| format!("{t} has {got}")).collect::<Vec<_>>().join(", ")
+    )]
+    MinInsyncMismatch {
+        /// The wanted value.
+        expected: i32,
+        /// Topic and its value.
+        mismatches: Vec<(String, String)>,
+    },
     /// Existing topics have another cleanup policy than the design's.
     #[error(
         "existing topics have the wrong cleanup.policy: {}. Change it with kafka-configs or recreate them",
@@ -229,6 +265,15 @@ pub enum TopicError {
     },
 }
 
+/// How an existing topic is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// Its partition count.
+    pub partitions: usize,
+    /// Its replication factor: the fewest replicas of any partition.
+    pub replication: usize,
+}
+
 /// Partition counts of the given topics that exist, by name. A topic that
 /// was created moments ago may still report an error such as "leader not
 /// available"; metadata is asked again until every topic either exists with
@@ -238,11 +283,24 @@ pub fn partition_counts(
     topics: &[String],
     timeout: Duration,
 ) -> Result<BTreeMap<String, usize>, KafkaError> {
+    Ok(topic_layouts(conn, topics, timeout)?
+        .into_iter()
+        .map(|(t, l)| (t, l.partitions))
+        .collect())
+}
+
+/// Partition counts and replication factors of the given topics that
+/// exist, by name, asked like [`partition_counts`].
+pub fn topic_layouts(
+    conn: &ConnectionConfig,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<BTreeMap<String, TopicLayout>, KafkaError> {
     let consumer: BaseConsumer = crate::client::client_config(conn, "artifact-admin")
         .create()
         .map_err(KafkaError::Client)?;
     let deadline = std::time::Instant::now() + timeout;
-    let mut counts = BTreeMap::new();
+    let mut layouts = BTreeMap::new();
     for name in topics {
         // Asking for one topic by name gets the broker's current answer; a
         // topic created moments ago may answer "leader not available" first.
@@ -251,14 +309,21 @@ pub fn partition_counts(
                 .fetch_metadata(Some(name), timeout)
                 .map_err(KafkaError::unreachable(&conn.kafka_bootstrap_servers))?;
             let t = md.topics().iter().find(|t| t.name() == name);
-            let settled = match t.map(|t| (t.error(), t.partitions().len())) {
+            let settled = match t.map(|t| (t.error(), t.partitions())) {
                 None
                 | Some((
                     Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART),
                     _,
                 )) => true,
-                Some((None, n)) if n > 0 => {
-                    counts.insert(name.clone(), n);
+                Some((None, parts)) if !parts.is_empty() => {
+                    let replication = parts.iter().map(|p| p.replicas().len()).min();
+                    layouts.insert(
+                        name.clone(),
+                        TopicLayout {
+                            partitions: parts.len(),
+                            replication: replication.unwrap_or_default(),
+                        },
+                    );
                     true
                 }
                 _ => false,
@@ -269,11 +334,45 @@ pub fn partition_counts(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    Ok(counts)
+    Ok(layouts)
 }
 
-/// Creates every missing topic in `specs` with `partitions` partitions and
-/// checks existing ones. Idempotent.
+/// The topics of `layouts` whose partition count or replication factor is
+/// not the one asked for, as the error saying so.
+fn check_layouts(
+    layouts: &BTreeMap<String, TopicLayout>,
+    partitions: usize,
+    replication: i32,
+) -> Result<(), TopicError> {
+    let mismatches: Vec<(String, usize)> = layouts
+        .iter()
+        .filter(|(_, l)| l.partitions != partitions)
+        .map(|(t, l)| (t.clone(), l.partitions))
+        .collect();
+    if !mismatches.is_empty() {
+        return Err(TopicError::PartitionMismatch {
+            expected: partitions,
+            mismatches,
+        });
+    }
+    let mismatches: Vec<(String, usize)> = layouts
+        .iter()
+        .filter(|(_, l)| i32::try_from(l.replication).ok() != Some(replication))
+        .map(|(t, l)| (t.clone(), l.replication))
+        .collect();
+    if !mismatches.is_empty() {
+        return Err(TopicError::ReplicationMismatch {
+            expected: replication,
+            mismatches,
+        });
+    }
+    Ok(())
+}
+
+/// Creates every missing topic in `specs` with `partitions` partitions,
+/// `replication` replicas and `min.insync.replicas` of
+/// [`min_insync_replicas`], and checks that existing ones have the same.
+/// Idempotent.
 pub async fn ensure_topics(
     conn: &ConnectionConfig,
     specs: &[TopicSpec],
@@ -282,18 +381,9 @@ pub async fn ensure_topics(
 ) -> Result<TopicReport, TopicError> {
     let timeout = Duration::from_secs(30);
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    let existing = partition_counts(conn, &names, timeout)?;
-    let mismatches: Vec<(String, usize)> = existing
-        .iter()
-        .filter(|(_, n)| **n != partitions)
-        .map(|(t, n)| (t.clone(), *n))
-        .collect();
-    if !mismatches.is_empty() {
-        return Err(TopicError::PartitionMismatch {
-            expected: partitions,
-            mismatches,
-        });
-    }
+    let existing = topic_layouts(conn, &names, timeout)?;
+    check_layouts(&existing, partitions, replication)?;
+    let min_insync = min_insync_replicas(replication).to_string();
     let admin = admin_client(conn)?;
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
 
@@ -301,36 +391,20 @@ pub async fn ensure_topics(
         .iter()
         .filter(|s| existing.contains_key(&s.name))
         .collect();
-    if !existing_specs.is_empty() {
-        let resources: Vec<ResourceSpecifier> = existing_specs
-            .iter()
-            .map(|s| ResourceSpecifier::Topic(&s.name))
-            .collect();
-        let described = admin
-            .describe_configs(&resources, &opts)
-            .await
-            .map_err(KafkaError::Admin)?;
-        let mut bad = vec![];
-        for (spec, res) in existing_specs.iter().zip(described) {
-            let res = res.map_err(|e| KafkaError::Admin(rdkafka::error::KafkaError::AdminOp(e)))?;
-            let policy = res
-                .get("cleanup.policy")
-                .and_then(|e| e.value.clone())
-                .unwrap_or_default();
-            if policy != spec.cleanup.policy() {
-                bad.push((spec.name.clone(), spec.cleanup.policy().to_owned(), policy));
-            }
-        }
-        if !bad.is_empty() {
-            return Err(TopicError::PolicyMismatch { mismatches: bad });
-        }
-    }
+    check_configs(&admin, &opts, &existing_specs, replication).await?;
 
     let missing: Vec<&TopicSpec> = specs
         .iter()
         .filter(|s| !existing.contains_key(&s.name))
         .collect();
-    let configs: Vec<Vec<(&str, String)>> = missing.iter().map(|s| s.configs()).collect();
+    let configs: Vec<Vec<(&str, String)>> = missing
+        .iter()
+        .map(|s| {
+            let mut c = s.configs();
+            c.push(("min.insync.replicas", min_insync.clone()));
+            c
+        })
+        .collect();
     let new_topics: Vec<NewTopic> = missing
         .iter()
         .zip(&configs)
@@ -372,32 +446,81 @@ pub async fn ensure_topics(
         }
     }
     if !raced.is_empty() {
-        let counts = wait_listed(conn, &raced, timeout)?;
-        let mismatches: Vec<(String, usize)> = counts
-            .into_iter()
-            .filter(|(_, n)| *n != partitions)
-            .collect();
-        if !mismatches.is_empty() {
-            return Err(TopicError::PartitionMismatch {
-                expected: partitions,
-                mismatches,
-            });
-        }
+        check_layouts(
+            &wait_listed(conn, &raced, timeout)?,
+            partitions,
+            replication,
+        )?;
+        let raced_specs: Vec<&TopicSpec> =
+            specs.iter().filter(|s| raced.contains(&s.name)).collect();
+        check_configs(&admin, &opts, &raced_specs, replication).await?;
         report.existing.extend(raced);
+    }
+    // A topic is created when the controller has it; a broker's metadata
+    // may list it a moment later. Whoever asks next (this function again,
+    // a stage checking its topics, a producer) must find it.
+    if !report.created.is_empty() {
+        wait_listed(conn, &report.created, timeout)?;
     }
     Ok(report)
 }
 
-/// Partition counts of topics known to exist, waiting until metadata lists
-/// every one of them or `timeout` passes.
+/// Checks that existing topics have the design's cleanup policy and
+/// `min.insync.replicas` of [`min_insync_replicas`] of `replication`.
+async fn check_configs(
+    admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    opts: &AdminOptions,
+    specs: &[&TopicSpec],
+    replication: i32,
+) -> Result<(), TopicError> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let min_insync = min_insync_replicas(replication).to_string();
+    let resources: Vec<ResourceSpecifier> = specs
+        .iter()
+        .map(|s| ResourceSpecifier::Topic(&s.name))
+        .collect();
+    let described = admin
+        .describe_configs(&resources, opts)
+        .await
+        .map_err(KafkaError::Admin)?;
+    let mut bad = vec![];
+    let mut bad_insync = vec![];
+    for (spec, res) in specs.iter().zip(described) {
+        let res = res.map_err(|e| KafkaError::Admin(rdkafka::error::KafkaError::AdminOp(e)))?;
+        let value = |k: &str| res.get(k).and_then(|e| e.value.clone()).unwrap_or_default();
+        let policy = value("cleanup.policy");
+        if policy != spec.cleanup.policy() {
+            bad.push((spec.name.clone(), spec.cleanup.policy().to_owned(), policy));
+        }
+        let insync = value("min.insync.replicas");
+        if insync != min_insync {
+            bad_insync.push((spec.name.clone(), insync));
+        }
+    }
+    if !bad.is_empty() {
+        return Err(TopicError::PolicyMismatch { mismatches: bad });
+    }
+    if !bad_insync.is_empty() {
+        return Err(TopicError::MinInsyncMismatch {
+            expected: min_insync_replicas(replication),
+            mismatches: bad_insync,
+        });
+    }
+    Ok(())
+}
+
+/// Layouts of topics known to exist, waiting until metadata lists every
+/// one of them or `timeout` passes.
 fn wait_listed(
     conn: &ConnectionConfig,
     topics: &[String],
     timeout: Duration,
-) -> Result<BTreeMap<String, usize>, KafkaError> {
+) -> Result<BTreeMap<String, TopicLayout>, KafkaError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let counts = partition_counts(conn, topics, timeout)?;
+        let counts = topic_layouts(conn, topics, timeout)?;
         if counts.len() == topics.len() || std::time::Instant::now() >= deadline {
             return Ok(counts);
         }
@@ -495,6 +618,52 @@ mod tests {
         let t = TopicNames::new("p");
         assert_eq!(t.input(Stage::MimeDetector), t.created());
         assert_eq!(t.input(Stage::Summarizer), t.output(Stage::PdfParser));
+    }
+
+    #[test]
+    fn min_insync_replicas_is_two_unless_there_are_fewer_replicas() {
+        assert_eq!(min_insync_replicas(1), 1);
+        assert_eq!(min_insync_replicas(2), 2);
+        assert_eq!(min_insync_replicas(3), 2);
+        assert_eq!(min_insync_replicas(5), 2);
+    }
+
+    #[test]
+    fn replication_mismatches_are_found_and_named_with_the_fix() {
+        let layout = |partitions, replication| TopicLayout {
+            partitions,
+            replication,
+        };
+        let mut layouts = BTreeMap::new();
+        layouts.insert("artifact.created".to_owned(), layout(6, 3));
+        assert!(check_layouts(&layouts, 6, 3).is_ok());
+        layouts.insert("artifact.parsed".to_owned(), layout(6, 1));
+        let err = check_layouts(&layouts, 6, 3).unwrap_err();
+        assert!(
+            matches!(&err, TopicError::ReplicationMismatch { expected: 3, mismatches }
+                if mismatches == &vec![("artifact.parsed".to_owned(), 1)]),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("artifact.parsed has 1") && msg.contains("--replication-factor"),
+            "{msg}"
+        );
+        // The partition count is checked first: co-partitioning comes before all.
+        layouts.insert("artifact.status".to_owned(), layout(3, 3));
+        assert!(matches!(
+            check_layouts(&layouts, 6, 3),
+            Err(TopicError::PartitionMismatch { .. })
+        ));
+        let msg = TopicError::MinInsyncMismatch {
+            expected: 2,
+            mismatches: vec![("artifact.created".into(), "1".into())],
+        }
+        .to_string();
+        assert!(
+            msg.contains("artifact.created has 1") && msg.contains("min.insync.replicas=2"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use super::Restored;
 use artifact_domain::dedup::DedupEntry;
 use artifact_domain::{ArtifactId, Generation};
-use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config};
+use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config, consumer_config};
 use artifact_kafka::codec::{AvroCodec, CodecError};
 use artifact_kafka::config::ConnectionConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -155,18 +155,16 @@ impl Reading<'_> {
 
     /// One attempt: from `next` to the target. `Ok(false)` if cancelled.
     async fn attempt(&mut self, cancelled: &AtomicBool) -> Result<bool, RestoreError> {
-        let consumer: StreamConsumer<QuietEof> = client_config(self.conn, "dedup-restore")
-            .set("group.id", "dedup-restore-unused")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            // Reaching the end is the goal: do not let the broker hold fetches.
-            .set("fetch.wait.max.ms", "10")
-            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-            .set("fetch.max.bytes", "52428800")
-            .set("max.partition.fetch.bytes", "52428800")
-            .create_with_context(QuietEof)
-            .map_err(self.kafka())?;
+        let consumer: StreamConsumer<QuietEof> =
+            consumer_config(self.conn, "dedup-restore", "dedup-restore-unused")
+                .set("enable.partition.eof", "true")
+                // Reaching the end is the goal: do not let the broker hold fetches.
+                .set("fetch.wait.max.ms", "10")
+                .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+                .set("fetch.max.bytes", "52428800")
+                .set("max.partition.fetch.bytes", "52428800")
+                .create_with_context(QuietEof)
+                .map_err(self.kafka())?;
         let target = match self.target {
             Some(t) => t,
             None => {

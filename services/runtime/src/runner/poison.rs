@@ -23,7 +23,7 @@
 
 use super::batch::BatchError;
 use super::item::Item;
-use artifact_kafka::client::{QuietEof, client_config, header, producer_config};
+use artifact_kafka::client::{QuietEof, consumer_config, header, producer_config};
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::headers;
 use rdkafka::TopicPartitionList;
@@ -307,9 +307,7 @@ pub(crate) fn read_suspects(
     if ranges.is_empty() {
         return Ok(Vec::new());
     }
-    let consumer: BaseConsumer<QuietEof> = client_config(conn, "inflight-reader")
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
+    let consumer: BaseConsumer<QuietEof> = consumer_config(conn, "inflight-reader", group)
         .create_with_context(QuietEof)
         .map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
@@ -338,13 +336,12 @@ fn newest_ranges(
     topic: &str,
     partition: i32,
 ) -> Result<Vec<Range>, String> {
-    let consumer: BaseConsumer<QuietEof> = client_config(conn, "inflight-reader")
-        .set("group.id", "inflight-reader-unused")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
-        .create_with_context(QuietEof)
-        .map_err(|e| e.to_string())?;
+    let consumer: BaseConsumer<QuietEof> =
+        consumer_config(conn, "inflight-reader", "inflight-reader-unused")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(QuietEof)
+            .map_err(|e| e.to_string())?;
     let (_, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map_err(|e| e.to_string())?;

@@ -10,7 +10,7 @@ use super::producer::{Deliveries, StageProducer};
 use super::{RunnerError, StageRunner};
 use crate::retry;
 use crate::stage::StageLogic;
-use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, producer_config};
+use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, consumer_config, producer_config};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::Producer;
@@ -89,11 +89,8 @@ impl<S: StageLogic> StageRunner<S> {
     }
 
     fn consumer_config(&self, client_id: &str) -> ClientConfig {
-        let mut c = client_config(&self.conn, client_id);
-        c.set("group.id", &self.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
+        let mut c = consumer_config(&self.conn, client_id, &self.group);
+        c.set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             // A crashed instance's partitions move on after 10 s.
             .set("session.timeout.ms", "10000")
