@@ -297,9 +297,10 @@ fn produce_and_commit(
     };
     // The offsets go out while the records are being acknowledged. The
     // commit waits for every record and fails if any failed.
-    producer
-        .send_offsets_to_transaction(&offsets, group, timeout)
-        .map_err(|e| BatchError::of_transaction("send offsets to transaction", e))?;
+    watched("send_offsets_to_transaction", timeout, || {
+        producer.send_offsets_to_transaction(&offsets, group, timeout)
+    })
+    .map_err(|e| BatchError::of_transaction("send offsets to transaction", e))?;
     let t_offsets = t0.elapsed();
     #[cfg(debug_assertions)]
     hold_before_commit();
@@ -312,6 +313,38 @@ fn produce_and_commit(
     );
     Ok(())
 }
+
+/// Runs a librdkafka call given `timeout`, and ends the process if the
+/// call is still blocked a while past it: librdkafka can wait for ever in
+/// `send_offsets_to_transaction` after a group coordinator dies
+/// (librdkafka #5456), and a stage that never commits again holds its
+/// partitions. The restart fences the transactional id, which settles the
+/// open transaction, and the batch is read again.
+fn watched<T>(call: &'static str, timeout: Duration, f: impl FnOnce() -> T) -> T {
+    let limit = timeout + CALL_OVERRUN;
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::Builder::new()
+        .name("txn-watchdog".into())
+        .spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+                tracing::error!(
+                    call,
+                    limit_s = limit.as_secs(),
+                    "a librdkafka transaction call did not return past its timeout; exiting so that a restart fences the transaction"
+                );
+                std::process::exit(70);
+            }
+        });
+    let out = f();
+    drop(done);
+    if let Ok(w) = watchdog {
+        let _ = w.join();
+    }
+    out
+}
+
+/// How long past its own timeout a librdkafka call may stay blocked.
+const CALL_OVERRUN: Duration = Duration::from_secs(30);
 
 /// A test hook, compiled into debug builds only: while the file named by
 /// `RUNNER_TEST_HOLD_COMMIT` exists, a commit waits between sending its
