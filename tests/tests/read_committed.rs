@@ -158,7 +158,10 @@ async fn the_projector_and_the_read_model_skip_aborted_records() -> anyhow::Resu
     let status_of = |id: String| {
         let url = format!("{}/v1/artifacts/{id}", api.http);
         async move {
-            reqwest::get(url)
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth("t")
+                .send()
                 .await
                 .map(|r| r.status().as_u16())
                 .unwrap_or(0)
