@@ -2,51 +2,15 @@
 //! limit instead of running on in its thread after the runner gave the
 //! attempt up.
 
-use artifact_domain::{
-    ArtifactContext, ArtifactId, Generation, Outcome, ParseResult, Parsed, StageEvent,
-};
+use artifact_domain::{ArtifactId, Outcome};
+mod common;
+
 use artifact_runtime::blob::BlobStore;
-use artifact_runtime::stage::{RecordContext, StageError, StageLogic};
+use artifact_runtime::stage::{StageError, StageLogic};
+use common::{parsed, record};
 use std::time::Duration;
 use summarizer::SummaryOptions;
 use summarizer::stage::{Backend, SummaryStage};
-
-fn parsed(text_location: String) -> Parsed {
-    StageEvent {
-        artifact_id: ArtifactId::new_random(),
-        generation: Generation::FIRST,
-        context: ArtifactContext {
-            storage_location: "file:///nowhere".into(),
-            text_location: Some(text_location.clone()),
-            ..ArtifactContext::default()
-        },
-        outcome: Outcome::Succeeded,
-        result: Some(ParseResult {
-            text_location,
-            page_count: None,
-            word_count: 1,
-            char_count: 1,
-            preview: String::new(),
-            title: None,
-            author: None,
-            creator: None,
-            producer: None,
-            creation_date: None,
-            modification_date: None,
-        }),
-        processed_at: 0,
-    }
-}
-
-fn record() -> RecordContext {
-    RecordContext {
-        topic: "parsed".into(),
-        partition: 0,
-        offset: 0,
-        attempt: 1,
-        traceparent: String::new(),
-    }
-}
 
 #[tokio::test]
 async fn the_extractive_work_stops_at_the_attempts_time_limit() {
@@ -84,7 +48,7 @@ async fn the_extractive_work_stops_at_the_attempts_time_limit() {
 
     // `process` returns once the blocking task has: the work itself stopped.
     let err = stage(Duration::from_millis(1))
-        .process(&parsed(location), &record())
+        .process(&parsed(Some(location)), &record())
         .await
         .unwrap_err();
     assert_eq!(
@@ -97,7 +61,7 @@ async fn the_extractive_work_stops_at_the_attempts_time_limit() {
     );
 
     let done = stage(Duration::from_secs(60))
-        .process(&parsed(short), &record())
+        .process(&parsed(Some(short)), &record())
         .await
         .unwrap();
     assert_eq!(done.outcome, Outcome::Succeeded);

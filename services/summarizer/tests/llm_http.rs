@@ -4,12 +4,10 @@
 
 mod common;
 
-use artifact_domain::{
-    ArtifactContext, ArtifactId, Generation, Outcome, ParseResult, Parsed, StageEvent,
-};
+use artifact_domain::{ArtifactId, Outcome};
 use artifact_runtime::blob::BlobStore;
-use artifact_runtime::stage::{RecordContext, StageError, StageLogic};
-use common::{Call, ChatServer, Reply};
+use artifact_runtime::stage::{StageError, StageLogic};
+use common::{Call, ChatServer, Reply, parsed, record};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -609,43 +607,6 @@ async fn connection_refused_is_retriable() {
         reason.starts_with("cannot connect to the LLM endpoint"),
         "{reason}"
     );
-}
-
-fn parsed(text_location: Option<String>) -> Parsed {
-    StageEvent {
-        artifact_id: ArtifactId::new_random(),
-        generation: Generation::FIRST,
-        context: ArtifactContext {
-            storage_location: "file:///nowhere".into(),
-            text_location: text_location.clone(),
-            ..ArtifactContext::default()
-        },
-        outcome: Outcome::Succeeded,
-        result: text_location.map(|text_location| ParseResult {
-            text_location,
-            page_count: None,
-            word_count: 1,
-            char_count: 1,
-            preview: String::new(),
-            title: None,
-            author: None,
-            creator: None,
-            producer: None,
-            creation_date: None,
-            modification_date: None,
-        }),
-        processed_at: 0,
-    }
-}
-
-fn record() -> RecordContext {
-    RecordContext {
-        topic: "parsed".into(),
-        partition: 0,
-        offset: 0,
-        attempt: 1,
-        traceparent: String::new(),
-    }
 }
 
 #[tokio::test]

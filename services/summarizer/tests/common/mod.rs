@@ -5,6 +5,10 @@
 //! of answer is handled.
 #![allow(dead_code)] // each test binary uses part of it
 
+use artifact_domain::{
+    ArtifactContext, ArtifactId, Generation, Outcome, ParseResult, Parsed, StageEvent,
+};
+use artifact_runtime::stage::RecordContext;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -177,4 +181,43 @@ async fn handle(
         response.headers_mut().insert(k, v.parse().unwrap());
     }
     response
+}
+
+/// pdf-parser's outcome for a text at `text_location` (none: no text).
+pub fn parsed(text_location: Option<String>) -> Parsed {
+    StageEvent {
+        artifact_id: ArtifactId::new_random(),
+        generation: Generation::FIRST,
+        context: ArtifactContext {
+            storage_location: "file:///nowhere".into(),
+            text_location: text_location.clone(),
+            ..ArtifactContext::default()
+        },
+        outcome: Outcome::Succeeded,
+        result: text_location.map(|text_location| ParseResult {
+            text_location,
+            page_count: None,
+            word_count: 1,
+            char_count: 1,
+            preview: String::new(),
+            title: None,
+            author: None,
+            creator: None,
+            producer: None,
+            creation_date: None,
+            modification_date: None,
+        }),
+        processed_at: 0,
+    }
+}
+
+/// The record a test processes.
+pub fn record() -> RecordContext {
+    RecordContext {
+        topic: "parsed".into(),
+        partition: 0,
+        offset: 0,
+        attempt: 1,
+        traceparent: String::new(),
+    }
 }
