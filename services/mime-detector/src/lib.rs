@@ -4,7 +4,7 @@
 //! its MIME type the way libmagic (`file --mime-type`) would for the types the
 //! pipeline cares about: binary formats by magic number (through the `infer`
 //! crate, plus PDF and ELF refinements of our own), then text formats by
-//! heuristics (JSON, CSV, Markdown, HTML, XML, scripts, plain text in UTF-8,
+//! heuristics (JSON, CSV, Markdown, HTML, XML, e-mail, scripts, plain text in UTF-8,
 //! UTF-16 or Latin-1). It then compares the result with what the uploader
 //! declared; see [`types_agree`] for what counts as agreement.
 //!
