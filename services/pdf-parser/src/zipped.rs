@@ -133,10 +133,8 @@ pub(crate) fn xml_text(
         work.tick()?;
         let event = reader.read_event().map_err(|e| bad(&e))?;
         match event {
-            Event::Start(e) => {
-                if rules.text.contains(&local(e.local_name().as_ref())) {
-                    inside_text += 1;
-                }
+            Event::Start(e) if rules.text.contains(&local(e.local_name().as_ref())) => {
+                inside_text += 1;
             }
             Event::Empty(e) => {
                 let qname = e.local_name();

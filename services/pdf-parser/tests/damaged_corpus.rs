@@ -65,6 +65,12 @@ fn kind(result: &Result<pdf_parser::Extracted, PoolError>) -> String {
             ParseError::Timeout => "TIMEOUT".into(),
             ParseError::OutOfMemory { .. } => "OUT OF MEMORY".into(),
             ParseError::WorkerDied(_) => "WORKER DIED".into(),
+            // Not made for PDFs.
+            e @ (ParseError::BadDocument(_)
+            | ParseError::ZipBomb { .. }
+            | ParseError::ArchiveTooLarge { .. }
+            | ParseError::ImageTooLarge { .. }
+            | ParseError::Ocr(_)) => format!("UNEXPECTED: {e}"),
         },
         Err(PoolError::Start(_)) => "WORKER NOT STARTED".into(),
     }
