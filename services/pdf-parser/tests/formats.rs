@@ -98,6 +98,10 @@ fn a_scanned_pdf_page_is_ocred_and_a_text_page_is_not() {
 fn office_documents_keep_reading_order() {
     let docx = run(Format::Office(Office::Docx), "document.docx").unwrap();
     let text = docx.full_text();
+    eprintln!(
+        "document.docx: word recall {:.3}",
+        word_recall(&text, &source())
+    );
     assert!(text.starts_with("Pipeline notes\n"), "{text}");
     assert!(word_recall(&text, &source()) > 0.99, "{text}");
     assert!(
@@ -112,6 +116,10 @@ fn office_documents_keep_reading_order() {
 
     let odt = run(Format::Office(Office::Odt), "document.odt").unwrap();
     let text = odt.full_text();
+    eprintln!(
+        "document.odt: word recall {:.3}",
+        word_recall(&text, &source())
+    );
     assert!(text.starts_with("Pipeline notes\n"), "{text}");
     assert!(word_recall(&text, &source()) > 0.99, "{text}");
 
@@ -148,6 +156,10 @@ fn office_documents_keep_reading_order() {
 fn html_keeps_the_article_without_scripts_styles_or_navigation() {
     let x = run(Format::Html, "article.html").unwrap();
     let text = x.full_text();
+    eprintln!(
+        "article.html: word recall {:.3}",
+        word_recall(&text, &source())
+    );
     assert!(word_recall(&text, &source()) > 0.99, "{text}");
     for noise in ["SCRIPTWORD", "NAVWORD", "color: red"] {
         assert!(!text.contains(noise), "{noise} in {text}");
@@ -159,6 +171,10 @@ fn html_keeps_the_article_without_scripts_styles_or_navigation() {
 fn an_email_has_its_headers_body_and_attachments() {
     let x = run(Format::Email, "message.eml").unwrap();
     let text = x.full_text();
+    eprintln!(
+        "message.eml: word recall {:.3}",
+        word_recall(&text, &source())
+    );
     assert!(
         text.contains("From: Ada Keeper <ada@example.org>"),
         "{text}"
