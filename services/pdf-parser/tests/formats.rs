@@ -312,3 +312,92 @@ async fn worker_processes_ocr_and_refuse_bombs_under_their_memory_limit() {
         .unwrap();
     assert!(word_recall(&docx.full_text(), &source()) > 0.99);
 }
+
+/// The stage itself (real worker processes, a real file blob store): a
+/// scanned image succeeds with its text, the page OCRed and the
+/// confidence; a text file is decoded by the charset its upload declared.
+#[tokio::test]
+async fn the_stage_reads_a_scan_and_a_declared_charset() {
+    use artifact_domain::{ArtifactContext, ArtifactId, Generation, LocationVerified, Outcome};
+    use artifact_runtime::blob::BlobStore;
+    use artifact_runtime::stage::{RecordContext, StageLogic};
+    use pdf_parser::stage::ParseStage;
+
+    let root = std::env::temp_dir().join(format!("pdf-formats-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let blobs = BlobStore::from_url(&format!("file://{}", root.display())).unwrap();
+    let stage = ParseStage {
+        blobs: blobs.clone(),
+        limits: Limits::default(),
+        timeout: Duration::from_secs(120),
+        parser: ParserPool::new(WorkerSettings {
+            program: env!("CARGO_BIN_EXE_pdf-parser").into(),
+            workers: 1,
+            memory_limit: 512 << 20,
+            ocr: OcrSettings::default(),
+        }),
+    };
+    let ctx = RecordContext {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        attempt: 1,
+        traceparent: String::new(),
+    };
+    let input = |location: String, declared: Option<&str>, detected: &str| LocationVerified {
+        artifact_id: ArtifactId::new_random(),
+        generation: Generation::FIRST,
+        context: ArtifactContext {
+            storage_location: location,
+            declared_content_type: declared.map(str::to_owned),
+            filename: None,
+            detected_content_type: Some(detected.into()),
+            size_bytes: None,
+            sha256: None,
+            text_location: None,
+        },
+        outcome: Outcome::Succeeded,
+        result: None,
+        processed_at: 1,
+    };
+
+    let scan = blobs.location("scan.jpg");
+    blobs.put(&scan, &read("scan-150.jpg")).await.unwrap();
+    let done = stage
+        .process(&input(scan, None, "image/jpeg"), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(done.outcome, Outcome::Succeeded);
+    let result = done.result.unwrap();
+    assert_eq!(result.ocr_pages, vec![1]);
+    assert_eq!(result.page_count, Some(1));
+    assert!(
+        result
+            .ocr_confidence
+            .is_some_and(|c| (50..=100).contains(&c))
+    );
+    let text = blobs
+        .read_all(&result.text_location, 1 << 20)
+        .await
+        .unwrap();
+    assert!(word_recall(&String::from_utf8(text).unwrap(), &source()) >= 0.9);
+
+    let latin2 = blobs.location("latin2.txt");
+    blobs.put(&latin2, &read("latin2.txt")).await.unwrap();
+    let declared = Some("text/plain; charset=ISO-8859-2");
+    let done = stage
+        .process(&input(latin2, declared, "text/plain"), &ctx)
+        .await
+        .unwrap();
+    let result = done.result.unwrap();
+    assert!(result.ocr_pages.is_empty());
+    let text = blobs
+        .read_all(&result.text_location, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(text).unwrap(),
+        "Zażółć gęślą jaźń. Příliš žluťoučký kůň úpěl ďábelské ódy.\n"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
