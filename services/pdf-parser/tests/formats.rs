@@ -220,12 +220,18 @@ fn text_in_legacy_charsets_declared_or_not() {
 
 #[test]
 fn hostile_documents_fail_within_bounds() {
-    match run(Format::Office(Office::Docx), "bomb.docx") {
-        Err(ParseError::ZipBomb { name, limit, .. }) => {
-            assert_eq!(name, "word/document.xml");
-            assert_eq!(limit, 100);
+    for (format, file, entry) in [
+        (Office::Docx, "bomb.docx", "word/document.xml"),
+        (Office::Spreadsheet, "bomb.xlsx", "xl/worksheets/sheet1.xml"),
+        (Office::Epub, "bomb.epub", "OEBPS/text/c0.xhtml"),
+    ] {
+        match run(Format::Office(format), file) {
+            Err(ParseError::ZipBomb { name, limit, .. }) => {
+                assert_eq!(name, entry);
+                assert_eq!(limit, 100);
+            }
+            other => panic!("{file}: {other:?}"),
         }
-        other => panic!("{other:?}"),
     }
     let small = Limits {
         max_content_bytes: 1 << 20,
@@ -311,6 +317,21 @@ async fn worker_processes_ocr_and_refuse_bombs_under_their_memory_limit() {
         .await
         .unwrap();
     assert!(word_recall(&docx.full_text(), &source()) > 0.99);
+    // Nested 5000 deep: whatever mail-parser makes of it, the worker answers
+    // or dies alone, and the next document is read.
+    let nested = pool
+        .extract(Format::Email, &read("nested.eml"), &limits, timeout)
+        .await;
+    eprintln!("nested.eml: {:?}", nested.as_ref().map(|x| x.char_count()));
+    assert!(
+        !matches!(nested, Err(pdf_parser::worker::PoolError::Start(_))),
+        "{nested:?}"
+    );
+    let again = pool
+        .extract(Format::Email, &read("message.eml"), &limits, timeout)
+        .await
+        .unwrap();
+    assert!(again.full_text().contains("records.csv"));
 }
 
 /// The stage itself (real worker processes, a real file blob store): a
