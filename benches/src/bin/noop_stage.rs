@@ -99,6 +99,8 @@ noop_stage!(
             producer: None,
             creation_date: None,
             modification_date: None,
+            ocr_pages: Vec::new(),
+            ocr_confidence: None,
         }
     }
 );
