@@ -108,13 +108,18 @@ const STAGES: [&str; 4] = [
     "summarizer",
 ];
 
-/// The processing span of `service` (a stage) and the projector's fold of
-/// the summary, once the trace holds them all.
+/// Whether the trace holds the upload's spans, a span of every stage and
+/// the projector's fold of the summary.
 fn complete(spans: &[Span], summarized: &str) -> bool {
-    STAGES.iter().all(|s| spans.iter().any(|x| x.service == *s))
-        && spans
+    let api = |pred: &dyn Fn(&str) -> bool| {
+        spans
             .iter()
-            .any(|x| x.service == "artifact-api" && x.name == format!("fold {summarized}"))
+            .any(|x| x.service == "artifact-api" && pred(&x.name))
+    };
+    STAGES.iter().all(|s| spans.iter().any(|x| x.service == *s))
+        && api(&|n| n == "POST /v1/artifacts")
+        && api(&|n| n.starts_with("send "))
+        && api(&|n| n == format!("fold {summarized}"))
 }
 
 /// `span`'s ancestors, nearest first, as far as the trace holds them.
