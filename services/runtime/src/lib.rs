@@ -11,6 +11,7 @@ pub use artifact_blob as blob;
 
 pub mod dedup;
 mod logfields;
+pub mod otel;
 pub mod retry;
 pub mod runner;
 pub mod service;
