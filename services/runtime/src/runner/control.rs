@@ -23,7 +23,8 @@ use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::now_ms;
 use artifact_kafka::schemas::EventSchema;
 use artifact_kafka::stage_control::{BREAKER, OPERATOR, StageControl};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use futures::FutureExt;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -114,6 +115,10 @@ pub(crate) struct Control {
     /// A record saying this replica's breaker is open, left by an earlier
     /// run, was answered with one saying it is closed.
     stale_report_fixed: bool,
+    /// The input topic's lag while held, being read, and when next.
+    lag_refresh: Option<tokio::task::JoinHandle<Vec<(i32, i64)>>>,
+    lag_due: Instant,
+    lag_reader: Option<Arc<BaseConsumer<QuietEof>>>,
 }
 
 impl Drop for Control {
@@ -156,6 +161,9 @@ impl Control {
             held: false,
             last_operator: Operator::Reading,
             stale_report_fixed: false,
+            lag_refresh: None,
+            lag_due: Instant::now(),
+            lag_reader: None,
         }
     }
 }
@@ -214,10 +222,100 @@ impl<S: StageLogic> StageLoop<'_, S> {
         if gate == Gate::Held {
             // Every round: a rebalance or a rewind may have resumed some.
             self.hold_partitions(true);
+            self.refresh_lag();
         } else if self.control.held {
             self.hold_partitions(false);
         }
+        self.consumer
+            .context()
+            .held
+            .store(gate == Gate::Held, std::sync::atomic::Ordering::Relaxed);
         gate
+    }
+
+    /// While held, the lag gauge of the input partitions owned, every 5 s:
+    /// the partition's end for a `read_committed` reader minus the
+    /// position (before the first record, the committed offset, else the
+    /// partition's start). Read
+    /// on a blocking thread; the loop goes on meanwhile.
+    fn refresh_lag(&mut self) {
+        let topic = self.runner.names.input(S::STAGE);
+        if let Some(h) = &self.control.lag_refresh
+            && h.is_finished()
+        {
+            let h = self.control.lag_refresh.take().expect("checked");
+            if let Some(Ok(lags)) = h.now_or_never() {
+                for (p, lag) in lags {
+                    metrics::gauge!(
+                        stage_metrics::CONSUMER_LAG.0,
+                        "consumer_group" => self.runner.group.clone(),
+                        "topic" => topic.clone(),
+                        "partition" => p.to_string(),
+                    )
+                    .set(lag as f64);
+                }
+            }
+        }
+        if self.control.lag_refresh.is_some() || Instant::now() < self.control.lag_due {
+            return;
+        }
+        self.control.lag_due = Instant::now() + Duration::from_secs(5);
+        let reader = match &self.control.lag_reader {
+            Some(r) => r.clone(),
+            None => match consumer_config(
+                &self.runner.conn,
+                &format!("{}-lag", self.runner.group),
+                &self.runner.group,
+            )
+            .create_with_context(QuietEof)
+            {
+                Ok(r) => self.control.lag_reader.insert(Arc::new(r)).clone(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the lag reader");
+                    return;
+                }
+            },
+        };
+        let owned: Vec<i32> = self.assignment().owned.iter().copied().collect();
+        let positions: HashMap<i32, i64> = self
+            .consumer
+            .position()
+            .map(|tpl| {
+                tpl.elements_for_topic(&topic)
+                    .iter()
+                    .filter_map(|e| e.offset().to_raw().map(|o| (e.partition(), o)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.control.lag_refresh = Some(tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(5);
+            let mut tpl = TopicPartitionList::new();
+            for p in &owned {
+                let _ = tpl.add_partition(&topic, *p);
+            }
+            let committed: HashMap<i32, i64> = reader
+                .committed_offsets(tpl, timeout)
+                .map(|c| {
+                    c.elements()
+                        .iter()
+                        .filter_map(|e| e.offset().to_raw().map(|o| (e.partition(), o)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            owned
+                .into_iter()
+                .filter_map(|p| {
+                    let (low, end) = reader.fetch_watermarks(&topic, p, timeout).ok()?;
+                    // Nothing committed yet: it starts at the beginning.
+                    let at = [positions.get(&p), committed.get(&p), Some(&low)]
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .find(|o| *o >= 0)?;
+                    Some((p, super::context::lag(end, at)?))
+                })
+                .collect()
+        }));
     }
 
     /// Pauses (or resumes) the input and retry partitions owned; a
