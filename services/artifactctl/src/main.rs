@@ -2,6 +2,7 @@
 
 mod api;
 mod ops;
+mod stage;
 
 use anyhow::Context;
 use artifact_domain::Stage;
@@ -95,6 +96,11 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Pauses and resumes stages; shows paused stages and open breakers.
+    Stage {
+        #[command(subcommand)]
+        command: stage::StageCommand,
     },
 }
 
@@ -369,6 +375,7 @@ async fn main() -> anyhow::Result<()> {
             ops::mark_replayed(&cli.conn, stage, &letters)?;
             println!("replayed {n} dead letters of {stage} to their source topics");
         }
+        Command::Stage { command } => stage::run(&cli.conn, command).await?,
     }
     Ok(())
 }
