@@ -208,11 +208,9 @@ mod tests {
         }
     }
 
-    /// A failure of one of a few records, in turn.
-    fn failed() -> Attempt {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        failed_record(&format!("record-{}", n % 5))
+    /// A failure of record `n`.
+    fn failed(n: usize) -> Attempt {
+        failed_record(&format!("record-{n}"))
     }
 
     fn failed_record(record: &str) -> Attempt {
@@ -226,25 +224,26 @@ mod tests {
     fn opens_only_with_a_full_window_over_the_threshold() {
         let now = Instant::now();
         let mut b = Breaker::new(cfg(4, 0.5));
-        for _ in 0..3 {
-            assert_eq!(b.record(failed(), now), None, "window not full yet");
+        for i in 100..103 {
+            assert_eq!(b.record(failed(i), now), None, "window not full yet");
         }
         assert_eq!(
-            b.record(failed(), now),
+            b.record(failed(2), now),
             Some(Transition::Opened("LLM answered 503".into()))
         );
         assert_eq!(b.open_cause(), Some("LLM answered 503"));
 
         // Exactly the threshold (2 of 4) is not over it.
         let mut b = Breaker::new(cfg(4, 0.5));
-        for a in [failed(), Attempt::Answered, failed(), Attempt::Answered] {
+        for a in [failed(3), Attempt::Answered, failed(4), Attempt::Answered] {
             assert_eq!(b.record(a, now), None);
         }
         // The oldest (a failure) leaves the window as a success comes in.
         assert_eq!(b.record(Attempt::Answered, now), None);
-        assert_eq!(b.record(failed(), now), None, "2 failures of 4");
+        assert_eq!(b.record(failed(5), now), None, "2 failures of 4");
+        assert_eq!(b.record(failed(6), now), None, "2 failures of 4");
         assert_eq!(
-            b.record(failed(), now),
+            b.record(failed(7), now),
             Some(Transition::Opened("LLM answered 503".into())),
             "3 failures of the last 4"
         );
@@ -271,7 +270,7 @@ mod tests {
         let mut b = Breaker::new(cfg(3, 0.5));
         for i in 0..30 {
             let a = if i % 3 == 0 {
-                failed()
+                failed(i)
             } else {
                 Attempt::Answered
             };
@@ -285,7 +284,7 @@ mod tests {
         let now = Instant::now();
         let mut b = Breaker::new(cfg(0, 0.0));
         for _ in 0..100 {
-            assert_eq!(b.record(failed(), now), None);
+            assert_eq!(b.record(failed(8), now), None);
         }
         assert!(!b.take_probe(now));
     }
@@ -294,34 +293,38 @@ mod tests {
     fn probes_one_at_a_time_with_a_growing_backoff_and_closes_on_an_answer() {
         let t0 = Instant::now();
         let mut b = Breaker::new(cfg(2, 0.0));
-        assert_eq!(b.record(failed(), t0), None);
-        assert!(b.record(failed(), t0).is_some());
+        assert_eq!(b.record(failed(9), t0), None);
+        assert!(b.record(failed(10), t0).is_some());
         assert!(!b.take_probe(t0), "first probe after the backoff");
+        // A record started before it opened fails: the probe is not delayed.
         let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.record(failed(11), t1), None);
         assert!(b.take_probe(t1));
         assert!(!b.take_probe(t1), "one probe at a time");
-        // A record started before the breaker opened fails: no new probe.
-        assert_eq!(b.record(failed(), t1), None);
-        assert!(!b.take_probe(t1 + Duration::from_secs(10)));
+        // A probe whose record was not processed: the next goes at once.
         b.probe_unused();
         assert!(b.take_probe(t1));
         // The probe fails: the next waits twice as long.
-        assert_eq!(b.record(failed(), t1), None);
+        assert_eq!(b.record(failed(12), t1), None);
         assert!(!b.take_probe(t1 + Duration::from_millis(1999)));
         let t2 = t1 + Duration::from_secs(2);
         assert!(b.take_probe(t2));
-        assert_eq!(b.record(failed(), t2), None);
+        assert_eq!(b.record(failed(13), t2), None);
         // Capped at the maximum.
         let mut t = t2;
         for _ in 0..10 {
             t += Duration::from_secs(8);
             assert!(b.take_probe(t));
-            assert_eq!(b.record(failed(), t), None);
+            assert_eq!(b.record(failed(14), t), None);
         }
         t += Duration::from_secs(8);
         assert!(b.take_probe(t));
         assert_eq!(b.record(Attempt::Answered, t), Some(Transition::Closed));
         assert!(!b.is_open());
-        assert_eq!(b.record(failed(), t), None, "the window starts empty again");
+        assert_eq!(
+            b.record(failed(15), t),
+            None,
+            "the window starts empty again"
+        );
     }
 }
