@@ -235,7 +235,7 @@ impl<S: StageLogic> StageRunner<S> {
         let control = self.names.stage_control();
         let counts = partition_counts(
             &self.conn,
-            &[topics.as_slice(), &[control.clone()]].concat(),
+            &[topics.as_slice(), std::slice::from_ref(&control)].concat(),
             Duration::from_secs(30),
         )
         .map_err(|e| RunnerError::TopicsMissing(e.to_string()))?;
