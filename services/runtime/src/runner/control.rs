@@ -168,6 +168,13 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Whether the stage-control topic is still being read to its end.
+    pub(super) fn reading(&self) -> bool {
+        self.followed.borrow().operator == Operator::Reading
+    }
+}
+
 impl<S: StageLogic> StageLoop<'_, S> {
     /// Decides whether this round reads input, reports breaker transitions
     /// and pauses or resumes the consumers' partitions to match.

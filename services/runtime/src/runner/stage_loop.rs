@@ -372,8 +372,15 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
     }
 
     /// Nothing to do: ready, unless a batch failed since the last success,
-    /// a restore is pending, or no partition is assigned.
+    /// a restore is pending, no partition is assigned, or the stage-control
+    /// topic is not read to its end yet.
     fn report_idle(&self) {
+        if self.control.reading() {
+            self.runner
+                .health
+                .set_not_ready("reading the stage-control topic to its end");
+            return;
+        }
         let a = self.assignment();
         if self.failures == 0 && a.to_restore.is_empty() {
             if a.owned.is_empty() {
