@@ -4,6 +4,7 @@ mod api;
 mod lag;
 mod lag_exporter;
 mod ops;
+mod stage;
 
 use anyhow::Context;
 use artifact_domain::Stage;
@@ -113,6 +114,11 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Pauses and resumes stages; shows paused stages and open breakers.
+    Stage {
+        #[command(subcommand)]
+        command: stage::StageCommand,
     },
 }
 
@@ -398,6 +404,7 @@ async fn main() -> anyhow::Result<()> {
             ops::mark_replayed(&cli.conn, stage, &letters)?;
             println!("replayed {n} dead letters of {stage} to their source topics");
         }
+        Command::Stage { command } => stage::run(&cli.conn, command).await?,
     }
     Ok(())
 }
