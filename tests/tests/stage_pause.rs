@@ -8,7 +8,7 @@
 
 use artifact_domain::*;
 use artifact_kafka::schemas::EventSchema;
-use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
+use artifact_pipeline_tests::{StageProcess, TestEnv, parsed_text, wait_until};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -193,33 +193,6 @@ async fn chat(State(llm): State<Arc<Llm>>) -> Response {
         .into_response()
 }
 
-fn parsed(text_location: String) -> Parsed {
-    StageEvent {
-        artifact_id: ArtifactId::new_random(),
-        generation: Generation::FIRST,
-        context: ArtifactContext {
-            storage_location: "file:///uploads/notes.txt".into(),
-            text_location: Some(text_location.clone()),
-            ..ArtifactContext::default()
-        },
-        outcome: Outcome::Succeeded,
-        result: Some(ParseResult {
-            text_location,
-            page_count: None,
-            word_count: 8,
-            char_count: 50,
-            preview: String::new(),
-            title: None,
-            author: None,
-            creator: None,
-            producer: None,
-            creation_date: None,
-            modification_date: None,
-        }),
-        processed_at: 1,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_breaker_trips_on_an_llm_outage_and_no_artifact_fails() -> anyhow::Result<()> {
     artifact_pipeline_tests::needs_stack!();
@@ -242,7 +215,7 @@ async fn the_breaker_trips_on_an_llm_outage_and_no_artifact_fails() -> anyhow::R
             &path,
             format!("Notes {i}: each stage runs as its own service."),
         )?;
-        inputs.push(parsed(format!("file://{}", path.display())));
+        inputs.push(parsed_text(format!("file://{}", path.display())));
     }
     let bin = PathBuf::from(BIN).with_file_name("summarizer");
     anyhow::ensure!(
