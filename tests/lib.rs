@@ -376,6 +376,23 @@ pub fn parsed_text(text_location: String) -> artifact_domain::Parsed {
     }
 }
 
+/// The body of an OpenAI-compatible chat-completions answer holding
+/// `content`, as the loopback LLM servers of the tests send it.
+pub fn chat_completion(model: &str, content: &str) -> String {
+    serde_json::json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop"
+        }]
+    })
+    .to_string()
+}
+
 /// A header's value as text.
 pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
     artifact_kafka::client::header(msg, name).map(str::to_owned)

@@ -8,7 +8,7 @@
 
 use artifact_domain::*;
 use artifact_kafka::schemas::EventSchema;
-use artifact_pipeline_tests::{StageProcess, TestEnv, parsed_text, wait_until};
+use artifact_pipeline_tests::{StageProcess, TestEnv, chat_completion, parsed_text, wait_until};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -177,18 +177,7 @@ async fn chat(State(llm): State<Arc<Llm>>) -> Response {
     }
     (
         [("content-type", "application/json")],
-        json!({
-            "id": "chatcmpl-breaker",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "breaker-model",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": "A summary after the outage."},
-                "finish_reason": "stop"
-            }]
-        })
-        .to_string(),
+        chat_completion("breaker-model", "A summary after the outage."),
     )
         .into_response()
 }

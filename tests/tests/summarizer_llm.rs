@@ -7,7 +7,7 @@
 
 use artifact_domain::*;
 use artifact_kafka::schemas::EventSchema;
-use artifact_pipeline_tests::{StageProcess, TestEnv, parsed_text, wait_until};
+use artifact_pipeline_tests::{StageProcess, TestEnv, chat_completion, parsed_text, wait_until};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -81,18 +81,7 @@ async fn chat(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap, body: St
     let completion = |content: &str| {
         (
             [("content-type", "application/json")],
-            json!({
-                "id": "chatcmpl-kafka",
-                "object": "chat.completion",
-                "created": 1,
-                "model": MODEL,
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop"
-                }]
-            })
-            .to_string(),
+            chat_completion(MODEL, content),
         )
             .into_response()
     };

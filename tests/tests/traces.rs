@@ -1,13 +1,20 @@
 //! One trace from upload to summary in a real OTLP receiver: the four
 //! stages and artifact-api (with its projector) export their spans to
 //! Jaeger (scripts/traces-receiver, started by scripts/test), and the test
-//! reads the trace back through Jaeger's query API.
+//! reads the trace back through Jaeger's query API. The summarizer asks a
+//! loopback LLM endpoint, whose request joins the trace too.
 
-use artifact_pipeline_tests::header;
 use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN, fixtures};
+use artifact_pipeline_tests::{chat_completion, header};
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::routing::post;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN_DIR_OF: &str = env!("CARGO_BIN_EXE_test-stage");
@@ -117,6 +124,9 @@ fn complete(spans: &[Span], summarized: &str) -> bool {
             .any(|x| x.service == "artifact-api" && pred(&x.name))
     };
     STAGES.iter().all(|s| spans.iter().any(|x| x.service == *s))
+        && spans
+            .iter()
+            .any(|x| x.service == "summarizer" && x.tags.get("span.kind") == Some(&"client".into()))
         && api(&|n| n == "POST /v1/artifacts")
         && api(&|n| n.starts_with("send "))
         && api(&|n| n == format!("fold {summarized}"))
@@ -135,18 +145,45 @@ fn ancestors<'a>(spans: &'a [Span], span: &'a Span) -> Vec<&'a Span> {
     chain
 }
 
+/// An OpenAI-compatible endpoint that notes each request's `traceparent`.
+async fn chat(
+    State(seen): State<Arc<Mutex<Vec<String>>>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let tp = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(tp.to_owned());
+    (
+        [("content-type", "application/json")],
+        chat_completion("traces-model", "A summary from the loopback LLM."),
+    )
+        .into_response()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_trace_follows_an_upload_to_its_summary() -> anyhow::Result<()> {
     artifact_pipeline_tests::needs_stack!();
     let Some((otlp, query)) = receiver() else {
         return Ok(());
     };
+    let llm_seen: Arc<Mutex<Vec<String>>> = Default::default();
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .with_state(llm_seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let llm_url = format!("http://{}/v1", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
     let p = Pipeline::start_with(
         Path::new(BIN_DIR_OF).parent().unwrap(),
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
             // Export within a fraction of a second rather than every 5 s.
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("SUMMARIZER_BACKEND", "llm".into()),
+            ("LLM_BASE_URL", llm_url),
+            ("LLM_MODEL", "traces-model".into()),
         ],
     )
     .await?;
@@ -209,7 +246,7 @@ async fn one_trace_follows_an_upload_to_its_summary() -> anyhow::Result<()> {
     for stage in STAGES {
         let span = trace
             .iter()
-            .find(|s| s.service == stage)
+            .find(|s| s.service == stage && s.tags.get("span.kind") == Some(&"consumer".into()))
             .unwrap_or_else(|| panic!("no span of {stage}"));
         assert_eq!(
             span.parent.as_deref(),
@@ -239,6 +276,25 @@ async fn one_trace_follows_an_upload_to_its_summary() -> anyhow::Result<()> {
         }
         before = span;
     }
+    // The summarizer's requests to the LLM are its processing span's
+    // children, and the endpoint received each request's own context.
+    let requests: Vec<&Span> = trace
+        .iter()
+        .filter(|s| s.service == "summarizer" && s.tags.get("span.kind") == Some(&"client".into()))
+        .collect();
+    assert!(!requests.is_empty(), "no span of a request to the LLM");
+    for r in &requests {
+        assert_eq!(r.parent.as_deref(), Some(before.id.as_str()));
+        assert_eq!(r.tags["http.response.status_code"], "200");
+    }
+    let mut sent: Vec<String> = requests
+        .iter()
+        .map(|r| format!("00-{caller_trace}-{}-01", r.id))
+        .collect();
+    let mut received = llm_seen.lock().unwrap().clone();
+    sent.sort();
+    received.sort();
+    assert_eq!(received, sent, "the traceparents the LLM endpoint received");
     // The projector's fold of the summary is the summarizer's child.
     let fold = trace
         .iter()

@@ -238,6 +238,26 @@ pub fn produce(topic: &str, key: &str) -> (Span, TraceHeaders) {
     (span, headers)
 }
 
+/// A client span for an outgoing HTTP request (`method` to `url`), a child
+/// of the current span, and the headers that carry it to the server; a
+/// disabled span and no headers when traces are off. The caller records
+/// `http.response.status_code`.
+pub fn client(method: &str, url: &str) -> (Span, TraceHeaders) {
+    if !enabled() {
+        return (Span::none(), TraceHeaders::new());
+    }
+    let span = tracing::info_span!(
+        "request",
+        otel.name = method,
+        otel.kind = "client",
+        http.request.method = method,
+        url.full = url,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let headers = trace::inject(&span.context());
+    (span, headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,7 @@
 use crate::budget::{AttemptBudget, BudgetLimits};
 use crate::gate::{RequestGate, retry_after};
 use crate::{bound_summary, chunk, llm_metrics};
+use artifact_runtime::otel;
 use artifact_runtime::stage::StageError;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -31,6 +32,7 @@ use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use tracing::Instrument;
 
 /// Largest response body read; more is a misbehaving server (a summary is
 /// bounded by `max_tokens`).
@@ -377,8 +379,17 @@ impl LlmSummarizer {
         if let Some(key) = &self.cfg.api_key {
             req = req.bearer_auth(key);
         }
+        // The request joins the record's trace when traces are exported.
+        let (span, trace) = otel::client("POST", self.endpoint.as_str());
+        for (name, value) in trace {
+            req = req.header(name, value);
+        }
         let started = Instant::now();
-        let (result, sent) = match self.exchange(req).await {
+        let exchanged = self.exchange(req).instrument(span.clone()).await;
+        if let Ok((status, ..)) = &exchanged {
+            span.record("http.response.status_code", status.as_u16());
+        }
+        let (result, sent) = match exchanged {
             Ok((status, retry_after, body, whole)) => {
                 self.answered(status, retry_after.as_deref(), &body, whole)
             }
