@@ -24,11 +24,13 @@ pub enum EventSchema {
     DedupEntry,
     /// `artifact-status.avsc`
     ArtifactStatus,
+    /// `artifact-control.avsc`
+    ArtifactControl,
 }
 
 impl EventSchema {
     /// Every schema.
-    pub const ALL: [EventSchema; 7] = [
+    pub const ALL: [EventSchema; 8] = [
         EventSchema::ArtifactCreated,
         EventSchema::MimeDetected,
         EventSchema::LocationVerified,
@@ -36,6 +38,7 @@ impl EventSchema {
         EventSchema::Summarized,
         EventSchema::DedupEntry,
         EventSchema::ArtifactStatus,
+        EventSchema::ArtifactControl,
     ];
 
     /// The Avro schema text.
@@ -50,6 +53,9 @@ impl EventSchema {
             EventSchema::Summarized => include_str!("../../../schemas/summarized.avsc"),
             EventSchema::DedupEntry => include_str!("../../../schemas/dedup-entry.avsc"),
             EventSchema::ArtifactStatus => include_str!("../../../schemas/artifact-status.avsc"),
+            EventSchema::ArtifactControl => {
+                include_str!("../../../schemas/artifact-control.avsc")
+            }
         }
     }
 
@@ -73,6 +79,7 @@ pub fn subjects(names: &TopicNames) -> Vec<(String, EventSchema)> {
         v.push((names.dedup(s), EventSchema::DedupEntry));
     }
     v.push((names.status(), EventSchema::ArtifactStatus));
+    v.push((names.artifact_control(), EventSchema::ArtifactControl));
     v.into_iter()
         .map(|(t, s)| (format!("{t}-value"), s))
         .collect()
@@ -357,6 +364,10 @@ mod tests {
             "artifact.summarizer.dedup-value".into(),
             EventSchema::DedupEntry
         )));
-        assert_eq!(subs.len(), 1 + 4 + 4 + 1);
+        assert!(subs.contains(&(
+            "artifact.artifact-control-value".into(),
+            EventSchema::ArtifactControl
+        )));
+        assert_eq!(subs.len(), 1 + 4 + 4 + 1 + 1);
     }
 }
