@@ -43,21 +43,21 @@ mod writer;
 
 use crate::metrics;
 use crate::readmodel::StatusTable;
-use artifact_domain::{ArtifactId, PipelineEvent};
+use artifact_domain::ArtifactId;
 use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, ordered_producer_config};
 use artifact_kafka::codec::AvroCodec;
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::now_ms;
 use artifact_kafka::topics::TopicNames;
 use futures::FutureExt;
-use projection::Projection;
+use projection::{Controlled, Projection};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-pub use topics::{EventKind, EventTopics, UnknownTopic};
+pub use topics::{EventKind, EventTopics, Folded, UnknownTopic};
 use writer::{Reports, SnapshotWriter, take_back};
 
 /// Most events folded before their snapshots are written.
@@ -171,9 +171,30 @@ impl Projector {
     async fn fold_batch(&mut self, batch: Vec<OwnedMessage>) -> HashSet<ArtifactId> {
         let mut changed = HashSet::new();
         for m in batch {
-            let Some(event) = self.decode(&m).await else {
-                metrics::skipped_event();
+            if m.payload().is_none() {
+                // A tombstone of an erased artifact's event.
                 continue;
+            }
+            let event = match self.decode(&m).await {
+                Some(Folded::Event(event)) => event,
+                Some(Folded::Control(control)) => {
+                    let id = control.artifact_id;
+                    match self.projection.control(control) {
+                        Controlled::Nothing => {}
+                        Controlled::Changed => {
+                            changed.insert(id);
+                        }
+                        Controlled::Erased => {
+                            changed.remove(&id);
+                            self.writer.erase(id);
+                        }
+                    }
+                    continue;
+                }
+                None => {
+                    metrics::skipped_event();
+                    continue;
+                }
             };
             metrics::projector_event();
             let id = event.artifact_id();
@@ -206,7 +227,7 @@ impl Projector {
     /// The record's event, waiting out a registry outage; `None` (logged)
     /// for a record of a topic the table does not name, or one that can
     /// never decode.
-    async fn decode(&self, m: &OwnedMessage) -> Option<PipelineEvent> {
+    async fn decode(&self, m: &OwnedMessage) -> Option<Folded> {
         let kind = match self.topics.kind(m.topic()) {
             Ok(kind) => kind,
             Err(e) => {
