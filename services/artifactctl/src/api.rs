@@ -50,6 +50,16 @@ impl Api {
         }
     }
 
+    /// The HTTP client.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `rb` with the bearer token, if any.
+    pub fn authorized(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        self.auth(rb)
+    }
+
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(t) => rb.bearer_auth(t),
@@ -226,7 +236,7 @@ impl<'a> Waiting<'a> {
             println!("{line}");
             self.last.insert(id, line);
         }
-        if matches!(v.state, ArtifactState::Completed | ArtifactState::Failed) {
+        if v.state.is_terminal() {
             self.done.push(v);
         }
     }
