@@ -1,14 +1,15 @@
 //! Cancel and erase on the real stack, every service as its own process:
 //! an artifact held before the summarizer (stopped) is cancelled and ends
 //! `CANCELLED` with no summary for its generation, then a reprocess runs;
-//! erased artifacts (one final, one mid-pipeline) leave no blob, and on
-//! every compacted topic their key's latest record is a tombstone, so
-//! compaction removes the rest; the API answers 404 for them.
+//! erased artifacts (one final, one mid-pipeline) leave no blob, on every
+//! compacted topic their key's latest record is a tombstone, and once the
+//! topics are compacted no value of theirs remains; the API answers 404.
 
 use artifact_domain::{ArtifactState, Stage};
 use artifact_pipeline_tests::pipeline::Pipeline;
 use artifact_pipeline_tests::wait_until;
 use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -158,8 +159,9 @@ async fn erased_artifacts_leave_no_blob_status_or_dedup_entry() -> anyhow::Resul
     p.stages.remove("summarizer");
     let moving = upload(&p, "moving.txt").await?;
     wait_for_summarizer(&p, &moving).await?;
+    let blobs = p.blobs.clone();
     let named = |id: &str| {
-        files(&p.blobs)
+        files(&blobs)
             .into_iter()
             .filter(|f| f.to_string_lossy().contains(id))
             .count()
@@ -226,6 +228,58 @@ async fn erased_artifacts_leave_no_blob_status_or_dedup_entry() -> anyhow::Resul
         assert!(
             kept_last.is_some_and(|m| m.payload().is_some()),
             "{topic}: {kept} lost its record"
+        );
+    }
+
+    // Compaction then leaves no value of theirs. The cleaner is made eager
+    // on these topics (any dirty share, segments rolled after 100 ms), and
+    // a tombstone of another key on every partition, written again on each
+    // look, rolls the segments holding their records.
+    for topic in &topics {
+        p.env
+            .set_topic_configs(
+                topic,
+                &[("min.cleanable.dirty.ratio", "0.01"), ("segment.ms", "100")],
+            )
+            .await?;
+    }
+    let erased = [done.as_bytes(), moving.as_bytes()];
+    wait_until(
+        "compaction removing every value of the erased artifacts",
+        Duration::from_secs(180),
+        || async {
+            for topic in &topics {
+                for partition in 0..p.env.partitions as i32 {
+                    let roll = FutureRecord::<str, [u8]>::to(topic)
+                        .key("roll")
+                        .partition(partition);
+                    if p.env
+                        .producer
+                        .send(roll, Duration::from_secs(10))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+            }
+            topics.iter().all(|topic| {
+                p.env.read_all(topic).is_ok_and(|records| {
+                    !records.iter().any(|m| {
+                        m.payload().is_some() && m.key().is_some_and(|k| erased.contains(&k))
+                    })
+                })
+            })
+        },
+    )
+    .await?;
+    for topic in &topics {
+        let records = p.env.read_all(topic)?;
+        assert!(
+            records
+                .iter()
+                .any(|m| m.key() == Some(kept.as_bytes()) && m.payload().is_some()),
+            "{topic}: compaction kept {kept}'s value"
         );
     }
     assert_eq!(
