@@ -2,7 +2,7 @@
 //! display.
 
 use anyhow::{Context, bail};
-use artifact_domain::{ArtifactState, StatusView};
+use artifact_domain::StatusView;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};

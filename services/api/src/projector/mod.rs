@@ -176,7 +176,7 @@ impl Projector {
                 continue;
             }
             let event = match self.decode(&m).await {
-                Some(Folded::Event(event)) => event,
+                Some(Folded::Event(event)) => *event,
                 Some(Folded::Control(control)) => {
                     let id = control.artifact_id;
                     match self.projection.control(control) {

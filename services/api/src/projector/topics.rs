@@ -55,7 +55,7 @@ impl EventTopics {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Folded {
     /// An event of the artifact.
-    Event(PipelineEvent),
+    Event(Box<PipelineEvent>),
     /// An operator's control of the artifact.
     Control(ArtifactControl),
 }
@@ -80,7 +80,7 @@ pub async fn decode(
             PipelineEvent::Summarized(codec.decode(payload).await?)
         }
     };
-    Ok(Folded::Event(event))
+    Ok(Folded::Event(Box::new(event)))
 }
 
 #[cfg(test)]
