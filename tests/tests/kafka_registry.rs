@@ -265,7 +265,7 @@ async fn register_all_is_idempotent() {
     let first = admin.register_all(&names).await.unwrap();
     let second = admin.register_all(&names).await.unwrap();
     assert_eq!(first, second);
-    assert_eq!(first.len(), 10);
+    assert_eq!(first.len(), 11);
 }
 
 #[tokio::test]
