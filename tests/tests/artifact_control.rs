@@ -6,7 +6,7 @@
 //! topics are compacted no value of theirs remains; the API answers 404.
 
 use artifact_domain::{ArtifactState, Stage};
-use artifact_pipeline_tests::pipeline::Pipeline;
+use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
 use artifact_pipeline_tests::wait_until;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
@@ -169,14 +169,25 @@ async fn erased_artifacts_leave_no_blob_status_or_dedup_entry() -> anyhow::Resul
     assert_eq!(named(&done), 2, "the upload and its text");
     assert_eq!(named(&moving), 2);
 
-    for id in [&done, &moving] {
-        let resp = p
-            .http
-            .delete(p.url(&format!("/v1/artifacts/{id}")))
-            .send()
-            .await?;
-        assert_eq!(resp.status(), 202, "{}", resp.text().await?);
-    }
+    let resp = p
+        .http
+        .delete(p.url(&format!("/v1/artifacts/{done}")))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 202, "{}", resp.text().await?);
+    // The other through artifactctl.
+    let out = std::process::Command::new(Path::new(BIN_DIR_OF).with_file_name("artifactctl"))
+        .args(["--api-url", &p.api_url, "--token", TOKEN, "erase", &moving])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout)?.trim(),
+        format!("{moving}: ERASED (generation 1)")
+    );
     for id in [&done, &moving] {
         wait_until(
             &format!("{id} answered 404"),
