@@ -7,7 +7,9 @@
 use crate::http::auth::Writer;
 use crate::http::problem::Problem;
 use crate::http::{AppState, PublishError, parse_id};
-use artifact_domain::{ArtifactControl, ArtifactId, ControlAction, Generation, Stage, StatusView};
+use artifact_domain::{
+    ArtifactContext, ArtifactControl, ArtifactId, ControlAction, Generation, Stage, StatusView,
+};
 use artifact_kafka::now_ms;
 use artifact_kafka::schemas::EventSchema;
 use axum::Json;
@@ -67,7 +69,7 @@ pub async fn cancel(
 /// remains, and for how long: docs/OPERATIONS.md.
 #[utoipa::path(delete, path = "/v1/artifacts/{id}", tag = "artifacts",
     params(("id" = String, Path, description = "Artifact id (UUID)")),
-    responses((status = 202, description = "Erased; compaction removes what the tombstones cover", body = Controlled), (status = 401, description = "No valid bearer token"), (status = 404, description = "Unknown artifact"), (status = 503, description = "Kafka, the registry or the blob store unavailable; retry the erase")))]
+    responses((status = 202, description = "Erased (again, for an erased artifact: a retry is safe); compaction removes what the tombstones cover", body = Controlled), (status = 401, description = "No valid bearer token"), (status = 404, description = "Unknown artifact"), (status = 503, description = "Kafka, the registry or the blob store unavailable; retry the erase")))]
 pub async fn erase(
     State(st): State<AppState>,
     _writer: Writer,
@@ -75,12 +77,20 @@ pub async fn erase(
 ) -> Result<(StatusCode, Json<Controlled>), Problem> {
     let id = parse_id(&id)?;
     st.check_restored("an erase")?;
-    let view = known(&st, id)?;
-    let control = control(id, ControlAction::Erased, view.generation);
+    // An artifact erased before (an erase that failed part way, retried)
+    // is gone from the read model: its marker names its generation.
+    let (generation, context) = match st.table.get(id)? {
+        Some(view) => (view.generation, Some(view.context)),
+        None => match st.controls.get(id) {
+            Some(c) if c.action == ControlAction::Erased => (c.generation, None),
+            _ => return Err(Problem::not_found(format!("no artifact {id}"))),
+        },
+    };
+    let control = control(id, ControlAction::Erased, generation);
     // First the marker: from here on nothing new of the artifact is
     // written, so the deletions below are not undone.
     st.write_control(&control).await.map_err(unavailable)?;
-    for location in blobs_of(&st, &view) {
+    for location in blobs_of(&st, id, generation, context.as_ref()) {
         st.blobs.delete(&location).await.map_err(|e| {
             Problem::unavailable(format!(
                 "artifact {id} is erased from the pipeline but a blob could not be deleted; retry the erase"
@@ -96,7 +106,7 @@ pub async fn erase(
     for topic in topics {
         st.tombstone(&topic, id).await.map_err(unavailable)?;
     }
-    tracing::info!(artifact_id = %id, generation = %view.generation, "artifact erased");
+    tracing::info!(artifact_id = %id, %generation, "artifact erased");
     Ok((StatusCode::ACCEPTED, Json(controlled(&control))))
 }
 
@@ -133,25 +143,30 @@ fn unavailable(e: PublishError) -> Problem {
 
 /// The artifact's blobs in this API's store: the upload, and the text of
 /// every generation (`texts/<aa>/<id>-<generation>.txt`, as pdf-parser
-/// writes them; a missing one is no error).
-fn blobs_of(st: &AppState, view: &StatusView) -> Vec<String> {
-    let id = view.artifact_id.to_string();
+/// writes them; a missing one is no error), and the locations its last
+/// snapshot names, if in the store.
+fn blobs_of(
+    st: &AppState,
+    id: ArtifactId,
+    generation: Generation,
+    context: Option<&ArtifactContext>,
+) -> Vec<String> {
+    let id = id.to_string();
     let mut v = vec![st.blobs.location(&format!("uploads/{id}"))];
-    let c = &view.context;
-    if c.storage_location != v[0] && st.blobs.resolve(&c.storage_location).is_ok() {
-        v.push(c.storage_location.clone());
-    }
-    for g in 1..=view.generation.get() {
+    for g in 1..=generation.get() {
         v.push(
             st.blobs
                 .location(&format!("texts/{}/{id}-{g}.txt", &id[..2])),
         );
     }
-    if let Some(t) = &c.text_location
-        && !v.contains(t)
-        && st.blobs.resolve(t).is_ok()
-    {
-        v.push(t.clone());
+    let named = context
+        .into_iter()
+        .flat_map(|c| [Some(&c.storage_location), c.text_location.as_ref()])
+        .flatten();
+    for location in named {
+        if !v.contains(location) && st.blobs.resolve(location).is_ok() {
+            v.push(location.clone());
+        }
     }
     v
 }
