@@ -4,8 +4,8 @@
 //! up once it has read to the high watermarks the partitions had then, and
 //! tails it afterwards. The runner's plan asks it which inputs to skip.
 //!
-//! Memory: one entry per controlled artifact (about 100 bytes), for as
-//! long as the topic keeps its record.
+//! Memory: one entry per controlled artifact, for as long as the topic
+//! keeps its record.
 
 use artifact_domain::{ArtifactControl, ArtifactId, ControlAction, Generation};
 use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config};
