@@ -228,7 +228,8 @@ pub enum Kind {
     Pdf,
     /// Plain text: completed with a summary.
     Text,
-    /// A PNG image: completed, pdf-parser and summarizer skipped.
+    /// A PNG image: completed, pdf-parser (OCR off in the campaign) and
+    /// summarizer skipped.
     Image,
     /// A truncated PDF: failed at pdf-parser.
     Corrupt,

@@ -420,6 +420,19 @@ impl StageProcess {
         Self::spawn(env, cmd, vars, Stdio::inherit())
     }
 
+    /// Starts `bin` with arguments `args`, like [`StageProcess::start`]
+    /// (e.g. `artifactctl lag-exporter`).
+    pub fn start_args(
+        env: &TestEnv,
+        bin: &std::path::Path,
+        args: &[&str],
+        vars: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        Self::spawn(env, cmd, vars, Stdio::inherit())
+    }
+
     /// Starts `bin` like [`StageProcess::start`], its logs going to `logs`.
     pub fn start_with_logs(
         env: &TestEnv,

@@ -68,6 +68,8 @@ pub struct Pipeline {
     bin_dir: PathBuf,
     /// Settings the API gets besides the usual ones.
     api_vars: Vec<(&'static str, String)>,
+    /// Settings every process gets besides the usual ones.
+    common_vars: Vec<(&'static str, String)>,
 }
 
 impl Drop for Pipeline {
@@ -102,10 +104,28 @@ impl Pipeline {
         Self::start_on(bin_dir, Some(S3Prefix::fresh("e2e")), 3).await
     }
 
+    /// Like [`Pipeline::start`], every process with `settings` besides the
+    /// usual ones.
+    pub async fn start_with(
+        bin_dir: &Path,
+        settings: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
+        Self::start_on_with(bin_dir, None, 3, settings).await
+    }
+
     async fn start_on(
         bin_dir: &Path,
         s3: Option<S3Prefix>,
         partitions: usize,
+    ) -> anyhow::Result<Self> {
+        Self::start_on_with(bin_dir, s3, partitions, &[]).await
+    }
+
+    async fn start_on_with(
+        bin_dir: &Path,
+        s3: Option<S3Prefix>,
+        partitions: usize,
+        settings: &[(&'static str, String)],
     ) -> anyhow::Result<Self> {
         let env = TestEnv::new(partitions).await?;
         let blobs = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
@@ -120,6 +140,7 @@ impl Pipeline {
             http: authorised_client(),
             bin_dir: bin_dir.to_owned(),
             api_vars: Vec::new(),
+            common_vars: settings.to_vec(),
         };
         for name in [
             "mime-detector",
@@ -154,6 +175,7 @@ impl Pipeline {
             http: authorised_client(),
             bin_dir: bin_dir.to_owned(),
             api_vars: settings.to_vec(),
+            common_vars: Vec::new(),
         };
         p.start_api().await?;
         Ok(p)
@@ -166,6 +188,7 @@ impl Pipeline {
         };
         vars.push(("RETRY_INLINE_ATTEMPTS", "2".into()));
         vars.push(("RETRY_DELAY_MS", "300".into()));
+        vars.extend(self.common_vars.iter().cloned());
         vars
     }
 

@@ -100,6 +100,8 @@ async fn write_seeds(codec: &AvroCodec, dir: &std::path::Path) {
         producer: None,
         creation_date: Some("D:20240102".into()),
         modification_date: None,
+        ocr_pages: Vec::new(),
+        ocr_confidence: None,
     };
     let summary = SummaryResult {
         method: "extractive".into(),

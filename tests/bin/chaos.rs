@@ -259,6 +259,9 @@ impl Campaign {
                 "RUST_LOG",
                 std::env::var("STAGE_LOG").unwrap_or_else(|_| "info".into()),
             ),
+            // Images stay skipped (the check expects it): the campaign is
+            // about faults, not OCR, whose time would only slow it.
+            ("PARSE_OCR_LANGUAGES", String::new()),
         ]
     }
 

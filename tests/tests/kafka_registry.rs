@@ -143,6 +143,8 @@ async fn every_event_round_trips_through_the_registry() {
             producer: Some("pdfTeX-1.40".into()),
             creation_date: Some("D:20240101120000Z".into()),
             modification_date: None,
+            ocr_pages: vec![2, 3],
+            ocr_confidence: Some(91),
         }),
         Outcome::Succeeded,
     );
@@ -304,6 +306,25 @@ async fn registry_enforces_backward_compatibility() {
         .await
         .unwrap();
     assert_ne!(second.id, first.id);
+}
+
+/// `parsed.avsc` as it was before OCR (`ocr_pages`, `ocr_confidence`):
+/// the registry takes today's schema as a BACKWARD-compatible next version.
+#[tokio::test]
+async fn parsed_schema_with_ocr_is_backward_compatible_with_its_previous_version() {
+    artifact_pipeline_tests::needs_stack!();
+    let conn = conn();
+    let admin = RegistryAdmin::new(&conn.schema_registry_url);
+    let subject = format!("{}.parsed-history-value", conn.topic_prefix);
+    let before = admin
+        .register_backward(&subject, include_str!("data/parsed-v1.avsc"))
+        .await
+        .unwrap();
+    let now = admin
+        .register_backward(&subject, EventSchema::Parsed.avsc())
+        .await
+        .unwrap();
+    assert_ne!(now.id, before.id);
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@
 //! targets, template-variable queries and rules), not listed by hand, so a
 //! dashboard or alert that queries a metric nobody exports fails this test.
 //!
-//! * Stage metrics (`artifact_stage_*`, `artifact_pipeline_consumer_lag`):
+//! * Stage metrics (`artifact_stage_*`, `artifact_pipeline_consumer_lag`,
+//!   the process's `process_*`):
 //!   the real `mime-detector` binary runs against the local stack and is fed
 //!   a document, a duplicate of it, a missing blob (inline and topic retries,
 //!   then a permanent failure) and an undecodable record (dead letter).
@@ -18,6 +19,9 @@
 //!   API and summarized, and the API's `/metrics` is read. If the
 //!   `artifact-api` binary is missing or is the old placeholder that exits at
 //!   once, that half is skipped with a message.
+//! * Lag exporter metrics (kafka_exporter's `kafka_*` names,
+//!   `artifact_pipeline_time_to_drain_seconds`): `artifactctl lag-exporter`
+//!   runs beside `mime-detector`, which is fed a document.
 //! * Metrics of other exporters (`kube_*` from kube-state-metrics, `up` from
 //!   Prometheus itself) are not ours to check and are left out.
 //!
@@ -179,7 +183,13 @@ fn used_names() -> BTreeSet<String> {
 }
 
 fn owned_by_stages(name: &str) -> bool {
-    name.starts_with("artifact_stage_") || name == "artifact_pipeline_consumer_lag"
+    name.starts_with("artifact_stage_")
+        || name == "artifact_pipeline_consumer_lag"
+        || name.starts_with("process_")
+}
+
+fn owned_by_lag_exporter(name: &str) -> bool {
+    name.starts_with("kafka_") || name == "artifact_pipeline_time_to_drain_seconds"
 }
 
 fn owned_by_api(name: &str) -> bool {
@@ -210,7 +220,12 @@ fn the_monitoring_files_name_metrics_of_known_owners() {
     // never built.
     let orphans: Vec<_> = names
         .iter()
-        .filter(|n| n.starts_with("artifact_") && !owned_by_stages(n) && !owned_by_api(n))
+        .filter(|n| {
+            n.starts_with("artifact_")
+                && !owned_by_stages(n)
+                && !owned_by_api(n)
+                && !owned_by_lag_exporter(n)
+        })
         .collect();
     assert!(
         orphans.is_empty(),
@@ -218,7 +233,9 @@ fn the_monitoring_files_name_metrics_of_known_owners() {
     );
     // The parser found the ones every panel row is built on.
     for n in [
-        "artifact_pipeline_consumer_lag",
+        "kafka_consumergroup_lag",
+        "artifact_pipeline_time_to_drain_seconds",
+        "process_cpu_seconds_total",
         "artifact_stage_records_consumed_total",
         "artifact_stage_outcomes_total",
         "artifact_stage_processing_seconds",
@@ -322,6 +339,68 @@ async fn stage_metrics_used_by_dashboards_and_alerts_are_exported() -> anyhow::R
             .await
             >= 1.0,
         "the document was not processed"
+    );
+    let _ = std::fs::remove_dir_all(&blobs);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_exporter_metrics_used_by_dashboards_and_alerts_are_exported() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
+    let wanted: BTreeSet<String> = used_names()
+        .into_iter()
+        .filter(|n| owned_by_lag_exporter(n))
+        .collect();
+    anyhow::ensure!(!wanted.is_empty(), "no lag exporter metric found");
+    let env = TestEnv::new(2).await?;
+    let blobs = std::env::temp_dir().join(format!(
+        "metrics-contract-lag-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(blobs.join("uploads"))?;
+    let doc = blobs.join("uploads/notes.txt");
+    std::fs::write(&doc, "The lag exporter reads offsets from the broker.")?;
+    let _stage = StageProcess::start(
+        &env,
+        &bin("mime-detector"),
+        &[
+            ("BLOB_STORE_URL", format!("file://{}", blobs.display())),
+            (
+                "CONSUMER_GROUP",
+                format!("{}.mime-detector", env.conn.topic_prefix),
+            ),
+        ],
+    )?;
+    let exporter = StageProcess::start_args(
+        &env,
+        &bin("artifactctl"),
+        &["lag-exporter"],
+        &[
+            (
+                "LAG_EXPORTER_GROUP_PREFIX",
+                format!("{}.", env.conn.topic_prefix),
+            ),
+            ("LAG_EXPORTER_INTERVAL_SECONDS", "1".to_owned()),
+        ],
+    )?;
+    let mut ok = TestEnv::created("notes.txt");
+    ok.storage_location = format!("file://{}", doc.display());
+    env.produce_created(&[ok]).await?;
+    // The committed offset appears once the stage has processed the
+    // document; the drain time after two reads.
+    let waited = wait_until(
+        "every lag exporter metric the dashboards use in /metrics",
+        Duration::from_secs(120),
+        || async { missing(&wanted, exporter.metrics().await.as_deref()).is_empty() },
+    )
+    .await;
+    let scrape = exporter.metrics().await.unwrap_or_default();
+    let absent_names = missing(&wanted, Some(&scrape));
+    assert!(
+        waited.is_ok() && absent_names.is_empty(),
+        "artifactctl lag-exporter does not export {absent_names:?}, which the dashboards or rules use.\n\
+         It exports: {:?}",
+        exported(&scrape)
     );
     let _ = std::fs::remove_dir_all(&blobs);
     Ok(())

@@ -271,12 +271,10 @@ async fn trace_context_lag_and_readiness_are_visible() -> anyhow::Result<()> {
     })
     .await?;
     let out = env.read_all(&output)?;
+    // Traces are not exported here (no OTEL_EXPORTER_OTLP_ENDPOINT): the
+    // context is passed on as it came (tests/tests/traces.rs exports).
     let tp = header(&out[0], "traceparent").expect("outcome carries a traceparent");
-    assert!(
-        tp.starts_with(&format!("00-{trace_id}-")),
-        "same trace: {tp}"
-    );
-    assert_ne!(tp, incoming, "a child step, not a copy");
+    assert_eq!(tp, incoming, "passed on unchanged");
 
     wait_until("ready", Duration::from_secs(30), || stage.is_ready()).await?;
     // Lag per partition, named and labelled as kafka_exporter users expect.

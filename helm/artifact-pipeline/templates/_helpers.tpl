@@ -236,6 +236,14 @@ scalars replace. Call with (list $ "mimeDetector"); returns YAML.
 {{- end -}}
 {{- $_ := set $data "HTTP_ADDR" "0.0.0.0:8080" -}}
 {{- $_ := set $data "RUST_LOG" $s.logLevel -}}
+{{- with $root.Values.tracing -}}
+{{- if .otlpEndpoint -}}
+{{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" .otlpEndpoint -}}
+{{- $_ := set $data "OTEL_SERVICE_NAME" $c.binary -}}
+{{- with .sampler }}{{ $_ := set $data "OTEL_TRACES_SAMPLER" . }}{{ end -}}
+{{- with .samplerArg }}{{ $_ := set $data "OTEL_TRACES_SAMPLER_ARG" . }}{{ end -}}
+{{- end -}}
+{{- end -}}
 {{- if eq $c.kind "stage" -}}
 {{- $_ := set $data "CONSUMER_GROUP" $c.component -}}
 {{- $names := dict "delivery" "DELIVERY" "transactionMaxRecords" "TRANSACTION_MAX_RECORDS" "transactionMaxMs" "TRANSACTION_MAX_MS" "transactionLingerMs" "TRANSACTION_LINGER_MS" "concurrency" "STAGE_CONCURRENCY" "processingTimeoutMs" "PROCESSING_TIMEOUT_MS" "retryInlineAttempts" "RETRY_INLINE_ATTEMPTS" "retryInlineBackoffMs" "RETRY_INLINE_BACKOFF_MS" "retryMaxDeliveries" "RETRY_MAX_DELIVERIES" "retryDelayMs" "RETRY_DELAY_MS" "retryDelayMaxMs" "RETRY_DELAY_MAX_MS" "dedupRetentionMs" "DEDUP_RETENTION_MS" "poisonMaxCrashes" "POISON_MAX_CRASHES" "maxInflightBytes" "STAGE_MAX_INFLIGHT_BYTES" "shutdownTimeoutMs" "SHUTDOWN_TIMEOUT_MS" -}}

@@ -87,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
             "shut down with requests in flight: SHUTDOWN_TIMEOUT_MS passed"
         ),
     }
+    artifact_runtime::otel::shutdown();
     Ok(())
 }
 

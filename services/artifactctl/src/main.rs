@@ -2,6 +2,8 @@
 
 mod api;
 mod control;
+mod lag;
+mod lag_exporter;
 mod ops;
 
 use anyhow::Context;
@@ -86,10 +88,26 @@ enum Command {
         #[arg(long)]
         filename: Option<String>,
     },
-    /// Consumer lag of every stage on its input topic.
+    /// Consumer lag of every stage on its input and retry topics.
     Lag {
         /// Prefix of the stages' consumer groups (groups are `<prefix><stage>`).
         #[arg(long, default_value = "")]
+        group_prefix: String,
+    },
+    /// Serves the stages' consumer lag to Prometheus (kafka_exporter's
+    /// names) on /metrics, read from Kafka every interval.
+    LagExporter {
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9308")]
+        listen: std::net::SocketAddr,
+        /// Seconds between reads of the offsets.
+        #[arg(long, env = "LAG_EXPORTER_INTERVAL_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+        interval: u64,
+        /// Seconds of consumption the time-to-drain estimate averages over.
+        #[arg(long, env = "LAG_EXPORTER_RATE_WINDOW_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+        rate_window: u64,
+        /// Prefix of the stages' consumer groups (groups are `<prefix><stage>`).
+        #[arg(long, env = "LAG_EXPORTER_GROUP_PREFIX", default_value = "")]
         group_prefix: String,
     },
     /// A stage's dead-letter topic.
@@ -316,8 +334,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Lag { group_prefix } => {
             let conn = cli.conn.clone();
-            let rows =
-                tokio::task::spawn_blocking(move || ops::lag(&conn, &group_prefix)).await??;
+            let rows = tokio::task::spawn_blocking(move || {
+                lag::LagReader::new(&conn, lag::stage_groups(&conn, &group_prefix))?.read()
+            })
+            .await??;
             println!(
                 "{:<18} {:<36} {:>9} {:>10} {:>10} {:>8}",
                 "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG"
@@ -326,18 +346,27 @@ async fn main() -> anyhow::Result<()> {
                 let committed = r.committed.map_or("-".to_owned(), |c| c.to_string());
                 println!(
                     "{:<18} {:<36} {:>9} {:>10} {:>10} {:>8}",
-                    r.group,
-                    r.topic,
-                    r.partition,
-                    committed,
-                    r.end,
-                    r.lag()
+                    r.group, r.topic, r.partition, committed, r.high, r.lag
                 );
             }
-            println!(
-                "total lag: {}",
-                rows.iter().map(ops::LagRow::lag).sum::<i64>()
-            );
+            println!("total lag: {}", rows.iter().map(|r| r.lag).sum::<i64>());
+        }
+        Command::LagExporter {
+            listen,
+            interval,
+            rate_window,
+            group_prefix,
+        } => {
+            lag_exporter::run(
+                cli.conn.clone(),
+                lag_exporter::ExporterConfig {
+                    listen,
+                    interval: Duration::from_secs(interval),
+                    rate_window: Duration::from_secs(rate_window),
+                    group_prefix,
+                },
+            )
+            .await?;
         }
         Command::Dlq {
             command: DlqCommand::List { stage },

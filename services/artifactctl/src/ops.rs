@@ -1,5 +1,5 @@
 //! Kafka-side operations: producing `ArtifactCreated` as an external producer
-//! would, consumer lag per stage, and the dead-letter topics.
+//! would, and the dead-letter topics.
 
 use anyhow::Context;
 use artifact_domain::{ArtifactCreated, ArtifactId, Generation, Stage};
@@ -52,98 +52,6 @@ pub fn external_event(
         sha256: None,
         created_at: artifact_kafka::now_ms(),
     }
-}
-
-/// One row of `artifactctl lag`.
-#[derive(Debug)]
-pub struct LagRow {
-    /// Consumer group.
-    pub group: String,
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Committed offset (`None`: nothing committed yet).
-    pub committed: Option<i64>,
-    /// End (high watermark).
-    pub end: i64,
-}
-
-impl LagRow {
-    /// Records behind.
-    pub fn lag(&self) -> i64 {
-        (self.end - self.committed.unwrap_or(0)).max(0)
-    }
-}
-
-/// Committed offset, end and lag of every stage's group on its input topic.
-pub fn lag(conn: &ConnectionConfig, group_prefix: &str) -> anyhow::Result<Vec<LagRow>> {
-    let names = TopicNames::from_config(conn);
-    let timeout = Duration::from_secs(10);
-    let mut rows = vec![];
-    for stage in Stage::ALL {
-        let topic = names.input(stage);
-        let group = format!("{group_prefix}{}", stage.name());
-        let n = *partition_counts(conn, std::slice::from_ref(&topic), timeout)?
-            .get(&topic)
-            .with_context(|| format!("topic {topic} does not exist"))?;
-        let consumer: BaseConsumer = consumer_config(conn, "artifactctl-lag", &group).create()?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..n as i32 {
-            tpl.add_partition(&topic, p);
-        }
-        let committed = consumer.committed_offsets(tpl, timeout)?;
-        for e in committed.elements() {
-            let (_, high) = consumer.fetch_watermarks(&topic, e.partition(), timeout)?;
-            let committed = match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            };
-            // Transactions end with a marker that takes an offset but is no
-            // record: one offset behind may be nothing at all. Look.
-            let end = match committed {
-                Some(c) if high - c == 1 && only_markers_from(conn, &topic, e.partition(), c)? => c,
-                _ => high,
-            };
-            rows.push(LagRow {
-                group: group.clone(),
-                topic: topic.clone(),
-                partition: e.partition(),
-                committed,
-                end,
-            });
-        }
-    }
-    Ok(rows)
-}
-
-/// Whether a `read_committed` reader finds no record from `offset` to the end.
-fn only_markers_from(
-    conn: &ConnectionConfig,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) -> anyhow::Result<bool> {
-    let consumer: BaseConsumer = consumer_config(
-        conn,
-        "artifactctl-lag-probe",
-        "artifactctl-lag-probe-unused",
-    )
-    .set("enable.partition.eof", "true")
-    .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    consumer.assign(&tpl)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(true),
-            Some(Ok(_)) => return Ok(false),
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
-        }
-    }
-    Ok(false)
 }
 
 /// A stage's dead letters, and how far `dlq replay` got in each partition.

@@ -130,6 +130,14 @@ pub struct ParseResult {
     pub creation_date: Option<String>,
     /// Modification date as written in the PDF.
     pub modification_date: Option<String>,
+    /// The pages whose text OCR recognised, numbered from 1 (an image's
+    /// pages too); empty when none was.
+    #[serde(default)]
+    pub ocr_pages: Vec<i32>,
+    /// Mean confidence (0–100, rounded) of the words OCR recognised;
+    /// absent when OCR found none.
+    #[serde(default)]
+    pub ocr_confidence: Option<i32>,
 }
 
 /// summarizer's result.

@@ -1,162 +1,177 @@
-//! W3C trace context carried in Kafka headers: each processing step reads the
-//! `traceparent` of its input record and writes a child of it on its output,
-//! so one trace id follows an artifact from upload to summary.
+//! W3C trace context carried in Kafka headers, read and written by
+//! OpenTelemetry's `TraceContextPropagator`: each processing step reads the
+//! context of its input record and writes its own on its outputs, so one
+//! trace follows an artifact from upload to summary.
 
-use rand::Rng;
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use rdkafka::message::{Headers, Message};
 
-/// The header name.
+/// The header of the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
+/// The header of vendor trace state, written when there is some.
+pub const TRACESTATE: &str = "tracestate";
 
-/// A parsed `traceparent` (version 00).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceParent {
-    /// 32 lowercase hex digits, not all zero.
-    pub trace_id: String,
-    /// 16 lowercase hex digits, not all zero.
-    pub parent_id: String,
-    /// Trace flags (bit 0: sampled).
-    pub flags: u8,
-}
+/// Trace headers for a record: `(name, value)`, the names those above.
+pub type TraceHeaders = Vec<(&'static str, String)>;
 
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && s.bytes().any(|b| b != b'0')
-}
+/// Reads a record's headers for the propagator.
+pub struct HeaderExtractor<'a, H>(pub &'a H);
 
-/// `bytes` (at most 16) random bytes, never all zero (an all-zero id is
-/// invalid).
-fn random_id(bytes: usize) -> u128 {
-    let mut rng = rand::rng();
-    let bits = 8 * bytes as u32;
-    let mask = if bits >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    };
-    loop {
-        let n = rng.random::<u128>() & mask;
-        if n != 0 {
-            break n;
-        }
+impl<H: Headers> Extractor for HeaderExtractor<'_, H> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case(key))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|h| h.key).collect()
     }
 }
 
-/// Appends the low `digits` hex digits of `n`, lowercase, zero-padded.
-fn push_hex(out: &mut String, n: u128, digits: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[((n >> (4 * i)) & 0xf) as usize]));
+/// Collects the trace headers the propagator writes; an empty value (no
+/// trace state) is left out.
+pub struct HeaderInjector<'a>(pub &'a mut TraceHeaders);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let key = match key {
+            TRACEPARENT => TRACEPARENT,
+            TRACESTATE => TRACESTATE,
+            _ => return,
+        };
+        if value.is_empty() {
+            return;
+        }
+        self.0.retain(|(k, _)| *k != key);
+        self.0.push((key, value));
     }
 }
 
-/// The trace id, parent id and flags of a valid version-00 value.
-fn parts(value: &str) -> Option<(&str, &str, u8)> {
-    let mut parts = value.trim().split('-');
-    let (v, t, p, f) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || v != "00" || !is_hex(t, 32) || !is_hex(p, 16) || f.len() != 2 {
-        return None;
+/// The trace context a record carries (an empty context when it carries
+/// none, or an invalid one).
+pub fn extract(msg: &impl Message) -> Context {
+    match msg.headers() {
+        Some(h) => TraceContextPropagator::new().extract(&HeaderExtractor(h)),
+        None => Context::new(),
     }
-    Some((t, p, u8::from_str_radix(f, 16).ok()?))
 }
 
-/// The header value of the child of an incoming header value (same trace id
-/// and flags, a new parent id), or of a new sampled root when there is none
-/// or it is invalid. Built in one allocation: the runner makes one per
-/// record.
-pub fn child_value(value: Option<&str>) -> String {
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
-    let flags = match value.and_then(parts) {
-        Some((trace_id, _, flags)) => {
-            out.push_str(trace_id);
-            flags
-        }
-        None => {
-            push_hex(&mut out, random_id(16), 32);
-            1
-        }
-    };
-    out.push('-');
-    push_hex(&mut out, random_id(8), 16);
-    out.push('-');
-    push_hex(&mut out, u128::from(flags), 2);
+/// The headers that carry `cx` (none when it holds no valid span).
+pub fn inject(cx: &Context) -> TraceHeaders {
+    let mut out = TraceHeaders::new();
+    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(&mut out));
     out
 }
 
-impl TraceParent {
-    /// Parses a header value; `None` if it is not a valid version-00 value.
-    pub fn parse(value: &str) -> Option<Self> {
-        let (trace_id, parent_id, flags) = parts(value)?;
-        Some(TraceParent {
-            trace_id: trace_id.to_owned(),
-            parent_id: parent_id.to_owned(),
-            flags,
-        })
+/// A record's own trace headers, copied as they are: what a step that
+/// makes no span of its own passes on.
+pub fn copied(msg: &impl Message) -> TraceHeaders {
+    let Some(h) = msg.headers() else {
+        return TraceHeaders::new();
+    };
+    let mut out = TraceHeaders::new();
+    for key in [TRACEPARENT, TRACESTATE] {
+        if let Some(v) = HeaderExtractor(h).get(key) {
+            out.push((key, v.to_owned()));
+        }
     }
-}
-
-impl std::fmt::Display for TraceParent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_id, self.parent_id, self.flags
-        )
-    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    fn record(headers: &[(&str, &str)]) -> OwnedMessage {
+        let mut h = OwnedHeaders::new();
+        for (key, value) in headers {
+            h = h.insert(Header {
+                key,
+                value: Some(*value),
+            });
+        }
+        OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(h),
+        )
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     #[test]
-    fn parses_and_prints_the_w3c_form() {
-        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let p = TraceParent::parse(v).unwrap();
-        assert_eq!(p.to_string(), v);
+    fn a_record_s_context_is_read_from_its_headers() {
+        let cx = extract(&record(&[("other", "x"), (TRACEPARENT, TP)]));
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_remote() && sc.is_sampled());
+        assert_eq!(
+            sc.trace_id(),
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+        );
+        assert_eq!(sc.span_id(), SpanId::from_hex("00f067aa0ba902b7").unwrap());
     }
 
     #[test]
-    fn rejects_invalid_values() {
-        for v in [
-            "",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+    fn invalid_or_missing_context_reads_as_none() {
+        for headers in [
+            vec![],
+            vec![(TRACEPARENT, "garbage")],
+            vec![(
+                TRACEPARENT,
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            )],
         ] {
-            assert_eq!(TraceParent::parse(v), None, "{v}");
+            let cx = extract(&record(&headers));
+            assert!(!cx.span().span_context().is_valid(), "{headers:?}");
         }
+        let bare = OwnedMessage::new(None, None, "t".into(), Timestamp::NotAvailable, 0, 0, None);
+        assert!(!extract(&bare).span().span_context().is_valid());
     }
 
     #[test]
-    fn a_child_keeps_the_trace_and_changes_the_parent() {
-        let root = TraceParent::parse(&child_value(None)).expect("a valid root");
-        let child = TraceParent::parse(&child_value(Some(&root.to_string()))).expect("valid");
-        assert_eq!(child.trace_id, root.trace_id);
-        assert_ne!(child.parent_id, root.parent_id);
-        let fresh = TraceParent::parse(&child_value(Some("garbage"))).expect("valid");
-        assert_ne!(fresh.trace_id, root.trace_id);
+    fn a_context_is_written_in_the_w3c_form_and_reads_back() {
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let headers = inject(&Context::new().with_remote_span_context(sc));
+        assert_eq!(
+            headers,
+            vec![(TRACEPARENT, TP.to_owned())],
+            "no empty tracestate"
+        );
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let back = extract(&record(&pairs));
+        assert_eq!(
+            back.span().span_context().span_id().to_string(),
+            "00f067aa0ba902b7"
+        );
+        assert!(inject(&Context::new()).is_empty(), "no span, no header");
     }
 
     #[test]
-    fn a_child_value_is_the_child_in_header_form() {
-        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let child = TraceParent::parse(&child_value(Some(parent))).expect("valid");
-        assert_eq!(child.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(child.parent_id, "00f067aa0ba902b7");
-        assert_eq!(child.flags, 0, "flags carry over");
-        for missing in [None, Some("garbage")] {
-            let root = TraceParent::parse(&child_value(missing)).expect("valid root");
-            assert_ne!(root.trace_id, child.trace_id);
-            assert_eq!(root.flags, 1, "a new root is sampled");
-        }
-        // Ids are zero-padded to their full width.
-        let mut s = String::new();
-        push_hex(&mut s, 0xab, 16);
-        assert_eq!(s, "00000000000000ab");
+    fn copied_headers_are_the_record_s_own() {
+        let m = record(&[(TRACEPARENT, TP), (TRACESTATE, "k=v"), ("x", "y")]);
+        assert_eq!(
+            copied(&m),
+            vec![(TRACEPARENT, TP.to_owned()), (TRACESTATE, "k=v".to_owned())]
+        );
+        assert!(copied(&record(&[("x", "y")])).is_empty());
     }
 }

@@ -4,7 +4,7 @@
 //! its MIME type the way libmagic (`file --mime-type`) would for the types the
 //! pipeline cares about: binary formats by magic number (through the `infer`
 //! crate, plus PDF and ELF refinements of our own), then text formats by
-//! heuristics (JSON, CSV, Markdown, HTML, XML, scripts, plain text in UTF-8,
+//! heuristics (JSON, CSV, Markdown, HTML, XML, e-mail, scripts, plain text in UTF-8,
 //! UTF-16 or Latin-1). It then compares the result with what the uploader
 //! declared; see [`types_agree`] for what counts as agreement.
 //!
@@ -68,6 +68,49 @@ pub fn detect(head: &[u8], declared: Option<&str>) -> Detection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Zip local file headers for `entries` (name, stored content).
+    fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in entries {
+            out.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+            out.extend_from_slice(&[0; 4]); // CRC, unchecked here
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    #[test]
+    fn office_files_whose_part_comes_after_the_third_entry() {
+        let docx = zip(&[
+            ("[Content_Types].xml", b"<Types/>"),
+            ("_rels/.rels", b"<Relationships/>"),
+            ("docProps/core.xml", b"<cp/>"),
+            ("docProps/app.xml", b"<Properties/>"),
+            ("word/document.xml", b"<w:document/>"),
+        ]);
+        assert_eq!(
+            detect(&docx, None).detected,
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+        );
+        let xlsx = zip(&[
+            ("docProps/app.xml", b"<Properties/>"),
+            ("docProps/core.xml", b"<cp/>"),
+            ("_rels/.rels", b"<Relationships/>"),
+            ("xl/workbook.xml", b"<workbook/>"),
+        ]);
+        assert_eq!(
+            detect(&xlsx, None).detected,
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        );
+        let plain = zip(&[("a.txt", b"a"), ("b.txt", b"b"), ("word/x", b"x")]);
+        assert_eq!(detect(&plain, None).detected, "application/zip");
+    }
 
     #[test]
     fn empty_file_is_x_empty() {

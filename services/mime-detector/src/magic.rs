@@ -45,9 +45,61 @@ pub(crate) fn sniff(head: &[u8]) -> Option<Magic> {
         "application/x-unix-archive" => "application/x-archive",
         "application/x-deb" => "application/vnd.debian.binary-package",
         "image/x-icon" => "image/vnd.microsoft.icon",
+        "application/zip" => match ooxml_by_entries(head) {
+            Some(mime) => return Some(magic(mime, "ooxml")),
+            None => "application/zip",
+        },
         other => other,
     };
     Some(magic(mime, kind.extension()))
+}
+
+/// An Office Open XML file whose `word/`, `ppt/` or `xl/` entry comes
+/// later than `infer` looks (it reads the third and fourth entries; writers
+/// such as python-docx put `docProps/` first): the local file headers in
+/// `head` are walked, as libmagic's rules search further, once the first
+/// entry is one an OOXML package starts with.
+fn ooxml_by_entries(head: &[u8]) -> Option<&'static str> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(head.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(head.get(at..at + 4)?.try_into().ok()?));
+    let mut at = 0usize;
+    let mut first = true;
+    while head.get(at..at + 4) == Some(b"PK\x03\x04") {
+        let compressed = u32_at(at + 18)? as usize;
+        let name_len = usize::from(u16_at(at + 26)?);
+        let extra_len = usize::from(u16_at(at + 28)?);
+        let name = head.get(at + 30..at + 30 + name_len)?;
+        if first
+            && ![&b"[Content_Types].xml"[..], b"_rels/.rels", b"docProps"]
+                .iter()
+                .any(|p| name.starts_with(p))
+        {
+            return None;
+        }
+        first = false;
+        for (prefix, mime) in [
+            (
+                &b"word/"[..],
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            ),
+            (
+                b"ppt/",
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+            ),
+            (
+                b"xl/",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            ),
+        ] {
+            if name.starts_with(prefix) {
+                return Some(mime);
+            }
+        }
+        at = at
+            .checked_add(30 + name_len + extra_len)?
+            .checked_add(compressed)?;
+    }
+    None
 }
 
 fn magic(mime: &str, kind: &str) -> Magic {

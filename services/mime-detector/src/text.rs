@@ -94,6 +94,9 @@ fn latin1(bytes: &[u8]) -> Option<String> {
 fn classify(text: &str, truncated: bool) -> Option<TextKind> {
     let body = text.trim_start();
     let kind = |mime, kind| Some(TextKind { mime, kind });
+    if is_mail(text) {
+        return kind("message/rfc822", "mail");
+    }
     if body.starts_with('{') || body.starts_with('[') {
         if json::is_json(body, truncated) {
             return kind("application/json", "json");
@@ -161,6 +164,19 @@ fn markup(body: &str) -> Option<TextKind> {
         return kind("image/svg+xml", "svg");
     }
     None
+}
+
+/// E-mail: a first header libmagic takes for mail (`From:`, `Received:`,
+/// `Relay-Version:` as written; `Delivered-To:`, `Return-Path:` in any
+/// case).
+fn is_mail(text: &str) -> bool {
+    const EXACT: [&str; 3] = ["From:", "Received:", "Relay-Version:"];
+    const ANY_CASE: [&str; 2] = ["delivered-to:", "return-path:"];
+    EXACT.iter().any(|p| text.starts_with(p))
+        || ANY_CASE.iter().any(|p| {
+            text.get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        })
 }
 
 /// troff/man sources: start with a `.\"` comment or a request such as
@@ -454,6 +470,15 @@ mod tests {
             mime(b"#!/usr/bin/env python3\nprint(1)\n"),
             Some("text/x-script.python")
         );
+    }
+
+    #[test]
+    fn mail_by_its_first_header() {
+        let mime = |s: &[u8]| sniff(s, false).map(|k| k.mime);
+        let mail = b"From: Ada <ada@example.org>\nSubject: hi\n\nBody\n";
+        assert_eq!(mime(mail), Some("message/rfc822"));
+        assert_eq!(mime(b"Return-path: <a@b>\n\nx\n"), Some("message/rfc822"));
+        assert_eq!(mime(b"From the start, a story.\n"), Some("text/plain"));
     }
 
     #[test]

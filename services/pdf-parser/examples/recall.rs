@@ -50,8 +50,10 @@ fn run() {
         .enable_all()
         .build()
         .expect("a runtime for the worker pool");
-    let pool =
-        ParserPool::new(WorkerSettings::this_program(1, 1 << 30).expect("this program's path"));
+    let pool = ParserPool::new(
+        WorkerSettings::this_program(1, 1 << 30, pdf_parser::OcrSettings::default())
+            .expect("this program's path"),
+    );
     let timeout = Duration::from_secs(60);
     let extract = |bytes: &[u8], limits: &Limits| -> Extracted {
         if in_process {

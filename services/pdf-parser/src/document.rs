@@ -154,6 +154,8 @@ fn extract(bytes: &[u8], limits: &Limits) -> Result<Extracted, ParseError> {
         page_count: pages.len(),
         metadata: metadata(&doc),
         truncated,
+        ocr_pages: Vec::new(),
+        ocr_confidence: None,
     })
 }
 

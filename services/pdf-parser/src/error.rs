@@ -26,7 +26,7 @@ pub enum ParseError {
     },
     /// The PDF has more pages than [`crate::Limits::max_pages`].
     #[error(
-        "the PDF has {pages} pages, over the limit of {limit}; raise max_pages or split the file"
+        "the document has {pages} pages, over the limit of {limit}; raise max_pages or split the file"
     )]
     TooManyPages {
         /// The document's page count.
@@ -71,6 +71,49 @@ pub enum ParseError {
     /// signal); the reason says how.
     #[error("the parser process died reading the PDF: {0}")]
     WorkerDied(String),
+    /// A document other than a PDF is damaged or not of its type.
+    #[error("the document is damaged or not of its type: {0}")]
+    BadDocument(String),
+    /// A zip-based document's entry inflates more than
+    /// [`crate::Limits::max_zip_ratio`] times its compressed size.
+    #[error(
+        "the archive's entry {name:?} inflates to more than {limit} times its {compressed} \
+         compressed bytes (PARSE_MAX_ZIP_RATIO): refused as a zip bomb"
+    )]
+    ZipBomb {
+        /// The entry's name.
+        name: String,
+        /// Its compressed size.
+        compressed: u64,
+        /// The ratio allowed.
+        limit: u64,
+    },
+    /// A zip-based document's entries together inflate past
+    /// [`crate::Limits::max_content_bytes`].
+    #[error(
+        "the archive's entries inflate to more than {limit} bytes, the limit of work per \
+         document (PARSE_MAX_CONTENT_BYTES); raise it or split the file"
+    )]
+    ArchiveTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// An image has more pixels than OCR takes.
+    #[error(
+        "the image is {width}×{height} pixels, over the limit of {limit} pixels for OCR \
+         (PARSE_OCR_MAX_PIXELS); scale it down"
+    )]
+    ImageTooLarge {
+        /// Width in pixels.
+        width: u64,
+        /// Height in pixels.
+        height: u64,
+        /// The limit in pixels.
+        limit: u64,
+    },
+    /// Rendering a page or recognising its text failed.
+    #[error("OCR failed: {0}")]
+    Ocr(String),
 }
 
 impl ParseError {
@@ -87,7 +130,12 @@ impl ParseError {
             | ParseError::TooMuchContent { .. }
             | ParseError::Timeout
             | ParseError::OutOfMemory { .. }
-            | ParseError::WorkerDied(_) => true,
+            | ParseError::WorkerDied(_)
+            | ParseError::BadDocument(_)
+            | ParseError::ZipBomb { .. }
+            | ParseError::ArchiveTooLarge { .. }
+            | ParseError::ImageTooLarge { .. }
+            | ParseError::Ocr(_) => true,
         }
     }
 }

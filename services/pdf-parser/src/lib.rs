@@ -1,5 +1,8 @@
 //! Text extraction for pdf-parser: PDFs (through lopdf, with our own
-//! layout-aware reading of content streams) and plain text.
+//! layout-aware reading of content streams, and OCR of pages with too
+//! little text), images (OCR with Tesseract), HTML, DOCX, ODT, PPTX,
+//! XLSX/ODS, EPUB, e-mail and plain text in any charset; [`extract`]
+//! picks by [`Format`].
 //!
 //! - [`extract_pdf`]: pages, page count and Info metadata of a PDF, within
 //!   [`Limits`]. Encrypted PDFs open when their user password is empty.
@@ -23,15 +26,21 @@ mod fonts;
 #[cfg(test)]
 mod hostile;
 mod layout;
+pub mod ocr;
+mod office;
 mod plain;
 mod recall;
 pub mod stage;
+mod web;
 mod wire;
 mod work;
 pub mod worker;
+mod zipped;
 
 pub use document::{PARSER_STACK, large_stack_thread};
 pub use error::ParseError;
+pub use ocr::OcrSettings;
+pub use office::Office;
 pub use plain::extract_text;
 pub use recall::word_recall;
 use std::time::Instant;
@@ -53,6 +62,10 @@ pub struct Limits {
     /// program; more fails with [`ParseError::TooMuchContent`]. Default
     /// [`DEFAULT_MAX_CONTENT_BYTES`].
     pub max_content_bytes: usize,
+    /// Most times an entry of a zip-based document (DOCX, ODT, PPTX, XLSX,
+    /// EPUB) may inflate its compressed size; more fails with
+    /// [`ParseError::ZipBomb`]. Default 100.
+    pub max_zip_ratio: u64,
     /// When extraction gives up with [`ParseError::Timeout`]; `None` for
     /// no deadline. Checked while pages are read, so a parse whose caller
     /// stopped waiting stops too; loading the file (lopdf) is not
@@ -67,6 +80,7 @@ impl Default for Limits {
             max_pages: 1000,
             max_chars: 10_000_000,
             max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
+            max_zip_ratio: 100,
             deadline: None,
         }
     }
@@ -99,21 +113,39 @@ pub struct Metadata {
     pub modification_date: Option<String>,
 }
 
-/// Text extracted from a PDF.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Text extracted from a document.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Extracted {
-    /// One entry per page, in page order; lines separated by `\n`. Fewer
-    /// entries than `page_count` when the text was truncated.
+    /// One entry per page (slide, sheet, chapter), in order; lines
+    /// separated by `\n`. Fewer entries than `page_count` when the text
+    /// was truncated.
     pub pages: Vec<String>,
-    /// The document's number of pages.
+    /// The document's number of pages: PDFs and images; 0 for the other
+    /// formats.
     pub page_count: usize,
     /// The document information dictionary.
     pub metadata: Metadata,
     /// Whether text was dropped to stay within [`Limits::max_chars`].
     pub truncated: bool,
+    /// The pages recognised by OCR, numbered from 1.
+    pub ocr_pages: Vec<usize>,
+    /// The mean confidence (0–100) of the words OCR recognised.
+    pub ocr_confidence: Option<f32>,
 }
 
 impl Extracted {
+    /// `pages` of text, without page count, metadata or OCR.
+    pub fn text(pages: Vec<String>) -> Self {
+        Extracted {
+            pages,
+            page_count: 0,
+            metadata: Metadata::default(),
+            truncated: false,
+            ocr_pages: Vec::new(),
+            ocr_confidence: None,
+        }
+    }
+
     /// All pages' text, pages separated by a form feed (`\u{c}`), as
     /// `pdftotext` does.
     pub fn full_text(&self) -> String {
@@ -179,11 +211,134 @@ pub fn extract_plain(
     let mut text = extract_text(bytes, declared_charset)?;
     let truncated = plain::truncate_chars(&mut text, limits.max_chars);
     Ok(Extracted {
-        pages: vec![text],
-        page_count: 0,
-        metadata: Metadata::default(),
         truncated,
+        ..Extracted::text(vec![text])
     })
+}
+
+/// The formats pdf-parser reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `application/pdf`.
+    Pdf,
+    /// `text/plain`, `text/markdown`.
+    Text,
+    /// `text/html`, `application/xhtml+xml`.
+    Html,
+    /// DOCX, ODT, PPTX, XLSX, ODS, EPUB.
+    Office(Office),
+    /// `message/rfc822`.
+    Email,
+    /// `image/png`, `image/jpeg`, `image/tiff`: OCR.
+    Image,
+}
+
+impl Format {
+    /// The format of a MIME type (its essence, lower case); `None` for
+    /// types not read.
+    pub fn from_mime(essence: &str) -> Option<Format> {
+        Some(match essence {
+            "application/pdf" => Format::Pdf,
+            "text/plain" | "text/markdown" => Format::Text,
+            "text/html" | "application/xhtml+xml" => Format::Html,
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => {
+                Format::Office(Office::Docx)
+            }
+            "application/vnd.oasis.opendocument.text" => Format::Office(Office::Odt),
+            "application/vnd.openxmlformats-officedocument.presentationml.presentation" => {
+                Format::Office(Office::Pptx)
+            }
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+            | "application/vnd.oasis.opendocument.spreadsheet" => {
+                Format::Office(Office::Spreadsheet)
+            }
+            "application/epub+zip" => Format::Office(Office::Epub),
+            "message/rfc822" => Format::Email,
+            "image/png" | "image/jpeg" | "image/tiff" => Format::Image,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Format::Pdf => 0,
+            Format::Text => 1,
+            Format::Html => 2,
+            Format::Office(Office::Docx) => 3,
+            Format::Office(Office::Odt) => 4,
+            Format::Office(Office::Pptx) => 5,
+            Format::Office(Office::Spreadsheet) => 6,
+            Format::Office(Office::Epub) => 7,
+            Format::Email => 8,
+            Format::Image => 9,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Format> {
+        [
+            Format::Pdf,
+            Format::Text,
+            Format::Html,
+            Format::Office(Office::Docx),
+            Format::Office(Office::Odt),
+            Format::Office(Office::Pptx),
+            Format::Office(Office::Spreadsheet),
+            Format::Office(Office::Epub),
+            Format::Email,
+            Format::Image,
+        ]
+        .into_iter()
+        .find(|f| f.code() == code)
+    }
+}
+
+/// Extracts the text of a document of `format` within `limits`, OCRing
+/// images and the PDF pages with too little text as `ocr` says (none when
+/// its languages are empty). HTML and text bytes must be UTF-8 or carry a
+/// byte-order mark. Formats other than PDF with more pages (slides,
+/// sheets, chapters) than [`Limits::max_pages`] fail with
+/// [`ParseError::TooManyPages`].
+pub fn extract(
+    format: Format,
+    bytes: &[u8],
+    limits: &Limits,
+    ocr: &OcrSettings,
+) -> Result<Extracted, ParseError> {
+    if bytes.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(ParseError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let x = match format {
+        Format::Pdf => {
+            let mut x = extract_pdf(bytes, limits)?;
+            if !ocr.languages.is_empty() {
+                ocr::pdf_pages(bytes, &mut x, limits, ocr)?;
+            }
+            return Ok(x);
+        }
+        Format::Text => extract_plain(bytes, None, limits)?,
+        Format::Html => web::html(bytes, None, limits)?,
+        Format::Office(kind) => office::extract(kind, bytes, limits)?,
+        Format::Email => web::email(bytes, limits)?,
+        Format::Image if ocr.languages.is_empty() => {
+            return Err(ParseError::Ocr(
+                "OCR is off (PARSE_OCR_LANGUAGES is empty)".into(),
+            ));
+        }
+        Format::Image => ocr::image(bytes, limits, ocr)?,
+    };
+    if x.pages.len() > limits.max_pages.max(1) {
+        return Err(ParseError::TooManyPages {
+            pages: x.pages.len(),
+            limit: limits.max_pages,
+        });
+    }
+    Ok(x)
 }
 
 #[cfg(test)]

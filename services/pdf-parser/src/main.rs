@@ -1,10 +1,11 @@
-//! `pdf-parser`: extracts page count, metadata and text from PDFs and text files.
+//! `pdf-parser`: extracts page count, metadata and text from PDFs, images
+//! (OCR), office documents, EPUB, HTML, e-mail and text files.
 
 use artifact_runtime::service::StageArgs;
 use clap::Parser;
-use pdf_parser::Limits;
 use pdf_parser::stage::ParseStage;
 use pdf_parser::worker::{ParserPool, WorkerSettings, serve_if_worker};
+use pdf_parser::{Limits, OcrSettings};
 use std::time::Duration;
 
 artifact_runtime::global_allocator!();
@@ -42,6 +43,26 @@ struct Config {
     /// that needs more fails permanently.
     #[arg(long, env = "PARSE_WORKER_MEMORY_BYTES", default_value_t = 1 << 30)]
     worker_memory_bytes: u64,
+    /// Most times an entry of a DOCX, ODT, PPTX, XLSX or EPUB may inflate
+    /// its compressed size; more is refused as a zip bomb.
+    #[arg(long, env = "PARSE_MAX_ZIP_RATIO", default_value_t = 100)]
+    max_zip_ratio: u64,
+    /// Tesseract languages for OCR (`eng`, `eng+deu`…); empty turns OCR
+    /// off (images are then skipped).
+    #[arg(long, env = "PARSE_OCR_LANGUAGES", default_value = "eng")]
+    ocr_languages: String,
+    /// A PDF page with fewer characters of text is OCRed.
+    #[arg(long, env = "PARSE_OCR_MIN_PAGE_CHARS", default_value_t = 20)]
+    ocr_min_page_chars: usize,
+    /// PDF pages OCRed at most per document.
+    #[arg(long, env = "PARSE_OCR_MAX_PAGES", default_value_t = 50)]
+    ocr_max_pages: usize,
+    /// Resolution PDF pages are rendered at for OCR, in dots per inch.
+    #[arg(long, env = "PARSE_OCR_DPI", default_value_t = 300, value_parser = clap::value_parser!(u32).range(50..=1200))]
+    ocr_dpi: u32,
+    /// Images with more pixels are refused before OCR.
+    #[arg(long, env = "PARSE_OCR_MAX_PIXELS", default_value_t = 40_000_000)]
+    ocr_max_pixels: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +76,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    let ocr = OcrSettings {
+        languages: cfg.ocr_languages.trim().to_owned(),
+        min_page_chars: cfg.ocr_min_page_chars,
+        max_pages: cfg.ocr_max_pages,
+        dpi: cfg.ocr_dpi,
+        max_image_pixels: cfg.ocr_max_pixels,
+    };
+    if !ocr.languages.is_empty() {
+        pdf_parser::ocr::check_installed(&ocr).map_err(anyhow::Error::msg)?;
+    }
     let blobs = cfg.stage.blob_store()?;
     let stage = ParseStage {
         blobs,
@@ -63,12 +94,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             max_pages: cfg.max_pages,
             max_chars: cfg.max_chars,
             max_content_bytes: cfg.max_content_bytes,
+            max_zip_ratio: cfg.max_zip_ratio,
             deadline: None,
         },
         timeout: Duration::from_millis(cfg.timeout_ms),
         parser: ParserPool::new(WorkerSettings::this_program(
             cfg.workers.into(),
             cfg.worker_memory_bytes,
+            ocr,
         )?),
     };
     cfg.stage.run(stage, cfg.http_addr).await?;

@@ -1,38 +1,71 @@
-//! Plain text (text/plain, text/markdown) normalised to UTF-8.
+//! Plain text normalised to UTF-8 through encoding_rs, its charset
+//! detected by chardetng when neither the bytes nor the declaration say.
 //!
 //! Order of decisions: a byte-order mark wins (UTF-8, UTF-16 LE/BE); then a
-//! declared UTF-16 charset; then valid UTF-8; then a declared
-//! windows-1252; else Latin-1 (ISO-8859-1), which maps every byte and so
-//! never fails.
+//! declared UTF-16 charset; then valid UTF-8; then the declared charset
+//! (any WHATWG label: `iso-8859-2`, `shift_jis`, `gbk`…); else chardetng's
+//! guess.
 
 use crate::ParseError;
+use encoding_rs::{Encoding, UTF_8, UTF_16BE, UTF_16LE};
+
+/// Bytes chardetng looks at: enough to tell, bounded in time.
+const DETECT_BYTES: usize = 1 << 20;
 
 /// Decodes text bytes to UTF-8, using `declared_charset` (the `charset`
-/// parameter of the declared type, e.g. `utf-16le` or `windows-1252`) only
+/// parameter of the declared type, e.g. `utf-16le` or `iso-8859-2`) only
 /// when the bytes themselves do not say.
 pub fn extract_text(bytes: &[u8], declared_charset: Option<&str>) -> Result<String, ParseError> {
     if bytes.is_empty() {
         return Err(ParseError::Empty);
     }
-    let charset = declared_charset.map(|c| c.trim().trim_matches('"').to_ascii_lowercase());
-    let text = if let Some(rest) = bytes.strip_prefix(b"\xef\xbb\xbf") {
-        String::from_utf8_lossy(rest).into_owned()
-    } else if let Some(rest) = bytes.strip_prefix(b"\xff\xfe") {
-        utf16(rest, u16::from_le_bytes)
-    } else if let Some(rest) = bytes.strip_prefix(b"\xfe\xff") {
-        utf16(rest, u16::from_be_bytes)
-    } else if matches!(charset.as_deref(), Some("utf-16le" | "utf-16")) {
-        utf16(bytes, u16::from_le_bytes)
-    } else if charset.as_deref() == Some("utf-16be") {
-        utf16(bytes, u16::from_be_bytes)
-    } else if let Ok(s) = std::str::from_utf8(bytes) {
-        s.to_string()
-    } else if matches!(charset.as_deref(), Some("windows-1252" | "cp1252")) {
-        bytes.iter().map(|&b| windows_1252(b)).collect()
-    } else {
-        bytes.iter().map(|&b| char::from(b)).collect()
+    let declared =
+        declared_charset.and_then(|c| Encoding::for_label(c.trim().trim_matches('"').as_bytes()));
+    if let Some((encoding, bom)) = Encoding::for_bom(bytes) {
+        return Ok(decode(encoding, &bytes[bom..]));
+    }
+    if let Some(utf16) = declared.filter(|&e| e == UTF_16LE || e == UTF_16BE) {
+        return Ok(decode(utf16, bytes));
+    }
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return Ok(s.to_owned());
+    }
+    let encoding = match declared {
+        Some(e) if e != UTF_8 => e,
+        _ => {
+            let mut detector =
+                chardetng::EncodingDetector::new(chardetng::Iso2022JpDetection::Allow);
+            let head = &bytes[..bytes.len().min(DETECT_BYTES)];
+            detector.feed(head, head.len() == bytes.len());
+            detector.guess(None, chardetng::Utf8Detection::Allow)
+        }
     };
-    Ok(text)
+    Ok(decode(encoding, bytes))
+}
+
+fn decode(encoding: &'static Encoding, bytes: &[u8]) -> String {
+    encoding.decode_without_bom_handling(bytes).0.into_owned()
+}
+
+/// Cuts `pages` so that their text, a form feed between pages counted as
+/// a character, has at most `max_chars` characters; whether it was longer.
+pub(crate) fn truncate_pages(pages: &mut Vec<String>, max_chars: usize) -> bool {
+    let mut left = max_chars;
+    for i in 0..pages.len() {
+        if i > 0 {
+            if left == 0 {
+                pages.truncate(i);
+                return true;
+            }
+            left -= 1;
+        }
+        if truncate_chars(&mut pages[i], left) {
+            pages.truncate(i + 1);
+            return true;
+        }
+        left -= pages[i].chars().count();
+    }
+    false
 }
 
 /// Cuts `text` to its first `max_chars` characters; whether it was longer.
@@ -43,26 +76,6 @@ pub(crate) fn truncate_chars(text: &mut String, max_chars: usize) -> bool {
             true
         }
         None => false,
-    }
-}
-
-fn utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16) -> String {
-    let units = bytes.chunks_exact(2).map(|c| unit([c[0], c[1]]));
-    char::decode_utf16(units)
-        .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
-        .collect()
-}
-
-/// windows-1252: Latin-1 except for 0x80–0x9F.
-fn windows_1252(b: u8) -> char {
-    const HIGH: [char; 32] = [
-        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž',
-        '\u{8f}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}',
-        'ž', 'Ÿ',
-    ];
-    match b {
-        0x80..=0x9f => HIGH[usize::from(b - 0x80)],
-        _ => char::from(b),
     }
 }
 
@@ -110,6 +123,34 @@ mod tests {
         assert!(!truncate_chars(&mut text, 4));
         assert!(truncate_chars(&mut text, 0));
         assert_eq!(text, "");
+    }
+
+    #[test]
+    fn declared_and_detected_legacy_charsets() {
+        let (latin2, _, _) = encoding_rs::ISO_8859_2.encode("Zażółć gęślą jaźń");
+        assert_eq!(
+            extract_text(&latin2, Some("iso-8859-2")).unwrap(),
+            "Zażółć gęślą jaźń"
+        );
+        let sentence = "日本語の文章を正しく読めるかどうかを確かめるための文です。";
+        let (sjis, _, _) = encoding_rs::SHIFT_JIS.encode(sentence);
+        assert_eq!(extract_text(&sjis, Some("Shift_JIS")).unwrap(), sentence);
+        assert_eq!(extract_text(&sjis, None).unwrap(), sentence, "detected");
+        let chinese = "这是一个用来检查中文编码是否被正确识别的句子。";
+        let (gbk, _, _) = encoding_rs::GBK.encode(chinese);
+        assert_eq!(extract_text(&gbk, Some("gbk")).unwrap(), chinese);
+        assert_eq!(extract_text(&gbk, None).unwrap(), chinese, "detected");
+    }
+
+    #[test]
+    fn pages_are_cut_with_form_feeds_counted() {
+        let mut pages = vec!["abc".to_string(), "def".to_string()];
+        assert!(!truncate_pages(&mut pages, 7));
+        assert!(truncate_pages(&mut pages, 5));
+        assert_eq!(pages, vec!["abc", "d"]);
+        let mut pages = vec!["abc".to_string(), "def".to_string()];
+        assert!(truncate_pages(&mut pages, 3));
+        assert_eq!(pages, vec!["abc"]);
     }
 
     #[test]

@@ -1,16 +1,19 @@
 //! pdf-parser as a pipeline stage. PDFs get page count, Info metadata and
-//! their text; text/plain and text/markdown are passed through as UTF-8; any
-//! other type is skipped with the reason. The full text is written as a
+//! their text (pages with too little text OCRed); images are OCRed; HTML,
+//! office documents, EPUB and e-mail get their text (see [`Format`]);
+//! text/plain and text/markdown are decoded to UTF-8; any other type is
+//! skipped with the reason. The full text is written as a
 //! UTF-8 blob at a location derived from (artifact id, generation), so a
 //! replay overwrites it. Text of either kind is cut to
 //! [`Limits::max_chars`]. A file over [`Limits::max_bytes`] is refused
 //! before it is read. PDFs are parsed in worker processes under a memory
 //! limit ([`ParserPool`]), each given the time limit from when a worker
-//! takes it and killed past it; text files on a blocking thread, with the
-//! limit as deadline. Every parse error is a permanent failure.
+//! takes it and killed past it; so are the other formats but plain text,
+//! read on a blocking thread with the limit as deadline. HTML is decoded
+//! to UTF-8 before it goes to a worker. Every parse error is a permanent failure.
 
 use crate::worker::{ParserPool, PoolError};
-use crate::{Limits, ParseError, extract_plain};
+use crate::{Format, Limits, ParseError, extract_plain, extract_text};
 use artifact_domain::{
     ArtifactContext, ArtifactId, Generation, LocationVerified, ParseResult, Stage,
 };
@@ -71,15 +74,34 @@ impl StageLogic for ParseStage {
             .unwrap_or_default()
             .trim()
             .to_ascii_lowercase();
-        if !matches!(
-            kind.as_str(),
-            "application/pdf" | "text/plain" | "text/markdown"
-        ) {
+        let Some(format) = Format::from_mime(&kind) else {
             return Ok(Processed::skipped(
                 format!("{kind} is not parseable"),
                 context,
             ));
+        };
+        if format == Format::Image && self.parser.settings().ocr.languages.is_empty() {
+            return Ok(Processed::skipped(
+                format!("{kind} needs OCR, which is off (PARSE_OCR_LANGUAGES)"),
+                context,
+            ));
         }
+        // The declared charset, when the declared type is the detected one.
+        let declared = context.declared_content_type.as_deref().unwrap_or_default();
+        let charset = [mime.as_str(), declared]
+            .into_iter()
+            .filter(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|e| e.trim().eq_ignore_ascii_case(&kind))
+            })
+            .flat_map(|t| t.split(';').skip(1))
+            .find_map(|p| {
+                let (name, value) = p.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("charset")
+                    .then(|| value.trim().to_owned())
+            });
         let max_bytes = self.limits.max_bytes;
         let too_large = |size: Option<i64>| {
             let size = match size {
@@ -107,16 +129,20 @@ impl StageLogic for ParseStage {
                 self.timeout
             ))
         };
-        let is_pdf = kind == "application/pdf";
-        let parsed = if is_pdf {
+        let parsed = if format == Format::Html {
+            match extract_text(&bytes, charset.as_deref()) {
+                Ok(html) => {
+                    self.parser
+                        .extract(format, html.as_bytes(), &self.limits, self.timeout)
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            }
+        } else if format != Format::Text {
             self.parser
-                .extract_pdf(&bytes, &self.limits, self.timeout)
+                .extract(format, &bytes, &self.limits, self.timeout)
                 .await
         } else {
-            let charset = mime
-                .split(';')
-                .find_map(|p| p.trim().strip_prefix("charset="))
-                .map(str::to_owned);
             let limits = Limits {
                 deadline: Instant::now().checked_add(self.timeout),
                 ..self.limits.clone()
@@ -149,7 +175,7 @@ impl StageLogic for ParseStage {
         let m = &extracted.metadata;
         let result = ParseResult {
             text_location: text_location.clone(),
-            page_count: is_pdf.then_some(extracted.page_count as i32),
+            page_count: (extracted.page_count > 0).then_some(extracted.page_count as i32),
             word_count: extracted.word_count() as i64,
             char_count: extracted.char_count() as i64,
             preview: extracted.preview(PREVIEW_CHARS),
@@ -159,6 +185,8 @@ impl StageLogic for ParseStage {
             producer: m.producer.clone(),
             creation_date: m.creation_date.clone(),
             modification_date: m.modification_date.clone(),
+            ocr_pages: extracted.ocr_pages.iter().map(|&p| p as i32).collect(),
+            ocr_confidence: extracted.ocr_confidence.map(|c| c.round() as i32),
         };
         let mut context = context;
         context.text_location = Some(text_location);

@@ -8,16 +8,16 @@
 //! [`answer_bound`] and decodes it without trusting a length in it: a
 //! worker is the process that reads hostile bytes.
 
-use crate::{Extracted, Limits, Metadata, ParseError};
+use crate::{Extracted, Format, Limits, Metadata, ParseError};
 use std::io::{self, Read};
 use std::time::Duration;
 
 /// Changes whenever the encoding does, so that a worker started from a
 /// different build answers "unreadable" instead of nonsense.
-pub(crate) const VERSION: u64 = 1;
+pub(crate) const VERSION: u64 = 2;
 
 /// Bytes of a request before the document.
-pub(crate) const REQUEST_HEADER: usize = 7 * 8;
+pub(crate) const REQUEST_HEADER: usize = 9 * 8;
 
 /// Characters kept of an error's message (lopdf's messages may quote the
 /// file).
@@ -26,16 +26,19 @@ const MAX_MESSAGE_CHARS: usize = 1000;
 /// The header of a request for `document_len` bytes: the limits
 /// (`limits.deadline` is ignored) and the time left, `None` for none.
 pub(crate) fn request_header(
+    format: Format,
     limits: &Limits,
     time_left: Option<Duration>,
     document_len: usize,
 ) -> [u8; REQUEST_HEADER] {
     let fields = [
         VERSION,
+        u64::from(format.code()),
         limits.max_bytes as u64,
         limits.max_pages as u64,
         limits.max_chars as u64,
         limits.max_content_bytes as u64,
+        limits.max_zip_ratio,
         // 0: no deadline; a deadline already past is 1 ms.
         time_left.map_or(0, |t| (t.as_millis() as u64).max(1)),
         document_len as u64,
@@ -50,6 +53,8 @@ pub(crate) fn request_header(
 /// A request as the worker reads it.
 #[derive(Debug)]
 pub(crate) struct Request {
+    /// The document's format.
+    pub format: Format,
     /// The limits, without a deadline.
     pub limits: Limits,
     /// The time the worker has, from when it read the request.
@@ -75,11 +80,16 @@ pub(crate) fn read_request(input: &mut impl Read) -> io::Result<Option<Request>>
             "request of another version",
         ));
     }
+    let format = u8::try_from(next())
+        .ok()
+        .and_then(Format::from_code)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown format"))?;
     let limits = Limits {
         max_bytes: next() as usize,
         max_pages: next() as usize,
         max_chars: next() as usize,
         max_content_bytes: next() as usize,
+        max_zip_ratio: next(),
         deadline: None,
     };
     let time_left = Some(next()).filter(|&ms| ms > 0).map(Duration::from_millis);
@@ -94,6 +104,7 @@ pub(crate) fn read_request(input: &mut impl Read) -> io::Result<Option<Request>>
     let mut document = vec![0; len as usize];
     input.read_exact(&mut document)?;
     Ok(Some(Request {
+        format,
         limits,
         time_left,
         document,
@@ -106,7 +117,7 @@ pub(crate) fn read_request(input: &mut impl Read) -> io::Result<Option<Request>>
 pub(crate) fn answer_bound(limits: &Limits) -> u64 {
     (limits.max_chars as u64)
         .saturating_mul(4)
-        .saturating_add((limits.max_pages as u64 + 1).saturating_mul(8))
+        .saturating_add((limits.max_pages as u64 + 1).saturating_mul(16))
         .saturating_add(64 << 10)
 }
 
@@ -140,6 +151,17 @@ pub(crate) fn encode_answer(result: &Result<Extracted, ParseError>) -> Vec<u8> {
             for page in &x.pages {
                 out.str(page);
             }
+            out.u64(x.ocr_pages.len() as u64);
+            for &page in &x.ocr_pages {
+                out.u64(page as u64);
+            }
+            match x.ocr_confidence {
+                Some(c) => {
+                    out.u8(1);
+                    out.u64(u64::from(c.to_bits()));
+                }
+                None => out.u8(0),
+            }
         }
         Err(e) => {
             out.u8(1);
@@ -166,6 +188,40 @@ pub(crate) fn encode_answer(result: &Result<Extracted, ParseError>) -> Vec<u8> {
                     out.u64(*limit as u64);
                 }
                 ParseError::Timeout => out.u8(6),
+                ParseError::BadDocument(message) => {
+                    out.u8(7);
+                    let cut: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+                    out.str(&cut);
+                }
+                ParseError::ZipBomb {
+                    name,
+                    compressed,
+                    limit,
+                } => {
+                    out.u8(8);
+                    out.str(name);
+                    out.u64(*compressed);
+                    out.u64(*limit);
+                }
+                ParseError::ArchiveTooLarge { limit } => {
+                    out.u8(9);
+                    out.u64(*limit as u64);
+                }
+                ParseError::ImageTooLarge {
+                    width,
+                    height,
+                    limit,
+                } => {
+                    out.u8(10);
+                    out.u64(*width);
+                    out.u64(*height);
+                    out.u64(*limit);
+                }
+                ParseError::Ocr(message) => {
+                    out.u8(11);
+                    let cut: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+                    out.str(&cut);
+                }
                 // Made by the parent only; a worker never sends them.
                 ParseError::OutOfMemory { .. } | ParseError::WorkerDied(_) => {
                     out.u8(1);
@@ -223,6 +279,21 @@ pub(crate) fn decode_answer(body: &[u8]) -> Result<Result<Extracted, ParseError>
             for _ in 0..count {
                 pages.push(r.string()?);
             }
+            let ocr_count = r.usize()?;
+            if ocr_count > r.0.len() / 8 {
+                return Err(Unreadable("more OCR pages than bytes"));
+            }
+            let mut ocr_pages = Vec::with_capacity(ocr_count);
+            for _ in 0..ocr_count {
+                ocr_pages.push(r.usize()?);
+            }
+            let ocr_confidence = match r.u8()? {
+                0 => None,
+                1 => Some(f32::from_bits(
+                    u32::try_from(r.u64()?).map_err(|_| Unreadable("bad confidence"))?,
+                )),
+                _ => return Err(Unreadable("bad option")),
+            };
             Ok(Extracted {
                 pages,
                 page_count,
@@ -235,6 +306,8 @@ pub(crate) fn decode_answer(body: &[u8]) -> Result<Result<Extracted, ParseError>
                     modification_date,
                 },
                 truncated,
+                ocr_pages,
+                ocr_confidence,
             })
         }
         1 => Err(match r.u8()? {
@@ -251,6 +324,19 @@ pub(crate) fn decode_answer(body: &[u8]) -> Result<Result<Extracted, ParseError>
             4 => ParseError::Empty,
             5 => ParseError::TooMuchContent { limit: r.usize()? },
             6 => ParseError::Timeout,
+            7 => ParseError::BadDocument(r.string()?),
+            8 => ParseError::ZipBomb {
+                name: r.string()?,
+                compressed: r.u64()?,
+                limit: r.u64()?,
+            },
+            9 => ParseError::ArchiveTooLarge { limit: r.usize()? },
+            10 => ParseError::ImageTooLarge {
+                width: r.u64()?,
+                height: r.u64()?,
+                limit: r.u64()?,
+            },
+            11 => ParseError::Ocr(r.string()?),
             _ => return Err(Unreadable("unknown error")),
         }),
         _ => return Err(Unreadable("unknown answer")),
@@ -328,6 +414,8 @@ mod tests {
                 ..Metadata::default()
             },
             truncated: true,
+            ocr_pages: vec![2, 4],
+            ocr_confidence: Some(87.5),
         }));
         for e in [
             ParseError::Encrypted,
@@ -337,6 +425,19 @@ mod tests {
             ParseError::Empty,
             ParseError::TooMuchContent { limit: 1024 },
             ParseError::Timeout,
+            ParseError::BadDocument("no slides".into()),
+            ParseError::ZipBomb {
+                name: "word/document.xml".into(),
+                compressed: 10,
+                limit: 100,
+            },
+            ParseError::ArchiveTooLarge { limit: 7 },
+            ParseError::ImageTooLarge {
+                width: 1,
+                height: 2,
+                limit: 1,
+            },
+            ParseError::Ocr("tesseract failed".into()),
         ] {
             round_trip(Err(e));
         }
@@ -349,6 +450,8 @@ mod tests {
             page_count: 1,
             metadata: Metadata::default(),
             truncated: false,
+            ocr_pages: vec![],
+            ocr_confidence: None,
         }));
         let body = &encoded[8..];
         for cut in 0..body.len() {
@@ -374,21 +477,24 @@ mod tests {
             max_pages: 7,
             max_chars: 50,
             max_content_bytes: 1 << 20,
+            max_zip_ratio: 50,
             deadline: None,
         };
-        let mut stream = request_header(&limits, Some(Duration::from_millis(1500)), 3).to_vec();
+        let mut stream =
+            request_header(Format::Email, &limits, Some(Duration::from_millis(1500)), 3).to_vec();
         stream.extend_from_slice(b"abc");
-        stream.extend_from_slice(&request_header(&limits, None, 0));
+        stream.extend_from_slice(&request_header(Format::Pdf, &limits, None, 0));
         let mut input = stream.as_slice();
         let first = read_request(&mut input).unwrap().unwrap();
         assert_eq!(first.limits, limits);
         assert_eq!(first.time_left, Some(Duration::from_millis(1500)));
         assert_eq!(first.document, b"abc");
+        assert_eq!(first.format, Format::Email);
         let second = read_request(&mut input).unwrap().unwrap();
         assert_eq!(second.time_left, None);
         assert!(second.document.is_empty());
         assert!(read_request(&mut input).unwrap().is_none());
-        let over = request_header(&limits, None, 101);
+        let over = request_header(Format::Pdf, &limits, None, 101);
         assert!(read_request(&mut over.as_slice()).is_err());
     }
 
@@ -411,6 +517,8 @@ mod tests {
                 modification_date: Some("€".repeat(1000)),
             },
             truncated: false,
+            ocr_pages: (1..=10).collect(),
+            ocr_confidence: Some(1.0),
         }));
         assert!((answer.len() - 8) as u64 <= answer_bound(&limits));
     }

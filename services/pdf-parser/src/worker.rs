@@ -19,7 +19,10 @@
 //! is killed, so the time limit also stops lopdf's loading step, which
 //! cannot be interrupted from within.
 
-use crate::{Extracted, Limits, PARSER_STACK, ParseError, extract_pdf, large_stack_thread, wire};
+use crate::{
+    Extracted, Format, Limits, OcrSettings, PARSER_STACK, ParseError, extract, large_stack_thread,
+    wire,
+};
 use std::ffi::OsStr;
 use std::io::{self, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -56,13 +59,16 @@ pub struct WorkerSettings {
     /// program's own mappings all count: some 160 MiB before the first
     /// document.
     pub memory_limit: u64,
+    /// OCR in the workers; its programs (Tesseract, pdftoppm) run as the
+    /// workers' children, under the same memory limit and deadline.
+    pub ocr: OcrSettings,
 }
 
 impl WorkerSettings {
     /// Settings that start this very program as the worker: on Linux its
     /// image through `/proc/self/exe`, so a binary replaced on disk while
     /// the stage runs still starts workers of the same build.
-    pub fn this_program(workers: usize, memory_limit: u64) -> io::Result<Self> {
+    pub fn this_program(workers: usize, memory_limit: u64, ocr: OcrSettings) -> io::Result<Self> {
         let exe = PathBuf::from("/proc/self/exe");
         let program = if exe.exists() {
             exe
@@ -73,22 +79,36 @@ impl WorkerSettings {
             program,
             workers,
             memory_limit,
+            ocr,
         })
     }
 }
 
 /// If this process was started as a parse worker (its first argument is
-/// [`WORKER_ARG`], its second the memory limit), serves requests until its
-/// stdin closes and exits; otherwise returns at once.
+/// [`WORKER_ARG`], then the memory limit and the OCR settings), serves
+/// requests until its stdin closes and exits; otherwise returns at once.
 pub fn serve_if_worker() {
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() != Some(OsStr::new(WORKER_ARG)) {
         return;
     }
-    let limit = args
-        .next()
-        .and_then(|a| a.to_str().and_then(|a| a.parse::<u64>().ok()));
-    let code = match serve(limit) {
+    let mut next = || args.next().and_then(|a| a.to_str().map(str::to_owned));
+    let limit = next().and_then(|a| a.parse::<u64>().ok());
+    let languages = next().unwrap_or_default();
+    let mut number = || next().and_then(|a| a.parse::<u64>().ok());
+    let ocr = match (number(), number(), number(), number()) {
+        (Some(min_page_chars), Some(max_pages), Some(dpi), Some(max_image_pixels)) => {
+            Some(OcrSettings {
+                languages,
+                min_page_chars: min_page_chars as usize,
+                max_pages: max_pages as usize,
+                dpi: dpi as u32,
+                max_image_pixels,
+            })
+        }
+        _ => None,
+    };
+    let code = match serve(limit, ocr) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("pdf parse worker: {e}");
@@ -98,8 +118,9 @@ pub fn serve_if_worker() {
     std::process::exit(code);
 }
 
-fn serve(memory_limit: Option<u64>) -> io::Result<()> {
+fn serve(memory_limit: Option<u64>, ocr: Option<OcrSettings>) -> io::Result<()> {
     let limit = memory_limit.ok_or_else(|| io::Error::other("no memory limit given"))?;
+    let ocr = ocr.ok_or_else(|| io::Error::other("no OCR settings given"))?;
     set_limit(libc::RLIMIT_AS, limit)?;
     // An abort is reported by the pool; a core file of up to the whole
     // limit would only fill the disk.
@@ -110,9 +131,9 @@ fn serve(memory_limit: Option<u64>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("pdf-parse-worker".into())
         .stack_size(PARSER_STACK)
-        .spawn(|| {
+        .spawn(move || {
             large_stack_thread();
-            answer_requests()
+            answer_requests(&ocr)
         })?
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the worker thread panicked")))
@@ -130,7 +151,7 @@ fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> 
     Ok(())
 }
 
-fn answer_requests() -> io::Result<()> {
+fn answer_requests(ocr: &OcrSettings) -> io::Result<()> {
     let mut input = io::stdin().lock();
     let mut output = io::stdout().lock();
     while let Some(request) = wire::read_request(&mut input)? {
@@ -140,7 +161,7 @@ fn answer_requests() -> io::Result<()> {
                 .and_then(|t| Instant::now().checked_add(t)),
             ..request.limits
         };
-        let result = extract_pdf(&request.document, &limits);
+        let result = extract(request.format, &request.document, &limits, ocr);
         drop(request);
         output.write_all(&wire::encode_answer(&result))?;
         output.flush()?;
@@ -186,9 +207,23 @@ impl ParserPool {
 
     /// Extracts the text of a PDF in a worker, as [`crate::extract_pdf`]
     /// does within `limits` (their deadline is ignored), giving it `timeout`
-    /// from when a worker takes it.
+    /// from when a worker takes it; then OCRs pages as the pool's
+    /// [`WorkerSettings::ocr`] says.
     pub async fn extract_pdf(
         &self,
+        bytes: &[u8],
+        limits: &Limits,
+        timeout: Duration,
+    ) -> Result<Extracted, PoolError> {
+        self.extract(Format::Pdf, bytes, limits, timeout).await
+    }
+
+    /// Extracts the text of a document of `format` in a worker, as
+    /// [`crate::extract`] does, giving it `timeout` from when a worker
+    /// takes it.
+    pub async fn extract(
+        &self,
+        format: Format,
         bytes: &[u8],
         limits: &Limits,
         timeout: Duration,
@@ -214,7 +249,7 @@ impl ParserPool {
                 PoolError::Start(format!("{}: {e}", self.settings.program.display()))
             })?,
         };
-        let header = wire::request_header(limits, Some(timeout), bytes.len());
+        let header = wire::request_header(format, limits, Some(timeout), bytes.len());
         let bound = wire::answer_bound(limits);
         let exchange = worker.exchange(&header, bytes, bound);
         match tokio::time::timeout(timeout + KILL_GRACE, exchange).await {
@@ -271,6 +306,11 @@ impl Worker {
         let mut child = Command::new(&settings.program)
             .arg(WORKER_ARG)
             .arg(settings.memory_limit.to_string())
+            .arg(&settings.ocr.languages)
+            .arg(settings.ocr.min_page_chars.to_string())
+            .arg(settings.ocr.max_pages.to_string())
+            .arg(settings.ocr.dpi.to_string())
+            .arg(settings.ocr.max_image_pixels.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

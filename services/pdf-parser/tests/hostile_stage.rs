@@ -163,6 +163,7 @@ async fn hostile_pdfs_fail_within_the_worker_limit_and_the_stage_goes_on() {
             program: env!("CARGO_BIN_EXE_pdf-parser").into(),
             workers: 1,
             memory_limit: WORKER_LIMIT,
+            ocr: pdf_parser::OcrSettings::default(),
         }),
     };
     let ctx = RecordContext {

@@ -45,6 +45,7 @@ async fn a_file_over_max_bytes_is_refused_naming_the_setting() {
             program: env!("CARGO_BIN_EXE_pdf-parser").into(),
             workers: 1,
             memory_limit: 512 << 20,
+            ocr: pdf_parser::OcrSettings::default(),
         }),
     };
     let ctx = RecordContext {

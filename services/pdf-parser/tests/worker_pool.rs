@@ -24,6 +24,7 @@ fn pool(program: PathBuf) -> ParserPool {
         program,
         workers: 1,
         memory_limit: 256 << 20,
+        ocr: pdf_parser::OcrSettings::default(),
     })
 }
 

@@ -12,6 +12,7 @@ pub use artifact_blob as blob;
 pub mod control;
 pub mod dedup;
 mod logfields;
+pub mod otel;
 pub mod retry;
 pub mod runner;
 pub mod service;

@@ -122,14 +122,16 @@ pub async fn run_stage<S: StageLogic>(
     let deadline = Duration::from_millis(runner.shutdown_timeout_ms);
     let (tx, rx) = watch::channel(false);
     let mut task = tokio::spawn(StageRunner::new(logic, conn, runner, health)?.run(rx));
-    tokio::select! {
-        res = &mut task => return res.map_err(|e| ServiceError::Config(format!("runner task: {e}")))?.map_err(Into::into),
+    let ended = tokio::select! {
+        res = &mut task => Ok(res),
         _ = shutdown_signal() => {
             tracing::info!(?deadline, "shutdown requested");
             let _ = tx.send(true);
+            tokio::time::timeout(deadline, task).await
         }
-    }
-    match tokio::time::timeout(deadline, task).await {
+    };
+    crate::otel::shutdown();
+    match ended {
         Ok(res) => res
             .map_err(|e| ServiceError::Config(format!("runner task: {e}")))?
             .map_err(Into::into),

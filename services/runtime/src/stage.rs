@@ -20,7 +20,8 @@ pub struct RecordContext {
     pub offset: i64,
     /// 1 for the first attempt; counts in-process and retry-topic attempts.
     pub attempt: u32,
-    /// The W3C `traceparent` of this processing step.
+    /// The W3C `traceparent` of this processing step's span when traces
+    /// are exported, else the input's (empty when it has none).
     pub traceparent: String,
 }
 

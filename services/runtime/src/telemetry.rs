@@ -20,16 +20,53 @@ use tracing_subscriber::EnvFilter;
 use utoipa::OpenApi;
 pub use utoipa::openapi::OpenApi as OpenApiDoc;
 
-/// Installs the JSON log subscriber. A second call does nothing.
+/// Installs the JSON log subscriber and, when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// is set, the span exporter ([`crate::otel`]); log lines then carry the
+/// active span's `trace_id` and `span_id`. A second call does nothing.
 pub fn init_logging() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let (otel, otel_error) = match crate::otel::layer() {
+        Ok(layer) => (layer, None),
+        Err(e) => (None, Some(e)),
+    };
+    let installed = match otel {
+        // Without traces the filter is global, as it always was: the
+        // per-record span costs what it did.
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(json_logs(false))
+            .try_init(),
+        // RUST_LOG filters the logs only: spans at `info` are exported
+        // whatever the log level.
+        Some(otel) => tracing_subscriber::registry()
+            .with(otel.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+            .with(json_logs(true).with_filter(filter))
+            .try_init(),
+    }
+    .is_ok();
+    if installed && let Some(e) = otel_error {
+        tracing::error!(error = %e, "traces are not exported");
+    }
+}
+
+/// The JSON log lines, with span ids when `traces` are exported.
+fn json_logs<S>(traces: bool) -> impl tracing_subscriber::Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let format = tracing_subscriber::fmt::format()
         .json()
-        .with_current_span(true)
+        .with_current_span(true);
+    tracing_subscriber::fmt::layer()
+        .event_format(crate::otel::WithTraceIds {
+            inner: format,
+            on: traces,
+        })
         .fmt_fields(crate::logfields::JsonSpanFields)
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Every binary's version and commit (`ARTIFACT_BUILD_COMMIT`, set by the

@@ -35,6 +35,8 @@ fn parsed(text_location: String) -> Parsed {
             producer: None,
             creation_date: None,
             modification_date: None,
+            ocr_pages: Vec::new(),
+            ocr_confidence: None,
         }),
         processed_at: 1,
     }

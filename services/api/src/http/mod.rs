@@ -17,6 +17,7 @@ pub mod limits;
 pub mod multipart;
 pub mod problem;
 pub mod server;
+pub mod spans;
 pub mod upload;
 pub mod uploads;
 
@@ -36,10 +37,12 @@ use completions::Completions;
 use limits::{Limits, UploadSlots};
 use problem::Problem;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 use utoipa::{OpenApi, ToSchema};
 
 /// What the handlers share.
@@ -111,11 +114,23 @@ impl AppState {
             .encode(&topic, EventSchema::ArtifactCreated, event)
             .await?;
         let key = event.artifact_id.to_string();
+        let (span, trace) = artifact_runtime::otel::produce(&topic, &key);
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in &trace {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_str()),
+            });
+        }
         self.producer
             .send(
-                FutureRecord::to(&topic).key(&key).payload(&payload),
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers),
                 Duration::from_secs(15),
             )
+            .instrument(span)
             .await
             .map_err(|(e, _)| PublishError::Kafka(e))?;
         Ok(())
@@ -227,6 +242,7 @@ pub fn router(state: AppState) -> Router {
     routes
         .layer(from_fn_with_state(state.clone(), auth::identify))
         .layer(from_fn(problem::request_ids))
+        .layer(from_fn(spans::traced))
         .with_state(state)
 }
 

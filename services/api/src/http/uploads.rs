@@ -16,6 +16,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
 use serde::Deserialize;
+use tracing::Instrument;
 
 /// Artifact ids derived from idempotency keys live in this UUID namespace.
 pub(crate) const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
@@ -102,7 +103,7 @@ pub async fn upload_artifact(
     // a client going away drops this future, not the completion.
     let accepted = st
         .completions
-        .spawn(upload.complete(st.clone(), staged))
+        .spawn(upload.complete(st.clone(), staged).in_current_span())
         .await
         .map_err(|e| Problem::internal("completing the upload failed").caused_by(e))??;
     Ok((StatusCode::ACCEPTED, Json(accepted)))

@@ -43,12 +43,13 @@ mod writer;
 
 use crate::metrics;
 use crate::readmodel::StatusTable;
-use artifact_domain::ArtifactId;
+use artifact_domain::{ArtifactId, PipelineEvent};
 use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, client_config, ordered_producer_config};
 use artifact_kafka::codec::AvroCodec;
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::now_ms;
 use artifact_kafka::topics::TopicNames;
+use artifact_runtime::otel;
 use futures::FutureExt;
 use projection::{Controlled, Projection};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -58,6 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 pub use topics::{EventKind, EventTopics, Folded, UnknownTopic};
+use tracing::{Instrument, Span};
 use writer::{Reports, SnapshotWriter, take_back};
 
 /// Most events folded before their snapshots are written.
@@ -122,6 +124,8 @@ struct Projector {
     settled_delivered: UnboundedReceiver<Vec<(ArtifactId, u64)>>,
     /// When it started: events written before are re-read, not late.
     started_ms: i64,
+    /// Its consumer group (a span attribute).
+    group: String,
 }
 
 impl Projector {
@@ -164,10 +168,13 @@ impl Projector {
             undelivered,
             settled_delivered,
             started_ms: now_ms(),
+            group: group.to_owned(),
         })
     }
 
-    /// Folds a batch; returns the artifacts it touched.
+    /// Folds a batch; returns the artifacts it touched. Each record's fold
+    /// is a span, a child of the record's trace context, when traces are
+    /// exported.
     async fn fold_batch(&mut self, batch: Vec<OwnedMessage>) -> HashSet<ArtifactId> {
         let mut changed = HashSet::new();
         for m in batch {
@@ -175,7 +182,18 @@ impl Projector {
                 // A tombstone of an erased artifact's event.
                 continue;
             }
-            let event = match self.decode(&m).await {
+            let span = if otel::enabled() {
+                let span = tracing::info_span!(
+                    "fold",
+                    otel.name = tracing::field::Empty,
+                    otel.kind = tracing::field::Empty,
+                );
+                otel::consume(&span, "fold", &self.group, &m);
+                span
+            } else {
+                Span::none()
+            };
+            let event = match self.decode(&m).instrument(span.clone()).await {
                 Some(Folded::Event(event)) => *event,
                 Some(Folded::Control(control)) => {
                     let id = control.artifact_id;
@@ -196,32 +214,39 @@ impl Projector {
                     continue;
                 }
             };
-            metrics::projector_event();
-            let id = event.artifact_id();
-            let timed_before = self
-                .projection
-                .folds
-                .get(&id)
-                .is_some_and(|s| s.completion_ms().is_some());
-            let Some(status) = self.projection.apply(event) else {
-                // Written before the start: re-read, not late.
-                if m.timestamp()
-                    .to_millis()
-                    .is_none_or(|t| t >= self.started_ms)
-                {
-                    metrics::late_event();
-                }
-                continue;
-            };
-            if !timed_before
-                && let Some(ms) = status.completion_ms()
-                && status.updated_at().is_some_and(|t| t >= self.started_ms)
-            {
-                metrics::end_to_end(ms as f64 / 1000.0);
+            if let Some(id) = span.in_scope(|| self.fold(&m, event)) {
+                changed.insert(id);
             }
-            changed.insert(id);
         }
         changed
+    }
+
+    /// Folds one record's event; the artifact, when its view changed.
+    fn fold(&mut self, m: &OwnedMessage, event: PipelineEvent) -> Option<ArtifactId> {
+        metrics::projector_event();
+        let id = event.artifact_id();
+        let timed_before = self
+            .projection
+            .folds
+            .get(&id)
+            .is_some_and(|s| s.completion_ms().is_some());
+        let Some(status) = self.projection.apply(event) else {
+            // Written before the start: re-read, not late.
+            if m.timestamp()
+                .to_millis()
+                .is_none_or(|t| t >= self.started_ms)
+            {
+                metrics::late_event();
+            }
+            return None;
+        };
+        if !timed_before
+            && let Some(ms) = status.completion_ms()
+            && status.updated_at().is_some_and(|t| t >= self.started_ms)
+        {
+            metrics::end_to_end(ms as f64 / 1000.0);
+        }
+        Some(id)
     }
 
     /// The record's event, waiting out a registry outage; `None` (logged)

@@ -5,11 +5,11 @@
 use super::StageRunner;
 use super::item::Item;
 use super::plan::Plan;
+use crate::otel;
 use crate::retry;
 use crate::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
 use crate::stage_metrics;
-use artifact_kafka::client::header;
-use artifact_kafka::trace::{TRACEPARENT, child_value};
+use artifact_kafka::trace::{TRACEPARENT, TraceHeaders};
 use futures::{FutureExt, StreamExt};
 use rdkafka::message::Message;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,12 +24,12 @@ pub(crate) enum Done<R> {
     Retriable(String),
 }
 
-/// A processed record's result and the `traceparent` of its processing,
+/// A processed record's result and the trace headers of its processing,
 /// which its outcome carries on.
 #[derive(Debug)]
 pub(crate) struct Attempted<R> {
     pub done: Done<R>,
-    pub traceparent: String,
+    pub trace: TraceHeaders,
 }
 
 impl<S: StageLogic> StageRunner<S> {
@@ -90,7 +90,8 @@ impl<S: StageLogic> StageRunner<S> {
         (done, covered)
     }
 
-    /// One record, in a span of its own with its trace context.
+    /// One record, in a span of its own: a child of the record's trace
+    /// context when traces are exported (`otel`).
     async fn process_one(
         &self,
         input: &S::Input,
@@ -98,7 +99,6 @@ impl<S: StageLogic> StageRunner<S> {
         processing_time: &metrics::Histogram,
         budget: &ByteBudget,
     ) -> Attempted<S::Result> {
-        let tp = child_value(header(&it.msg, TRACEPARENT));
         let span = tracing::info_span!(
             "record",
             stage = S::STAGE.name(),
@@ -107,8 +107,11 @@ impl<S: StageLogic> StageRunner<S> {
             topic = it.msg.topic(),
             partition = it.msg.partition(),
             offset = it.msg.offset(),
-            traceparent = %tp,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
         );
+        otel::consume(&span, "process", &self.group, &it.msg);
+        let trace = otel::outgoing(&span, &it.msg);
         let bytes = self.logic.input_bytes(input);
         let _held = match budget.hold(bytes).await {
             Ok(held) => held,
@@ -117,11 +120,11 @@ impl<S: StageLogic> StageRunner<S> {
                 tracing::info!(error = %reason, "permanent failure");
                 return Attempted {
                     done: Done::Permanent(reason),
-                    traceparent: tp,
+                    trace,
                 };
             }
         };
-        self.process_with_retries(input, it, tp, processing_time)
+        self.process_with_retries(input, it, trace, processing_time)
             .instrument(span)
             .await
     }
@@ -133,7 +136,7 @@ impl<S: StageLogic> StageRunner<S> {
         &self,
         input: &S::Input,
         it: &Item,
-        traceparent: String,
+        trace: TraceHeaders,
         processing_time: &metrics::Histogram,
     ) -> Attempted<S::Result> {
         let policy = self.cfg.retry_policy();
@@ -144,7 +147,11 @@ impl<S: StageLogic> StageRunner<S> {
             partition: it.msg.partition(),
             offset: it.msg.offset(),
             attempt: 0,
-            traceparent,
+            traceparent: trace
+                .iter()
+                .find(|(k, _)| *k == TRACEPARENT)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
         };
         for attempt in 1..=policy.inline_attempts {
             ctx.attempt = it
@@ -157,16 +164,25 @@ impl<S: StageLogic> StageRunner<S> {
             let res = tokio::time::timeout(limit, fut).await;
             processing_time.record(started.elapsed().as_secs_f64());
             match res {
-                Ok(Ok(Ok(p))) => return ended(ctx, Done::Ok(p)),
+                Ok(Ok(Ok(p))) => {
+                    return Attempted {
+                        done: Done::Ok(p),
+                        trace,
+                    };
+                }
                 Ok(Ok(Err(StageError::Permanent(r)))) => {
                     tracing::info!(error = %r, "permanent failure");
-                    return ended(ctx, Done::Permanent(r));
+                    return Attempted {
+                        done: Done::Permanent(r),
+                        trace,
+                    };
                 }
                 Ok(Ok(Err(StageError::Retriable(r)))) => last = r,
                 Ok(Err(panic)) => {
                     let what = panic_message(&*panic);
                     tracing::error!(panic = %what, "stage panicked");
-                    return ended(ctx, Done::Permanent(format!("stage panicked: {what}")));
+                    let done = Done::Permanent(format!("stage panicked: {what}"));
+                    return Attempted { done, trace };
                 }
                 Err(_) => last = format!("processing took longer than {limit:?}"),
             }
@@ -181,7 +197,10 @@ impl<S: StageLogic> StageRunner<S> {
                 .await;
             }
         }
-        ended(ctx, Done::Retriable(last))
+        Attempted {
+            done: Done::Retriable(last),
+            trace,
+        }
     }
 }
 
@@ -222,14 +241,6 @@ impl ByteBudget {
 
 fn kib(bytes: u64) -> u64 {
     bytes.div_ceil(1024)
-}
-
-/// The result of the attempts made with `ctx`.
-fn ended<R>(ctx: RecordContext, done: Done<R>) -> Attempted<R> {
-    Attempted {
-        done,
-        traceparent: ctx.traceparent,
-    }
 }
 
 /// A panic's message, when it has one.

@@ -22,7 +22,7 @@ use artifact_domain::{ArtifactId, Generation, Outcome, Stage};
 use artifact_kafka::client::header;
 use artifact_kafka::codec::TopicWriter;
 use artifact_kafka::headers;
-use artifact_kafka::trace::{TRACEPARENT, child_value};
+use artifact_kafka::trace::{self, TraceHeaders};
 use rdkafka::message::Message;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -109,12 +109,12 @@ pub(crate) enum Disposition<I, R> {
     Skip(&'static str),
     /// A record other than an outcome: a retry copy or a dead letter.
     Write(Out),
-    /// An outcome event, with the input it is for and the `traceparent`
+    /// An outcome event, with the input it is for and the trace headers
     /// it carries.
     Outcome {
         input: I,
         event: StageEvent<R>,
-        traceparent: String,
+        trace: TraceHeaders,
     },
 }
 
@@ -173,7 +173,7 @@ impl Records<'_> {
                 Plan::Fail(input, reason) => Disposition::Outcome {
                     event: self.failed(&input, reason),
                     input,
-                    traceparent: child_value(header(&items[i].msg, TRACEPARENT)),
+                    trace: trace::copied(&items[i].msg),
                 },
             })
             .collect()
@@ -187,7 +187,7 @@ impl Records<'_> {
         input: I,
         attempted: Attempted<R>,
     ) -> Disposition<I, R> {
-        let Attempted { done, traceparent } = attempted;
+        let Attempted { done, trace } = attempted;
         let event = match done {
             Done::Ok(processed) => StageEvent {
                 artifact_id: input.artifact_id(),
@@ -215,7 +215,7 @@ impl Records<'_> {
         Disposition::Outcome {
             input,
             event,
-            traceparent,
+            trace,
         }
     }
 
@@ -243,8 +243,8 @@ impl Records<'_> {
                 Disposition::Outcome {
                     input,
                     event,
-                    traceparent,
-                } => self.outcome(it, &input, event, traceparent, encoder, &mut built)?,
+                    trace,
+                } => self.outcome(it, &input, event, trace, encoder, &mut built)?,
             }
         }
         Ok(built)
@@ -257,7 +257,7 @@ impl Records<'_> {
         it: &Item,
         input: &I,
         mut event: StageEvent<R>,
-        traceparent: String,
+        trace: TraceHeaders,
         encoder: &impl Encode<R>,
         built: &mut Built,
     ) -> Result<(), BatchError> {
@@ -268,7 +268,7 @@ impl Records<'_> {
             partition: p,
             key: Some(key.clone()),
             payload: Some(encoder.outcome(&event)?),
-            headers: vec![(TRACEPARENT, traceparent)],
+            headers: trace,
             kind: "output",
         };
         if output.size() > self.max_record_bytes {
@@ -428,9 +428,7 @@ impl Records<'_> {
             (headers::SOURCE_OFFSET, offset),
             (headers::STAGE, self.stage.name().to_owned()),
         ];
-        if let Some(tp) = header(&it.msg, TRACEPARENT) {
-            h.push((TRACEPARENT, tp.to_owned()));
-        }
+        h.extend(trace::copied(&it.msg));
         h
     }
 }

@@ -59,6 +59,8 @@ pub(crate) fn parsed_after(id: ArtifactId, generation: i64, outcome: Outcome) ->
             producer: None,
             creation_date: None,
             modification_date: None,
+            ocr_pages: Vec::new(),
+            ocr_confidence: None,
         }),
         outcome,
         processed_at: 2,

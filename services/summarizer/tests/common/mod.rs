@@ -206,6 +206,8 @@ pub fn parsed(text_location: Option<String>) -> Parsed {
             producer: None,
             creation_date: None,
             modification_date: None,
+            ocr_pages: Vec::new(),
+            ocr_confidence: None,
         }),
         processed_at: 0,
     }

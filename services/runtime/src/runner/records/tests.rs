@@ -4,9 +4,11 @@ use super::*;
 use crate::runner::testing::{created, item, with_bytes};
 use crate::stage::Processed;
 use artifact_domain::{ArtifactContext, ArtifactCreated};
+use artifact_kafka::trace::TRACEPARENT;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 
 const NOW: i64 = 1_000_000;
+const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 fn topics() -> StageTopics {
     StageTopics {
@@ -49,7 +51,7 @@ fn succeeded(result: &str) -> Done<String> {
 fn attempted(done: Done<String>) -> Option<Attempted<String>> {
     Some(Attempted {
         done,
-        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        trace: vec![(TRACEPARENT, TP.into())],
     })
 }
 
@@ -86,7 +88,11 @@ fn a_success_writes_its_outcome_and_dedup_entry() {
         assert_eq!(o.partition, 3, "the input's partition number");
         assert_eq!(o.key.as_deref(), Some(id.to_string().as_bytes()));
     }
-    assert!(header(output, TRACEPARENT).is_some());
+    assert_eq!(
+        header(output, TRACEPARENT),
+        Some(TP),
+        "the processing's context"
+    );
     let event = outcome_of(output);
     assert_eq!(event["result"], "text");
     assert_eq!(event["processed_at"], NOW);
