@@ -342,6 +342,40 @@ impl TestEnv {
     }
 }
 
+/// A successful parse of a plain text whose extracted text is at
+/// `text_location`: a summarizer's input.
+pub fn parsed_text(text_location: String) -> artifact_domain::Parsed {
+    use artifact_domain::{ArtifactContext, Outcome, ParseResult, StageEvent};
+    StageEvent {
+        artifact_id: ArtifactId::new_random(),
+        generation: Generation::FIRST,
+        context: ArtifactContext {
+            storage_location: "file:///uploads/notes.txt".into(),
+            declared_content_type: Some("text/plain".into()),
+            detected_content_type: Some("text/plain".into()),
+            text_location: Some(text_location.clone()),
+            ..ArtifactContext::default()
+        },
+        outcome: Outcome::Succeeded,
+        result: Some(ParseResult {
+            text_location,
+            page_count: None,
+            word_count: 10,
+            char_count: 60,
+            preview: String::new(),
+            title: None,
+            author: None,
+            creator: None,
+            producer: None,
+            creation_date: None,
+            modification_date: None,
+            ocr_pages: Vec::new(),
+            ocr_confidence: None,
+        }),
+        processed_at: 1,
+    }
+}
+
 /// A header's value as text.
 pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
     artifact_kafka::client::header(msg, name).map(str::to_owned)

@@ -267,7 +267,11 @@ async fn register_all_is_idempotent() {
     let first = admin.register_all(&names).await.unwrap();
     let second = admin.register_all(&names).await.unwrap();
     assert_eq!(first, second);
-    assert_eq!(first.len(), 11);
+    assert_eq!(
+        first.len(),
+        12,
+        "created, 4 outcomes, 4 dedup, status, stage-control, artifact-control"
+    );
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 
 use artifact_domain::*;
 use artifact_kafka::schemas::EventSchema;
-use artifact_pipeline_tests::{StageProcess, TestEnv, wait_until};
+use artifact_pipeline_tests::{StageProcess, TestEnv, parsed_text, wait_until};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -110,37 +110,6 @@ async fn chat(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap, body: St
     }
 }
 
-fn parsed(text_location: String) -> Parsed {
-    StageEvent {
-        artifact_id: ArtifactId::new_random(),
-        generation: Generation::FIRST,
-        context: ArtifactContext {
-            storage_location: "file:///uploads/notes.txt".into(),
-            declared_content_type: Some("text/plain".into()),
-            detected_content_type: Some("text/plain".into()),
-            text_location: Some(text_location.clone()),
-            ..ArtifactContext::default()
-        },
-        outcome: Outcome::Succeeded,
-        result: Some(ParseResult {
-            text_location,
-            page_count: None,
-            word_count: 10,
-            char_count: 60,
-            preview: String::new(),
-            title: None,
-            author: None,
-            creator: None,
-            producer: None,
-            creation_date: None,
-            modification_date: None,
-            ocr_pages: Vec::new(),
-            ocr_confidence: None,
-        }),
-        processed_at: 1,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn summarizer_with_the_llm_backend() -> anyhow::Result<()> {
     artifact_pipeline_tests::needs_stack!();
@@ -162,7 +131,7 @@ async fn summarizer_with_the_llm_backend() -> anyhow::Result<()> {
             &path,
             format!("{marker}: the notes say that each stage runs as its own service."),
         )?;
-        inputs.insert(marker, parsed(format!("file://{}", path.display())));
+        inputs.insert(marker, parsed_text(format!("file://{}", path.display())));
     }
 
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_test-stage")).with_file_name("summarizer");

@@ -5,6 +5,7 @@ mod control;
 mod lag;
 mod lag_exporter;
 mod ops;
+mod stage;
 
 use anyhow::Context;
 use artifact_domain::Stage;
@@ -130,6 +131,11 @@ enum Command {
         /// Also every artifact in this state (e.g. FAILED).
         #[arg(long)]
         state: Option<String>,
+    },
+    /// Pauses and resumes stages; shows paused stages and open breakers.
+    Stage {
+        #[command(subcommand)]
+        command: stage::StageCommand,
     },
 }
 
@@ -423,6 +429,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{id}: {} (generation {})", c.action, c.generation);
         }
         Command::Erase { ids, state } => control::erase(&api, ids, state.as_deref()).await?,
+        Command::Stage { command } => stage::run(&cli.conn, command).await?,
     }
     Ok(())
 }

@@ -3,8 +3,9 @@
 //! ([`config`]), how clients are configured ([`client`]), the topic
 //! catalogue and its creation ([`topics`]), schema registration
 //! ([`schemas`]), the Avro codec in the Confluent wire format ([`codec`]),
-//! the names of the headers the pipeline writes ([`headers`]) and trace
-//! propagation ([`trace`]). Nothing here knows about stages or HTTP.
+//! the names of the headers the pipeline writes ([`headers`]), trace
+//! propagation ([`trace`]) and the stage-control records
+//! ([`stage_control`]). Nothing here knows about stages or HTTP.
 
 mod avro_write;
 pub mod client;
@@ -12,6 +13,7 @@ pub mod codec;
 pub mod config;
 pub mod headers;
 pub mod schemas;
+pub mod stage_control;
 pub mod topics;
 pub mod trace;
 

@@ -26,11 +26,13 @@ pub enum EventSchema {
     ArtifactStatus,
     /// `artifact-control.avsc`
     ArtifactControl,
+    /// `stage-control.avsc`
+    StageControl,
 }
 
 impl EventSchema {
     /// Every schema.
-    pub const ALL: [EventSchema; 8] = [
+    pub const ALL: [EventSchema; 9] = [
         EventSchema::ArtifactCreated,
         EventSchema::MimeDetected,
         EventSchema::LocationVerified,
@@ -38,6 +40,7 @@ impl EventSchema {
         EventSchema::Summarized,
         EventSchema::DedupEntry,
         EventSchema::ArtifactStatus,
+        EventSchema::StageControl,
         EventSchema::ArtifactControl,
     ];
 
@@ -56,6 +59,7 @@ impl EventSchema {
             EventSchema::ArtifactControl => {
                 include_str!("../../../schemas/artifact-control.avsc")
             }
+            EventSchema::StageControl => include_str!("../../../schemas/stage-control.avsc"),
         }
     }
 
@@ -80,6 +84,7 @@ pub fn subjects(names: &TopicNames) -> Vec<(String, EventSchema)> {
     }
     v.push((names.status(), EventSchema::ArtifactStatus));
     v.push((names.artifact_control(), EventSchema::ArtifactControl));
+    v.push((names.stage_control(), EventSchema::StageControl));
     v.into_iter()
         .map(|(t, s)| (format!("{t}-value"), s))
         .collect()
@@ -368,6 +373,10 @@ mod tests {
             "artifact.artifact-control-value".into(),
             EventSchema::ArtifactControl
         )));
-        assert_eq!(subs.len(), 1 + 4 + 4 + 1 + 1);
+        assert!(subs.contains(&(
+            "artifact.stage-control-value".into(),
+            EventSchema::StageControl
+        )));
+        assert_eq!(subs.len(), 1 + 4 + 4 + 1 + 1 + 1);
     }
 }

@@ -168,6 +168,12 @@ impl TopicNames {
         format!("{}.{}.inflight", self.prefix, stage.name())
     }
 
+    /// `<prefix>.stage-control`: operators' pauses of stages and breakers'
+    /// reports, keyed by stage (`crate::stage_control`).
+    pub fn stage_control(&self) -> String {
+        format!("{}.stage-control", self.prefix)
+    }
+
     /// Every topic of the design with its cleanup policy and, for compacted
     /// topics, [`DEFAULT_COMPACTED_SEGMENT_MS`], for retry topics
     /// [`RETRY_RETENTION_MS`], for dead-letter topics
@@ -189,6 +195,7 @@ impl TopicNames {
         v.extend(Stage::ALL.map(|s| compact(self.output(s))));
         v.push(compact(self.status()));
         v.push(compact(self.artifact_control()));
+        v.push(compact(self.stage_control()));
         for s in Stage::ALL {
             v.push(compact(self.dedup(s)));
             v.push(delete(self.retry(s), Some(RETRY_RETENTION_MS)));
@@ -556,10 +563,11 @@ mod tests {
             "artifact.summarizer.retry",
             "artifact.mime-detector.dlq",
             "artifact.location-logger.inflight",
+            "artifact.stage-control",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
-        assert_eq!(cat.len(), 7 + 4 * 4);
+        assert_eq!(cat.len(), 8 + 4 * 4);
         for s in &cat {
             let want = if s.name.ends_with(".retry") || s.name.ends_with(".dlq") {
                 Cleanup::Delete

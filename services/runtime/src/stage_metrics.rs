@@ -98,6 +98,10 @@ const DEDUP_KEYS: (&str, &str) = (
     "artifact_stage_dedup_keys",
     "Artifacts in the stage's dedup state.",
 );
+const PAUSED: (&str, &str) = (
+    "artifact_stage_paused",
+    "1 while the stage holds its input back, by cause: operator (artifactctl stage pause) or breaker (its dependency fails).",
+);
 /// The gauge of consumer lag, labelled by group, topic and partition.
 pub(crate) const CONSUMER_LAG: (&str, &str) = (
     "artifact_pipeline_consumer_lag",
@@ -134,8 +138,17 @@ pub(crate) fn describe(stage: &'static str) {
             None => metrics::counter!(c.name, "stage" => stage).absolute(0),
         }
     }
-    for (name, help) in [DEDUP_KEYS, CONSUMER_LAG, RESTORING, RESTORE_REMAINING] {
+    for (name, help) in [
+        DEDUP_KEYS,
+        CONSUMER_LAG,
+        RESTORING,
+        RESTORE_REMAINING,
+        PAUSED,
+    ] {
         metrics::describe_gauge!(name, help);
+    }
+    for cause in ["operator", "breaker"] {
+        paused(stage, cause, false);
     }
     for (name, help) in [
         PROCESSING_SECONDS,
@@ -207,6 +220,11 @@ pub(crate) fn dedup_keys(stage: &'static str, keys: usize) {
 pub(crate) fn restoring(stage: &'static str, partitions: usize, remaining: i64) {
     metrics::gauge!(RESTORING.0, "stage" => stage).set(partitions as f64);
     metrics::gauge!(RESTORE_REMAINING.0, "stage" => stage).set(remaining as f64);
+}
+
+/// Whether `stage` holds its input back for `cause`.
+pub(crate) fn paused(stage: &'static str, cause: &'static str, paused: bool) {
+    metrics::gauge!(PAUSED.0, "stage" => stage, "cause" => cause).set(f64::from(u8::from(paused)));
 }
 
 /// The histogram of processing attempts of `stage`.

@@ -5,6 +5,7 @@ use super::StageRunner;
 use super::item::Item;
 use super::plan::{self, Key, Plan};
 use super::poison::{self, Markers};
+use super::process::Done;
 use super::records::{Built, Disposition, Encode, Records, Writers};
 use crate::stage::{StageInput, StageLogic};
 use crate::stage_metrics;
@@ -92,7 +93,16 @@ impl<S: StageLogic> StageRunner<S> {
             markers.mark(&poison::ranges(items, guard.deaths)).await?;
         }
         let t_decoded = t0.elapsed();
-        let (done, covered) = self.process(items, &plans, t0 + self.start_budget).await;
+        let (done, mut covered) = self.process(items, &plans, t0 + self.start_budget).await;
+        if self.breaker.is_open()
+            && let Some(first) = done
+                .iter()
+                .position(|d| matches!(d, Some(a) if matches!(a.done, Done::Retriable(_))))
+        {
+            // Attempts that failed once the breaker opened are no
+            // deliveries: from the first, the batch is read again later.
+            covered = covered.min(first);
+        }
         plans.truncate(covered);
         if done.iter().any(Option::is_some) {
             self.before_commit().await?;

@@ -107,6 +107,25 @@ pub struct RunnerConfig {
     /// group before exiting anyway, in milliseconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+
+    /// The circuit breaker looks at this many recent processing attempts
+    /// (in-process retries included); 0 turns it off.
+    #[arg(long, env = "BREAKER_WINDOW", default_value_t = 20)]
+    pub breaker_window: usize,
+
+    /// The breaker opens when more than this share of a full window of
+    /// attempts failed retriably (a dependency failing).
+    #[arg(long, env = "BREAKER_THRESHOLD", default_value_t = 0.5)]
+    pub breaker_threshold: f64,
+
+    /// Wait before an open breaker's first probe, in milliseconds; doubles
+    /// after each failed probe.
+    #[arg(long, env = "BREAKER_PROBE_MS", default_value_t = 1_000)]
+    pub breaker_probe_ms: u64,
+
+    /// Longest wait between probes, in milliseconds.
+    #[arg(long, env = "BREAKER_PROBE_MAX_MS", default_value_t = 30_000)]
+    pub breaker_probe_max_ms: u64,
 }
 
 impl RunnerConfig {
@@ -175,6 +194,21 @@ impl RunnerConfig {
                 expected: "must not be below RETRY_DELAY_MS",
             });
         }
+        if !(0.0..1.0).contains(&self.breaker_threshold) {
+            return Err(RunnerConfigError {
+                name: "BREAKER_THRESHOLD",
+                value: self.breaker_threshold.to_string(),
+                expected: "a share from 0 (inclusive) to 1 (exclusive), e.g. 0.5",
+            });
+        }
+        positive("BREAKER_PROBE_MS", self.breaker_probe_ms)?;
+        if self.breaker_probe_max_ms < self.breaker_probe_ms {
+            return Err(RunnerConfigError {
+                name: "BREAKER_PROBE_MAX_MS",
+                value: self.breaker_probe_max_ms.to_string(),
+                expected: "must not be below BREAKER_PROBE_MS",
+            });
+        }
         if let Some(id) = &self.instance_id
             && (id.is_empty() || id.contains(char::is_whitespace))
         {
@@ -185,6 +219,16 @@ impl RunnerConfig {
             });
         }
         Ok(())
+    }
+
+    /// The circuit breaker these settings describe.
+    pub(crate) fn breaker(&self) -> super::breaker::BreakerConfig {
+        super::breaker::BreakerConfig {
+            window: self.breaker_window,
+            threshold: self.breaker_threshold,
+            probe_backoff: Duration::from_millis(self.breaker_probe_ms),
+            probe_backoff_max: Duration::from_millis(self.breaker_probe_max_ms),
+        }
     }
 
     /// The retry policy these settings describe.

@@ -43,6 +43,10 @@ pub struct StageContext {
     pub(crate) retry_topic: String,
     pub(crate) assignment: Arc<Mutex<Assignment>>,
     pub(crate) retry_consumer: Arc<OnceLock<Arc<StreamConsumer>>>,
+    /// Set while the stage holds its input back: librdkafka learns a
+    /// partition's end only from fetches, so the loop reports the input
+    /// topic's lag itself then ([`super::control`]).
+    pub(crate) held: std::sync::atomic::AtomicBool,
 }
 
 impl StageContext {
@@ -75,7 +79,11 @@ impl ClientContext for StageContext {
         let Some(topics) = stats.get("topics").and_then(|t| t.as_object()) else {
             return;
         };
+        let held = self.held.load(std::sync::atomic::Ordering::Relaxed);
         for (topic, t) in topics {
+            if held && *topic == self.input_topic {
+                continue;
+            }
             let Some(partitions) = t.get("partitions").and_then(|p| p.as_object()) else {
                 continue;
             };
@@ -166,7 +174,7 @@ impl ConsumerContext for StageContext {
 
 /// Records behind: the end of the partition minus the position, when both
 /// are known (an empty partition has no lag whatever the position).
-fn lag(end: i64, position: i64) -> Option<i64> {
+pub(super) fn lag(end: i64, position: i64) -> Option<i64> {
     match (end, position) {
         (e, _) if e < 0 => None,
         (0, _) => Some(0),

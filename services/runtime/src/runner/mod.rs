@@ -30,12 +30,18 @@
 //!
 //! Retry records below the committed retry offsets are deleted in the
 //! background ([`purge`]): the retry topic keeps the pending ones for good.
+//!
+//! Before collecting, the loop asks [`control`] whether input may be read:
+//! an operator's pause or an open circuit breaker ([`breaker`]) holds it
+//! back.
 
 mod batch;
+mod breaker;
 mod collect;
 mod commit;
 pub mod config;
 mod context;
+mod control;
 mod item;
 mod pace;
 mod plan;
@@ -121,6 +127,8 @@ pub struct StageRunner<S: StageLogic> {
     pub(crate) max_record_bytes: usize,
     /// Operators' cancels and erasures (`crate::control`).
     pub(crate) controls: ArtifactControls,
+    /// The circuit breaker of this replica.
+    pub(crate) breaker: control::SharedBreaker,
 }
 
 impl<S: StageLogic> StageRunner<S> {
@@ -166,12 +174,14 @@ impl<S: StageLogic> StageRunner<S> {
                  starts one record per concurrent slot and may still outlive it"
             );
         }
+        let breaker = control::SharedBreaker::new(cfg.breaker());
         Ok(StageRunner {
             logic: Arc::new(logic),
             topics: StageTopics::new(&names, S::STAGE),
             names,
             conn,
             cfg,
+            breaker,
             codec: Arc::new(codec),
             health,
             group,
@@ -244,9 +254,19 @@ impl<S: StageLogic> StageRunner<S> {
             self.names.inflight(stage),
             self.names.artifact_control(),
         ];
-        let counts = partition_counts(&self.conn, &topics, Duration::from_secs(30))
-            .map_err(|e| RunnerError::TopicsMissing(e.to_string()))?;
-        let missing: Vec<&String> = topics.iter().filter(|t| !counts.contains_key(*t)).collect();
+        // Followed, not co-partitioned: it only needs to exist.
+        let control = self.names.stage_control();
+        let counts = partition_counts(
+            &self.conn,
+            &[topics.as_slice(), std::slice::from_ref(&control)].concat(),
+            Duration::from_secs(30),
+        )
+        .map_err(|e| RunnerError::TopicsMissing(e.to_string()))?;
+        let missing: Vec<&String> = topics
+            .iter()
+            .chain([&control])
+            .filter(|t| !counts.contains_key(*t))
+            .collect();
         if !missing.is_empty() {
             return Err(RunnerError::TopicsMissing(format!(
                 "topics {missing:?} do not exist; create them with `artifactctl topics create`"
@@ -255,7 +275,7 @@ impl<S: StageLogic> StageRunner<S> {
         let input = counts[&topics[0]];
         let differ: Vec<String> = counts
             .iter()
-            .filter(|(_, n)| **n != input)
+            .filter(|(t, n)| **n != input && **t != control)
             .map(|(t, n)| format!("{t} has {n}"))
             .collect();
         if !differ.is_empty() {

@@ -3,6 +3,7 @@
 //! the consumer may still go unpolled.
 
 use super::StageRunner;
+use super::breaker::Attempt;
 use super::item::Item;
 use super::plan::Plan;
 use crate::otel;
@@ -59,8 +60,11 @@ impl<S: StageLogic> StageRunner<S> {
         let concurrency = self.cfg.concurrency;
         let mut finished = futures::stream::iter(work.iter().copied())
             .take_while(|_| {
+                let n = started.load(Ordering::Relaxed);
+                // An open breaker starts nothing more (but a probe).
                 futures::future::ready(
-                    started.load(Ordering::Relaxed) < concurrency || Instant::now() < start_until,
+                    (n < concurrency || Instant::now() < start_until)
+                        && (n == 0 || !self.breaker.is_open()),
                 )
             })
             .map(|i| {
@@ -165,6 +169,7 @@ impl<S: StageLogic> StageRunner<S> {
             processing_time.record(started.elapsed().as_secs_f64());
             match res {
                 Ok(Ok(Ok(p))) => {
+                    self.breaker.record(Attempt::Answered);
                     return Attempted {
                         done: Done::Ok(p),
                         trace,
@@ -172,6 +177,7 @@ impl<S: StageLogic> StageRunner<S> {
                 }
                 Ok(Ok(Err(StageError::Permanent(r)))) => {
                     tracing::info!(error = %r, "permanent failure");
+                    self.breaker.record(Attempt::Answered);
                     return Attempted {
                         done: Done::Permanent(r),
                         trace,
@@ -187,6 +193,14 @@ impl<S: StageLogic> StageRunner<S> {
                 Err(_) => last = format!("processing took longer than {limit:?}"),
             }
             tracing::info!(attempt, error = %last, "retriable failure");
+            self.breaker.record(Attempt::Failed {
+                record: input.artifact_id().to_string(),
+                error: last.clone(),
+            });
+            if self.breaker.is_open() {
+                // Read again once it closes; this attempt is no delivery.
+                break;
+            }
             if attempt < policy.inline_attempts {
                 stage_metrics::retried(S::STAGE.name(), "inline", 1);
                 tokio::time::sleep(retry::jittered(

@@ -126,6 +126,18 @@ impl RetryQueue {
         }
     }
 
+    /// Pauses the `owned` partitions for a held stage, or resumes those
+    /// not holding records until they are due.
+    pub fn hold(&self, owned: &std::collections::BTreeSet<i32>, hold: bool) {
+        for p in owned {
+            if hold {
+                self.pause(*p);
+            } else if !self.held.contains_key(p) {
+                self.resume(*p);
+            }
+        }
+    }
+
     fn pause(&self, p: i32) {
         let _ = self.consumer.pause(&self.partition(p));
     }

@@ -60,6 +60,7 @@ impl<S: StageLogic> StageRunner<S> {
             retry_topic: self.names.retry(S::STAGE),
             assignment: assignment.clone(),
             retry_consumer: slot,
+            held: std::sync::atomic::AtomicBool::new(false),
         };
         let consumer: StreamConsumer<StageContext> = self
             .consumer_config(&format!("{}-{instance}", self.group))

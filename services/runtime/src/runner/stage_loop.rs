@@ -4,6 +4,7 @@
 
 use super::commit::{self, InFlight, TxnGate};
 use super::context::{Assignment, StageContext};
+use super::control::Control;
 use super::item::{Item, Source, first_offsets};
 use super::pace::Pacer;
 use super::poison::{self, Markers, Suspects};
@@ -56,6 +57,8 @@ pub(crate) struct StageLoop<'r, S: StageLogic> {
     pub(super) pacer: Pacer,
     /// Batches that failed in a row.
     failures: u32,
+    /// What holds input back: the operator's pause, the breaker.
+    pub(super) control: Control,
     pub(super) shutdown: watch::Receiver<bool>,
 }
 
@@ -89,6 +92,12 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             purge: RetryPurge::new(retry_topic, Some(runner.conn.clone())),
             pacer: Pacer::new(Duration::from_millis(runner.cfg.transaction_linger_ms)),
             failures: 0,
+            control: Control::new(
+                &runner.conn,
+                runner.codec.clone(),
+                S::STAGE.name(),
+                runner.cfg.instance_id(),
+            ),
             shutdown,
         }
     }
@@ -107,12 +116,15 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             // Processed retry records go, in the background (at least every
             // quarter second: an idle wait ends that often).
             self.purge.poll();
+            let gate = self.gate();
             let collected = self.collect().await?;
             self.apply_assignment().await;
             self.expire_dedup();
             self.erase();
-            let batch = self.keep_owned(collected);
+            let owned = self.keep_owned(collected);
+            let batch = self.gated(gate, owned);
             self.handle_batch(batch).await?;
+            self.probe_done(gate);
         }
         self.finish().await
     }
@@ -189,7 +201,10 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
                 for (source, suspect) in f.suspects {
                     self.suspects.insert(source, suspect);
                 }
-                self.pause_input(f.partition, false);
+                // A held stage resumes it when it is no longer held.
+                if !self.control.held {
+                    self.pause_input(f.partition, false);
+                }
             }
         }
         let report = self.restores.report(stage);
@@ -397,8 +412,15 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
     }
 
     /// Nothing to do: ready, unless a batch failed since the last success,
-    /// a restore is pending, or no partition is assigned.
+    /// a restore is pending, no partition is assigned, or the stage-control
+    /// topic is not read to its end yet.
     fn report_idle(&self) {
+        if self.control.reading() {
+            self.runner
+                .health
+                .set_not_ready("reading the stage-control topic to its end");
+            return;
+        }
         let a = self.assignment();
         if self.failures == 0 && a.to_restore.is_empty() {
             if a.owned.is_empty() {
@@ -480,7 +502,7 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
     /// Puts the consumers back at the first offset of each partition in
     /// `items`, so those records are read again (nothing of them was
     /// committed).
-    fn rewind(&mut self, items: &[Item]) {
+    pub(super) fn rewind(&mut self, items: &[Item]) {
         for ((topic, p, source), offset) in first_offsets(items) {
             match source {
                 Source::Input => {
@@ -501,6 +523,7 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         if let Some(flight) = self.in_flight.take() {
             self.settle_or_rewind(flight, Vec::new()).await?;
         }
+        self.report_stop().await;
         tracing::info!(stage = S::STAGE.name(), "shutting down: leaving the group");
         self.runner.health.set_not_ready("shutting down");
         self.consumer.unsubscribe();

@@ -1,0 +1,316 @@
+//! Pausing a stage and its circuit breaker, against the real broker and
+//! registry. `artifactctl stage pause` holds a running stage's new input
+//! back while it stays ready, keeps its partitions and shows the backlog
+//! as lag; `stage resume` drains it. The summarizer, pointed at an LLM
+//! server on 127.0.0.1 that answers 503, trips its breaker instead of
+//! failing its artifacts, probes, and completes every one once the server
+//! answers 200 again.
+
+use artifact_domain::*;
+use artifact_kafka::schemas::EventSchema;
+use artifact_pipeline_tests::{StageProcess, TestEnv, parsed_text, wait_until};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_test-stage");
+
+/// Runs `artifactctl stage <args>` on the env's topics; its stdout.
+fn artifactctl(env: &TestEnv, args: &[&str]) -> String {
+    let out = std::process::Command::new(Path::new(BIN).with_file_name("artifactctl"))
+        .env("KAFKA_BOOTSTRAP_SERVERS", &env.conn.kafka_bootstrap_servers)
+        .env("SCHEMA_REGISTRY_URL", &env.conn.schema_registry_url)
+        .env("TOPIC_PREFIX", &env.conn.topic_prefix)
+        .arg("stage")
+        .args(args)
+        .output()
+        .expect("artifactctl runs");
+    assert!(
+        out.status.success(),
+        "artifactctl stage {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Records of `topic` the stages' group has not committed.
+fn group_lag(env: &TestEnv, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer =
+        artifact_kafka::client::consumer_config(&env.conn, "test-lag", &env.stage_group())
+            .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..env.partitions as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    let mut lag = 0;
+    for e in committed.elements() {
+        let (_, end) = consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
+        lag += end - e.offset().to_raw().unwrap_or(0).max(0);
+    }
+    Ok(lag)
+}
+
+async fn outputs(env: &TestEnv) -> usize {
+    env.read_all(&env.names.output(Stage::MimeDetector))
+        .map_or(0, |v| v.len())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_stage_shows_its_backlog_and_resume_drains_it() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
+    let env = TestEnv::new(2).await?;
+    let stage = StageProcess::start(&env, Path::new(BIN), &[])?;
+    let input = env.names.input(Stage::MimeDetector);
+
+    let before: Vec<ArtifactCreated> = (0..3)
+        .map(|i| TestEnv::created(&format!("before-{i}")))
+        .collect();
+    env.produce_created(&before).await?;
+    wait_until(
+        "the first artifacts processed",
+        Duration::from_secs(60),
+        || async { outputs(&env).await == 3 },
+    )
+    .await?;
+
+    let paused = artifactctl(&env, &["pause", "mime-detector", "--reason", "maintenance"]);
+    assert!(paused.contains("mime-detector paused"), "{paused}");
+    wait_until(
+        "the stage reports the pause",
+        Duration::from_secs(30),
+        || async {
+            stage
+                .metric("artifact_stage_paused", &["cause=\"operator\""])
+                .await
+                == 1.0
+        },
+    )
+    .await?;
+
+    let backlog: Vec<ArtifactCreated> = (0..5)
+        .map(|i| TestEnv::created(&format!("held-{i}")))
+        .collect();
+    env.produce_created(&backlog).await?;
+    // The stage's own lag gauge comes from its consumer's view of the end
+    // of its partitions: once it counts the 5 records, the stage has seen
+    // them and holds them back.
+    wait_until(
+        "the stage's lag gauge showing the backlog",
+        Duration::from_secs(60),
+        || async {
+            stage
+                .metric(
+                    "artifact_pipeline_consumer_lag",
+                    &[&format!("topic=\"{input}\"")],
+                )
+                .await
+                == 5.0
+        },
+    )
+    .await?;
+    assert_eq!(outputs(&env).await, 3, "nothing processed while paused");
+    assert_eq!(
+        group_lag(&env, &input)?,
+        5,
+        "the group's lag is the backlog"
+    );
+    assert!(stage.is_ready().await, "a paused stage stays ready");
+    let status = artifactctl(&env, &["status"]);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("mime-detector"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("paused") && line.contains("maintenance"),
+        "{status}"
+    );
+
+    let resumed = artifactctl(&env, &["resume", "mime-detector"]);
+    assert!(resumed.contains("mime-detector resumed"), "{resumed}");
+    wait_until("the backlog drained", Duration::from_secs(60), || async {
+        outputs(&env).await == 8 && group_lag(&env, &input).is_ok_and(|l| l == 0)
+    })
+    .await?;
+    assert_eq!(
+        stage
+            .metric("artifact_stage_paused", &["cause=\"operator\""])
+            .await,
+        0.0
+    );
+    let status = artifactctl(&env, &["status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("mime-detector") && l.contains("running")),
+        "{status}"
+    );
+    Ok(())
+}
+
+/// An OpenAI-compatible endpoint that answers 503 while `failing` is set,
+/// counting the requests.
+#[derive(Default)]
+struct Llm {
+    failing: AtomicBool,
+    requests: AtomicUsize,
+}
+
+async fn chat(State(llm): State<Arc<Llm>>) -> Response {
+    llm.requests.fetch_add(1, Ordering::Relaxed);
+    if llm.failing.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", "application/json")],
+            json!({"error": {"message": "overloaded", "type": "test_error"}}).to_string(),
+        )
+            .into_response();
+    }
+    (
+        [("content-type", "application/json")],
+        json!({
+            "id": "chatcmpl-breaker",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "breaker-model",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": "A summary after the outage."},
+                "finish_reason": "stop"
+            }]
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_breaker_trips_on_an_llm_outage_and_no_artifact_fails() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
+    let llm = Arc::new(Llm::default());
+    llm.failing.store(true, Ordering::Relaxed);
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .with_state(llm.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let llm_url = format!("http://{}/v1", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let env = TestEnv::new(2).await?;
+    let root = std::env::temp_dir().join(format!("breaker-{}", uuid::Uuid::new_v4().simple()));
+    let mut inputs = vec![];
+    for i in 0..6 {
+        let path = root.join("texts").join(format!("{i}.txt"));
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(
+            &path,
+            format!("Notes {i}: each stage runs as its own service."),
+        )?;
+        inputs.push(parsed_text(format!("file://{}", path.display())));
+    }
+    let bin = PathBuf::from(BIN).with_file_name("summarizer");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is not built (cargo build --workspace --bins)",
+        bin.display()
+    );
+    // Without the breaker, three deliveries of two attempts would fail
+    // every artifact within a second.
+    let vars = vec![
+        ("BLOB_STORE_URL", format!("file://{}", root.display())),
+        ("SUMMARIZER_BACKEND", "llm".to_owned()),
+        ("LLM_BASE_URL", llm_url),
+        ("LLM_MODEL", "breaker-model".to_owned()),
+        ("LLM_API_KEY", "sk-breaker".to_owned()),
+        ("RETRY_INLINE_ATTEMPTS", "2".to_owned()),
+        ("RETRY_INLINE_BACKOFF_MS", "20".to_owned()),
+        ("RETRY_MAX_DELIVERIES", "3".to_owned()),
+        ("RETRY_DELAY_MS", "100".to_owned()),
+        ("BREAKER_WINDOW", "4".to_owned()),
+        ("BREAKER_THRESHOLD", "0.5".to_owned()),
+        ("BREAKER_PROBE_MS", "200".to_owned()),
+        ("BREAKER_PROBE_MAX_MS", "1000".to_owned()),
+        ("INSTANCE_ID", "summarizer-breaker-test".to_owned()),
+    ];
+    let stage = StageProcess::start(&env, &bin, &vars)?;
+    env.produce_events(
+        &env.names.input(Stage::Summarizer),
+        EventSchema::Parsed,
+        &inputs,
+    )
+    .await?;
+
+    wait_until("the breaker open", Duration::from_secs(60), || async {
+        stage
+            .metric("artifact_stage_paused", &["cause=\"breaker\""])
+            .await
+            == 1.0
+    })
+    .await?;
+    // Probes keep going, one record at a time.
+    let at_open = llm.requests.load(Ordering::Relaxed);
+    wait_until(
+        "probes of the open breaker",
+        Duration::from_secs(30),
+        || async { llm.requests.load(Ordering::Relaxed) >= at_open + 3 },
+    )
+    .await?;
+    assert!(stage.is_ready().await, "a tripped stage stays ready");
+    wait_until(
+        "the breaker's report in stage status",
+        Duration::from_secs(30),
+        || async {
+            artifactctl(&env, &["status"]).lines().any(|l| {
+                l.contains("tripped") && l.contains("summarizer-breaker-test") && l.contains("503")
+            })
+        },
+    )
+    .await?;
+    let output = env.names.output(Stage::Summarizer);
+    let outcomes = env.read_decoded::<Summarized>(&output).await?;
+    assert!(
+        outcomes.is_empty(),
+        "nothing decided while open: {outcomes:?}"
+    );
+
+    llm.failing.store(false, Ordering::Relaxed);
+    wait_until(
+        "every artifact summarized",
+        Duration::from_secs(60),
+        || async { env.read_all(&output).is_ok_and(|v| v.len() >= inputs.len()) },
+    )
+    .await?;
+    let outcomes = env.read_decoded::<Summarized>(&output).await?;
+    assert_eq!(
+        outcomes.len(),
+        inputs.len(),
+        "one outcome each: {outcomes:?}"
+    );
+    for o in &outcomes {
+        assert_eq!(o.outcome, Outcome::Succeeded, "no artifact FAILED: {o:?}");
+    }
+    wait_until("the breaker closed", Duration::from_secs(30), || async {
+        stage
+            .metric("artifact_stage_paused", &["cause=\"breaker\""])
+            .await
+            == 0.0
+    })
+    .await?;
+    wait_until(
+        "the breaker's report closed",
+        Duration::from_secs(30),
+        || async { !artifactctl(&env, &["status"]).contains("tripped") },
+    )
+    .await?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
