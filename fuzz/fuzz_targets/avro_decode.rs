@@ -252,6 +252,7 @@ fuzz_target!(|data: &[u8]| {
         EventSchema::Summarized => decode::<Summarized>(d, &framed),
         EventSchema::DedupEntry => decode::<DedupEntry>(d, &framed),
         EventSchema::ArtifactStatus => decode::<StatusView>(d, &framed),
+        EventSchema::ArtifactControl => decode::<ArtifactControl>(d, &framed),
         EventSchema::StageControl => {
             decode::<artifact_kafka::stage_control::StageControl>(d, &framed)
         }

@@ -130,6 +130,7 @@ async fn large_text(p: &Pipeline, mib: u64) -> anyhow::Result<(ArtifactId, u64)>
         timeline: Vec::new(),
         created_at: Some(1),
         updated_at: 2,
+        cancelled_at: None,
     };
     let topic = p.env.names.status();
     let payload = p

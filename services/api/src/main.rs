@@ -104,9 +104,14 @@ fn app_state(cfg: &Config) -> anyhow::Result<AppState> {
     let producer = producer_config(&cfg.conn, "artifact-api")
         .set("message.timeout.ms", "10000")
         .create()?;
+    let codec = Arc::new(AvroCodec::new(&cfg.conn.schema_registry_url)?);
     Ok(AppState {
         names: TopicNames::from_config(&cfg.conn),
-        codec: Arc::new(AvroCodec::new(&cfg.conn.schema_registry_url)?),
+        controls: artifact_runtime::control::ArtifactControls::follow(
+            cfg.conn.clone(),
+            codec.clone(),
+        ),
+        codec,
         producer,
         blobs: BlobStore::from_url(&cfg.blobs.url()?)?,
         table: Arc::new(StatusTable::create(&cfg.read_model_dir)?),

@@ -2,7 +2,7 @@
 //! display.
 
 use anyhow::{Context, bail};
-use artifact_domain::{ArtifactState, StatusView};
+use artifact_domain::StatusView;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,6 +48,16 @@ impl Api {
                 .build()
                 .expect("HTTP client builds"),
         }
+    }
+
+    /// The HTTP client.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `rb` with the bearer token, if any.
+    pub fn authorized(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        self.auth(rb)
     }
 
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -226,7 +236,7 @@ impl<'a> Waiting<'a> {
             println!("{line}");
             self.last.insert(id, line);
         }
-        if matches!(v.state, ArtifactState::Completed | ArtifactState::Failed) {
+        if v.state.is_terminal() {
             self.done.push(v);
         }
     }

@@ -1,6 +1,7 @@
 //! `artifactctl`: the operator's command line for the artifact pipeline.
 
 mod api;
+mod control;
 mod lag;
 mod lag_exporter;
 mod ops;
@@ -114,6 +115,22 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Cancels an artifact's current generation: stages skip its inputs
+    /// and it ends CANCELLED (a reprocess starts a new one).
+    Cancel {
+        /// Artifact id.
+        id: String,
+    },
+    /// Erases artifacts: blobs deleted, tombstones on every compacted topic
+    /// holding them, and the API answers 404 (docs/OPERATIONS.md says what
+    /// remains, and for how long).
+    Erase {
+        /// Artifact ids.
+        ids: Vec<String>,
+        /// Also every artifact in this state (e.g. FAILED).
+        #[arg(long)]
+        state: Option<String>,
     },
     /// Pauses and resumes stages; shows paused stages and open breakers.
     Stage {
@@ -287,6 +304,9 @@ async fn main() -> anyhow::Result<()> {
                 for v in done {
                     let name = v.context.filename.clone().unwrap_or_default();
                     match (&v.failed_stage, &v.summary) {
+                        _ if v.state == artifact_domain::ArtifactState::Cancelled => {
+                            println!("{name}: CANCELLED")
+                        }
                         (Some(stage), _) => println!(
                             "{name}: FAILED at {stage}: {}",
                             v.failure_reason.as_deref().unwrap_or_default()
@@ -404,6 +424,11 @@ async fn main() -> anyhow::Result<()> {
             ops::mark_replayed(&cli.conn, stage, &letters)?;
             println!("replayed {n} dead letters of {stage} to their source topics");
         }
+        Command::Cancel { id } => {
+            let c = api.cancel(&id).await?;
+            println!("{id}: {} (generation {})", c.action, c.generation);
+        }
+        Command::Erase { ids, state } => control::erase(&api, ids, state.as_deref()).await?,
         Command::Stage { command } => stage::run(&cli.conn, command).await?,
     }
     Ok(())

@@ -7,6 +7,7 @@
 //! the event types match `schemas/*.avsc` field for field, so adapters can
 //! encode them with any serde data format.
 
+pub mod control;
 pub mod dedup;
 pub mod events;
 pub mod ids;
@@ -14,6 +15,7 @@ pub mod outcome;
 pub mod stage;
 pub mod status;
 
+pub use control::{ArtifactControl, ControlAction, control_skip};
 pub use dedup::{DedupDecision, decide};
 pub use events::{
     ArtifactContext, ArtifactCreated, LocationCheck, LocationVerified, MimeDetected, MimeDetection,

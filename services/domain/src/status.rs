@@ -23,12 +23,17 @@ pub enum ArtifactState {
     Completed,
     /// A stage failed permanently; later stages do not run.
     Failed,
+    /// An operator cancelled the generation; stages skip its inputs.
+    Cancelled,
 }
 
 impl ArtifactState {
     /// Whether no further stage outcome is expected for this generation.
     pub fn is_terminal(self) -> bool {
-        matches!(self, ArtifactState::Completed | ArtifactState::Failed)
+        matches!(
+            self,
+            ArtifactState::Completed | ArtifactState::Failed | ArtifactState::Cancelled
+        )
     }
 }
 
@@ -75,6 +80,9 @@ pub struct StatusView {
     pub created_at: Option<i64>,
     /// The latest timestamp among the folded events (epoch ms).
     pub updated_at: i64,
+    /// When an operator cancelled this generation (epoch ms), if one did.
+    #[serde(default)]
+    pub cancelled_at: Option<i64>,
 }
 
 impl ArtifactStatus {
@@ -104,6 +112,7 @@ impl ArtifactStatus {
             timeline: self.timeline(),
             created_at: self.created.as_ref().map(|c| c.created_at),
             updated_at: self.updated_at().unwrap_or_default(),
+            cancelled_at: self.cancelled_at,
         }
     }
 }
@@ -133,6 +142,9 @@ fn chain_settled(
     recorded: impl Fn(Stage) -> bool,
 ) -> bool {
     let last = match (state, failed_stage) {
+        // Outcomes of a cancelled generation may still come (records in
+        // flight); they are recorded in the log but change nothing here.
+        (ArtifactState::Cancelled, _) => return created,
         (ArtifactState::Completed, _) => Stage::Summarizer,
         (ArtifactState::Failed, Some(stage)) => stage,
         _ => return false,
@@ -196,6 +208,8 @@ pub struct ArtifactStatus {
     generation: Generation,
     created: Option<ArtifactCreated>,
     stages: [Option<PipelineEvent>; 4],
+    /// When this generation was cancelled, if it was.
+    cancelled_at: Option<i64>,
 }
 
 impl ArtifactStatus {
@@ -206,7 +220,27 @@ impl ArtifactStatus {
             generation,
             created: None,
             stages: [None, None, None, None],
+            cancelled_at: None,
         }
+    }
+
+    /// Folds a cancel of `generation` (at `at`, epoch ms) in: the fold's
+    /// generation, if the same, ends `CANCELLED`; a newer one starts a
+    /// cancelled fold (its events may come later); an older one changes
+    /// nothing.
+    pub fn cancel(&mut self, generation: Generation, at: i64) {
+        if generation < self.generation {
+            return;
+        }
+        if generation > self.generation {
+            *self = Self::empty(self.artifact_id, generation);
+        }
+        self.cancelled_at = Some(self.cancelled_at.map_or(at, |old| old.max(at)));
+    }
+
+    /// When this generation was cancelled, if it was.
+    pub fn cancelled_at(&self) -> Option<i64> {
+        self.cancelled_at
     }
 
     /// Folds events of one artifact, in any order. `None` when there are none.
@@ -340,7 +374,9 @@ impl ArtifactStatus {
     /// Where the artifact stands.
     pub fn state(&self) -> ArtifactState {
         let outcomes = || Stage::ALL.into_iter().filter_map(|s| self.stage_outcome(s));
-        if outcomes().any(Outcome::is_permanent_failure) {
+        if self.cancelled_at.is_some() {
+            ArtifactState::Cancelled
+        } else if outcomes().any(Outcome::is_permanent_failure) {
             ArtifactState::Failed
         } else if self
             .stage_outcome(Stage::Summarizer)

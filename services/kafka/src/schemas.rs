@@ -24,13 +24,15 @@ pub enum EventSchema {
     DedupEntry,
     /// `artifact-status.avsc`
     ArtifactStatus,
+    /// `artifact-control.avsc`
+    ArtifactControl,
     /// `stage-control.avsc`
     StageControl,
 }
 
 impl EventSchema {
     /// Every schema.
-    pub const ALL: [EventSchema; 8] = [
+    pub const ALL: [EventSchema; 9] = [
         EventSchema::ArtifactCreated,
         EventSchema::MimeDetected,
         EventSchema::LocationVerified,
@@ -39,6 +41,7 @@ impl EventSchema {
         EventSchema::DedupEntry,
         EventSchema::ArtifactStatus,
         EventSchema::StageControl,
+        EventSchema::ArtifactControl,
     ];
 
     /// The Avro schema text.
@@ -53,6 +56,9 @@ impl EventSchema {
             EventSchema::Summarized => include_str!("../../../schemas/summarized.avsc"),
             EventSchema::DedupEntry => include_str!("../../../schemas/dedup-entry.avsc"),
             EventSchema::ArtifactStatus => include_str!("../../../schemas/artifact-status.avsc"),
+            EventSchema::ArtifactControl => {
+                include_str!("../../../schemas/artifact-control.avsc")
+            }
             EventSchema::StageControl => include_str!("../../../schemas/stage-control.avsc"),
         }
     }
@@ -77,6 +83,7 @@ pub fn subjects(names: &TopicNames) -> Vec<(String, EventSchema)> {
         v.push((names.dedup(s), EventSchema::DedupEntry));
     }
     v.push((names.status(), EventSchema::ArtifactStatus));
+    v.push((names.artifact_control(), EventSchema::ArtifactControl));
     v.push((names.stage_control(), EventSchema::StageControl));
     v.into_iter()
         .map(|(t, s)| (format!("{t}-value"), s))
@@ -363,9 +370,13 @@ mod tests {
             EventSchema::DedupEntry
         )));
         assert!(subs.contains(&(
+            "artifact.artifact-control-value".into(),
+            EventSchema::ArtifactControl
+        )));
+        assert!(subs.contains(&(
             "artifact.stage-control-value".into(),
             EventSchema::StageControl
         )));
-        assert_eq!(subs.len(), 1 + 4 + 4 + 1 + 1);
+        assert_eq!(subs.len(), 1 + 4 + 4 + 1 + 1 + 1);
     }
 }

@@ -141,6 +141,12 @@ impl TopicNames {
         format!("{}.status", self.prefix)
     }
 
+    /// `<prefix>.artifact-control`: operators' cancels and erasures, keyed
+    /// by artifact id; every stage replica and the projector follow it.
+    pub fn artifact_control(&self) -> String {
+        format!("{}.artifact-control", self.prefix)
+    }
+
     /// A stage's keyed dedup state.
     pub fn dedup(&self, stage: Stage) -> String {
         format!("{}.{}.dedup", self.prefix, stage.name())
@@ -188,6 +194,7 @@ impl TopicNames {
         let mut v = vec![compact(self.created())];
         v.extend(Stage::ALL.map(|s| compact(self.output(s))));
         v.push(compact(self.status()));
+        v.push(compact(self.artifact_control()));
         v.push(compact(self.stage_control()));
         for s in Stage::ALL {
             v.push(compact(self.dedup(s)));
@@ -551,6 +558,7 @@ mod tests {
             "artifact.parsed",
             "artifact.summarized",
             "artifact.status",
+            "artifact.artifact-control",
             "artifact.pdf-parser.dedup",
             "artifact.summarizer.retry",
             "artifact.mime-detector.dlq",
@@ -559,7 +567,7 @@ mod tests {
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
-        assert_eq!(cat.len(), 7 + 4 * 4);
+        assert_eq!(cat.len(), 8 + 4 * 4);
         for s in &cat {
             let want = if s.name.ends_with(".retry") || s.name.ends_with(".dlq") {
                 Cleanup::Delete

@@ -14,7 +14,9 @@
 
 use crate::worker::{ParserPool, PoolError};
 use crate::{Format, Limits, ParseError, extract_plain, extract_text};
-use artifact_domain::{ArtifactId, Generation, LocationVerified, ParseResult, Stage};
+use artifact_domain::{
+    ArtifactContext, ArtifactId, Generation, LocationVerified, ParseResult, Stage,
+};
 use artifact_runtime::blob::{BlobError, BlobStore};
 use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
 use std::time::{Duration, Instant};
@@ -45,6 +47,15 @@ impl StageLogic for ParseStage {
         let size = input.result.as_ref().map(|r| r.size_bytes);
         size.or(input.context.size_bytes)
             .map_or(max, |s| (s.max(0) as u64).min(max))
+    }
+
+    /// An erased artifact's text, written while it was parsed, goes.
+    async fn discard(&self, context: &ArtifactContext) {
+        if let Some(text) = &context.text_location
+            && let Err(e) = self.blobs.delete(text).await
+        {
+            tracing::warn!(error = %e, "the text of an erased artifact was not deleted");
+        }
     }
 
     async fn process(

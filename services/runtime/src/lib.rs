@@ -9,6 +9,7 @@
 
 pub use artifact_blob as blob;
 
+pub mod control;
 pub mod dedup;
 mod logfields;
 pub mod otel;

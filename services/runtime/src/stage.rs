@@ -162,4 +162,12 @@ pub trait StageLogic: Send + Sync + 'static {
     fn before_commit(&self) -> impl Future<Output = Result<(), StageError>> + Send {
         std::future::ready(Ok(()))
     }
+
+    /// Called for a processed input whose outcome is not written because an
+    /// operator erased its artifact meanwhile, with the context that outcome
+    /// carried: a stage that wrote blobs for it deletes them. By default
+    /// there is nothing to do.
+    fn discard(&self, _context: &ArtifactContext) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }

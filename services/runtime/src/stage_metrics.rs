@@ -21,12 +21,25 @@ const RECORDS_CONSUMED: Counter = Counter {
 const RECORDS_PRODUCED: Counter = Counter {
     name: "artifact_stage_records_produced_total",
     help: "Records the stage committed, by kind.",
-    label: Some(("kind", &["output", "dedup", "tombstone", "retry", "dlq"])),
+    label: Some((
+        "kind",
+        &["output", "dedup", "tombstone", "erasure", "retry", "dlq"],
+    )),
 };
 const SKIPPED: Counter = Counter {
     name: "artifact_stage_skipped_total",
-    help: "Inputs not processed: a duplicate, a stale generation, or a failed upstream stage.",
-    label: Some(("reason", &["duplicate", "stale", "upstream_failed"])),
+    help: "Inputs not processed: a duplicate, a stale generation, a failed upstream stage, a cancelled generation, an erased artifact, or a tombstone.",
+    label: Some((
+        "reason",
+        &[
+            "duplicate",
+            "stale",
+            "upstream_failed",
+            "cancelled",
+            "erased",
+            "tombstone",
+        ],
+    )),
 };
 const OUTCOMES: Counter = Counter {
     name: "artifact_stage_outcomes_total",

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// List query parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
-    /// Only artifacts in this state: PENDING, IN_PROGRESS, COMPLETED or FAILED.
+    /// Only artifacts in this state: PENDING, IN_PROGRESS, COMPLETED, FAILED or CANCELLED.
     pub state: Option<String>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -166,7 +166,7 @@ pub(super) fn parse_state(s: &str) -> Result<ArtifactState, Problem> {
     serde_json::from_value::<ArtifactState>(serde_json::Value::String(s.to_ascii_uppercase()))
         .map_err(|_| {
             Problem::bad_request(format!(
-                "state {s:?} is not one of PENDING, IN_PROGRESS, COMPLETED, FAILED"
+                "state {s:?} is not one of PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED"
             ))
         })
 }

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod completions;
+pub mod control;
 pub mod events;
 pub mod handlers;
 pub mod limits;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub streams: events::StreamSlots,
     /// Uploads being moved into place and published.
     pub completions: Completions,
+    /// Operators' cancels and erasures, followed from their topic.
+    pub controls: artifact_runtime::control::ArtifactControls,
 }
 
 /// Why an event was not published.
@@ -174,10 +177,12 @@ fn bad_query(e: QueryRejection) -> Problem {
         handlers::list_artifacts,
         handlers::get_text,
         handlers::reprocess,
+        control::cancel,
+        control::erase,
         events::artifact_events,
         events::all_events
     ),
-    components(schemas(Accepted))
+    components(schemas(Accepted, control::Controlled))
 )]
 pub struct ApiDoc;
 
@@ -202,7 +207,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/artifacts",
             post(uploads::upload_artifact).get(handlers::list_artifacts),
         )
-        .route("/v1/artifacts/{id}", get(handlers::get_artifact))
+        .route(
+            "/v1/artifacts/{id}",
+            get(handlers::get_artifact).delete(control::erase),
+        )
+        .route("/v1/artifacts/{id}/cancel", post(control::cancel))
         .route("/v1/artifacts/{id}/text", get(handlers::get_text))
         .route("/v1/artifacts/{id}/reprocess", post(handlers::reprocess))
         .route("/v1/artifacts/{id}/events", get(events::artifact_events))

@@ -71,6 +71,7 @@ fn build(protect_reads: Option<bool>, limits: Limits) -> Api {
         streams: crate::http::events::StreamSlots::new(limits.event_streams),
         limits,
         completions: Completions::default(),
+        controls: artifact_runtime::control::ArtifactControls::none(),
     };
     Api {
         app: router(state),
@@ -361,6 +362,7 @@ fn artifact(a: &Api, text_location: Option<String>) -> ArtifactId {
         timeline: Vec::new(),
         created_at: Some(1),
         updated_at: 2,
+        cancelled_at: None,
     };
     a.table.upsert(&[view]).unwrap();
     id
@@ -744,6 +746,7 @@ fn snapshot(id: ArtifactId, state: ArtifactState, updated_at: i64) -> StatusView
         timeline: Vec::new(),
         created_at: Some(1),
         updated_at,
+        cancelled_at: None,
     }
 }
 

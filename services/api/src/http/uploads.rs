@@ -58,6 +58,7 @@ pub fn idempotent_id(headers: &HeaderMap) -> Option<ArtifactId> {
         (status = 401, description = "No valid bearer token"),
         (status = 408, description = "The body did not arrive within API_UPLOAD_DEADLINE_MS, or stalled past API_BODY_IDLE_TIMEOUT_MS"),
         (status = 409, description = "Idempotency-Key reused for other bytes"),
+        (status = 410, description = "The artifact the Idempotency-Key names was erased"),
         (status = 413, description = "Larger than MAX_UPLOAD_BYTES"),
         (status = 429, description = "Over the token's rate (Retry-After)"),
         (status = 503, description = "Blob store, Kafka or the registry unavailable, or API_MAX_CONCURRENT_UPLOADS uploads in progress (Retry-After); with an Idempotency-Key the bytes are kept and a retry with the same key completes the upload, without one nothing is kept"),
@@ -127,6 +128,17 @@ async fn receive(
     let limit = st.limits.max_upload_bytes;
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
     let key_id = idempotent_id(headers);
+    if let Some(id) = key_id
+        && st.controls.is_erased(id)
+    {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "Erased",
+            format!(
+                "artifact {id}, which this Idempotency-Key names, was erased; upload with another key"
+            ),
+        ));
+    }
     if content_type.is_some_and(multipart::is_multipart) {
         let f = multipart::stage_file_field(&st.blobs, req, limit).await?;
         let upload = Upload {

@@ -51,14 +51,14 @@ use artifact_kafka::now_ms;
 use artifact_kafka::topics::TopicNames;
 use artifact_runtime::otel;
 use futures::FutureExt;
-use projection::Projection;
+use projection::{Controlled, Projection};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-pub use topics::{EventKind, EventTopics, UnknownTopic};
+pub use topics::{EventKind, EventTopics, Folded, UnknownTopic};
 use tracing::{Instrument, Span};
 use writer::{Reports, SnapshotWriter, take_back};
 
@@ -178,6 +178,10 @@ impl Projector {
     async fn fold_batch(&mut self, batch: Vec<OwnedMessage>) -> HashSet<ArtifactId> {
         let mut changed = HashSet::new();
         for m in batch {
+            if m.payload().is_none() {
+                // A tombstone of an erased artifact's event.
+                continue;
+            }
             let span = if otel::enabled() {
                 let span = tracing::info_span!(
                     "fold",
@@ -189,9 +193,26 @@ impl Projector {
             } else {
                 Span::none()
             };
-            let Some(event) = self.decode(&m).instrument(span.clone()).await else {
-                metrics::skipped_event();
-                continue;
+            let event = match self.decode(&m).instrument(span.clone()).await {
+                Some(Folded::Event(event)) => *event,
+                Some(Folded::Control(control)) => {
+                    let id = control.artifact_id;
+                    match self.projection.control(control) {
+                        Controlled::Nothing => {}
+                        Controlled::Changed => {
+                            changed.insert(id);
+                        }
+                        Controlled::Erased => {
+                            changed.remove(&id);
+                            self.writer.erase(id);
+                        }
+                    }
+                    continue;
+                }
+                None => {
+                    metrics::skipped_event();
+                    continue;
+                }
             };
             if let Some(id) = span.in_scope(|| self.fold(&m, event)) {
                 changed.insert(id);
@@ -231,7 +252,7 @@ impl Projector {
     /// The record's event, waiting out a registry outage; `None` (logged)
     /// for a record of a topic the table does not name, or one that can
     /// never decode.
-    async fn decode(&self, m: &OwnedMessage) -> Option<PipelineEvent> {
+    async fn decode(&self, m: &OwnedMessage) -> Option<Folded> {
         let kind = match self.topics.kind(m.topic()) {
             Ok(kind) => kind,
             Err(e) => {

@@ -3,8 +3,10 @@
 //! model's table answers for them.
 
 use crate::readmodel::StatusTable;
-use artifact_domain::{ArtifactId, ArtifactStatus, Generation, PipelineEvent};
-use std::collections::HashMap;
+use artifact_domain::{
+    ArtifactControl, ArtifactId, ArtifactStatus, ControlAction, Generation, PipelineEvent,
+};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What the projector knows: the folds of artifacts still moving, and the
@@ -14,7 +16,21 @@ use std::sync::Arc;
 pub(super) struct Projection {
     pub(super) folds: HashMap<ArtifactId, ArtifactStatus>,
     pub(super) settled: HashMap<ArtifactId, Generation>,
+    /// Erased artifacts: none of their events is folded again.
+    pub(super) erased: HashSet<ArtifactId>,
     table: Option<Arc<StatusTable>>,
+}
+
+/// What a control did to the projection.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Controlled {
+    /// Nothing (an older generation's cancel, a settled generation's, an
+    /// artifact erased before).
+    Nothing,
+    /// The fold changed: its snapshot is written.
+    Changed,
+    /// The artifact is erased: its status gets a tombstone.
+    Erased,
 }
 
 impl Projection {
@@ -38,6 +54,9 @@ impl Projection {
     /// duplicate of an event folded before, not folded again.
     pub(super) fn apply(&mut self, event: PipelineEvent) -> Option<&ArtifactStatus> {
         let id = event.artifact_id();
+        if self.erased.contains(&id) {
+            return None;
+        }
         if !self.folds.contains_key(&id) {
             if self
                 .settled_generation(id)
@@ -53,6 +72,46 @@ impl Projection {
             .or_insert_with(|| ArtifactStatus::empty(id, event.generation()));
         status.apply(event);
         Some(status)
+    }
+
+    /// Folds an operator's control: a cancel marks its generation (unless
+    /// it settled already), an erasure drops everything of the artifact
+    /// for good.
+    pub(super) fn control(&mut self, control: ArtifactControl) -> Controlled {
+        let id = control.artifact_id;
+        if self.erased.contains(&id) {
+            return Controlled::Nothing;
+        }
+        match control.action {
+            ControlAction::Erased => {
+                self.erased.insert(id);
+                self.folds.remove(&id);
+                self.settled.remove(&id);
+                Controlled::Erased
+            }
+            ControlAction::Cancelled => {
+                let generation = control.generation;
+                if !self.folds.contains_key(&id)
+                    && self
+                        .settled_generation(id)
+                        .is_some_and(|settled| generation <= settled)
+                {
+                    return Controlled::Nothing;
+                }
+                self.settled.remove(&id);
+                let fold = self
+                    .folds
+                    .entry(id)
+                    .or_insert_with(|| ArtifactStatus::empty(id, generation));
+                let before = (fold.generation(), fold.cancelled_at());
+                fold.cancel(generation, control.at);
+                if (fold.generation(), fold.cancelled_at()) == before {
+                    Controlled::Nothing
+                } else {
+                    Controlled::Changed
+                }
+            }
+        }
     }
 
     /// Forgets the settled generations the table now holds a settled
@@ -157,6 +216,52 @@ mod tests {
         let fold = p.apply(created(settled, 2)).expect("a newer generation");
         assert_eq!(fold.generation().get(), 2);
         assert!(!p.settled.contains_key(&settled));
+    }
+
+    fn control(id: ArtifactId, action: ControlAction, generation: i64) -> ArtifactControl {
+        ArtifactControl {
+            artifact_id: id,
+            action,
+            generation: Generation::new(generation).unwrap(),
+            at: 9,
+        }
+    }
+
+    #[test]
+    fn a_cancel_ends_the_fold_cancelled_and_an_erasure_drops_the_artifact_for_good() {
+        let (a, done) = (id(1), id(2));
+        let mut p = Projection::default();
+        p.apply(created(a, 1)).unwrap();
+        assert_eq!(
+            p.control(control(a, ControlAction::Cancelled, 1)),
+            Controlled::Changed
+        );
+        assert_eq!(p.folds[&a].state(), ArtifactState::Cancelled);
+        assert_eq!(
+            p.control(control(a, ControlAction::Cancelled, 1)),
+            Controlled::Nothing,
+            "the same cancel again"
+        );
+        // A settled generation is not cancelled after the fact.
+        p.settled.insert(done, Generation::FIRST);
+        assert_eq!(
+            p.control(control(done, ControlAction::Cancelled, 1)),
+            Controlled::Nothing
+        );
+        assert!(!p.folds.contains_key(&done));
+        // Erased: gone, and no later event or control brings it back.
+        assert_eq!(
+            p.control(control(a, ControlAction::Erased, 1)),
+            Controlled::Erased
+        );
+        assert!(p.folds.is_empty());
+        assert!(p.apply(failed_at_mime(a)).is_none());
+        assert!(p.apply(created(a, 2)).is_none());
+        assert_eq!(
+            p.control(control(a, ControlAction::Cancelled, 2)),
+            Controlled::Nothing
+        );
+        assert!(p.folds.is_empty());
     }
 
     #[test]

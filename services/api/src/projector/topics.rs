@@ -2,7 +2,7 @@
 //! from topic name to event, so a record from any other topic is an error
 //! rather than a guess.
 
-use artifact_domain::{PipelineEvent, Stage};
+use artifact_domain::{ArtifactControl, PipelineEvent, Stage};
 use artifact_kafka::codec::{AvroCodec, CodecError};
 use artifact_kafka::topics::TopicNames;
 
@@ -13,6 +13,8 @@ pub enum EventKind {
     Created,
     /// A stage's outcome, on its output topic.
     Outcome(Stage),
+    /// An operator's cancel or erasure, on the artifact-control topic.
+    Control,
 }
 
 /// A record from a topic the table does not name.
@@ -25,10 +27,12 @@ pub struct UnknownTopic(pub String);
 pub struct EventTopics(Vec<(String, EventKind)>);
 
 impl EventTopics {
-    /// The created topic and every stage's output topic.
+    /// The created topic, every stage's output topic and the
+    /// artifact-control topic.
     pub fn new(names: &TopicNames) -> Self {
         let mut table = vec![(names.created(), EventKind::Created)];
         table.extend(Stage::ALL.map(|s| (names.output(s), EventKind::Outcome(s))));
+        table.push((names.artifact_control(), EventKind::Control));
         EventTopics(table)
     }
 
@@ -47,13 +51,23 @@ impl EventTopics {
     }
 }
 
-/// Decodes a payload as the event of `kind`.
+/// What a record the projector reads carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Folded {
+    /// An event of the artifact.
+    Event(Box<PipelineEvent>),
+    /// An operator's control of the artifact.
+    Control(ArtifactControl),
+}
+
+/// Decodes a payload as what `kind` carries.
 pub async fn decode(
     codec: &AvroCodec,
     kind: EventKind,
     payload: Option<&[u8]>,
-) -> Result<PipelineEvent, CodecError> {
-    Ok(match kind {
+) -> Result<Folded, CodecError> {
+    let event = match kind {
+        EventKind::Control => return Ok(Folded::Control(codec.decode(payload).await?)),
         EventKind::Created => PipelineEvent::Created(codec.decode(payload).await?),
         EventKind::Outcome(Stage::MimeDetector) => {
             PipelineEvent::MimeDetected(codec.decode(payload).await?)
@@ -65,7 +79,8 @@ pub async fn decode(
         EventKind::Outcome(Stage::Summarizer) => {
             PipelineEvent::Summarized(codec.decode(payload).await?)
         }
-    })
+    };
+    Ok(Folded::Event(Box::new(event)))
 }
 
 #[cfg(test)]
@@ -84,7 +99,11 @@ mod tests {
                 Ok(EventKind::Outcome(stage))
             );
         }
-        assert_eq!(topics.names().len(), 1 + Stage::ALL.len());
+        assert_eq!(
+            topics.kind(&names.artifact_control()),
+            Ok(EventKind::Control)
+        );
+        assert_eq!(topics.names().len(), 2 + Stage::ALL.len());
         for other in [
             names.status(),
             "unit.artifact.other".to_owned(),

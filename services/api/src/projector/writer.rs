@@ -56,7 +56,8 @@ impl SnapshotWriter {
     ) -> anyhow::Result<()> {
         let mut sent = Vec::new();
         for id in ids {
-            let fold = &folds[&id];
+            // Erased since (a snapshot taken back after its erasure).
+            let Some(fold) = folds.get(&id) else { continue };
             let payload = self.encode(fold).await?;
             let fingerprint = fingerprint(&payload);
             if self.written.get(&id) == Some(&fingerprint) {
@@ -75,6 +76,27 @@ impl SnapshotWriter {
             ));
         }
         Ok(())
+    }
+
+    /// Writes a tombstone for an erased artifact's status, after every
+    /// snapshot of it this producer sent (it keeps their order); an
+    /// undelivered one is logged (the erase wrote one too).
+    pub(super) fn erase(&mut self, id: ArtifactId) {
+        self.written.remove(&id);
+        let key = id.to_string();
+        let rec = FutureRecord::<String, [u8]>::to(&self.topic).key(&key);
+        match self.producer.send_result(rec) {
+            Ok(delivery) => {
+                tokio::spawn(async move {
+                    if !matches!(delivery.await, Ok(Ok(_))) {
+                        tracing::error!(%id, "the status tombstone of an erased artifact was not delivered");
+                    }
+                });
+            }
+            Err((e, _)) => {
+                tracing::error!(%id, error = %e, "the status tombstone of an erased artifact was not queued")
+            }
+        }
     }
 
     /// The fold's view, encoded; waits out a registry outage.

@@ -5,7 +5,7 @@
 
 use crate::metrics;
 use crate::readmodel::StatusTable;
-use artifact_domain::StatusView;
+use artifact_domain::{ArtifactId, StatusView};
 use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config};
 use artifact_kafka::codec::AvroCodec;
 use artifact_kafka::config::ConnectionConfig;
@@ -41,8 +41,11 @@ pub async fn follow_status_topic(
     };
     loop {
         follower.note_restored();
-        let views = follower.next_batch(&consumer).await;
+        let (views, erased) = follower.next_batch(&consumer).await;
         follower.write(views).await;
+        if let Some(id) = erased {
+            follower.table.remove(id);
+        }
     }
 }
 
@@ -123,8 +126,12 @@ impl Follower {
     }
 
     /// The next record and what the client already holds besides, up to
-    /// [`BATCH`] snapshots.
-    async fn next_batch(&mut self, consumer: &StreamConsumer<QuietEof>) -> Vec<StatusView> {
+    /// [`BATCH`] snapshots, and the artifact of a tombstone that ends the
+    /// batch (to be removed after the snapshots before it).
+    async fn next_batch(
+        &mut self,
+        consumer: &StreamConsumer<QuietEof>,
+    ) -> (Vec<StatusView>, Option<ArtifactId>) {
         let mut views: Vec<StatusView> = Vec::new();
         let mut next = Some(consumer.recv().await);
         while let Some(received) = next.take() {
@@ -133,6 +140,16 @@ impl Follower {
                     self.at_end.insert(p);
                 }
                 Err(e) => tracing::warn!(error = %e, "status topic read error"),
+                Ok(m) if m.payload().is_none() => {
+                    // An erased artifact's tombstone.
+                    let id = m
+                        .key()
+                        .and_then(|k| std::str::from_utf8(k).ok())
+                        .and_then(|k| k.parse::<ArtifactId>().ok());
+                    if id.is_some() {
+                        return (views, id);
+                    }
+                }
                 Ok(m) => {
                     if let Some(v) = decode_status(&self.codec, &m).await {
                         views.push(v);
@@ -143,7 +160,7 @@ impl Follower {
                 next = consumer.recv().now_or_never();
             }
         }
-        views
+        (views, None)
     }
 
     /// Writes snapshots to the table, again and again until the file takes

@@ -307,6 +307,23 @@ impl StatusTable {
         Ok(to_file.len() + to_memory.len())
     }
 
+    /// Removes an artifact (its status got a tombstone: it was erased).
+    /// Its bytes in the file are dead, left to the next compaction. Returns
+    /// whether it was held.
+    pub fn remove(&self, id: ArtifactId) -> bool {
+        let k = key(id);
+        let mut lengths = self.lengths.lock().expect("file lock");
+        let mut index = self.index.write().expect("table lock");
+        let held = index.in_flight.remove(&k).is_some();
+        match index.on_file.remove(&k) {
+            Some(slot) => {
+                lengths.live -= u64::from(slot.len) + 1;
+                true
+            }
+            None => held,
+        }
+    }
+
     /// Where each of the `newest` snapshots goes, given what the table
     /// holds: nowhere (older than the held one), to memory (in flight), to
     /// the file (final), or to a comparison with the file's (a final one
@@ -563,6 +580,7 @@ mod tests {
             timeline: Vec::new(),
             created_at: Some(1),
             updated_at,
+            cancelled_at: None,
         }
     }
 
@@ -739,6 +757,30 @@ mod tests {
         assert!(failed.is_empty(), "{failed:?}");
         let (done, _) = t.list(Some(ArtifactState::Completed), None, 10).unwrap();
         assert_eq!(ids(&done), vec![id(1), id(3)]);
+    }
+
+    #[test]
+    fn a_removed_artifact_is_gone_in_flight_or_on_file() {
+        let t = table();
+        t.upsert(&[
+            view(1, 1, 10, ArtifactState::Completed),
+            view(2, 1, 10, ArtifactState::InProgress),
+            view(3, 1, 10, ArtifactState::Cancelled),
+        ])
+        .unwrap();
+        assert!(t.remove(id(1)));
+        assert!(t.remove(id(2)));
+        assert!(!t.remove(id(4)));
+        assert_eq!(t.get(id(1)).unwrap(), None);
+        assert_eq!(t.get(id(2)).unwrap(), None);
+        assert_eq!(t.generation(id(1)), None);
+        let (all, _) = t.list(None, None, 10).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].state, ArtifactState::Cancelled);
+        // A snapshot written after the tombstone would be a new artifact.
+        t.upsert(&[view(1, 1, 10, ArtifactState::Completed)])
+            .unwrap();
+        assert!(t.get(id(1)).unwrap().is_some());
     }
 
     #[test]

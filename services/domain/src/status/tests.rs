@@ -587,3 +587,62 @@ fn completion_is_timed_once_both_the_creation_and_the_summary_are_known() {
     created_first.apply(stage_event(id, g(1), Stage::Summarizer, Outcome::Succeeded));
     assert_eq!(created_first.completion_ms(), Some(40));
 }
+
+#[test]
+fn a_cancelled_generation_ends_cancelled_whatever_comes_after_and_a_newer_one_runs() {
+    let id = ArtifactId::new_random();
+    let mut s = ArtifactStatus::fold([
+        created(id, g(1)),
+        stage_event(id, g(1), Stage::MimeDetector, Outcome::Succeeded),
+    ])
+    .unwrap();
+    assert!(!s.is_settled());
+    s.cancel(g(1), 5_000);
+    assert_eq!(s.state(), ArtifactState::Cancelled);
+    assert!(s.state().is_terminal());
+    assert_eq!(s.current_stage(), None);
+    assert!(s.is_settled(), "created and cancelled: nothing changes it");
+    // A record in flight finishes: recorded, but the state stays.
+    s.apply(stage_event(
+        id,
+        g(1),
+        Stage::LocationLogger,
+        Outcome::Succeeded,
+    ));
+    let v = s.view();
+    assert_eq!(v.state, ArtifactState::Cancelled);
+    assert_eq!(v.cancelled_at, Some(5_000));
+    assert_eq!(v.timeline.len(), 2);
+    assert!(v.is_settled());
+    // The same cancel again keeps the later time; a reprocess runs.
+    s.cancel(g(1), 4_000);
+    assert_eq!(s.cancelled_at(), Some(5_000));
+    s.apply(created(id, g(2)));
+    assert_eq!(s.state(), ArtifactState::Pending);
+    assert_eq!(s.view().cancelled_at, None);
+}
+
+#[test]
+fn a_cancel_folds_the_same_in_any_order() {
+    let id = ArtifactId::new_random();
+    let events = [
+        created(id, g(1)),
+        stage_event(id, g(1), Stage::MimeDetector, Outcome::Succeeded),
+    ];
+    let mut early = ArtifactStatus::empty(id, g(1));
+    early.cancel(g(1), 7);
+    for e in events.clone() {
+        early.apply(e);
+    }
+    let mut late = ArtifactStatus::fold(events).unwrap();
+    late.cancel(g(1), 7);
+    assert_eq!(early.view(), late.view());
+    // A cancel of a generation not seen yet waits for its events.
+    let mut ahead = ArtifactStatus::fold([created(id, g(1))]).unwrap();
+    ahead.cancel(g(2), 9);
+    assert_eq!(ahead.generation(), g(2));
+    assert_eq!(ahead.state(), ArtifactState::Cancelled);
+    assert!(!ahead.is_settled(), "its creation is still to come");
+    ahead.apply(created(id, g(2)));
+    assert!(ahead.is_settled());
+}

@@ -59,6 +59,9 @@ pub struct DedupState {
     rotated_at: Instant,
     /// Keys expired from memory whose tombstone is not written yet.
     tombstones: Tombstones,
+    /// Keys of erased artifacts whose outcome and entry are to be
+    /// tombstoned.
+    erasures: Tombstones,
 }
 
 impl Default for DedupState {
@@ -76,6 +79,7 @@ impl DedupState {
             retention,
             rotated_at: now,
             tombstones: Vec::new(),
+            erasures: Vec::new(),
         }
     }
 
@@ -103,6 +107,7 @@ impl DedupState {
     pub fn drop_partition(&mut self, partition: i32) {
         self.partitions.remove(&partition);
         self.tombstones.retain(|(p, _)| *p != partition);
+        self.erasures.retain(|(p, _)| *p != partition);
     }
 
     /// Partitions held.
@@ -132,6 +137,59 @@ impl DedupState {
             .flatten()
             .fold(generation, Generation::max);
         t.current.insert(id, newest);
+    }
+
+    /// An erased artifact: forgotten, and its key queued for erasure
+    /// tombstones on every partition held it was recorded on and on
+    /// `also` (keys of the batch still committing).
+    pub fn erase(&mut self, id: ArtifactId, also: impl IntoIterator<Item = i32>) -> usize {
+        let mut partitions = self.forget(id);
+        partitions.extend(also.into_iter().filter(|p| self.partitions.contains_key(p)));
+        partitions.sort_unstable();
+        partitions.dedup();
+        let n = partitions.len();
+        self.erasures
+            .extend(partitions.into_iter().map(|p| (p, id)));
+        n
+    }
+
+    /// The queued erasures, to be written in the next transaction.
+    pub fn take_erasures(&mut self) -> Tombstones {
+        std::mem::take(&mut self.erasures)
+    }
+
+    /// Takes back erasures that were not written, of partitions still held
+    /// (the next owner's restore finds the others' entries again).
+    pub fn return_erasures(&mut self, erasures: Tombstones) {
+        let held = &self.partitions;
+        self.erasures
+            .extend(erasures.into_iter().filter(|(p, _)| held.contains_key(p)));
+    }
+
+    /// Erasures waiting for a transaction.
+    pub fn pending_erasures(&self) -> usize {
+        self.erasures.len()
+    }
+
+    /// The artifacts recorded on a partition.
+    pub fn keys(&self, partition: i32) -> impl Iterator<Item = ArtifactId> + '_ {
+        self.partitions
+            .get(&partition)
+            .into_iter()
+            .flat_map(|t| t.current.keys().chain(t.previous.keys()).copied())
+    }
+
+    /// Forgets an artifact on every partition held; returns the partitions
+    /// it was recorded on (their entries are to be tombstoned).
+    pub fn forget(&mut self, id: ArtifactId) -> Vec<i32> {
+        let mut found = Vec::new();
+        for (p, t) in &mut self.partitions {
+            let current = t.current.remove(&id).is_some();
+            if t.previous.remove(&id).is_some() || current {
+                found.push(*p);
+            }
+        }
+        found
     }
 
     /// Expires the previous tables' entries once a retention has passed
@@ -351,6 +409,34 @@ mod tests {
         assert_eq!(s.rotate_if_due(t0 + 4 * W), 2);
         let committing = HashMap::from([((0, c), g(2))]);
         assert_eq!(s.take_tombstones(10, Some(&committing)), vec![(0, b)]);
+    }
+
+    #[test]
+    fn forgetting_an_artifact_names_the_partitions_it_was_on() {
+        let (mut d, now) = retained(&[0, 1, 2]);
+        let (a, b) = (ArtifactId::new_random(), ArtifactId::new_random());
+        d.record(0, a, g(1));
+        d.record(2, a, g(2));
+        d.record(1, b, g(1));
+        d.rotate_if_due(now + W);
+        d.record(2, a, g(3));
+        let mut found = d.forget(a);
+        found.sort();
+        assert_eq!(found, [0, 2]);
+        assert_eq!(d.last(0, a), None);
+        assert_eq!(d.last(2, a), None);
+        assert_eq!(d.last(1, b), Some(g(1)));
+        assert!(d.forget(a).is_empty());
+        // An erasure queues the partitions it was on, and those of the
+        // batch still committing that are held.
+        d.record(1, a, g(4));
+        assert_eq!(d.erase(a, [2, 7]), 2);
+        let mut queued = d.take_erasures();
+        queued.sort();
+        assert_eq!(queued, [(1, a), (2, a)]);
+        d.drop_partition(2);
+        d.return_erasures(queued);
+        assert_eq!(d.take_erasures(), [(1, a)]);
     }
 
     #[test]

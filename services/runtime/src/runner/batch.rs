@@ -7,7 +7,7 @@ use super::plan::{self, Key, Plan};
 use super::poison::{self, Markers};
 use super::process::Done;
 use super::records::{Built, Disposition, Encode, Records, Writers};
-use crate::stage::StageLogic;
+use crate::stage::{StageInput, StageLogic};
 use crate::stage_metrics;
 use artifact_domain::{ArtifactId, Generation};
 use artifact_kafka::codec::TopicWriter;
@@ -66,19 +66,24 @@ impl<S: StageLogic> StageRunner<S> {
     /// Decodes, plans (against the restored dedup state through `seen`,
     /// and earlier records of this batch), records what it will process
     /// (`guard`), processes and encodes a batch, after the `tombstones` of
-    /// expired dedup entries (`DedupState::take_tombstones`).
+    /// expired dedup entries (`DedupState::take_tombstones`) and those of
+    /// erased artifacts' outcomes and dedup entries (`erasures`).
     pub(crate) async fn prepare(
         &self,
         items: &[Item],
         seen: impl Fn(Key) -> Option<Generation>,
         tombstones: &[(i32, ArtifactId)],
+        erasures: &[(i32, ArtifactId)],
         guard: Guard<'_>,
     ) -> Result<Prepared, BatchError> {
         let t0 = Instant::now();
         let decoded = plan::decode::<S::Input>(&self.codec, items)
             .await
             .map_err(|e| BatchError::Transient(e.to_string()))?;
-        let mut plans = plan::plan(items, decoded, seen);
+        let controls = &self.controls;
+        let mut plans = plan::plan(items, decoded, seen, |id, generation| {
+            controls.skip(id, generation)
+        });
         if let Some(reason) = &guard.refuse {
             plans = plan::refuse(plans, reason);
         }
@@ -110,13 +115,30 @@ impl<S: StageLogic> StageRunner<S> {
             max_record_bytes: self.max_record_bytes,
             now_ms: now_ms(),
         };
-        let dispositions = records.dispositions(&items[..covered], plans, done);
+        let mut dispositions = records.dispositions(&items[..covered], plans, done);
+        // Erased while it was processed: nothing of it is written, and
+        // the stage deletes the blobs it wrote for it.
+        for d in &mut dispositions {
+            if let Disposition::Outcome { input, event, .. } = d
+                && self.controls.is_erased(input.artifact_id())
+            {
+                tracing::info!(artifact_id = %event.artifact_id, generation = %event.generation, "outcome of an erased artifact dropped");
+                self.logic.discard(&event.context).await;
+                *d = Disposition::Skip("erased");
+            }
+        }
         let built = if dispositions.iter().any(Disposition::is_outcome) {
             let writers = self.writers().await?;
             records.build(items, dispositions, tombstones, &writers)
         } else {
             records.build(items, dispositions, tombstones, &NoOutcomes)
-        }?;
+        }
+        .map(|mut built| {
+            for &(p, id) in erasures {
+                built.outs.extend(records.erasure(p, id));
+            }
+            built
+        })?;
         tracing::trace!(
             records = items.len(),
             produced = built.outs.len(),

@@ -39,6 +39,8 @@ pub(crate) struct InFlight {
     /// The tombstones of expired dedup entries the transaction writes:
     /// taken back if it fails.
     tombstones: Tombstones,
+    /// The erased artifacts' tombstones it writes: taken back if it fails.
+    erasures: Tombstones,
     outcome_labels: Vec<&'static str>,
     skipped: HashMap<&'static str, u64>,
     produced: Vec<&'static str>,
@@ -104,6 +106,7 @@ pub(crate) struct Ready {
     pub prepared: Prepared,
     pub items: Vec<Item>,
     pub tombstones: Tombstones,
+    pub erasures: Tombstones,
 }
 
 impl<S: StageLogic> StageRunner<S> {
@@ -118,11 +121,12 @@ impl<S: StageLogic> StageRunner<S> {
         gate: &Arc<TxnGate>,
         ready: Ready,
         markers: Option<Arc<Markers>>,
-    ) -> Result<InFlight, (BatchError, Vec<Item>, Tombstones)> {
+    ) -> Result<InFlight, (BatchError, Vec<Item>, Tombstones, Tombstones)> {
         let Ready {
             prepared,
             items,
             tombstones,
+            erasures,
         } = ready;
         let exactly_once = self.cfg.delivery == Delivery::ExactlyOnce;
         let group = match consumer.group_metadata() {
@@ -130,7 +134,7 @@ impl<S: StageLogic> StageRunner<S> {
             Some(g) => Some(g),
             None => {
                 let e = BatchError::Transient("no consumer group metadata yet".into());
-                return Err((e, items, tombstones));
+                return Err((e, items, tombstones, erasures));
             }
         };
         let built = prepared.built;
@@ -158,6 +162,7 @@ impl<S: StageLogic> StageRunner<S> {
             items,
             generations,
             tombstones,
+            erasures,
             outcome_labels: built.outcome_labels,
             skipped: built.skipped,
             produced,
@@ -181,6 +186,7 @@ impl<S: StageLogic> StageRunner<S> {
             Ok(secs) => secs,
             Err(e) => {
                 dedup.return_tombstones(flight.tombstones);
+                dedup.return_erasures(flight.erasures);
                 return Err((e, flight.items));
             }
         };

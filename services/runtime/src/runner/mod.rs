@@ -59,6 +59,7 @@ mod testing;
 
 pub use config::{Delivery, RunnerConfig, RunnerConfigError};
 
+use crate::control::ArtifactControls;
 use crate::stage::StageLogic;
 use crate::telemetry::Health;
 use artifact_kafka::codec::AvroCodec;
@@ -124,6 +125,8 @@ pub struct StageRunner<S: StageLogic> {
     pub(crate) start_budget: Duration,
     /// The largest record the producer writes (`message.max.bytes`).
     pub(crate) max_record_bytes: usize,
+    /// Operators' cancels and erasures (`crate::control`).
+    pub(crate) controls: ArtifactControls,
     /// The circuit breaker of this replica.
     pub(crate) breaker: control::SharedBreaker,
 }
@@ -186,17 +189,36 @@ impl<S: StageLogic> StageRunner<S> {
             max_poll_interval,
             start_budget,
             max_record_bytes,
+            controls: ArtifactControls::none(),
         })
     }
 
     /// Runs until `shutdown` turns true, then finishes the open batch and
     /// leaves the group.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
         self.wait_for_topics(&shutdown).await?;
+        self.follow_controls(&shutdown).await?;
         let clients = self.clients(&shutdown).await?;
         stage_loop::StageLoop::new(&self, clients, shutdown)
             .run()
             .await
+    }
+
+    /// Follows the artifact-control topic and waits until it is read to
+    /// its end, so no input of an artifact cancelled or erased before the
+    /// start is processed.
+    async fn follow_controls(
+        &mut self,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), RunnerError> {
+        self.health
+            .set_not_ready("reading the artifact-control topic");
+        self.controls = ArtifactControls::follow(self.conn.clone(), self.codec.clone());
+        let mut shutdown = shutdown.clone();
+        tokio::select! {
+            _ = self.controls.caught_up() => Ok(()),
+            _ = shutdown.wait_for(|s| *s) => Err(RunnerError::Fatal("stopped while reading the artifact-control topic".into())),
+        }
     }
 
     /// Waits for the stage's topics to exist (they may be created shortly
@@ -230,6 +252,7 @@ impl<S: StageLogic> StageRunner<S> {
             self.names.retry(stage),
             self.names.dlq(stage),
             self.names.inflight(stage),
+            self.names.artifact_control(),
         ];
         // Followed, not co-partitioned: it only needs to exist.
         let control = self.names.stage_control();

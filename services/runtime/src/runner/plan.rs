@@ -58,20 +58,30 @@ pub(crate) fn refuse<I>(plans: Vec<Plan<I>>, reason: &str) -> Vec<Plan<I>> {
 /// Plans each decoded record of a batch, in order. `seen` is the newest
 /// generation already processed for a key (the dedup state, and the batch
 /// still committing); an earlier record of this batch counts too.
+/// `controlled` says why an artifact's generation is not processed, if an
+/// operator cancelled or erased it. A tombstone (an erased artifact's
+/// input) is skipped, not a dead letter.
 pub(crate) fn plan<I: StageInput>(
     items: &[Item],
     decoded: Vec<Result<I, String>>,
     seen: impl Fn(Key) -> Option<Generation>,
+    controlled: impl Fn(ArtifactId, Generation) -> Option<&'static str>,
 ) -> Vec<Plan<I>> {
     let mut pending: HashMap<Key, Generation> = HashMap::new();
     items
         .iter()
         .zip(decoded)
         .map(|(it, decoded)| {
+            if it.msg.payload().is_none() {
+                return Plan::Skip("tombstone");
+            }
             let input = match decoded {
                 Err(e) => return Plan::DeadLetter(e),
                 Ok(input) => input,
             };
+            if let Some(reason) = controlled(input.artifact_id(), input.generation()) {
+                return Plan::Skip(reason);
+            }
             if input
                 .upstream_outcome()
                 .is_some_and(|o| !o.lets_pipeline_continue())
@@ -120,7 +130,7 @@ mod tests {
             Ok(created(a, 1)), // older than one just planned
             Ok(created(a, 2)), // another partition: another key
         ];
-        let plans = plan(&items, decoded, |_| None);
+        let plans = plan(&items, decoded, |_| None, |_, _| None);
         assert_eq!(
             labels(&plans),
             ["process", "skip: duplicate", "skip: stale", "process"]
@@ -147,7 +157,7 @@ mod tests {
             Ok(created(c, 1)),
         ];
         assert_eq!(
-            labels(&plan(&items, decoded, seen)),
+            labels(&plan(&items, decoded, seen, |_, _| None)),
             ["skip: duplicate", "skip: stale", "process", "process"]
         );
     }
@@ -162,8 +172,55 @@ mod tests {
             Ok(parsed_after(a, 1, Outcome::Succeeded)),
         ];
         assert_eq!(
-            labels(&plan(&items, decoded, |_| None)),
+            labels(&plan(&items, decoded, |_| None, |_, _| None)),
             ["dlq: bad magic byte", "skip: upstream_failed", "process"]
+        );
+    }
+
+    #[test]
+    fn cancelled_and_erased_inputs_and_tombstones_are_skipped() {
+        use crate::runner::item::Item;
+        let (cancelled, erased, other) = (
+            ArtifactId::new_random(),
+            ArtifactId::new_random(),
+            ArtifactId::new_random(),
+        );
+        let controlled = |id: ArtifactId, generation: Generation| {
+            if id == erased {
+                Some("erased")
+            } else if id == cancelled && generation.get() <= 1 {
+                Some("cancelled")
+            } else {
+                None
+            }
+        };
+        let mut tombstone: Item = item(0, 5);
+        tombstone.msg = rdkafka::message::OwnedMessage::new(
+            None,
+            Some(b"key".to_vec()),
+            "t.created".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            5,
+            None,
+        );
+        let items = [item(0, 1), item(0, 2), item(0, 3), item(0, 4), tombstone];
+        let decoded: Vec<Result<ArtifactCreated, String>> = vec![
+            Ok(created(cancelled, 1)),
+            Ok(created(cancelled, 2)), // a reprocess after the cancel
+            Ok(created(erased, 3)),
+            Ok(created(other, 1)),
+            Err("no value".into()),
+        ];
+        assert_eq!(
+            labels(&plan(&items, decoded, |_| None, controlled)),
+            [
+                "skip: cancelled",
+                "process",
+                "skip: erased",
+                "process",
+                "skip: tombstone"
+            ]
         );
     }
 }

@@ -310,6 +310,22 @@ impl Records<'_> {
         Ok(())
     }
 
+    /// Tombstones of an erased artifact's outcome and dedup entry.
+    pub fn erasure(&self, partition: i32, id: ArtifactId) -> [Out; 2] {
+        let output = Out {
+            topic: self.topics.output.clone(),
+            kind: "erasure",
+            ..self.tombstone(partition, id)
+        };
+        [
+            output,
+            Out {
+                kind: "erasure",
+                ..self.tombstone(partition, id)
+            },
+        ]
+    }
+
     fn tombstone(&self, partition: i32, id: ArtifactId) -> Out {
         Out {
             topic: self.topics.dedup.clone(),

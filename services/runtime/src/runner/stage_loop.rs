@@ -120,6 +120,7 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             let collected = self.collect().await?;
             self.apply_assignment().await;
             self.expire_dedup();
+            self.erase();
             let owned = self.keep_owned(collected);
             let batch = self.gated(gate, owned);
             self.handle_batch(batch).await?;
@@ -184,7 +185,19 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             // Still ours and not revoked meanwhile: install it.
             if a.owned.contains(&f.partition) && a.to_restore.remove(&f.partition) {
                 drop(a);
-                self.dedup.install(f.partition, f.restored);
+                let p = f.partition;
+                self.dedup.install(p, f.restored);
+                // Entries of artifacts erased meanwhile (written before
+                // the stage learnt of it) are tombstoned.
+                let controls = &self.runner.controls;
+                let erased: Vec<_> = self
+                    .dedup
+                    .keys(p)
+                    .filter(|id| controls.is_erased(*id))
+                    .collect();
+                for id in erased {
+                    self.dedup.erase(id, []);
+                }
                 for (source, suspect) in f.suspects {
                     self.suspects.insert(source, suspect);
                 }
@@ -211,6 +224,24 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         };
         if let Err(e) = res {
             tracing::warn!(partition = p, pause, error = %e, "pausing or resuming an input partition failed");
+        }
+    }
+
+    /// Takes the artifacts erased since the last look: their entries leave
+    /// the dedup state, and the keys this stage wrote (recorded, or in the
+    /// batch still committing) get tombstones in its next transaction.
+    /// Nothing of them is processed from now on (the plan skips them).
+    fn erase(&mut self) {
+        for id in self.runner.controls.take_erased() {
+            let committing: Vec<i32> = self
+                .in_flight
+                .iter()
+                .flat_map(|f| f.generations.keys())
+                .filter(|(_, i)| *i == id)
+                .map(|(p, _)| *p)
+                .collect();
+            let partitions = self.dedup.erase(id, committing);
+            tracing::info!(artifact_id = %id, partitions, "artifact erased: its outcomes and dedup entries here are tombstoned, its inputs skipped");
         }
     }
 
@@ -255,8 +286,9 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         let Some((mut items, deaths, refuse)) = self.isolate_suspects(items).await? else {
             return Ok(());
         };
-        let tombstones_only =
-            items.is_empty() && self.in_flight.is_none() && self.dedup.pending_tombstones() > 0;
+        let tombstones_only = items.is_empty()
+            && self.in_flight.is_none()
+            && (self.dedup.pending_tombstones() > 0 || self.dedup.pending_erasures() > 0);
         if items.is_empty() && !tombstones_only {
             self.report_idle();
             return Ok(());
@@ -269,6 +301,7 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         });
         let committing = self.in_flight.as_ref().map(|f| &f.generations);
         let tombstones = self.dedup.take_tombstones(room, committing);
+        let erasures = self.dedup.take_erasures();
         let (dedup, in_flight) = (&self.dedup, &self.in_flight);
         let seen = |k @ (p, id)| {
             dedup.last(p, id).max(
@@ -282,7 +315,10 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             deaths,
             refuse,
         };
-        let prepared = self.runner.prepare(&items, seen, &tombstones, guard).await;
+        let prepared = self
+            .runner
+            .prepare(&items, seen, &tombstones, &erasures, guard)
+            .await;
         if let Ok(p) = &prepared
             && p.covered < items.len()
         {
@@ -301,11 +337,12 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
                 None => {
                     // Read again with the failed one: its tombstones too.
                     self.dedup.return_tombstones(tombstones);
+                    self.dedup.return_erasures(erasures);
                     return Ok(());
                 }
             }
         }
-        self.commit(prepared, items, tombstones).await
+        self.commit(prepared, items, tombstones, erasures).await
     }
 
     /// A batch, with the deaths seen while processing its records and, for a
@@ -346,9 +383,10 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
         prepared: Result<batch::Prepared, batch::BatchError>,
         items: Vec<Item>,
         tombstones: Tombstones,
+        erasures: Tombstones,
     ) -> Result<(), RunnerError> {
-        let (e, items, tombstones) = match prepared {
-            Err(e) => (e, items, tombstones),
+        let (e, items, tombstones, erasures) = match prepared {
+            Err(e) => (e, items, tombstones, erasures),
             Ok(p) => match self.runner.start_commit(
                 &self.consumer,
                 &self.producer,
@@ -357,6 +395,7 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
                     prepared: p,
                     items,
                     tombstones,
+                    erasures,
                 },
                 self.markers.clone(),
             ) {
@@ -368,6 +407,7 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             },
         };
         self.dedup.return_tombstones(tombstones);
+        self.dedup.return_erasures(erasures);
         self.failed_batch(e, &items).await
     }
 
