@@ -322,7 +322,19 @@ async fn stage_metrics_used_by_dashboards_and_alerts_are_exported() -> anyhow::R
     let waited = wait_until(
         "every stage metric the dashboards use in /metrics",
         Duration::from_secs(120),
-        || async { missing(&wanted, stage.metrics().await.as_deref()).is_empty() },
+        // Counters are exported at zero from the start: wait for the paths
+        // themselves, not only for the names.
+        || async {
+            missing(&wanted, stage.metrics().await.as_deref()).is_empty()
+                && stage
+                    .metric("artifact_stage_outcomes_total", &["failed_permanent"])
+                    .await
+                    >= 1.0
+                && stage
+                    .metric("artifact_stage_outcomes_total", &["succeeded"])
+                    .await
+                    >= 1.0
+        },
     )
     .await;
     let scrape = stage.metrics().await.unwrap_or_default();

@@ -319,6 +319,10 @@ impl Worker {
             // 1 GiB by default; glibc's 64 MiB per thread that mallocs).
             .env("MIMALLOC_ARENA_RESERVE", "16M")
             .env("MALLOC_ARENA_MAX", "1")
+            // Why a worker died is read from the end of its stderr; a
+            // backtrace there would push the reason out of the kept tail.
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0")
             .kill_on_drop(true)
             .spawn()?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
