@@ -310,10 +310,9 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn log_lines_in_a_span_carry_its_trace_and_span_ids() {
-        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let msg = OwnedMessage::new(
+    /// A record on topic `t` carrying the `traceparent` header `tp`.
+    fn with_traceparent(tp: &str) -> OwnedMessage {
+        OwnedMessage::new(
             None,
             None,
             "t".into(),
@@ -322,9 +321,15 @@ mod tests {
             0,
             Some(OwnedHeaders::new().insert(Header {
                 key: "traceparent",
-                value: Some(parent),
+                value: Some(tp),
             })),
-        );
+        )
+    }
+
+    #[test]
+    fn log_lines_in_a_span_carry_its_trace_and_span_ids() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let msg = with_traceparent(parent);
         let mut ids = None;
         let lines = logged(|| {
             tracing::info!("outside");
@@ -353,18 +358,7 @@ mod tests {
     #[test]
     fn without_traces_a_record_s_headers_pass_on_unchanged() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let msg = OwnedMessage::new(
-            None,
-            None,
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
-            0,
-            Some(OwnedHeaders::new().insert(Header {
-                key: "traceparent",
-                value: Some(tp),
-            })),
-        );
+        let msg = with_traceparent(tp);
         assert!(!enabled());
         let span = tracing::info_span!("record");
         consume(&span, "process", "g", &msg);
