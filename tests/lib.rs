@@ -357,21 +357,7 @@ pub fn parsed_text(text_location: String) -> artifact_domain::Parsed {
             ..ArtifactContext::default()
         },
         outcome: Outcome::Succeeded,
-        result: Some(ParseResult {
-            text_location,
-            page_count: None,
-            word_count: 10,
-            char_count: 60,
-            preview: String::new(),
-            title: None,
-            author: None,
-            creator: None,
-            producer: None,
-            creation_date: None,
-            modification_date: None,
-            ocr_pages: Vec::new(),
-            ocr_confidence: None,
-        }),
+        result: Some(ParseResult::text_only(text_location, 10, 60)),
         processed_at: 1,
     }
 }

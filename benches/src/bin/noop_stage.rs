@@ -86,23 +86,7 @@ noop_stage!(
     Stage::PdfParser,
     LocationVerified,
     ParseResult,
-    |_| {
-        ParseResult {
-            text_location: String::new(),
-            page_count: None,
-            word_count: 0,
-            char_count: 0,
-            preview: String::new(),
-            title: None,
-            author: None,
-            creator: None,
-            producer: None,
-            creation_date: None,
-            modification_date: None,
-            ocr_pages: Vec::new(),
-            ocr_confidence: None,
-        }
-    }
+    |_| { ParseResult::text_only(String::new(), 0, 0) }
 );
 
 noop_stage!(Summary, Stage::Summarizer, Parsed, SummaryResult, |_| {

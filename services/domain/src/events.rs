@@ -140,6 +140,29 @@ pub struct ParseResult {
     pub ocr_confidence: Option<i32>,
 }
 
+impl ParseResult {
+    /// A result of `word_count` words and `char_count` characters at
+    /// `text_location`, with no pages, preview, metadata or OCR: a plain
+    /// text's, as tests and benchmarks make them.
+    pub fn text_only(text_location: String, word_count: i64, char_count: i64) -> Self {
+        ParseResult {
+            text_location,
+            page_count: None,
+            word_count,
+            char_count,
+            preview: String::new(),
+            title: None,
+            author: None,
+            creator: None,
+            producer: None,
+            creation_date: None,
+            modification_date: None,
+            ocr_pages: Vec::new(),
+            ocr_confidence: None,
+        }
+    }
+}
+
 /// summarizer's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SummaryResult {

@@ -23,21 +23,7 @@ fn parsed(text_location: String) -> Parsed {
             text_location: Some(text_location.clone()),
         },
         outcome: Outcome::Succeeded,
-        result: Some(ParseResult {
-            text_location,
-            page_count: None,
-            word_count: 0,
-            char_count: 0,
-            preview: String::new(),
-            title: None,
-            author: None,
-            creator: None,
-            producer: None,
-            creation_date: None,
-            modification_date: None,
-            ocr_pages: Vec::new(),
-            ocr_confidence: None,
-        }),
+        result: Some(ParseResult::text_only(text_location, 0, 0)),
         processed_at: 1,
     }
 }

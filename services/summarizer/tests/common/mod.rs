@@ -194,21 +194,7 @@ pub fn parsed(text_location: Option<String>) -> Parsed {
             ..ArtifactContext::default()
         },
         outcome: Outcome::Succeeded,
-        result: text_location.map(|text_location| ParseResult {
-            text_location,
-            page_count: None,
-            word_count: 1,
-            char_count: 1,
-            preview: String::new(),
-            title: None,
-            author: None,
-            creator: None,
-            producer: None,
-            creation_date: None,
-            modification_date: None,
-            ocr_pages: Vec::new(),
-            ocr_confidence: None,
-        }),
+        result: text_location.map(|text_location| ParseResult::text_only(text_location, 1, 1)),
         processed_at: 0,
     }
 }
