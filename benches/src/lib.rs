@@ -34,15 +34,44 @@ pub fn machine_busy_seconds() -> Option<f64> {
     Some((ticks.iter().sum::<u64>() - idle) as f64 / 100.0)
 }
 
-/// The local stack's Kafka broker process (a JVM running `kafka.Kafka`), if
-/// one runs on this machine.
+/// The local stack's processes (brokers, registry, S3Proxy): every process
+/// whose command line carries `-Dlocalstack.home=<home>`, so another stack
+/// on the same machine is not counted. `home` is `$STACK_HOME`, else the
+/// stack's default `.local-stack` under the current directory.
+pub fn stack_pids() -> Vec<(String, u32)> {
+    let home = std::env::var("STACK_HOME").unwrap_or_else(|_| ".local-stack".to_owned());
+    let home = std::fs::canonicalize(&home).unwrap_or_else(|_| home.into());
+    let home_arg = format!("-Dlocalstack.home={}", home.display());
+    let service_arg = "-Dlocalstack.service=";
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.contains(&home_arg.as_bytes()).then_some(())?;
+            let service = args.iter().find_map(|a| {
+                let a = std::str::from_utf8(a).ok()?;
+                a.strip_prefix(service_arg).map(str::to_owned)
+            })?;
+            Some((service, pid))
+        })
+        .collect()
+}
+
+/// The local stack's (first) Kafka broker process.
 pub fn broker_pid() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == b"kafka.Kafka")
-            .then_some(pid)
-    })
+    stack_pids()
+        .into_iter()
+        .filter(|(service, _)| service.starts_with("kafka"))
+        .min_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, pid)| pid)
+}
+
+/// CPU seconds used so far by `pids` together; a process that has exited
+/// counts as nothing, so sample the same set before and after.
+pub fn processes_cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|p| process_cpu_seconds(*p)).sum()
 }

@@ -13,16 +13,18 @@
 //!
 //! Latency is the time from the send (the produce call, or the upload
 //! request's start) until a `read_committed` consumer of the chain's last
-//! topic reads the artifact's end record. Machine CPU is `/proc/stat`'s busy
-//! time from the first send until the last end record, over the artifacts
-//! done: the broker, the chain and this process together.
+//! topic reads the artifact's end record. CPU per artifact is the CPU time
+//! of the chain's processes, the local stack's (`STACK_HOME`) and this one
+//! from the first send until the last end record, over the artifacts done;
+//! machine CPU is `/proc/stat`'s busy time over the same span, which counts
+//! everything else the machine runs too.
 //!
 //! Usage: `bench-peers [--rates 100,250,500] [--partitions 1,6,24]
 //! [--seconds 20] [--shapes streams,noop,stages] [--streams-commit-ms 100]`
 //! with the local stack up. Results and method: docs/BENCHMARKS.md.
 
 use anyhow::{Context, bail};
-use artifact_benches::machine_busy_seconds;
+use artifact_benches::{machine_busy_seconds, processes_cpu_seconds, stack_pids};
 use artifact_domain::{ArtifactCreated, ArtifactId, ArtifactState, Generation, Stage, StatusView};
 use artifact_kafka::client::{admin_client, consumer_config, producer_config};
 use artifact_kafka::codec::AvroCodec;
@@ -64,9 +66,10 @@ struct Args {
     /// The Kafka Streams chain's Maven project (built).
     #[arg(long, default_value = "benches/peers/kafka-streams")]
     streams_dir: PathBuf,
-    /// Artifacts sent, and awaited, before the first rate of a chain.
-    #[arg(long, default_value_t = 50)]
-    warmup: usize,
+    /// Seconds of load at the first rate, not measured, before a chain's
+    /// measured loads.
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
     /// RUST_LOG of this project's services: their production default, so
     /// each record's span is formatted as in production.
     #[arg(long, default_value = "info")]
@@ -172,6 +175,24 @@ impl Chain {
                 AvroCodec::new(&pipeline.env.conn.schema_registry_url).ok(),
             ),
         }
+    }
+
+    /// The processes whose CPU an artifact costs, in three sets: the
+    /// chain's, the local stack's (broker, registry, S3Proxy) and this load
+    /// generator.
+    fn pids(&self) -> [Vec<u32>; 3] {
+        let chain: Vec<u32> = match self {
+            Chain::Streams { child, .. } => vec![child.id()],
+            Chain::Noop { stages, .. } => stages.iter().map(StageProcess::pid).collect(),
+            Chain::Stages { pipeline } => pipeline
+                .stages
+                .values()
+                .chain(pipeline.api.as_ref())
+                .map(StageProcess::pid)
+                .collect(),
+        };
+        let stack = stack_pids().into_iter().map(|(_, pid)| pid).collect();
+        [chain, stack, vec![std::process::id()]]
     }
 
     /// Sends one artifact; `sent` gets its key and send time once the chain
@@ -432,7 +453,10 @@ async fn load(
     seconds: u64,
 ) -> anyhow::Result<String> {
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let pids = chain.pids();
     let machine_before = machine_busy_seconds().unwrap_or(f64::NAN);
+    let cpu = || pids.each_ref().map(|p| processes_cpu_seconds(p));
+    let processes_before = cpu();
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let total = u64::from(rate) * seconds;
@@ -456,6 +480,7 @@ async fn load(
         eprintln!("warning: {e}");
     }
     let machine_after = machine_busy_seconds().unwrap_or(f64::NAN);
+    let processes_after = cpu();
     let sent = sent.lock().unwrap();
     let seen = seen.lock().unwrap();
     let mut lat: Vec<f64> = sent
@@ -467,12 +492,16 @@ async fn load(
         .collect();
     lat.sort_by(f64::total_cmp);
     let done = lat.len();
+    let per_artifact = |secs: f64| secs * 1000.0 / done.max(1) as f64;
     Ok(format!(
-        "{} | {done} | {:.0} | {:.0} | {:.2} |",
+        "{} | {done} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
         sent.len(),
         pct(&lat, 0.50),
         pct(&lat, 0.99),
-        (machine_after - machine_before) * 1000.0 / done.max(1) as f64
+        per_artifact(processes_after.iter().sum::<f64>() - processes_before.iter().sum::<f64>()),
+        per_artifact(processes_after[0] - processes_before[0]),
+        per_artifact(processes_after[1] - processes_before[1]),
+        per_artifact(machine_after - machine_before),
     ))
 }
 
@@ -487,9 +516,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     println!(
-        "| partitions | load /s | chain | sent | done | p50 ms | p99 ms | machine CPU ms per artifact |"
+        "| partitions | load /s | chain | sent | done | p50 ms | p99 ms | CPU ms per artifact | of which chain | of which stack | machine CPU ms per artifact |"
     );
-    println!("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &partitions in &args.partitions {
         let mut runs: Vec<(Shape, u32)> = Vec::new();
         for &shape in &args.shapes {
@@ -508,20 +537,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let chain = Chain::start(shape, partitions, commit_ms, &args).await?;
             let seen: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
             let follower = follow_end(&chain, partitions, seen.clone())?;
-            // Warm-up: the first records pay for connections, schema look-ups
-            // and the first transactions; they are not measured.
-            let warm: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
-            for _ in 0..args.warmup {
-                chain.send(&warm).await?;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            // Warm-up: the first seconds pay for connections, schema
+            // look-ups, the JIT and the first transactions; not measured.
+            if args.warmup > 0 {
+                load(&chain, &seen, args.rates[0], args.warmup).await?;
             }
-            wait_until("the warm-up done", Duration::from_secs(180), || {
-                let warm = warm.lock().unwrap();
-                let seen = seen.lock().unwrap();
-                let r = warm.len() >= args.warmup && warm.keys().all(|k| seen.contains_key(k));
-                async move { r }
-            })
-            .await?;
             for &rate in &args.rates {
                 let cells = load(&chain, &seen, rate, args.seconds).await?;
                 let row = format!("| {partitions} | {rate} | {label} | {cells}");

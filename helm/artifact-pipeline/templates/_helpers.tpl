@@ -246,7 +246,7 @@ scalars replace. Call with (list $ "mimeDetector"); returns YAML.
 {{- end -}}
 {{- if eq $c.kind "stage" -}}
 {{- $_ := set $data "CONSUMER_GROUP" $c.component -}}
-{{- $names := dict "delivery" "DELIVERY" "transactionMaxRecords" "TRANSACTION_MAX_RECORDS" "transactionMaxMs" "TRANSACTION_MAX_MS" "transactionLingerMs" "TRANSACTION_LINGER_MS" "concurrency" "STAGE_CONCURRENCY" "processingTimeoutMs" "PROCESSING_TIMEOUT_MS" "retryInlineAttempts" "RETRY_INLINE_ATTEMPTS" "retryInlineBackoffMs" "RETRY_INLINE_BACKOFF_MS" "retryMaxDeliveries" "RETRY_MAX_DELIVERIES" "retryDelayMs" "RETRY_DELAY_MS" "retryDelayMaxMs" "RETRY_DELAY_MAX_MS" "dedupRetentionMs" "DEDUP_RETENTION_MS" "poisonMaxCrashes" "POISON_MAX_CRASHES" "maxInflightBytes" "STAGE_MAX_INFLIGHT_BYTES" "shutdownTimeoutMs" "SHUTDOWN_TIMEOUT_MS" -}}
+{{- $names := dict "delivery" "DELIVERY" "transactionMaxRecords" "TRANSACTION_MAX_RECORDS" "transactionMaxMs" "TRANSACTION_MAX_MS" "transactionLingerMs" "TRANSACTION_LINGER_MS" "transactionLingerMaxMs" "TRANSACTION_LINGER_MAX_MS" "transactionTargetRecords" "TRANSACTION_TARGET_RECORDS" "concurrency" "STAGE_CONCURRENCY" "processingTimeoutMs" "PROCESSING_TIMEOUT_MS" "retryInlineAttempts" "RETRY_INLINE_ATTEMPTS" "retryInlineBackoffMs" "RETRY_INLINE_BACKOFF_MS" "retryMaxDeliveries" "RETRY_MAX_DELIVERIES" "retryDelayMs" "RETRY_DELAY_MS" "retryDelayMaxMs" "RETRY_DELAY_MAX_MS" "dedupRetentionMs" "DEDUP_RETENTION_MS" "poisonMaxCrashes" "POISON_MAX_CRASHES" "maxInflightBytes" "STAGE_MAX_INFLIGHT_BYTES" "shutdownTimeoutMs" "SHUTDOWN_TIMEOUT_MS" -}}
 {{- range $k, $v := $s.runner -}}
 {{- $_ := set $data (index $names $k) $v -}}
 {{- end -}}

@@ -51,6 +51,19 @@ pub struct RunnerConfig {
     #[arg(long, env = "TRANSACTION_LINGER_MS", default_value_t = 25)]
     pub transaction_linger_ms: u64,
 
+    /// The longest a busy stage's window may grow to at lower input rates,
+    /// to collect `TRANSACTION_TARGET_RECORDS` records per transaction;
+    /// equal to `TRANSACTION_LINGER_MS`, the window stays fixed. A longer
+    /// bound trades up to this much latency per stage for fewer
+    /// transactions at moderate load.
+    #[arg(long, env = "TRANSACTION_LINGER_MAX_MS", default_value_t = 25)]
+    pub transaction_linger_max_ms: u64,
+
+    /// Records a busy stage's window aims to collect; 0 keeps the window
+    /// at `TRANSACTION_LINGER_MS`.
+    #[arg(long, env = "TRANSACTION_TARGET_RECORDS", default_value_t = 10)]
+    pub transaction_target_records: u32,
+
     /// Records of one batch processed concurrently.
     #[arg(long, env = "STAGE_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
@@ -133,6 +146,15 @@ impl RunnerConfig {
     pub fn dedup_retention(&self) -> Option<Duration> {
         (self.dedup_retention_ms > 0).then(|| Duration::from_millis(self.dedup_retention_ms))
     }
+
+    /// How a busy stage paces its transactions.
+    pub(crate) fn pacing(&self) -> super::pace::Pacing {
+        super::pace::Pacing {
+            linger: Duration::from_millis(self.transaction_linger_ms),
+            linger_max: Duration::from_millis(self.transaction_linger_max_ms),
+            target_records: self.transaction_target_records,
+        }
+    }
 }
 
 /// A runner setting that cannot work.
@@ -171,6 +193,15 @@ impl RunnerConfig {
                 name: "TRANSACTION_LINGER_MS",
                 value: self.transaction_linger_ms.to_string(),
                 expected: "must not be above TRANSACTION_MAX_MS",
+            });
+        }
+        if self.transaction_linger_max_ms < self.transaction_linger_ms
+            || self.transaction_linger_max_ms > self.transaction_max_ms
+        {
+            return Err(RunnerConfigError {
+                name: "TRANSACTION_LINGER_MAX_MS",
+                value: self.transaction_linger_max_ms.to_string(),
+                expected: "must be between TRANSACTION_LINGER_MS and TRANSACTION_MAX_MS",
             });
         }
         if self.dedup_retention_ms != 0 && self.dedup_retention_ms < 1_000 {
@@ -355,6 +386,19 @@ mod tests {
                 .to_string()
                 .contains("TRANSACTION_LINGER_MS")
         );
+        for bad in [
+            ["--transaction-linger-max-ms", "10"],
+            ["--transaction-linger-max-ms", "101"],
+        ] {
+            let cli = Cli::try_parse_from(["x", bad[0], bad[1]]).unwrap();
+            assert!(
+                cli.r
+                    .validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("TRANSACTION_LINGER_MAX_MS")
+            );
+        }
         let cli = Cli::try_parse_from(["x", "--instance-id", "a b"]).unwrap();
         assert!(
             cli.r

@@ -1,14 +1,20 @@
 //! Transaction pacing: when a stage is busy, a batch closes no sooner than
-//! the linger after the previous one closed, so the stage commits at most
-//! one transaction per linger however its records trickle in. Every
+//! a window after the previous one closed, so the stage commits at most one
+//! transaction per window however its records trickle in. Every
 //! transaction costs the broker about twenty requests (a produce and a
 //! verification per partition, the offsets, the end, the markers) whatever
 //! it holds.
 //!
+//! The window is `TRANSACTION_LINGER_MS`, or longer at lower rates when
+//! `TRANSACTION_LINGER_MAX_MS` allows: long enough for
+//! `TRANSACTION_TARGET_RECORDS` records at the recent input rate, up to that
+//! bound. Transactions then follow the latency the operator grants each
+//! stage rather than the input rate.
+//!
 //! Busy means the stage's recent input rate brings at least two records per
-//! linger. Below that, pacing would hold most records back for a batch of
+//! window. Below that, pacing would hold most records back for a batch of
 //! one, so a record at low load never waits. A stage whose last batch took
-//! longer than the linger to process (pdf-parser under load) does not wait
+//! longer than the window to process (pdf-parser under load) does not wait
 //! either: waiting would leave it idle.
 
 use std::time::{Duration, Instant};
@@ -17,12 +23,35 @@ use std::time::{Duration, Instant};
 /// hundred milliseconds count, a quiet spell longer than that resets it.
 const TAU_SECS: f64 = 0.25;
 
-/// Records per linger from which a stage counts as busy.
+/// Records per window from which a stage counts as busy.
 const BUSY_RECORDS: f64 = 2.0;
+
+/// How a busy stage paces its transactions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pacing {
+    /// The shortest window.
+    pub linger: Duration,
+    /// The longest window; equal to `linger`, the window never grows.
+    pub linger_max: Duration,
+    /// Records a window aims to collect at the recent input rate.
+    pub target_records: u32,
+}
+
+impl Pacing {
+    /// A fixed window.
+    #[cfg(test)]
+    pub(crate) fn fixed(linger: Duration) -> Self {
+        Self {
+            linger,
+            linger_max: linger,
+            target_records: 0,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Pacer {
-    linger: Duration,
+    pacing: Pacing,
     /// Input records per second, a moving average over time.
     rate: f64,
     last_closed: Option<Instant>,
@@ -30,9 +59,9 @@ pub(crate) struct Pacer {
 }
 
 impl Pacer {
-    pub(crate) fn new(linger: Duration) -> Self {
+    pub(crate) fn new(pacing: Pacing) -> Self {
         Self {
-            linger,
+            pacing,
             rate: 0.0,
             last_closed: None,
             last_prepare: Duration::MAX,
@@ -40,11 +69,12 @@ impl Pacer {
     }
 
     /// When the batch being collected may close: `now` unless the stage is
-    /// busy, else the linger after the previous close (or `now`, if later).
+    /// busy, else the window after the previous close (or `now`, if later).
     pub(crate) fn close_at(&self, now: Instant) -> Instant {
+        let window = self.window();
         match self.last_closed {
-            Some(closed) if self.busy() && self.last_prepare < self.linger => {
-                (closed + self.linger).max(now)
+            Some(closed) if self.busy(window) && self.last_prepare < window => {
+                (closed + window).max(now)
             }
             _ => now,
         }
@@ -69,14 +99,29 @@ impl Pacer {
         self.last_prepare = took;
     }
 
-    fn busy(&self) -> bool {
-        self.rate * self.linger.as_secs_f64() >= BUSY_RECORDS
+    /// The window at the recent input rate: long enough for the target
+    /// number of records, within the bounds.
+    fn window(&self) -> Duration {
+        let Pacing {
+            linger,
+            linger_max,
+            target_records,
+        } = self.pacing;
+        if linger_max <= linger || target_records == 0 || self.rate <= 0.0 {
+            return linger;
+        }
+        let for_target = Duration::from_secs_f64(f64::from(target_records) / self.rate);
+        for_target.clamp(linger, linger_max)
+    }
+
+    fn busy(&self, window: Duration) -> bool {
+        self.rate * window.as_secs_f64() >= BUSY_RECORDS
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Pacer;
+    use super::{Pacer, Pacing};
     use std::time::{Duration, Instant};
 
     const LINGER: Duration = Duration::from_millis(25);
@@ -85,7 +130,7 @@ mod tests {
     /// A pacer that has seen `batches` batches of `records`, `every` apart,
     /// each processed in `took`; returns it and the last close.
     fn fed(records: usize, every: Duration, batches: u32, took: Duration) -> (Pacer, Instant) {
-        let mut p = Pacer::new(LINGER);
+        let mut p = Pacer::new(Pacing::fixed(LINGER));
         let mut t = Instant::now();
         for _ in 0..batches {
             t += every;
@@ -121,7 +166,7 @@ mod tests {
         let now = closed + Duration::from_millis(5);
         assert_eq!(p.close_at(now), now);
         // The first batch ever.
-        let fresh = Pacer::new(LINGER);
+        let fresh = Pacer::new(Pacing::fixed(LINGER));
         assert_eq!(fresh.close_at(now), now);
     }
 
@@ -140,7 +185,7 @@ mod tests {
         let (p, closed) = fed(8, LINGER, 20, Duration::from_millis(30));
         let now = closed + Duration::from_millis(5);
         assert_eq!(p.close_at(now), now);
-        let mut p = Pacer::new(Duration::ZERO);
+        let mut p = Pacer::new(Pacing::fixed(Duration::ZERO));
         let t = Instant::now();
         for i in 1..20 {
             p.closed(t + Duration::from_millis(i), 8);
@@ -148,5 +193,65 @@ mod tests {
         }
         let now = t + Duration::from_millis(25);
         assert_eq!(p.close_at(now), now);
+    }
+
+    /// Batches of `records` every `every`, processed fast, under `pacing`.
+    fn fed_with(pacing: Pacing, records: usize, every: Duration) -> (Pacer, Instant) {
+        let mut p = Pacer::new(pacing);
+        let mut t = Instant::now();
+        for _ in 0..40 {
+            t += every;
+            p.closed(t, records);
+            p.processed(FAST);
+        }
+        (p, t)
+    }
+
+    const GROWING: Pacing = Pacing {
+        linger: LINGER,
+        linger_max: Duration::from_millis(100),
+        target_records: 10,
+    };
+
+    #[test]
+    fn the_window_grows_at_lower_rates_up_to_the_max() {
+        // 100 records/s: ten records take 100 ms, the max.
+        let (p, closed) = fed_with(GROWING, 3, Duration::from_millis(30));
+        let now = closed + Duration::from_millis(5);
+        assert_eq!(p.close_at(now), closed + Duration::from_millis(100));
+        // 200 records/s: ten records take 50 ms.
+        let (p, closed) = fed_with(GROWING, 5, Duration::from_millis(25));
+        let at = p.close_at(closed).duration_since(closed);
+        assert!(
+            (Duration::from_millis(45)..=Duration::from_millis(55)).contains(&at),
+            "{at:?}"
+        );
+        // 1 000 records/s: ten records take 10 ms, below the linger.
+        let (p, closed) = fed_with(GROWING, 25, LINGER);
+        assert_eq!(p.close_at(closed), closed + LINGER);
+    }
+
+    #[test]
+    fn a_longer_window_makes_a_slower_stage_busy() {
+        // 40 records/s: one per 25 ms linger is not busy, four per 100 ms is.
+        let (fixed, closed) = fed_with(Pacing::fixed(LINGER), 1, LINGER);
+        let now = closed + Duration::from_millis(5);
+        assert_eq!(fixed.close_at(now), now);
+        let (grown, closed) = fed_with(GROWING, 1, LINGER);
+        assert_eq!(grown.close_at(now), closed + Duration::from_millis(100));
+        // 5 records/s: not even two per 100 ms.
+        let (slow, closed) = fed_with(GROWING, 1, Duration::from_millis(200));
+        let now = closed + Duration::from_millis(5);
+        assert_eq!(slow.close_at(now), now);
+    }
+
+    #[test]
+    fn no_target_keeps_the_window_fixed() {
+        let pacing = Pacing {
+            target_records: 0,
+            ..GROWING
+        };
+        let (p, closed) = fed_with(pacing, 3, Duration::from_millis(30));
+        assert_eq!(p.close_at(closed), closed + LINGER);
     }
 }

@@ -90,7 +90,7 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             markers: clients.markers,
             in_flight: None,
             purge: RetryPurge::new(retry_topic, Some(runner.conn.clone())),
-            pacer: Pacer::new(Duration::from_millis(runner.cfg.transaction_linger_ms)),
+            pacer: Pacer::new(runner.cfg.pacing()),
             failures: 0,
             control: Control::new(
                 &runner.conn,
