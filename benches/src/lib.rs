@@ -75,3 +75,26 @@ pub fn broker_pid() -> Option<u32> {
 pub fn processes_cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| process_cpu_seconds(*p)).sum()
 }
+
+/// Sets what the services a benchmark starts inherit: `log` as their
+/// `RUST_LOG` (through `STAGE_LOG`), and API limits above the offered load,
+/// since the load generator uploads with one token (by default 100 uploads
+/// a second per token, 16 at once). A value already set is kept.
+///
+/// # Safety
+/// As [`std::env::set_var`]: no other thread may run.
+pub unsafe fn service_env(log: &str) {
+    // SAFETY: the caller guarantees no other thread runs.
+    unsafe {
+        std::env::set_var("STAGE_LOG", log);
+        for (k, v) in [
+            ("API_RATE_LIMIT_PER_SECOND", "100000"),
+            ("API_RATE_LIMIT_BURST", "100000"),
+            ("API_MAX_CONCURRENT_UPLOADS", "256"),
+        ] {
+            if std::env::var_os(k).is_none() {
+                std::env::set_var(k, v);
+            }
+        }
+    }
+}

@@ -123,9 +123,8 @@ fn hop_cell(from: &HashMap<String, i64>, to: &HashMap<String, i64>) -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The services are started with STAGE_LOG as their RUST_LOG.
     // SAFETY: no other thread exists yet: the runtime is built below.
-    unsafe { std::env::set_var("STAGE_LOG", &args.service_log) };
+    unsafe { artifact_benches::service_env(&args.service_log) };
     tokio::runtime::Runtime::new()?.block_on(run(args))
 }
 

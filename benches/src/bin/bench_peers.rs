@@ -507,9 +507,8 @@ async fn load(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The services are started with STAGE_LOG as their RUST_LOG.
     // SAFETY: no other thread exists yet: the runtime is built below.
-    unsafe { std::env::set_var("STAGE_LOG", &args.service_log) };
+    unsafe { artifact_benches::service_env(&args.service_log) };
     tokio::runtime::Runtime::new()?.block_on(run(args))
 }
 
