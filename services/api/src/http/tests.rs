@@ -363,6 +363,9 @@ fn artifact(a: &Api, text_location: Option<String>) -> ArtifactId {
         created_at: Some(1),
         updated_at: 2,
         cancelled_at: None,
+        next_retry_at: None,
+        dead_letters: Vec::new(),
+        history: Vec::new(),
     };
     a.table.upsert(&[view]).unwrap();
     id
@@ -747,6 +750,9 @@ fn snapshot(id: ArtifactId, state: ArtifactState, updated_at: i64) -> StatusView
         created_at: Some(1),
         updated_at,
         cancelled_at: None,
+        next_retry_at: None,
+        dead_letters: Vec::new(),
+        history: Vec::new(),
     }
 }
 

@@ -581,6 +581,9 @@ mod tests {
             created_at: Some(1),
             updated_at,
             cancelled_at: None,
+            next_retry_at: None,
+            dead_letters: Vec::new(),
+            history: Vec::new(),
         }
     }
 
