@@ -131,6 +131,9 @@ async fn large_text(p: &Pipeline, mib: u64) -> anyhow::Result<(ArtifactId, u64)>
         created_at: Some(1),
         updated_at: 2,
         cancelled_at: None,
+        next_retry_at: None,
+        dead_letters: Vec::new(),
+        history: Vec::new(),
     };
     let topic = p.env.names.status();
     let payload = p

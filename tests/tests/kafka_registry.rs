@@ -331,6 +331,25 @@ async fn parsed_schema_with_ocr_is_backward_compatible_with_its_previous_version
     assert_ne!(now.id, before.id);
 }
 
+/// `artifact-status.avsc` as it was before attempts, dead letters and the
+/// history of generations: today's is a BACKWARD-compatible next version.
+#[tokio::test]
+async fn status_schema_with_attempts_is_backward_compatible_with_its_previous_version() {
+    artifact_pipeline_tests::needs_stack!();
+    let conn = conn();
+    let admin = RegistryAdmin::new(&conn.schema_registry_url);
+    let subject = format!("{}.status-history-value", conn.topic_prefix);
+    let before = admin
+        .register_backward(&subject, include_str!("data/artifact-status-v1.avsc"))
+        .await
+        .unwrap();
+    let now = admin
+        .register_backward(&subject, EventSchema::ArtifactStatus.avsc())
+        .await
+        .unwrap();
+    assert_ne!(now.id, before.id);
+}
+
 #[tokio::test]
 async fn status_snapshots_round_trip() {
     artifact_pipeline_tests::needs_stack!();
@@ -358,5 +377,30 @@ async fn status_snapshots_round_trip() {
     .unwrap()
     .view();
     assert_eq!(view.failed_stage, Some(Stage::PdfParser));
+    round_trip(&codec, &names.status(), EventSchema::ArtifactStatus, &view).await;
+
+    // A pending retry, a dead letter and an earlier generation.
+    let mut next = ArtifactStatus::empty(id, Generation::FIRST.next());
+    next.retry(artifact_domain::RetryScheduled {
+        artifact_id: id,
+        generation: Generation::FIRST.next(),
+        stage: Stage::MimeDetector,
+        delivery: 2,
+        error: "store unavailable".into(),
+        not_before: 90,
+        at: 80,
+    });
+    next.dead_letter(artifact_domain::DeadLetter {
+        stage: Stage::PdfParser,
+        topic: "t.pdf-parser.dlq".into(),
+        partition: 2,
+        offset: 41,
+        error: "undecodable".into(),
+        at: 70,
+    });
+    next.carry_over(&view);
+    let view = next.view();
+    assert_eq!(view.next_retry_at, Some(90));
+    assert_eq!(view.history.len(), 1);
     round_trip(&codec, &names.status(), EventSchema::ArtifactStatus, &view).await;
 }

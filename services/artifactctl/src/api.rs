@@ -1,7 +1,7 @@
 //! Talking to artifact-api: uploads, status, and waiting with a progress
 //! display.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use artifact_domain::StatusView;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -103,7 +103,11 @@ impl Api {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            bail!("upload of {} refused: {status}: {body}", path.display());
+            return Err(crate::exit::http(
+                &format!("upload of {} refused", path.display()),
+                status,
+                &body,
+            ));
         }
         Ok(serde_json::from_str(&body)?)
     }
@@ -118,10 +122,11 @@ impl Api {
         match resp.status() {
             s if s.is_success() => Ok(Some(resp.json().await?)),
             reqwest::StatusCode::NOT_FOUND => Ok(None),
-            s => bail!(
-                "status of {id}: {s}: {}",
-                resp.text().await.unwrap_or_default()
-            ),
+            s => Err(crate::exit::http(
+                &format!("status of {id}"),
+                s,
+                &resp.text().await.unwrap_or_default(),
+            )),
         }
     }
 
@@ -153,11 +158,12 @@ impl Api {
                 return Ok(w.done);
             }
             if Instant::now() > deadline {
-                bail!(
+                return Err(crate::exit::Failure::Timeout(format!(
                     "{} of {} artifacts reached a final state within {timeout:?}",
                     w.done.len(),
                     ids.len()
-                );
+                ))
+                .into());
             }
             let Some(stream) = events.as_mut() else {
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -298,7 +304,7 @@ pub fn progress_line(v: &StatusView, name: &str) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
-fn percent_encode(s: &str) -> String {
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

@@ -48,7 +48,11 @@ impl Api {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            bail!("{what} of {id} refused: {status}: {body}");
+            return Err(crate::exit::http(
+                &format!("{what} of {id} refused"),
+                status,
+                &body,
+            ));
         }
         Ok(serde_json::from_str(&body)?)
     }
@@ -69,10 +73,11 @@ impl Api {
                 .with_context(|| format!("artifact-api at {} did not answer", self.url))?;
             let status = resp.status();
             if !status.is_success() {
-                bail!(
-                    "listing artifacts in state {state}: {status}: {}",
-                    resp.text().await.unwrap_or_default()
-                );
+                return Err(crate::exit::http(
+                    &format!("listing artifacts in state {state}"),
+                    status,
+                    &resp.text().await.unwrap_or_default(),
+                ));
             }
             let page: Page = resp.json().await?;
             ids.extend(page.items.into_iter().map(|v| v.artifact_id.to_string()));
@@ -91,7 +96,10 @@ pub async fn erase(api: &Api, mut ids: Vec<String>, state: Option<&str>) -> anyh
         ids.extend(api.ids_in_state(state).await?);
     }
     if ids.is_empty() {
-        bail!("nothing to erase: name artifact ids or --state");
+        return Err(crate::exit::Failure::Usage(
+            "nothing to erase: name artifact ids or --state".into(),
+        )
+        .into());
     }
     let mut failed = 0;
     for id in &ids {

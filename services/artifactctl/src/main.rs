@@ -1,10 +1,14 @@
 //! `artifactctl`: the operator's command line for the artifact pipeline.
+//! Every flag before the subcommand may also come after it; exit codes are
+//! in `exit` (docs/OPERATIONS.md lists them).
 
 mod api;
 mod control;
+mod exit;
 mod lag;
 mod lag_exporter;
 mod ops;
+mod read;
 mod stage;
 
 use anyhow::Context;
@@ -15,8 +19,10 @@ use artifact_kafka::topics::{
     DEFAULT_COMPACTED_SEGMENT_MS, DEFAULT_DLQ_RETENTION_MS, TopicNames, ensure_topics,
     min_insync_replicas, set_compacted_segment_ms, set_dlq_retention_ms,
 };
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use read::Output;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 /// Operate the artifact pipeline: topics, schemas, uploads, status, lag, dead letters.
@@ -41,6 +47,10 @@ struct Cli {
         global = true
     )]
     token: Option<String>,
+    /// How read commands print: json or table (`status` prints json
+    /// unless told, the others a table).
+    #[arg(long, value_enum, global = true)]
+    output: Option<Output>,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,7 +82,7 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
-    /// Shows an artifact's status (JSON).
+    /// Shows an artifact's status (JSON unless `--output table`).
     Status {
         /// Artifact id.
         id: String,
@@ -137,6 +147,26 @@ enum Command {
         #[command(subcommand)]
         command: stage::StageCommand,
     },
+    /// Shows an artifact: state, each stage's attempts, last error and
+    /// pending retry, dead letters, earlier generations (a table unless
+    /// `--output json`).
+    Get {
+        /// Artifact id.
+        id: String,
+    },
+    /// Lists artifacts, with the API's filters.
+    List {
+        #[command(flatten)]
+        filters: read::ListFilters,
+    },
+    /// Prints a shell completion script (e.g. `artifactctl completions
+    /// bash > /etc/bash_completion.d/artifactctl`).
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (roff) on stdout.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,9 +231,36 @@ enum DlqCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// The command line, with every top-level flag global: accepted before or
+/// after the subcommand.
+fn command() -> clap::Command {
+    Cli::command().mut_args(|a| if a.is_positional() { a } else { a.global(true) })
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::code(&e))
+        }
+    }
+}
+
+/// Runs the command; the exit code of a command that ran to its end.
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let mut code = exit::OK;
     cli.conn.validate()?;
     let names = TopicNames::from_config(&cli.conn);
     let api = api::Api::new(&cli.api_url, cli.token.clone());
@@ -240,6 +297,23 @@ async fn main() -> anyhow::Result<()> {
                 min_insync_replicas(replication_factor),
                 report.created.len()
             );
+        }
+        Command::Topics {
+            command: TopicsCommand::List,
+        } if cli.output == Some(Output::Json) => {
+            let topics: Vec<serde_json::Value> = names
+                .catalogue()
+                .iter()
+                .map(|t| {
+                    let configs: serde_json::Map<String, serde_json::Value> = t
+                        .configs()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.into()))
+                        .collect();
+                    serde_json::json!({"name": t.name, "configs": configs})
+                })
+                .collect();
+            read::print_json(&topics)?;
         }
         Command::Topics {
             command: TopicsCommand::List,
@@ -301,6 +375,15 @@ async fn main() -> anyhow::Result<()> {
             if wait {
                 let done = api.wait(&ids, Duration::from_secs(timeout)).await?;
                 println!();
+                if done.iter().any(|v| {
+                    matches!(
+                        v.state,
+                        artifact_domain::ArtifactState::Failed
+                            | artifact_domain::ArtifactState::Cancelled
+                    )
+                }) {
+                    code = exit::FAILURE;
+                }
                 for v in done {
                     let name = v.context.filename.clone().unwrap_or_default();
                     match (&v.failed_stage, &v.summary) {
@@ -326,9 +409,26 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Status { id } => match api.status(&id).await? {
+            Some(v) if cli.output == Some(Output::Table) => print!("{}", read::status_table(&v)),
             Some(v) => println!("{}", serde_json::to_string_pretty(&v)?),
-            None => anyhow::bail!("no artifact {id} (yet)"),
+            None => return Err(exit::Failure::NotFound(format!("no artifact {id} (yet)")).into()),
         },
+        Command::Get { id } => match api.status(&id).await? {
+            Some(v) if cli.output == Some(Output::Json) => read::print_json(&v)?,
+            Some(v) => print!("{}", read::status_table(&v)),
+            None => return Err(exit::Failure::NotFound(format!("no artifact {id} (yet)")).into()),
+        },
+        Command::List { filters } => {
+            let page = api.list(&filters).await?;
+            match cli.output {
+                Some(Output::Json) => read::print_json(&page)?,
+                _ => print!("{}", read::list_table(&page)),
+            }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "artifactctl", &mut std::io::stdout());
+        }
+        Command::Man => clap_mangen::Man::new(command()).render(&mut std::io::stdout())?,
         Command::Produce {
             storage_location,
             content_type,
@@ -344,6 +444,17 @@ async fn main() -> anyhow::Result<()> {
                 lag::LagReader::new(&conn, lag::stage_groups(&conn, &group_prefix))?.read()
             })
             .await??;
+            if cli.output == Some(Output::Json) {
+                let rows: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({"group": r.group, "topic": r.topic, "partition": r.partition,
+                            "committed": r.committed, "end": r.high, "lag": r.lag})
+                    })
+                    .collect();
+                read::print_json(&rows)?;
+                return Ok(code);
+            }
             println!(
                 "{:<18} {:<36} {:>9} {:>10} {:>10} {:>8}",
                 "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG"
@@ -379,6 +490,28 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let conn = cli.conn.clone();
             let dead = tokio::task::spawn_blocking(move || ops::read_dlq(&conn, stage)).await??;
+            if cli.output == Some(Output::Json) {
+                use rdkafka::Message;
+                let letters: Vec<serde_json::Value> = dead
+                    .letters
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
+                            "replayed": dead.is_replayed(m),
+                            "key": m.key().map(String::from_utf8_lossy),
+                            "error_kind": ops::header(m, "x-error-kind"),
+                            "error": ops::header(m, "x-error"),
+                            "source_topic": ops::header(m, "x-source-topic"),
+                            "source_partition": ops::header(m, "x-source-partition"),
+                            "source_offset": ops::header(m, "x-source-offset"),
+                            "payload_omitted_bytes": ops::header(m, "x-payload-omitted"),
+                        })
+                    })
+                    .collect();
+                read::print_json(&letters)?;
+                return Ok(code);
+            }
             for m in &dead.letters {
                 use rdkafka::Message;
                 println!(
@@ -429,7 +562,12 @@ async fn main() -> anyhow::Result<()> {
             println!("{id}: {} (generation {})", c.action, c.generation);
         }
         Command::Erase { ids, state } => control::erase(&api, ids, state.as_deref()).await?,
+        Command::Stage {
+            command: stage::StageCommand::Status,
+        } if cli.output == Some(Output::Json) => {
+            read::print_json(&stage::read(&cli.conn).await?)?;
+        }
         Command::Stage { command } => stage::run(&cli.conn, command).await?,
     }
-    Ok(())
+    Ok(code)
 }

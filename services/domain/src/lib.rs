@@ -7,6 +7,7 @@
 //! the event types match `schemas/*.avsc` field for field, so adapters can
 //! encode them with any serde data format.
 
+pub mod attempts;
 pub mod control;
 pub mod dedup;
 pub mod events;
@@ -15,6 +16,7 @@ pub mod outcome;
 pub mod stage;
 pub mod status;
 
+pub use attempts::{DeadLetter, GenerationSummary, RetryScheduled};
 pub use control::{ArtifactControl, ControlAction, control_skip};
 pub use dedup::{DedupDecision, decide};
 pub use events::{

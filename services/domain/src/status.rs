@@ -7,6 +7,9 @@
 //! chosen by a fixed precedence, so any permutation of the same events (with
 //! duplicates) folds to the same status.
 
+use crate::attempts::{
+    DeadLetter, GenerationSummary, Retry, RetryScheduled, merge_dead_letters, merge_history,
+};
 use crate::events::{ArtifactContext, ArtifactCreated, PipelineEvent};
 use crate::{ArtifactId, Generation, Outcome, Stage};
 use serde::{Deserialize, Serialize};
@@ -44,8 +47,27 @@ pub struct StageRecord {
     pub stage: Stage,
     /// What it did.
     pub outcome: Outcome,
-    /// When it finished, in epoch milliseconds.
+    /// When it finished, in epoch milliseconds; for a retry still to come,
+    /// when the failed delivery was put on the retry topic.
     pub processed_at: i64,
+    /// Deliveries of the stage's input so far (retries included); absent
+    /// in snapshots from before it was counted.
+    #[serde(default)]
+    pub attempts: Option<i32>,
+    /// The error of the last delivery that failed retriably, if one did.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When the next delivery is due (epoch ms), while a retry is pending:
+    /// the outcome is then `FAILED`/`RETRIABLE` with the last error.
+    #[serde(default)]
+    pub next_retry_at: Option<i64>,
+}
+
+impl StageRecord {
+    /// Whether this line is a retry still to come rather than an outcome.
+    pub fn is_retry_pending(&self) -> bool {
+        self.next_retry_at.is_some()
+    }
 }
 
 /// The read-model snapshot of one artifact, as written to the status topic
@@ -83,6 +105,18 @@ pub struct StatusView {
     /// When an operator cancelled this generation (epoch ms), if one did.
     #[serde(default)]
     pub cancelled_at: Option<i64>,
+    /// When the pending retry of the current stage is due (epoch ms), if
+    /// one is pending.
+    #[serde(default)]
+    pub next_retry_at: Option<i64>,
+    /// The artifact's dead letters, any generation, newest first (at most
+    /// [`crate::attempts::DEAD_LETTERS_MAX`]).
+    #[serde(default)]
+    pub dead_letters: Vec<DeadLetter>,
+    /// Earlier generations, newest first (at most
+    /// [`crate::attempts::HISTORY_MAX`]).
+    #[serde(default)]
+    pub history: Vec<GenerationSummary>,
 }
 
 impl ArtifactStatus {
@@ -97,6 +131,7 @@ impl ArtifactStatus {
             _ => None,
         };
         let failure = self.failure();
+        let timeline = self.timeline();
         StatusView {
             artifact_id: self.artifact_id,
             generation: self.generation,
@@ -109,10 +144,13 @@ impl ArtifactStatus {
             word_count: parse.map(|p| p.word_count),
             summary: summary.map(|s| s.summary.clone()),
             summary_method: summary.map(|s| s.method.clone()),
-            timeline: self.timeline(),
+            next_retry_at: timeline.iter().filter_map(|r| r.next_retry_at).min(),
+            timeline,
             created_at: self.created.as_ref().map(|c| c.created_at),
             updated_at: self.updated_at().unwrap_or_default(),
             cancelled_at: self.cancelled_at,
+            dead_letters: self.dead_letters.clone(),
+            history: self.history.clone(),
         }
     }
 }
@@ -127,7 +165,11 @@ impl StatusView {
             self.state,
             self.failed_stage,
             self.created_at.is_some(),
-            |s| self.timeline.iter().any(|r| r.stage == s),
+            |s| {
+                self.timeline
+                    .iter()
+                    .any(|r| r.stage == s && !r.is_retry_pending())
+            },
         )
     }
 }
@@ -210,6 +252,12 @@ pub struct ArtifactStatus {
     stages: [Option<PipelineEvent>; 4],
     /// When this generation was cancelled, if it was.
     cancelled_at: Option<i64>,
+    /// Per stage, its newest retry of this generation.
+    retries: [Option<Retry>; 4],
+    /// The artifact's dead letters, any generation.
+    dead_letters: Vec<DeadLetter>,
+    /// Its earlier generations.
+    history: Vec<GenerationSummary>,
 }
 
 impl ArtifactStatus {
@@ -221,6 +269,90 @@ impl ArtifactStatus {
             created: None,
             stages: [None, None, None, None],
             cancelled_at: None,
+            retries: [None, None, None, None],
+            dead_letters: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Moves the fold on to a newer `generation`: what it knew of its own
+    /// goes to the history, the dead letters stay.
+    fn supersede(&mut self, generation: Generation) {
+        let mut next = Self::empty(self.artifact_id, generation);
+        next.dead_letters = std::mem::take(&mut self.dead_letters);
+        next.history = std::mem::take(&mut self.history);
+        if self.created.is_some()
+            || self.stages.iter().any(Option::is_some)
+            || self.retries.iter().any(Option::is_some)
+            || self.cancelled_at.is_some()
+        {
+            merge_history(&mut next.history, &[GenerationSummary::of(&self.view())]);
+        }
+        *self = next;
+    }
+
+    /// Folds a scheduled retry in: the newest delivery per stage and
+    /// generation is kept; an older generation's is ignored, a newer one
+    /// moves the fold on.
+    pub fn retry(&mut self, r: RetryScheduled) {
+        if r.artifact_id != self.artifact_id || r.generation < self.generation {
+            return;
+        }
+        if r.generation > self.generation {
+            self.supersede(r.generation);
+        }
+        let new = Retry {
+            delivery: r.delivery,
+            error: r.error,
+            not_before: r.not_before,
+            at: r.at,
+        };
+        let slot = &mut self.retries[r.stage.index()];
+        if slot.as_ref().is_none_or(|old| new.rank() > old.rank()) {
+            *slot = Some(new);
+        }
+    }
+
+    /// Links one of the artifact's dead letters, whatever its generation.
+    pub fn dead_letter(&mut self, d: DeadLetter) {
+        merge_dead_letters(&mut self.dead_letters, &[d]);
+    }
+
+    /// Takes over what only an earlier snapshot of the artifact knows: its
+    /// history and dead letters, the snapshot's own generation if older
+    /// than the fold's, and its retries if the same. A newer snapshot
+    /// moves the fold on to its generation.
+    pub fn carry_over(&mut self, previous: &StatusView) {
+        if previous.artifact_id != self.artifact_id {
+            return;
+        }
+        if previous.generation > self.generation {
+            self.supersede(previous.generation);
+        }
+        merge_history(&mut self.history, &previous.history);
+        merge_dead_letters(&mut self.dead_letters, &previous.dead_letters);
+        if previous.generation < self.generation {
+            merge_history(&mut self.history, &[GenerationSummary::of(previous)]);
+            return;
+        }
+        for r in &previous.timeline {
+            let Some(attempts) = r.attempts.and_then(|a| u32::try_from(a).ok()) else {
+                continue;
+            };
+            let (delivery, not_before) = match r.next_retry_at {
+                Some(t) => (attempts + 1, t),
+                None if attempts > 1 => (attempts, 0),
+                None => continue,
+            };
+            self.retry(RetryScheduled {
+                artifact_id: self.artifact_id,
+                generation: self.generation,
+                stage: r.stage,
+                delivery,
+                error: r.last_error.clone().unwrap_or_default(),
+                not_before,
+                at: r.processed_at,
+            });
         }
     }
 
@@ -233,7 +365,7 @@ impl ArtifactStatus {
             return;
         }
         if generation > self.generation {
-            *self = Self::empty(self.artifact_id, generation);
+            self.supersede(generation);
         }
         self.cancelled_at = Some(self.cancelled_at.map_or(at, |old| old.max(at)));
     }
@@ -266,7 +398,7 @@ impl ArtifactStatus {
             return;
         }
         if event.generation() > self.generation {
-            *self = Self::empty(self.artifact_id, event.generation());
+            self.supersede(event.generation());
         }
         match event {
             PipelineEvent::Created(c) => {
@@ -383,7 +515,7 @@ impl ArtifactStatus {
             .is_some_and(Outcome::lets_pipeline_continue)
         {
             ArtifactState::Completed
-        } else if outcomes().next().is_some() {
+        } else if outcomes().next().is_some() || self.retries.iter().any(Option::is_some) {
             ArtifactState::InProgress
         } else {
             ArtifactState::Pending
@@ -427,19 +559,48 @@ impl ArtifactStatus {
             })
     }
 
-    /// The per-stage timeline of this generation, in stage order.
+    /// The per-stage timeline of this generation, in stage order: each
+    /// stage's outcome with the deliveries it took, or, while a retry is
+    /// pending, its last error and when the retry is due.
     pub fn timeline(&self) -> Vec<StageRecord> {
         Stage::ALL
             .into_iter()
             .filter_map(|s| {
-                let e = self.stage_event(s)?;
-                Some(StageRecord {
-                    stage: s,
-                    outcome: e.outcome()?.clone(),
-                    processed_at: e.timestamp(),
-                })
+                let retry = self.retries[s.index()].as_ref();
+                let as_i32 = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+                match self.stage_event(s).and_then(|e| Some((e, e.outcome()?))) {
+                    Some((e, outcome)) => Some(StageRecord {
+                        stage: s,
+                        outcome: outcome.clone(),
+                        processed_at: e.timestamp(),
+                        attempts: Some(as_i32(retry.map_or(1, |r| r.delivery.max(1)))),
+                        last_error: retry.map(|r| r.error.clone()),
+                        next_retry_at: None,
+                    }),
+                    // A stage after a final state gets no retry line: the
+                    // retry will be skipped.
+                    None if self.state().is_terminal() => None,
+                    None => retry.map(|r| StageRecord {
+                        stage: s,
+                        outcome: Outcome::retriable(r.error.clone()),
+                        processed_at: r.at,
+                        attempts: Some(as_i32(r.delivery.saturating_sub(1))),
+                        last_error: Some(r.error.clone()),
+                        next_retry_at: Some(r.not_before),
+                    }),
+                }
             })
             .collect()
+    }
+
+    /// The artifact's dead letters, newest first.
+    pub fn dead_letters(&self) -> &[DeadLetter] {
+        &self.dead_letters
+    }
+
+    /// Its earlier generations, newest first.
+    pub fn history(&self) -> &[GenerationSummary] {
+        &self.history
     }
 
     /// The newest context known: the latest stage's, else the creation's.
@@ -457,11 +618,12 @@ impl ArtifactStatus {
             .or_else(|| self.created.as_ref().map(ArtifactContext::from))
     }
 
-    /// The latest timestamp among the recorded events.
+    /// The latest timestamp among the recorded events and retries.
     pub fn updated_at(&self) -> Option<i64> {
         let created = self.created.iter().map(|c| c.created_at);
         let stages = self.stages.iter().flatten().map(PipelineEvent::timestamp);
-        created.chain(stages).max()
+        let retries = self.retries.iter().flatten().map(|r| r.at);
+        created.chain(stages).chain(retries).max()
     }
 
     /// Milliseconds from creation to the latest folded event, once the

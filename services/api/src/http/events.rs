@@ -2,7 +2,8 @@
 //! it is final (`/v1/artifacts/{id}/events`), or every change, optionally in
 //! one state (`/v1/events`). Each `status` event carries the snapshot as
 //! `GET /v1/artifacts/{id}` answers it; a stream that fell behind gets a
-//! `lagged` event saying how many changes it missed.
+//! `lagged` event saying how many changes it missed. An artifact's stream
+//! ends with an `erased` event when the artifact is erased.
 
 use super::auth::Reader;
 use super::handlers::parse_state;
@@ -47,7 +48,7 @@ type Events = Sse<axum::response::sse::KeepAliveStream<EventStream>>;
 /// The artifact's status now, then each change, until its state is final.
 #[utoipa::path(get, path = "/v1/artifacts/{id}/events", tag = "artifacts",
     params(("id" = String, Path, description = "Artifact id (UUID)")),
-    responses((status = 200, description = "text/event-stream of `status` events (the snapshot as JSON); ends once the state is COMPLETED or FAILED"), (status = 401, description = "No valid bearer token (API_PROTECT_READS)"), (status = 404, description = "Unknown artifact"), (status = 503, description = "Too many streams open (API_MAX_EVENT_STREAMS)")))]
+    responses((status = 200, description = "text/event-stream of `status` events (the snapshot as JSON); ends once the state is COMPLETED, FAILED or CANCELLED, or with an `erased` event when the artifact is erased"), (status = 401, description = "No valid bearer token (API_PROTECT_READS)"), (status = 404, description = "Unknown artifact"), (status = 503, description = "Too many streams open (API_MAX_EVENT_STREAMS)")))]
 pub async fn artifact_events(
     State(st): State<AppState>,
     _reader: Reader,
@@ -57,6 +58,7 @@ pub async fn artifact_events(
     let permit = st.streams.take()?;
     // Subscribed before the first read, so no change falls in between.
     let changes = st.table.subscribe();
+    let erasures = st.table.subscribe_erasures();
     let now = st.table.get(id)?.ok_or_else(|| {
         Problem::not_found(format!(
             "no artifact {id} (yet): uploads appear within moments"
@@ -66,14 +68,24 @@ pub async fn artifact_events(
         st,
         id,
         changes,
+        erasures,
         last: None,
         next: Some(now),
+        erased: false,
         _permit: permit,
     };
     let stream = futures::stream::unfold(follow, |mut f| async move {
-        let view = f.next_change().await?;
-        let event = status_event(&view);
-        f.last = Some(view);
+        let event = match f.next_change().await? {
+            Change::Status(view) => {
+                let event = status_event(&view);
+                f.last = Some(view);
+                event
+            }
+            Change::Erased => {
+                f.erased = true;
+                erased_event(f.id)
+            }
+        };
         Some((Ok(event), f))
     });
     let stream: EventStream = Box::pin(stream);
@@ -85,34 +97,66 @@ struct Follow {
     st: AppState,
     id: ArtifactId,
     changes: Receiver<StatusView>,
+    erasures: Receiver<ArtifactId>,
     last: Option<StatusView>,
     next: Option<StatusView>,
+    /// The `erased` event was sent: the stream ends.
+    erased: bool,
     _permit: OwnedSemaphorePermit,
 }
 
+/// What an artifact's stream sends next.
+enum Change {
+    Status(StatusView),
+    Erased,
+}
+
 impl Follow {
-    /// The next snapshot to send, or `None` once the last one sent was
-    /// final (or the table is gone).
-    async fn next_change(&mut self) -> Option<StatusView> {
-        if self.last.as_ref().is_some_and(|v| v.state.is_terminal()) {
+    /// The next snapshot to send, or the artifact's erasure, or `None`
+    /// once the last one sent was final or the erasure (or the table is
+    /// gone).
+    async fn next_change(&mut self) -> Option<Change> {
+        if self.erased || self.last.as_ref().is_some_and(|v| v.state.is_terminal()) {
             return None;
         }
         if let Some(v) = self.next.take() {
-            return Some(v);
+            return Some(Change::Status(v));
         }
         loop {
-            let view = match self.changes.recv().await {
-                Ok(v) if v.artifact_id == self.id => v,
-                Ok(_) => continue,
-                // Missed changes: the table has the newest.
-                Err(RecvError::Lagged(_)) => self.st.table.get(self.id).ok()??,
-                Err(RecvError::Closed) => return None,
+            let view = tokio::select! {
+                change = self.changes.recv() => match change {
+                    Ok(v) if v.artifact_id == self.id => v,
+                    Ok(_) => continue,
+                    // Missed changes: the table has the newest, or none
+                    // once erased.
+                    Err(RecvError::Lagged(_)) => match self.st.table.get(self.id).ok()? {
+                        Some(v) => v,
+                        None => return Some(Change::Erased),
+                    },
+                    Err(RecvError::Closed) => return None,
+                },
+                erased = self.erasures.recv() => match erased {
+                    Ok(id) if id == self.id => return Some(Change::Erased),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) if self.st.table.get(self.id).ok()?.is_none() => {
+                        return Some(Change::Erased);
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                },
             };
             if self.last.as_ref() != Some(&view) {
-                return Some(view);
+                return Some(Change::Status(view));
             }
         }
     }
+}
+
+/// The last event of an erased artifact's stream.
+fn erased_event(id: ArtifactId) -> Event {
+    Event::default()
+        .event("erased")
+        .data(format!("{{\"artifact_id\":\"{id}\"}}"))
 }
 
 /// `/v1/events` query.

@@ -363,6 +363,9 @@ fn artifact(a: &Api, text_location: Option<String>) -> ArtifactId {
         created_at: Some(1),
         updated_at: 2,
         cancelled_at: None,
+        next_retry_at: None,
+        dead_letters: Vec::new(),
+        history: Vec::new(),
     };
     a.table.upsert(&[view]).unwrap();
     id
@@ -747,6 +750,9 @@ fn snapshot(id: ArtifactId, state: ArtifactState, updated_at: i64) -> StatusView
         created_at: Some(1),
         updated_at,
         cancelled_at: None,
+        next_retry_at: None,
+        dead_letters: Vec::new(),
+        history: Vec::new(),
     }
 }
 
@@ -818,6 +824,37 @@ async fn an_artifacts_event_stream_shows_each_change_and_ends_once_final() {
         })
         .collect();
     assert_eq!(states, ["PENDING", "IN_PROGRESS", "COMPLETED"]);
+}
+
+#[tokio::test]
+async fn an_erased_artifacts_event_stream_ends_with_an_erased_event() {
+    let a = api(true);
+    let (id, other) = (ArtifactId::new_random(), ArtifactId::new_random());
+    a.table
+        .upsert(&[
+            snapshot(id, ArtifactState::InProgress, 1),
+            snapshot(other, ArtifactState::InProgress, 1),
+        ])
+        .unwrap();
+    let req = HttpRequest::get(format!("/v1/artifacts/{id}/events"))
+        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = call(a.app.clone(), req).await;
+    assert_eq!(resp.status(), 200);
+    let table = a.table.clone();
+    let eraser = tokio::spawn(async move {
+        // Another artifact's erasure does not end the stream.
+        assert!(table.remove(other));
+        assert!(table.remove(id));
+    });
+    let events = tokio::time::timeout(Duration::from_secs(10), sse_events(resp))
+        .await
+        .expect("the stream ends once the artifact is erased");
+    eraser.await.unwrap();
+    let names: Vec<_> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["status", "erased"]);
+    assert_eq!(events[1].1["artifact_id"], id.to_string());
 }
 
 #[tokio::test]

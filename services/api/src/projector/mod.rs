@@ -1,5 +1,6 @@
 //! The projector: folds every event of every artifact (created and the four
-//! outcome topics) with the domain fold and writes a snapshot to the
+//! outcome topics, with each stage's retries and dead letters) with the
+//! domain fold and writes a snapshot to the
 //! compacted status topic whenever an artifact's view changes: once for
 //! all the events of an artifact that the consumer holds at that moment.
 //!
@@ -178,8 +179,10 @@ impl Projector {
     async fn fold_batch(&mut self, batch: Vec<OwnedMessage>) -> HashSet<ArtifactId> {
         let mut changed = HashSet::new();
         for m in batch {
-            if m.payload().is_none() {
-                // A tombstone of an erased artifact's event.
+            let letter = matches!(self.topics.kind(m.topic()), Ok(EventKind::DeadLetter(_)));
+            if m.payload().is_none() && !letter {
+                // A tombstone of an erased artifact's event (a dead letter
+                // may have left its too large payload out).
                 continue;
             }
             let span = if otel::enabled() {
@@ -206,6 +209,19 @@ impl Projector {
                             changed.remove(&id);
                             self.writer.erase(id);
                         }
+                    }
+                    continue;
+                }
+                Some(Folded::Retry(r)) => {
+                    let id = r.artifact_id;
+                    if self.projection.retry(r).is_some() {
+                        changed.insert(id);
+                    }
+                    continue;
+                }
+                Some(Folded::DeadLetter(id, letter)) => {
+                    if self.projection.dead_letter(id, letter) {
+                        changed.insert(id);
                     }
                     continue;
                 }
@@ -261,8 +277,8 @@ impl Projector {
             }
         };
         loop {
-            match topics::decode(&self.codec, kind, m.payload()).await {
-                Ok(e) => return Some(e),
+            match topics::decode_record(&self.codec, kind, m).await {
+                Ok(e) => return e,
                 Err(e) if e.is_retriable() => {
                     tracing::warn!(error = %e, "projector waits for the registry");
                     tokio::time::sleep(Duration::from_secs(1)).await;

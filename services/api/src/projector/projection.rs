@@ -4,7 +4,8 @@
 
 use crate::readmodel::StatusTable;
 use artifact_domain::{
-    ArtifactControl, ArtifactId, ArtifactStatus, ControlAction, Generation, PipelineEvent,
+    ArtifactControl, ArtifactId, ArtifactStatus, ControlAction, DeadLetter, Generation,
+    PipelineEvent, RetryScheduled, StatusView,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use std::sync::Arc;
 pub(super) struct Projection {
     pub(super) folds: HashMap<ArtifactId, ArtifactStatus>,
     pub(super) settled: HashMap<ArtifactId, Generation>,
+    /// The last snapshot of each of those, for a new generation's fold to
+    /// take the history over from before the table holds it.
+    settled_views: HashMap<ArtifactId, StatusView>,
     /// Erased artifacts: none of their events is folded again.
     pub(super) erased: HashSet<ArtifactId>,
     table: Option<Arc<StatusTable>>,
@@ -57,21 +61,68 @@ impl Projection {
         if self.erased.contains(&id) {
             return None;
         }
+        let status = self.fold_for(id, event.generation())?;
+        status.apply(event);
+        Some(status)
+    }
+
+    /// Folds a scheduled retry, as [`Projection::apply`] an event.
+    pub(super) fn retry(&mut self, r: RetryScheduled) -> Option<&ArtifactStatus> {
+        let status = self.fold_for(r.artifact_id, r.generation)?;
+        status.retry(r);
+        Some(status)
+    }
+
+    /// Links a dead letter to its artifact's fold; whether the fold
+    /// changed. An artifact without a fold gets one, unless its generation
+    /// settled: a settled snapshot carries the letters of the generations
+    /// before it, and its own generation ended without one.
+    pub(super) fn dead_letter(&mut self, id: ArtifactId, letter: DeadLetter) -> bool {
+        if self.erased.contains(&id) {
+            return false;
+        }
+        if !self.folds.contains_key(&id) && self.settled_generation(id).is_some() {
+            tracing::info!(artifact_id = %id, topic = %letter.topic, offset = letter.offset, "dead letter of a settled generation not linked again");
+            return false;
+        }
+        let Some(fold) = self.fold_for(id, Generation::FIRST) else {
+            return false;
+        };
+        let before = fold.dead_letters().to_vec();
+        fold.dead_letter(letter);
+        fold.dead_letters() != before
+    }
+
+    /// The artifact's fold, made for `generation` if it has none, taking
+    /// over what its last snapshot alone knows (history, dead letters,
+    /// retries whose records were deleted); `None` for an erased artifact
+    /// or a generation at or below a settled one without a fold.
+    fn fold_for(&mut self, id: ArtifactId, generation: Generation) -> Option<&mut ArtifactStatus> {
+        if self.erased.contains(&id) {
+            return None;
+        }
         if !self.folds.contains_key(&id) {
             if self
                 .settled_generation(id)
-                .is_some_and(|settled| event.generation() <= settled)
+                .is_some_and(|settled| generation <= settled)
             {
                 return None;
             }
             self.settled.remove(&id);
+            let previous = self.settled_views.remove(&id).or_else(|| {
+                let table = self.table.as_ref()?;
+                table.get(id).unwrap_or_else(|e| {
+                    tracing::warn!(artifact_id = %id, error = %e, "last snapshot unreadable: its history is not carried over");
+                    None
+                })
+            });
+            let mut fold = ArtifactStatus::empty(id, generation);
+            if let Some(previous) = previous {
+                fold.carry_over(&previous);
+            }
+            self.folds.insert(id, fold);
         }
-        let status = self
-            .folds
-            .entry(id)
-            .or_insert_with(|| ArtifactStatus::empty(id, event.generation()));
-        status.apply(event);
-        Some(status)
+        self.folds.get_mut(&id)
     }
 
     /// Folds an operator's control: a cancel marks its generation (unless
@@ -87,22 +138,14 @@ impl Projection {
                 self.erased.insert(id);
                 self.folds.remove(&id);
                 self.settled.remove(&id);
+                self.settled_views.remove(&id);
                 Controlled::Erased
             }
             ControlAction::Cancelled => {
                 let generation = control.generation;
-                if !self.folds.contains_key(&id)
-                    && self
-                        .settled_generation(id)
-                        .is_some_and(|settled| generation <= settled)
-                {
+                let Some(fold) = self.fold_for(id, generation) else {
                     return Controlled::Nothing;
-                }
-                self.settled.remove(&id);
-                let fold = self
-                    .folds
-                    .entry(id)
-                    .or_insert_with(|| ArtifactStatus::empty(id, generation));
+                };
                 let before = (fold.generation(), fold.cancelled_at());
                 fold.cancel(generation, control.at);
                 if (fold.generation(), fold.cancelled_at()) == before {
@@ -120,6 +163,8 @@ impl Projection {
         let Some(table) = &self.table else { return };
         self.settled
             .retain(|id, g| table.settled_generation(*id).is_none_or(|shown| shown < *g));
+        let settled = &self.settled;
+        self.settled_views.retain(|id, _| settled.contains_key(id));
     }
 
     /// Drops the folds of `delivered` snapshots that are settled and still
@@ -136,6 +181,7 @@ impl Projection {
                 && written.get(&id) == Some(&fingerprint)
             {
                 self.settled.insert(id, fold.generation());
+                self.settled_views.insert(id, fold.view());
                 self.folds.remove(&id);
                 written.remove(&id);
             }

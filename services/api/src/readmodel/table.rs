@@ -213,6 +213,8 @@ pub struct StatusTable {
     compact_above: u64,
     /// Every snapshot that changed the table, for the event streams.
     changes: tokio::sync::broadcast::Sender<StatusView>,
+    /// Every artifact removed (erased), for the event streams to end.
+    erasures: tokio::sync::broadcast::Sender<ArtifactId>,
 }
 
 impl StatusTable {
@@ -231,6 +233,7 @@ impl StatusTable {
             restored_now: tokio::sync::Notify::new(),
             compact_above: COMPACT_ABOVE,
             changes: tokio::sync::broadcast::Sender::new(CHANGES_BUFFERED),
+            erasures: tokio::sync::broadcast::Sender::new(CHANGES_BUFFERED),
         })
     }
 
@@ -239,6 +242,12 @@ impl StatusTable {
     /// many it missed.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StatusView> {
         self.changes.subscribe()
+    }
+
+    /// Every artifact removed from now on (its status got a tombstone);
+    /// a receiver that falls behind is told how many it missed.
+    pub fn subscribe_erasures(&self) -> tokio::sync::broadcast::Receiver<ArtifactId> {
+        self.erasures.subscribe()
     }
 
     /// The same, compacting once the dead bytes outweigh the live ones and
@@ -315,13 +324,17 @@ impl StatusTable {
         let mut lengths = self.lengths.lock().expect("file lock");
         let mut index = self.index.write().expect("table lock");
         let held = index.in_flight.remove(&k).is_some();
-        match index.on_file.remove(&k) {
+        let removed = match index.on_file.remove(&k) {
             Some(slot) => {
                 lengths.live -= u64::from(slot.len) + 1;
                 true
             }
             None => held,
+        };
+        if removed && self.erasures.receiver_count() > 0 {
+            let _ = self.erasures.send(id);
         }
+        removed
     }
 
     /// Where each of the `newest` snapshots goes, given what the table
@@ -581,6 +594,9 @@ mod tests {
             created_at: Some(1),
             updated_at,
             cancelled_at: None,
+            next_retry_at: None,
+            dead_letters: Vec::new(),
+            history: Vec::new(),
         }
     }
 

@@ -415,9 +415,13 @@ proptest! {
             )
         })
     ) {
-        let in_order = ArtifactStatus::fold(events.clone()).unwrap();
+        // The history of a superseded generation is what was known of it
+        // when the newer one began; the rest does not depend on order.
+        let mut in_order = ArtifactStatus::fold(events.clone()).unwrap();
         let shuffled = order.iter().chain(dups.iter()).map(|&i| events[i].clone());
-        let folded = ArtifactStatus::fold(shuffled).unwrap();
+        let mut folded = ArtifactStatus::fold(shuffled).unwrap();
+        in_order.history.clear();
+        folded.history.clear();
         prop_assert_eq!(&folded, &in_order);
         prop_assert_eq!(folded.state(), in_order.state());
         prop_assert_eq!(folded.timeline(), in_order.timeline());
@@ -645,4 +649,203 @@ fn a_cancel_folds_the_same_in_any_order() {
     assert!(!ahead.is_settled(), "its creation is still to come");
     ahead.apply(created(id, g(2)));
     assert!(ahead.is_settled());
+}
+
+fn retry(id: ArtifactId, generation: Generation, stage: Stage, delivery: u32) -> RetryScheduled {
+    RetryScheduled {
+        artifact_id: id,
+        generation,
+        stage,
+        delivery,
+        error: format!("store unavailable ({delivery})"),
+        not_before: 5_000 + i64::from(delivery),
+        at: 2_000 + i64::from(delivery),
+    }
+}
+
+#[test]
+fn a_pending_retry_shows_its_attempts_error_and_due_time_until_the_outcome() {
+    let id = ArtifactId::new_random();
+    let mut s = ArtifactStatus::empty(id, g(1));
+    s.apply(created(id, g(1)));
+    s.retry(retry(id, g(1), Stage::MimeDetector, 2));
+    assert_eq!(s.state(), ArtifactState::InProgress, "an attempt was made");
+    s.retry(retry(id, g(1), Stage::MimeDetector, 3));
+    // An older retry record read late changes nothing.
+    s.retry(retry(id, g(1), Stage::MimeDetector, 2));
+    let v = s.view();
+    assert_eq!(v.next_retry_at, Some(5_003));
+    let line = &v.timeline[0];
+    assert_eq!(line.stage, Stage::MimeDetector);
+    assert!(line.is_retry_pending());
+    assert_eq!(line.attempts, Some(2), "two deliveries failed");
+    assert_eq!(line.last_error.as_deref(), Some("store unavailable (3)"));
+    assert_eq!(line.outcome, Outcome::retriable("store unavailable (3)"));
+    assert_eq!(s.updated_at(), Some(2_003));
+    assert!(!v.is_settled());
+
+    // The third delivery succeeds: an outcome with three attempts.
+    s.apply(stage_event(
+        id,
+        g(1),
+        Stage::MimeDetector,
+        Outcome::Succeeded,
+    ));
+    let v = s.view();
+    assert_eq!(v.next_retry_at, None);
+    assert_eq!(v.timeline[0].outcome, Outcome::Succeeded);
+    assert_eq!(v.timeline[0].attempts, Some(3));
+    assert_eq!(v.timeline[0].next_retry_at, None);
+    assert_eq!(
+        v.timeline[0].last_error.as_deref(),
+        Some("store unavailable (3)")
+    );
+}
+
+#[test]
+fn retries_and_outcomes_fold_the_same_in_any_order() {
+    let id = ArtifactId::new_random();
+    let mut events: Vec<Box<dyn Fn(&mut ArtifactStatus)>> = vec![
+        Box::new(move |s| s.apply(created(id, g(1)))),
+        Box::new(move |s| s.retry(retry(id, g(1), Stage::MimeDetector, 2))),
+        Box::new(move |s| {
+            s.apply(stage_event(
+                id,
+                g(1),
+                Stage::MimeDetector,
+                Outcome::Succeeded,
+            ))
+        }),
+        Box::new(move |s| s.retry(retry(id, g(1), Stage::LocationLogger, 2))),
+        Box::new(move |s| s.retry(retry(id, g(1), Stage::LocationLogger, 3))),
+    ];
+    let fold = |order: &[usize], events: &[Box<dyn Fn(&mut ArtifactStatus)>]| {
+        let mut s = ArtifactStatus::empty(id, g(1));
+        for &i in order {
+            events[i](&mut s);
+        }
+        s
+    };
+    let in_order = fold(&[0, 1, 2, 3, 4], &events);
+    for order in [[4, 3, 2, 1, 0], [2, 0, 4, 1, 3], [3, 2, 4, 0, 1]] {
+        assert_eq!(fold(&order, &events), in_order, "{order:?}");
+    }
+    let v = in_order.view();
+    assert_eq!(v.timeline[0].attempts, Some(2));
+    assert_eq!(v.timeline[1].attempts, Some(2));
+    assert_eq!(v.timeline[1].next_retry_at, Some(5_003));
+    // A retry of an older generation is ignored, a newer one moves on.
+    events.push(Box::new(move |s| {
+        s.retry(retry(id, g(2), Stage::MimeDetector, 2))
+    }));
+    let moved = fold(&[0, 1, 2, 3, 4, 5], &events);
+    assert_eq!(moved.generation(), g(2));
+    assert_eq!(moved.history().len(), 1);
+}
+
+#[test]
+fn a_final_state_shows_no_pending_retry() {
+    let id = ArtifactId::new_random();
+    let mut s = ArtifactStatus::empty(id, g(1));
+    s.apply(created(id, g(1)));
+    s.retry(retry(id, g(1), Stage::MimeDetector, 2));
+    s.cancel(g(1), 3_000);
+    let v = s.view();
+    assert_eq!(v.state, ArtifactState::Cancelled);
+    assert!(v.timeline.is_empty());
+    assert_eq!(v.next_retry_at, None);
+    assert!(v.is_settled());
+}
+
+#[test]
+fn earlier_generations_are_kept_newest_first_and_bounded() {
+    let id = ArtifactId::new_random();
+    let mut s = ArtifactStatus::empty(id, g(1));
+    for e in full_run(id, g(1)) {
+        s.apply(e);
+    }
+    s.apply(created(id, g(2)));
+    s.apply(stage_event(
+        id,
+        g(2),
+        Stage::MimeDetector,
+        Outcome::permanent("unreadable"),
+    ));
+    s.apply(created(id, g(3)));
+    let h = s.view().history;
+    assert_eq!(
+        h.iter().map(|h| h.generation.get()).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    assert_eq!(h[0].state, ArtifactState::Failed);
+    assert_eq!(h[0].failed_stage, Some(Stage::MimeDetector));
+    assert_eq!(h[0].failure_reason.as_deref(), Some("unreadable"));
+    assert_eq!(h[1].state, ArtifactState::Completed);
+    assert_eq!(h[1].summary_method.as_deref(), Some("extractive"));
+
+    for n in 4..=20 {
+        s.apply(created(id, g(n)));
+    }
+    let h = s.view().history;
+    assert_eq!(h.len(), crate::attempts::HISTORY_MAX);
+    assert_eq!(h[0].generation, g(19));
+    assert_eq!(h[9].generation, g(10));
+}
+
+#[test]
+fn a_new_fold_takes_history_dead_letters_and_retries_over_from_the_last_snapshot() {
+    let id = ArtifactId::new_random();
+    let letter = |offset| DeadLetter {
+        stage: Stage::PdfParser,
+        topic: "artifact.pdf-parser.dlq".into(),
+        partition: 3,
+        offset,
+        error: "undecodable".into(),
+        at: offset,
+    };
+    let mut first = ArtifactStatus::empty(id, g(1));
+    for e in full_run(id, g(1)) {
+        first.apply(e);
+    }
+    first.dead_letter(letter(7));
+    first.dead_letter(letter(7));
+    assert_eq!(first.dead_letters().len(), 1, "one letter, linked once");
+    let done = first.view();
+
+    // Generation 2 starts in a fold of its own (the first one was dropped
+    // once settled): the snapshot of generation 1 becomes its history.
+    let mut second = ArtifactStatus::empty(id, g(2));
+    second.apply(created(id, g(2)));
+    second.retry(retry(id, g(2), Stage::MimeDetector, 2));
+    second.carry_over(&done);
+    let v = second.view();
+    assert_eq!(v.history, vec![GenerationSummary::of(&done)]);
+    assert_eq!(v.dead_letters, vec![letter(7)]);
+
+    // A restart: the fold of generation 2 is rebuilt from the events left
+    // (the retry record was deleted once processed) and the snapshot.
+    let mut rebuilt = ArtifactStatus::empty(id, g(2));
+    rebuilt.carry_over(&v);
+    rebuilt.apply(created(id, g(2)));
+    assert_eq!(rebuilt.view(), v);
+    rebuilt.apply(stage_event(
+        id,
+        g(2),
+        Stage::MimeDetector,
+        Outcome::Succeeded,
+    ));
+    assert_eq!(rebuilt.view().timeline[0].attempts, Some(2));
+
+    // An older generation's fold carrying over a newer snapshot moves on.
+    let mut stale = ArtifactStatus::empty(id, g(1));
+    stale.carry_over(&v);
+    assert_eq!(stale.generation(), g(2));
+    for offset in 100..120 {
+        second.dead_letter(letter(offset));
+    }
+    assert_eq!(
+        second.dead_letters().len(),
+        crate::attempts::DEAD_LETTERS_MAX
+    );
+    assert_eq!(second.dead_letters()[0].offset, 119, "newest first");
 }
