@@ -598,6 +598,22 @@ async fn check_topics(env: &TestEnv, replication: i32) -> anyhow::Result<Vec<Fin
     Ok(out)
 }
 
+/// `v` without what the API learns from the retry and dead-letter topics
+/// (attempts, errors, pending retries, dead letters) and the history of
+/// earlier generations, which a fold of the outcome topics alone lacks.
+fn outcomes_only(v: &StatusView) -> StatusView {
+    let mut v = v.clone();
+    for r in &mut v.timeline {
+        r.attempts = None;
+        r.last_error = None;
+        r.next_retry_at = None;
+    }
+    v.next_retry_at = None;
+    v.dead_letters.clear();
+    v.history.clear();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,20 +648,4 @@ mod tests {
         );
         assert_eq!(last_reporting(ArtifactState::InProgress, None), None);
     }
-}
-
-/// `v` without what the API learns from the retry and dead-letter topics
-/// (attempts, errors, pending retries, dead letters) and the history of
-/// earlier generations, which a fold of the outcome topics alone lacks.
-fn outcomes_only(v: &StatusView) -> StatusView {
-    let mut v = v.clone();
-    for r in &mut v.timeline {
-        r.attempts = None;
-        r.last_error = None;
-        r.next_retry_at = None;
-    }
-    v.next_retry_at = None;
-    v.dead_letters.clear();
-    v.history.clear();
-    v
 }

@@ -121,7 +121,7 @@ pub(crate) fn merge_history(into: &mut Vec<GenerationSummary>, more: &[Generatio
             None => into.push(s.clone()),
         }
     }
-    into.sort_by(|a, b| b.generation.cmp(&a.generation));
+    into.sort_by_key(|s| std::cmp::Reverse(s.generation));
     into.truncate(HISTORY_MAX);
 }
 

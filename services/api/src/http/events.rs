@@ -78,7 +78,7 @@ pub async fn artifact_events(
         let event = match f.next_change().await? {
             Change::Status(view) => {
                 let event = status_event(&view);
-                f.last = Some(view);
+                f.last = Some(*view);
                 event
             }
             Change::Erased => {
@@ -107,7 +107,7 @@ struct Follow {
 
 /// What an artifact's stream sends next.
 enum Change {
-    Status(StatusView),
+    Status(Box<StatusView>),
     Erased,
 }
 
@@ -120,7 +120,7 @@ impl Follow {
             return None;
         }
         if let Some(v) = self.next.take() {
-            return Some(Change::Status(v));
+            return Some(Change::Status(Box::new(v)));
         }
         loop {
             let view = tokio::select! {
@@ -146,7 +146,7 @@ impl Follow {
                 },
             };
             if self.last.as_ref() != Some(&view) {
-                return Some(Change::Status(view));
+                return Some(Change::Status(Box::new(view)));
             }
         }
     }

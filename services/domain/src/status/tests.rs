@@ -702,10 +702,13 @@ fn a_pending_retry_shows_its_attempts_error_and_due_time_until_the_outcome() {
     );
 }
 
+/// One event applied to a fold.
+type Step = Box<dyn Fn(&mut ArtifactStatus)>;
+
 #[test]
 fn retries_and_outcomes_fold_the_same_in_any_order() {
     let id = ArtifactId::new_random();
-    let mut events: Vec<Box<dyn Fn(&mut ArtifactStatus)>> = vec![
+    let mut events: Vec<Step> = vec![
         Box::new(move |s| s.apply(created(id, g(1)))),
         Box::new(move |s| s.retry(retry(id, g(1), Stage::MimeDetector, 2))),
         Box::new(move |s| {
@@ -719,7 +722,7 @@ fn retries_and_outcomes_fold_the_same_in_any_order() {
         Box::new(move |s| s.retry(retry(id, g(1), Stage::LocationLogger, 2))),
         Box::new(move |s| s.retry(retry(id, g(1), Stage::LocationLogger, 3))),
     ];
-    let fold = |order: &[usize], events: &[Box<dyn Fn(&mut ArtifactStatus)>]| {
+    let fold = |order: &[usize], events: &[Step]| {
         let mut s = ArtifactStatus::empty(id, g(1));
         for &i in order {
             events[i](&mut s);
