@@ -5,6 +5,7 @@ mod control;
 mod lag;
 mod lag_exporter;
 mod ops;
+mod reprocess;
 mod stage;
 
 use anyhow::Context;
@@ -132,6 +133,10 @@ enum Command {
         #[arg(long)]
         state: Option<String>,
     },
+    /// Starts a new generation of every artifact a selector picks, from a
+    /// stage (e.g. `--state FAILED --stage summarizer --from summarizer`),
+    /// as a durable operation artifact-api runs; `--dry-run` only counts.
+    Reprocess(reprocess::ReprocessArgs),
     /// Pauses and resumes stages; shows paused stages and open breakers.
     Stage {
         #[command(subcommand)]
@@ -430,6 +435,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Erase { ids, state } => control::erase(&api, ids, state.as_deref()).await?,
         Command::Stage { command } => stage::run(&cli.conn, command).await?,
+        Command::Reprocess(args) => reprocess::run(&api, args).await?,
     }
     Ok(())
 }

@@ -98,7 +98,9 @@ impl ReprocessItem {
     pub fn is_done(&self, current: Option<(Generation, ArtifactState)>) -> bool {
         match current {
             None => true,
-            Some((g, state)) => g > self.generation || (g == self.generation && state.is_terminal()),
+            Some((g, state)) => {
+                g > self.generation || (g == self.generation && state.is_terminal())
+            }
         }
     }
 }
