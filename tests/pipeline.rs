@@ -222,6 +222,10 @@ impl Pipeline {
             "PROJECTOR_GROUP",
             format!("{}.projector", self.env.conn.topic_prefix),
         ));
+        vars.push((
+            "REPROCESS_GROUP",
+            format!("{}.reprocess", self.env.conn.topic_prefix),
+        ));
         vars.extend(self.api_vars.iter().cloned());
         let api = StageProcess::start(&self.env, bin, &vars)?;
         wait_until("the API ready", Duration::from_secs(60), || api.is_ready()).await?;

@@ -269,8 +269,8 @@ async fn register_all_is_idempotent() {
     assert_eq!(first, second);
     assert_eq!(
         first.len(),
-        12,
-        "created, 4 outcomes, 4 dedup, status, stage-control, artifact-control"
+        13,
+        "created, 4 outcomes, 4 dedup, status, stage-control, artifact-control, operations"
     );
 }
 

@@ -69,6 +69,16 @@ pub struct Config {
     /// Consumer group of the projector task.
     #[arg(long, env = "PROJECTOR_GROUP", default_value = "artifact-projector")]
     pub projector_group: String,
+    /// Consumer group of the bulk reprocess executor: the instance assigned
+    /// an operation's partition runs it.
+    #[arg(long, env = "REPROCESS_GROUP", default_value = "artifact-reprocess")]
+    pub reprocess_group: String,
+    /// Most new generations a bulk reprocess starts a second.
+    #[arg(long, env = "REPROCESS_STARTS_PER_SECOND", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reprocess_starts_per_second: u32,
+    /// Most artifacts one bulk reprocess selects.
+    #[arg(long, env = "REPROCESS_MAX_ARTIFACTS", default_value_t = crate::reprocess::DEFAULT_MAX_ARTIFACTS)]
+    pub reprocess_max_artifacts: usize,
     /// How long SIGTERM/SIGINT waits for requests in flight (uploads being
     /// received, moved into place and published) before the process exits
     /// anyway, in milliseconds. New connections are refused meanwhile.

@@ -6,7 +6,8 @@
 //! - [`projector`]: a stream processor that folds every outcome into the
 //!   compacted status topic;
 //! - [`readmodel`]: the on-disk table built from that topic by its Kafka
-//!   follower, which the reads are served from.
+//!   follower, which the reads are served from;
+//! - [`reprocess`]: bulk reprocess operations and their executor.
 //!
 //! [`config`] holds the settings, [`metrics`] every metric, defined once.
 
@@ -15,3 +16,4 @@ pub mod http;
 pub mod metrics;
 pub mod projector;
 pub mod readmodel;
+pub mod reprocess;

@@ -41,6 +41,19 @@ async fn main() -> anyhow::Result<()> {
         cfg.projector_group.clone(),
         table.clone(),
     ));
+    let executor = Arc::new(artifact_api::reprocess::executor::Executor {
+        conn: cfg.conn.clone(),
+        codec: state.codec.clone(),
+        names: state.names.clone(),
+        producer: state.producer.clone(),
+        table: state.table.clone(),
+        ops: state.operations.clone(),
+        starts_per_second: cfg.reprocess_starts_per_second,
+    });
+    let reprocess = tokio::spawn(artifact_api::reprocess::executor::run_executor(
+        executor,
+        cfg.reprocess_group.clone(),
+    ));
     {
         let health = health.clone();
         tokio::spawn(async move {
@@ -81,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         () = drained => tracing::info!("shut down"),
         r = projector => anyhow::bail!("projector stopped: {:?}", r),
         r = read_model => anyhow::bail!("read model stopped: {:?}", r),
+        r = reprocess => anyhow::bail!("reprocess executor stopped: {:?}", r),
         _ = past_deadline => tracing::warn!(
             ?deadline,
             completions = completions.running(),
@@ -111,6 +125,8 @@ fn app_state(cfg: &Config) -> anyhow::Result<AppState> {
             cfg.conn.clone(),
             codec.clone(),
         ),
+        operations: artifact_api::reprocess::Operations::follow(cfg.conn.clone(), codec.clone())
+            .with_max_artifacts(cfg.reprocess_max_artifacts),
         codec,
         producer,
         blobs: BlobStore::from_url(&cfg.blobs.url()?)?,

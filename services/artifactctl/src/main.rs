@@ -9,6 +9,7 @@ mod lag;
 mod lag_exporter;
 mod ops;
 mod read;
+mod reprocess;
 mod stage;
 
 use anyhow::Context;
@@ -142,6 +143,10 @@ enum Command {
         #[arg(long)]
         state: Option<String>,
     },
+    /// Starts a new generation of every artifact a selector picks, from a
+    /// stage (e.g. `--state FAILED --stage summarizer --from summarizer`),
+    /// as a durable operation artifact-api runs; `--dry-run` only counts.
+    Reprocess(reprocess::ReprocessArgs),
     /// Pauses and resumes stages; shows paused stages and open breakers.
     Stage {
         #[command(subcommand)]
@@ -568,6 +573,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             read::print_json(&stage::read(&cli.conn).await?)?;
         }
         Command::Stage { command } => stage::run(&cli.conn, command).await?,
+        Command::Reprocess(args) => reprocess::run(&api, args).await?,
     }
     Ok(code)
 }

@@ -13,6 +13,7 @@ pub mod dedup;
 pub mod events;
 pub mod ids;
 pub mod outcome;
+pub mod reprocess;
 pub mod stage;
 pub mod status;
 
@@ -25,5 +26,6 @@ pub use events::{
 };
 pub use ids::{ArtifactId, Generation, InvalidArtifactId, InvalidGeneration};
 pub use outcome::{FailureKind, Outcome};
+pub use reprocess::{ReprocessItem, ReprocessOperation, Selector, missing_output};
 pub use stage::Stage;
 pub use status::{ArtifactState, ArtifactStatus, IllegalTransition, StageRecord, StatusView};

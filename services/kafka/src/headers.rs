@@ -1,7 +1,8 @@
 //! Headers the pipeline writes on retry-topic records and dead letters (the
 //! delivery count and not-before time of a retry, the error, and where the
 //! record was first read; `artifactctl dlq` reads them back) and on the
-//! records of a stage's batches in flight.
+//! records of a stage's batches in flight, and on the records that start a
+//! generation at a later stage.
 
 /// Header: the attempt the record will be processed as (1-based).
 pub const ATTEMPT: &str = "x-attempt";
@@ -33,3 +34,9 @@ pub const LAST_OFFSET: &str = "x-last-offset";
 pub const DEATHS: &str = "x-deaths";
 /// Header (batches in flight): the instance processing them.
 pub const INSTANCE: &str = "x-instance";
+/// Header (a new generation started at a later stage): the stage it starts
+/// at. Each earlier stage skips the record, a copy of an outcome it wrote
+/// for the generation before.
+pub const RESTART_FROM: &str = "x-restart-from";
+/// Header (a new generation started by a bulk reprocess): the operation.
+pub const OPERATION: &str = "x-operation";

@@ -28,11 +28,13 @@ pub enum EventSchema {
     ArtifactControl,
     /// `stage-control.avsc`
     StageControl,
+    /// `reprocess-operation.avsc`
+    ReprocessOperation,
 }
 
 impl EventSchema {
     /// Every schema.
-    pub const ALL: [EventSchema; 9] = [
+    pub const ALL: [EventSchema; 10] = [
         EventSchema::ArtifactCreated,
         EventSchema::MimeDetected,
         EventSchema::LocationVerified,
@@ -42,6 +44,7 @@ impl EventSchema {
         EventSchema::ArtifactStatus,
         EventSchema::StageControl,
         EventSchema::ArtifactControl,
+        EventSchema::ReprocessOperation,
     ];
 
     /// The Avro schema text.
@@ -60,6 +63,9 @@ impl EventSchema {
                 include_str!("../../../schemas/artifact-control.avsc")
             }
             EventSchema::StageControl => include_str!("../../../schemas/stage-control.avsc"),
+            EventSchema::ReprocessOperation => {
+                include_str!("../../../schemas/reprocess-operation.avsc")
+            }
         }
     }
 
@@ -85,6 +91,7 @@ pub fn subjects(names: &TopicNames) -> Vec<(String, EventSchema)> {
     v.push((names.status(), EventSchema::ArtifactStatus));
     v.push((names.artifact_control(), EventSchema::ArtifactControl));
     v.push((names.stage_control(), EventSchema::StageControl));
+    v.push((names.operations(), EventSchema::ReprocessOperation));
     v.into_iter()
         .map(|(t, s)| (format!("{t}-value"), s))
         .collect()
@@ -377,6 +384,10 @@ mod tests {
             "artifact.stage-control-value".into(),
             EventSchema::StageControl
         )));
-        assert_eq!(subs.len(), 1 + 4 + 4 + 1 + 1 + 1);
+        assert!(subs.contains(&(
+            "artifact.operations-value".into(),
+            EventSchema::ReprocessOperation
+        )));
+        assert_eq!(subs.len(), 1 + 4 + 4 + 1 + 1 + 1 + 1);
     }
 }

@@ -147,6 +147,12 @@ impl TopicNames {
         format!("{}.artifact-control", self.prefix)
     }
 
+    /// `<prefix>.operations`: bulk reprocess operations and their
+    /// progress, keyed by operation id; artifact-api records and runs them.
+    pub fn operations(&self) -> String {
+        format!("{}.operations", self.prefix)
+    }
+
     /// A stage's keyed dedup state.
     pub fn dedup(&self, stage: Stage) -> String {
         format!("{}.{}.dedup", self.prefix, stage.name())
@@ -196,6 +202,7 @@ impl TopicNames {
         v.push(compact(self.status()));
         v.push(compact(self.artifact_control()));
         v.push(compact(self.stage_control()));
+        v.push(compact(self.operations()));
         for s in Stage::ALL {
             v.push(compact(self.dedup(s)));
             v.push(delete(self.retry(s), Some(RETRY_RETENTION_MS)));
@@ -564,10 +571,11 @@ mod tests {
             "artifact.mime-detector.dlq",
             "artifact.location-logger.inflight",
             "artifact.stage-control",
+            "artifact.operations",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
-        assert_eq!(cat.len(), 8 + 4 * 4);
+        assert_eq!(cat.len(), 9 + 4 * 4);
         for s in &cat {
             let want = if s.name.ends_with(".retry") || s.name.ends_with(".dlq") {
                 Cleanup::Delete

@@ -28,7 +28,7 @@ const RECORDS_PRODUCED: Counter = Counter {
 };
 const SKIPPED: Counter = Counter {
     name: "artifact_stage_skipped_total",
-    help: "Inputs not processed: a duplicate, a stale generation, a failed upstream stage, a cancelled generation, an erased artifact, or a tombstone.",
+    help: "Inputs not processed: a duplicate, a stale generation, a failed upstream stage, a cancelled generation, an erased artifact, a tombstone, or a carried-over outcome of a generation restarted at a later stage.",
     label: Some((
         "reason",
         &[
@@ -38,6 +38,7 @@ const SKIPPED: Counter = Counter {
             "cancelled",
             "erased",
             "tombstone",
+            "restarted_later",
         ],
     )),
 };

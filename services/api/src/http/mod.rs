@@ -4,7 +4,7 @@
 //! - `auth`: who may call what, as extractors handlers take;
 //! - `uploads`, `upload`, `multipart`, `completions`: receiving an upload
 //!   and completing it;
-//! - `handlers`: reads and reprocess;
+//! - `handlers`: reads and reprocess; `reprocess`: bulk reprocess;
 //! - `limits`: rate, concurrency and time bounds; `server`: the HTTP server;
 //! - `problem`: error answers, with request ids.
 
@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod limits;
 pub mod multipart;
 pub mod problem;
+pub mod reprocess;
 pub mod server;
 pub mod spans;
 pub mod upload;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub completions: Completions,
     /// Operators' cancels and erasures, followed from their topic.
     pub controls: artifact_runtime::control::ArtifactControls,
+    /// Bulk reprocess operations, followed from their topic.
+    pub operations: crate::reprocess::Operations,
 }
 
 /// Why an event was not published.
@@ -179,10 +182,19 @@ fn bad_query(e: QueryRejection) -> Problem {
         handlers::reprocess,
         control::cancel,
         control::erase,
+        reprocess::reprocess_many,
+        reprocess::get_operation,
         events::artifact_events,
         events::all_events
     ),
-    components(schemas(Accepted, control::Controlled))
+    components(schemas(
+        Accepted,
+        control::Controlled,
+        reprocess::ReprocessRequest,
+        reprocess::DryRun,
+        reprocess::OperationAccepted,
+        reprocess::OperationStatus
+    ))
 )]
 pub struct ApiDoc;
 
@@ -216,6 +228,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/artifacts/{id}/reprocess", post(handlers::reprocess))
         .route("/v1/artifacts/{id}/events", get(events::artifact_events))
         .route("/v1/events", get(events::all_events))
+        .route("/v1/reprocess", post(reprocess::reprocess_many))
+        .route("/v1/reprocess/{op}", get(reprocess::get_operation))
         // Uploads enforce MAX_UPLOAD_BYTES themselves, while streaming (a
         // multipart body's envelope included: see `multipart`).
         .layer(DefaultBodyLimit::disable())

@@ -72,6 +72,7 @@ fn build(protect_reads: Option<bool>, limits: Limits) -> Api {
         limits,
         completions: Completions::default(),
         controls: artifact_runtime::control::ArtifactControls::none(),
+        operations: crate::reprocess::Operations::default(),
     };
     Api {
         app: router(state),
@@ -890,4 +891,113 @@ async fn event_streams_need_a_reader_and_are_bounded() {
     drop(held);
     let resp = call(a.app.clone(), open(format!("/v1/artifacts/{id}/events"))).await;
     assert_eq!(resp.status(), 200, "a slot is free again");
+}
+
+fn bulk_reprocess(body: serde_json::Value) -> Request {
+    HttpRequest::post("/v1/reprocess")
+        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bulk_reprocess_checks_its_selector_and_a_dry_run_only_counts() {
+    use artifact_domain::{Outcome, Stage, StageRecord};
+    let a = api(false);
+    let record = |stage, outcome| StageRecord {
+        stage,
+        outcome,
+        processed_at: 2,
+        attempts: None,
+        last_error: None,
+        next_retry_at: None,
+    };
+    let mut at_summary = snapshot(ArtifactId::new_random(), ArtifactState::Failed, 2);
+    at_summary.failed_stage = Some(Stage::Summarizer);
+    at_summary.timeline = vec![
+        record(Stage::MimeDetector, Outcome::Succeeded),
+        record(Stage::LocationLogger, Outcome::Succeeded),
+        record(Stage::PdfParser, Outcome::Succeeded),
+        record(Stage::Summarizer, Outcome::permanent("no")),
+    ];
+    let mut at_parse = snapshot(ArtifactId::new_random(), ArtifactState::Failed, 2);
+    at_parse.failed_stage = Some(Stage::PdfParser);
+    at_parse.timeline = at_summary.timeline[..2].to_vec();
+    at_parse
+        .timeline
+        .push(record(Stage::PdfParser, Outcome::permanent("corrupt")));
+    let done = snapshot(ArtifactId::new_random(), ArtifactState::Completed, 2);
+    a.table
+        .upsert(&[at_summary.clone(), at_parse.clone(), done])
+        .unwrap();
+
+    let json = |resp: Response| async move {
+        let status = resp.status().as_u16();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    let dry = serde_json::json!({"state": "failed", "from": "summarizer", "dry_run": true});
+    let (status, v) = json(call(a.app.clone(), bulk_reprocess(dry)).await).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["selected"].as_u64(), v["refused"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let why = v["refused_examples"][0].as_str().unwrap();
+    assert!(why.starts_with(&at_parse.artifact_id.to_string()), "{why}");
+    let dry = serde_json::json!({"failed_stage": "pdf-parser", "dry_run": true});
+    let (_, v) = json(call(a.app.clone(), bulk_reprocess(dry)).await).await;
+    assert_eq!(
+        v["selected"], 1,
+        "from the first stage needs nothing earlier"
+    );
+
+    for (body, status, says) in [
+        (
+            serde_json::json!({"from": "summarizer"}),
+            400,
+            "at least one of",
+        ),
+        (
+            serde_json::json!({"state": "FAILED", "from": "ocr"}),
+            400,
+            "unknown stage",
+        ),
+        (serde_json::json!({"state": "DONE"}), 400, "is not one of"),
+        (
+            serde_json::json!({"state": "FAILED", "colour": "red"}),
+            400,
+            "colour",
+        ),
+        (
+            serde_json::json!({"state": "FAILED", "from": "summarizer"}),
+            422,
+            "pdf-parser did not succeed",
+        ),
+        (
+            serde_json::json!({"ids": [ArtifactId::new_random().to_string()]}),
+            422,
+            "not artifacts the read model holds",
+        ),
+    ] {
+        let (got, p) = problem(call(a.app.clone(), bulk_reprocess(body.clone())).await).await;
+        assert_eq!(got, status, "{body}: {p}");
+        assert!(detail(&p).contains(says), "{body}: {p}");
+    }
+    // Kafka unreachable: nothing recorded, and the answer says so.
+    let body =
+        serde_json::json!({"state": "FAILED", "failed_stage": "summarizer", "from": "summarizer"});
+    let (got, p) = problem(call(a.app.clone(), bulk_reprocess(body)).await).await;
+    assert_eq!(got, 503, "{p}");
+    assert!(detail(&p).contains("nothing was started"), "{p}");
+    let get = HttpRequest::get("/v1/reprocess/no-such-op")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(a.app.clone(), get).await.status(), 404);
 }

@@ -84,6 +84,7 @@ impl<S: StageLogic> StageRunner<S> {
         let mut plans = plan::plan(items, decoded, seen, |id, generation| {
             controls.skip(id, generation)
         });
+        plans = plan::skip_restarted_later(items, plans, S::STAGE);
         if let Some(reason) = &guard.refuse {
             plans = plan::refuse(plans, reason);
         }

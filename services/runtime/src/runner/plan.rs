@@ -5,8 +5,10 @@
 
 use super::item::Item;
 use crate::stage::StageInput;
-use artifact_domain::{ArtifactId, DedupDecision, Generation, decide};
+use artifact_domain::{ArtifactId, DedupDecision, Generation, Stage, decide};
+use artifact_kafka::client::header;
 use artifact_kafka::codec::{AvroCodec, CodecError};
+use artifact_kafka::headers;
 use rdkafka::message::Message;
 use std::collections::HashMap;
 
@@ -53,6 +55,30 @@ pub(crate) fn refuse<I>(plans: Vec<Plan<I>>, reason: &str) -> Vec<Plan<I>> {
             other => other,
         })
         .collect()
+}
+
+/// Skips every record that starts a generation at a stage after `stage`
+/// (header [`headers::RESTART_FROM`]): a copy of an outcome this stage
+/// wrote for the generation before, carried over, not to be redone.
+pub(crate) fn skip_restarted_later<I>(
+    items: &[Item],
+    plans: Vec<Plan<I>>,
+    stage: Stage,
+) -> Vec<Plan<I>> {
+    items
+        .iter()
+        .zip(plans)
+        .map(|(it, p)| match p {
+            Plan::Process(_) if restarts_after(it, stage) => Plan::Skip("restarted_later"),
+            other => other,
+        })
+        .collect()
+}
+
+fn restarts_after(it: &Item, stage: Stage) -> bool {
+    header(&it.msg, headers::RESTART_FROM)
+        .and_then(|s| s.parse::<Stage>().ok())
+        .is_some_and(|from| from > stage)
 }
 
 /// Plans each decoded record of a batch, in order. `seen` is the newest
@@ -174,6 +200,49 @@ mod tests {
         assert_eq!(
             labels(&plan(&items, decoded, |_| None, |_, _| None)),
             ["dlq: bad magic byte", "skip: upstream_failed", "process"]
+        );
+    }
+
+    #[test]
+    fn records_restarting_at_a_later_stage_are_skipped_by_earlier_ones() {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let a = ArtifactId::new_random();
+        let restarting = |offset, from: &str| {
+            let mut it = item(0, offset);
+            it.msg = rdkafka::message::OwnedMessage::new(
+                Some(b"input bytes".to_vec()),
+                Some(b"key".to_vec()),
+                "t.parsed".into(),
+                rdkafka::Timestamp::NotAvailable,
+                0,
+                offset,
+                Some(OwnedHeaders::new().insert(Header {
+                    key: headers::RESTART_FROM,
+                    value: Some(from),
+                })),
+            );
+            it
+        };
+        let items = [
+            restarting(1, "summarizer"),
+            restarting(2, "location-logger"),
+            restarting(3, "not-a-stage"),
+            item(0, 4),
+        ];
+        let decoded: Vec<Result<Parsed, String>> = (1..=4)
+            .map(|g| Ok(parsed_after(a, g, Outcome::Succeeded)))
+            .collect();
+        let at = |stage| {
+            let plans = plan(&items, decoded.clone(), |_| None, |_, _| None);
+            labels(&skip_restarted_later(&items, plans, stage))
+        };
+        assert_eq!(
+            at(Stage::LocationLogger),
+            ["skip: restarted_later", "process", "process", "process"]
+        );
+        assert_eq!(
+            at(Stage::Summarizer),
+            ["process", "process", "process", "process"]
         );
     }
 
