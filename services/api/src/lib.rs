@@ -15,3 +15,4 @@ pub mod http;
 pub mod metrics;
 pub mod projector;
 pub mod readmodel;
+pub mod ui;

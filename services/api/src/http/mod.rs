@@ -216,6 +216,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/artifacts/{id}/reprocess", post(handlers::reprocess))
         .route("/v1/artifacts/{id}/events", get(events::artifact_events))
         .route("/v1/events", get(events::all_events))
+        .merge(crate::ui::router())
         // Uploads enforce MAX_UPLOAD_BYTES themselves, while streaming (a
         // multipart body's envelope included: see `multipart`).
         .layer(DefaultBodyLimit::disable())
@@ -247,4 +248,4 @@ pub fn router(state: AppState) -> Router {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
