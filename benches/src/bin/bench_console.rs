@@ -82,7 +82,7 @@ fn snapshot(i: usize) -> StatusView {
             declared_content_type: Some("application/pdf".into()),
             filename: Some(format!("report-{i:06}.pdf")),
             detected_content_type: Some(
-                if i % 7 == 0 {
+                if i.is_multiple_of(7) {
                     "image/png"
                 } else {
                     "application/pdf"

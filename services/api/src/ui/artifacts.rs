@@ -248,7 +248,7 @@ pub async fn list(
 ) -> Response {
     let session = match reader(&st, &headers, &uri) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let q = query.map(|Query(q)| q).unwrap_or_default();
     let filters = match Filters::parse(&q, now_ms()) {
@@ -404,29 +404,33 @@ fn outcome(o: &Outcome) -> Markup {
     }
 }
 
-fn parse(id: &str, session: &super::Session) -> Result<ArtifactId, Response> {
+fn parse(id: &str, session: &super::Session) -> Result<ArtifactId, Box<Response>> {
     id.parse().map_err(|_| {
-        error_page(
+        Box::new(error_page(
             StatusCode::NOT_FOUND,
             Some(session),
             "That is not an artifact id (a UUID).",
             html! { a href="/ui/artifacts" { "Back to the artifacts" } },
-        )
+        ))
     })
 }
 
-fn load(st: &AppState, id: ArtifactId, session: &super::Session) -> Result<StatusView, Response> {
+fn load(
+    st: &AppState,
+    id: ArtifactId,
+    session: &super::Session,
+) -> Result<StatusView, Box<Response>> {
     match st.table.get(id) {
         Ok(Some(v)) => Ok(v),
-        Ok(None) => Err(error_page(
+        Ok(None) => Err(Box::new(error_page(
             StatusCode::NOT_FOUND,
             Some(session),
             &format!(
                 "No artifact {id}: it may have been erased, or an upload just made appears within moments."
             ),
             html! { a href="/ui/artifacts" { "Back to the artifacts" } },
-        )),
-        Err(e) => Err(problem_page(e.into(), Some(session))),
+        ))),
+        Err(e) => Err(Box::new(problem_page(e.into(), Some(session)))),
     }
 }
 
@@ -446,15 +450,15 @@ pub async fn one(
 ) -> Response {
     let session = match reader(&st, &headers, &uri) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let id = match parse(&id, &session) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let v = match load(&st, id, &session) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let c = &v.context;
     let name = c.filename.clone().unwrap_or_else(|| "(no name)".into());
@@ -624,18 +628,18 @@ pub async fn confirm(
 ) -> Response {
     let session = match reader(&st, &headers, &uri) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(action) = Action::parse(&action) else {
         return unknown_action(&session);
     };
     let id = match parse(&id, &session) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let v = match load(&st, id, &session) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let name = v.context.filename.clone().unwrap_or_else(|| id.to_string());
     let verb = action.name();
@@ -675,7 +679,7 @@ pub async fn act(
 ) -> Response {
     let session = match writer(&st, &headers, &f.csrf) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(action) = Action::parse(&action) else {
         return unknown_action(&session);
@@ -716,7 +720,7 @@ pub async fn erased(
 ) -> Response {
     let session = match reader(&st, &headers, &uri) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let id = q.id.as_deref().and_then(|i| i.parse::<ArtifactId>().ok());
     let body = html! {
@@ -738,7 +742,7 @@ pub async fn text(
 ) -> Response {
     let session = match reader(&st, &headers, &uri) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match handlers::get_text(State(st), Reader(session.caller), Path(id)).await {
         Ok(r) => r,
@@ -756,15 +760,15 @@ pub async fn download(
 ) -> Response {
     let session = match reader(&st, &headers, &uri) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let id = match parse(&id, &session) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let v = match load(&st, id, &session) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let chunks = match st.blobs.read_stream(&v.context.storage_location).await {
         Ok(c) => c,

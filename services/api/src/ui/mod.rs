@@ -167,7 +167,7 @@ pub(crate) fn reader(
     st: &AppState,
     headers: &HeaderMap,
     uri: &OriginalUri,
-) -> Result<Session, Response> {
+) -> Result<Session, Box<Response>> {
     let session = session::cookie_value(headers)
         .and_then(|v| session::verify(&st.access, v, now_ms()))
         .or_else(|| {
@@ -183,21 +183,27 @@ pub(crate) fn reader(
         Some(s) if st.access.may_read(s.caller) => Ok(s),
         _ => {
             let next = uri.path_and_query().map_or("/ui/artifacts", |p| p.as_str());
-            Err(Redirect::to(&format!("/ui/login?next={}", encode(next))).into_response())
+            Err(Box::new(
+                Redirect::to(&format!("/ui/login?next={}", encode(next))).into_response(),
+            ))
         }
     }
 }
 
 /// The session of a form post that may write, with its CSRF token and
 /// origin checked, or the refusal.
-pub(crate) fn writer(st: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Session, Response> {
+pub(crate) fn writer(
+    st: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<Session, Box<Response>> {
     let refuse = |what: &str| {
-        error_page(
+        Box::new(error_page(
             StatusCode::FORBIDDEN,
             None,
             what,
             html! { a href="/ui/artifacts" { "Open the console" } " and submit the form from there." },
-        )
+        ))
     };
     if !session::same_origin(headers) {
         return Err(refuse(
@@ -207,7 +213,7 @@ pub(crate) fn writer(st: &AppState, headers: &HeaderMap, csrf: &str) -> Result<S
     let Some(s) =
         session::cookie_value(headers).and_then(|v| session::verify(&st.access, v, now_ms()))
     else {
-        return Err(Redirect::to("/ui/login").into_response());
+        return Err(Box::new(Redirect::to("/ui/login").into_response()));
     };
     if !session::csrf_matches(&s, csrf) {
         return Err(refuse(
