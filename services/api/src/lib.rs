@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod projector;
 pub mod readmodel;
 pub mod reprocess;
+pub mod ui;

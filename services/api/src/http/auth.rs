@@ -145,11 +145,31 @@ impl Access {
             .map_or(Caller::Unauthenticated, Caller::Token)
     }
 
-    fn may_write(&self, caller: Caller) -> bool {
+    /// Who holds `token`, for the console's login: a configured token's
+    /// holder, or anyone when the API is anonymous.
+    pub(crate) fn login(&self, token: &[u8]) -> Option<Caller> {
+        match self.tokens.find(token) {
+            Some(i) => Some(Caller::Token(i)),
+            None if self.anonymous => Some(Caller::Unauthenticated),
+            None => None,
+        }
+    }
+
+    /// The key that signs `caller`'s console sessions: its token's digest,
+    /// so a session holds on every replica and ends with its token. `None`
+    /// for an anonymous caller.
+    pub(crate) fn session_key(&self, caller: Caller) -> Option<[u8; 32]> {
+        match caller {
+            Caller::Token(i) => self.tokens.0.get(i).copied(),
+            Caller::Unauthenticated => None,
+        }
+    }
+
+    pub(crate) fn may_write(&self, caller: Caller) -> bool {
         self.anonymous || caller != Caller::Unauthenticated
     }
 
-    fn may_read(&self, caller: Caller) -> bool {
+    pub(crate) fn may_read(&self, caller: Caller) -> bool {
         !self.protect_reads || self.may_write(caller)
     }
 }
@@ -157,7 +177,11 @@ impl Access {
 /// Names the request's [`Caller`] (an extension the rate limit keys on and
 /// the extractors read).
 pub async fn identify(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let caller = st.access.caller(req.headers());
+    let mut caller = st.access.caller(req.headers());
+    // The console's pages carry their session in a cookie instead.
+    if caller == Caller::Unauthenticated && req.uri().path().starts_with("/ui") {
+        caller = crate::ui::session::cookie_caller(&st.access, req.headers()).unwrap_or(caller);
+    }
     req.extensions_mut().insert(caller);
     next.run(req).await
 }

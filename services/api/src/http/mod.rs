@@ -230,6 +230,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::all_events))
         .route("/v1/reprocess", post(reprocess::reprocess_many))
         .route("/v1/reprocess/{op}", get(reprocess::get_operation))
+        .merge(crate::ui::router())
         // Uploads enforce MAX_UPLOAD_BYTES themselves, while streaming (a
         // multipart body's envelope included: see `multipart`).
         .layer(DefaultBodyLimit::disable())
@@ -261,4 +262,4 @@ pub fn router(state: AppState) -> Router {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

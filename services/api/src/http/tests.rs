@@ -19,21 +19,22 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-const TOKEN: &str = "unit-token";
+pub(crate) const TOKEN: &str = "unit-token";
 const OTHER_TOKEN: &str = "other-unit-token";
 /// A registry nothing answers at.
 const REGISTRY: &str = "http://127.0.0.1:1";
 /// Over the file store's 1 MiB buffer, so large uploads reach the disk.
 const LIMIT: u64 = 3 << 19;
 
-struct Api {
-    app: Router,
+pub(crate) struct Api {
+    pub(crate) app: Router,
     blobs: PathBuf,
-    table: Arc<StatusTable>,
+    pub(crate) table: Arc<StatusTable>,
     store: BlobStore,
+    pub(crate) state: AppState,
 }
 
-fn api(protect_reads: bool) -> Api {
+pub(crate) fn api(protect_reads: bool) -> Api {
     api_with(Some(protect_reads), Limits::for_tests(LIMIT))
 }
 
@@ -75,16 +76,17 @@ fn build(protect_reads: Option<bool>, limits: Limits) -> Api {
         operations: crate::reprocess::Operations::default(),
     };
     Api {
-        app: router(state),
+        app: router(state.clone()),
         blobs,
         table,
         store,
+        state,
     }
 }
 
 /// Calls a service once (axum's `ServiceExt` extends tower's `Service`,
 /// whose `call` is reachable through the bound).
-async fn call<S>(mut svc: S, req: Request) -> Response
+pub(crate) async fn call<S>(mut svc: S, req: Request) -> Response
 where
     S: axum::ServiceExt<Request, Response = Response, Error = Infallible>,
 {
@@ -734,7 +736,7 @@ async fn a_request_whose_headers_stall_is_closed_after_the_header_timeout() {
     assert!(read.is_ok(), "an idle connection still open");
 }
 
-fn snapshot(id: ArtifactId, state: ArtifactState, updated_at: i64) -> StatusView {
+pub(crate) fn snapshot(id: ArtifactId, state: ArtifactState, updated_at: i64) -> StatusView {
     StatusView {
         artifact_id: id,
         generation: Generation::FIRST,

@@ -545,6 +545,22 @@ impl StatusTable {
         index.on_file.len() + only_in_flight
     }
 
+    /// How many artifacts are in each state (for the console), without
+    /// reading a snapshot.
+    pub fn count_by_state(&self) -> HashMap<ArtifactState, usize> {
+        let index = self.index.read().expect("table lock");
+        let mut counts = HashMap::new();
+        for (k, s) in &index.on_file {
+            if !index.in_flight.contains_key(k) {
+                *counts.entry(s.state).or_default() += 1;
+            }
+        }
+        for v in index.in_flight.values() {
+            *counts.entry(v.state).or_default() += 1;
+        }
+        counts
+    }
+
     /// Whether no artifact is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
