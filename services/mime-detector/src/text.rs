@@ -106,10 +106,10 @@ fn classify(text: &str, truncated: bool) -> Option<TextKind> {
         if let Some(found) = markup(body) {
             return Some(found);
         }
-    } else if let Some(line) = body.strip_prefix("#!") {
-        if let Some(found) = script(line.lines().next().unwrap_or("")) {
-            return Some(found);
-        }
+    } else if let Some(line) = body.strip_prefix("#!")
+        && let Some(found) = script(line.lines().next().unwrap_or(""))
+    {
+        return Some(found);
     }
     if is_troff(body) {
         return kind("text/troff", "troff");
