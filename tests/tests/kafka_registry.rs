@@ -145,6 +145,12 @@ async fn every_event_round_trips_through_the_registry() {
             modification_date: None,
             ocr_pages: vec![2, 3],
             ocr_confidence: Some(91),
+            pages: vec![PageText {
+                number: 2,
+                char_count: 1800,
+                ocr: true,
+                text_location: "file:///data/blobs/t.p2.txt".into(),
+            }],
         }),
         Outcome::Succeeded,
     );
@@ -312,23 +318,25 @@ async fn registry_enforces_backward_compatibility() {
     assert_ne!(second.id, first.id);
 }
 
-/// `parsed.avsc` as it was before OCR (`ocr_pages`, `ocr_confidence`):
-/// the registry takes today's schema as a BACKWARD-compatible next version.
+/// `parsed.avsc` as it was before OCR (`ocr_pages`, `ocr_confidence`),
+/// then before per-page texts (`pages`): the registry takes each next
+/// version, today's last, as BACKWARD-compatible.
 #[tokio::test]
-async fn parsed_schema_with_ocr_is_backward_compatible_with_its_previous_version() {
+async fn parsed_schema_is_backward_compatible_with_its_previous_versions() {
     artifact_pipeline_tests::needs_stack!();
     let conn = conn();
     let admin = RegistryAdmin::new(&conn.schema_registry_url);
     let subject = format!("{}.parsed-history-value", conn.topic_prefix);
-    let before = admin
-        .register_backward(&subject, include_str!("data/parsed-v1.avsc"))
-        .await
-        .unwrap();
-    let now = admin
-        .register_backward(&subject, EventSchema::Parsed.avsc())
-        .await
-        .unwrap();
-    assert_ne!(now.id, before.id);
+    let mut ids = Vec::new();
+    for schema in [
+        include_str!("data/parsed-v1.avsc"),
+        include_str!("data/parsed-v2.avsc"),
+        EventSchema::Parsed.avsc(),
+    ] {
+        ids.push(admin.register_backward(&subject, schema).await.unwrap().id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each version is a new one: {ids:?}");
 }
 
 /// `artifact-status.avsc` as it was before attempts, dead letters and the

@@ -138,6 +138,30 @@ pub struct ParseResult {
     /// absent when OCR found none.
     #[serde(default)]
     pub ocr_confidence: Option<i32>,
+    /// The pages (slides, sheets, chapters) whose text was written as its
+    /// own blob, in order; empty for formats without pages.
+    #[serde(default)]
+    pub pages: Vec<PageText>,
+}
+
+/// One page's text, written beside the whole text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageText {
+    /// The page's number, from 1.
+    pub number: i32,
+    /// Number of characters in the page's text.
+    pub char_count: i64,
+    /// Whether OCR recognised the page's text.
+    pub ocr: bool,
+    /// Where the page's UTF-8 text was written: [`page_text_location`].
+    pub text_location: String,
+}
+
+/// Where page `number`'s text goes, beside the whole text at
+/// `text_location` (`….txt` becomes `….p<number>.txt`).
+pub fn page_text_location(text_location: &str, number: u32) -> String {
+    let stem = text_location.strip_suffix(".txt").unwrap_or(text_location);
+    format!("{stem}.p{number}.txt")
 }
 
 impl ParseResult {
@@ -159,6 +183,7 @@ impl ParseResult {
             modification_date: None,
             ocr_pages: Vec::new(),
             ocr_confidence: None,
+            pages: Vec::new(),
         }
     }
 }
@@ -250,5 +275,19 @@ impl PipelineEvent {
             PipelineEvent::Parsed(e) => e.processed_at,
             PipelineEvent::Summarized(e) => e.processed_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pages_text_sits_beside_the_whole_text() {
+        assert_eq!(
+            page_text_location("s3://b/texts/0f/0f8f-2.txt", 12),
+            "s3://b/texts/0f/0f8f-2.p12.txt"
+        );
+        assert_eq!(page_text_location("file:///t", 1), "file:///t.p1.txt");
     }
 }

@@ -22,7 +22,8 @@ pub use control::{ArtifactControl, ControlAction, control_skip};
 pub use dedup::{DedupDecision, decide};
 pub use events::{
     ArtifactContext, ArtifactCreated, LocationCheck, LocationVerified, MimeDetected, MimeDetection,
-    ParseResult, Parsed, PipelineEvent, StageEvent, Summarized, SummaryResult,
+    PageText, ParseResult, Parsed, PipelineEvent, StageEvent, Summarized, SummaryResult,
+    page_text_location,
 };
 pub use ids::{ArtifactId, Generation, InvalidArtifactId, InvalidGeneration};
 pub use outcome::{FailureKind, Outcome};

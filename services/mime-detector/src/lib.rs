@@ -11,6 +11,7 @@
 //! Pure logic: no I/O, no async, deterministic.
 
 mod agree;
+mod code;
 mod magic;
 pub mod stage;
 mod text;
@@ -110,6 +111,28 @@ mod tests {
         );
         let plain = zip(&[("a.txt", b"a"), ("b.txt", b"b"), ("word/x", b"x")]);
         assert_eq!(detect(&plain, None).detected, "application/zip");
+    }
+
+    #[test]
+    fn formats_infer_does_not_know_by_libmagics_magic_numbers() {
+        let mut pyc = b"\xcb\x0d\x0d\x0a".to_vec();
+        pyc.resize(32, 0);
+        assert_eq!(detect(&pyc, None).detected, "application/x-bytecode.python");
+        let mut mo = b"\xde\x12\x04\x95".to_vec();
+        mo.resize(32, 0);
+        assert_eq!(
+            detect(&mo, None).detected,
+            "application/x-gettext-translation"
+        );
+        let mut icc = vec![0u8; 36];
+        icc.extend_from_slice(b"acspAPPL");
+        assert_eq!(detect(&icc, None).detected, "application/vnd.iccprofile");
+        let mut jar = zip(&[("META-INF/", b"")]);
+        assert_eq!(detect(&jar, None).detected, "application/zip");
+        // The same entry with the jar tool's 0xCAFE extra field.
+        jar[28] = 4;
+        jar.splice(30 + 9..30 + 9, [0xfe, 0xca, 0, 0]);
+        assert_eq!(detect(&jar, None).detected, "application/java-archive");
     }
 
     #[test]

@@ -31,7 +31,13 @@ pub(crate) fn sniff(head: &[u8]) -> Option<Magic> {
     if head.len() > 6 && head.starts_with(b"\x80\x01") && head[6..].starts_with(b"%!") {
         return Some(magic("font/x-postscript-pfb", "pfb"));
     }
-    let kind = infer::get(head)?;
+    let Some(kind) = infer::get(head) else {
+        let mime = fixed_magic(head)?;
+        return Some(magic(
+            mime,
+            mime.rsplit(['/', '.', '-']).next().unwrap_or(mime),
+        ));
+    };
     // PEM certificates are text to libmagic.
     if kind.matcher_type() == MatcherType::Text || head.starts_with(b"-----BEGIN") {
         return None;
@@ -45,13 +51,61 @@ pub(crate) fn sniff(head: &[u8]) -> Option<Magic> {
         "application/x-unix-archive" => "application/x-archive",
         "application/x-deb" => "application/vnd.debian.binary-package",
         "image/x-icon" => "image/vnd.microsoft.icon",
+        // libmagic names LLVM bitcode but gives it no MIME type.
+        "application/x-llvm" => "application/octet-stream",
         "application/zip" => match ooxml_by_entries(head) {
             Some(mime) => return Some(magic(mime, "ooxml")),
+            // The `jar` tool marks its first entry with the 0xCAFE extra field.
+            None if is_jar(head) => "application/java-archive",
             None => "application/zip",
         },
         other => other,
     };
     Some(magic(mime, kind.extension()))
+}
+
+/// Formats `infer` does not know, by the magic numbers libmagic uses for
+/// them: Python bytecode (a version number, then `\r\n`), gettext
+/// catalogues, compiled terminfo (legacy and extended-number formats), ICC
+/// profiles, JDK modules.
+fn fixed_magic(head: &[u8]) -> Option<&'static str> {
+    let at = |i: usize, bytes: &[u8]| head.get(i..i + bytes.len()) == Some(bytes);
+    if at(2, b"\r\n") && head.len() >= 16 {
+        // CPython's bytecode magic: 20121 (1.5) up to 3000-3999 (3.x), little-endian.
+        let version = u16::from_le_bytes([head[0], head[1]]);
+        if (2900..4000).contains(&version) || (20000..=62211).contains(&version) {
+            return Some("application/x-bytecode.python");
+        }
+    }
+    if at(0, b"\xde\x12\x04\x95") || at(0, b"\x95\x04\x12\xde") {
+        return Some("application/x-gettext-translation");
+    }
+    if at(0, b"\x1a\x01") && head.len() >= 12 {
+        return Some("application/x-terminfo");
+    }
+    if at(0, b"\x1e\x02") && head.len() >= 12 {
+        return Some("application/x-terminfo2");
+    }
+    if at(36, b"acsp") {
+        return Some("application/vnd.iccprofile");
+    }
+    if at(0, b"JM\x01\x00PK\x03\x04") {
+        return Some("application/x-java-jmod");
+    }
+    None
+}
+
+/// A JAR: its first entry's extra field starts with the id 0xCAFE, as
+/// libmagic checks.
+fn is_jar(head: &[u8]) -> bool {
+    let u16_at = |at: usize| {
+        head.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let (Some(name), Some(extra)) = (u16_at(26), u16_at(28)) else {
+        return false;
+    };
+    extra >= 4 && u16_at(30 + usize::from(name)) == Some(0xCAFE)
 }
 
 /// An Office Open XML file whose `word/`, `ppt/` or `xl/` entry comes

@@ -3,7 +3,8 @@
 //! The bytes are first decoded (UTF-8 with or without BOM, UTF-16 with BOM,
 //! else Latin-1 if they look like text), then classified by their content:
 //! JSON (validated, tolerating a cut at the end of the sniff window), XML,
-//! SVG, HTML, scripts by `#!` line, CSV (consistent comma-separated field
+//! SVG, HTML, scripts by `#!` line, source code and other formats
+//! libmagic names by their constructs ([`crate::code`]), CSV (consistent comma-separated field
 //! counts), Markdown (headings plus other markup), else plain text.
 
 /// A text format and the `text:<kind>` method that found it.
@@ -102,19 +103,19 @@ fn classify(text: &str, truncated: bool) -> Option<TextKind> {
             return kind("application/json", "json");
         }
     } else if body.starts_with('<') {
-        return markup(body);
-    } else if let Some(line) = body.strip_prefix("#!") {
-        return script(line.lines().next().unwrap_or(""));
+        if let Some(found) = markup(body) {
+            return Some(found);
+        }
+    } else if let Some(line) = body.strip_prefix("#!")
+        && let Some(found) = script(line.lines().next().unwrap_or(""))
+    {
+        return Some(found);
     }
     if is_troff(body) {
         return kind("text/troff", "troff");
     }
-    if body
-        .lines()
-        .take(200)
-        .any(|l| l.starts_with("#include <") || l.starts_with("#include \""))
-    {
-        return kind("text/x-c", "c");
+    if let Some((mime, name)) = crate::code::sniff(text) {
+        return kind(mime, name);
     }
     if is_csv(text, truncated) {
         return kind("text/csv", "csv");

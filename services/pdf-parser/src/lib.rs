@@ -259,6 +259,17 @@ impl Format {
         })
     }
 
+    /// Whether the format's text comes in pages (PDF and image pages,
+    /// slides, sheets, chapters), each worth a text of its own.
+    pub fn has_pages(self) -> bool {
+        matches!(
+            self,
+            Format::Pdf
+                | Format::Image
+                | Format::Office(Office::Pptx | Office::Spreadsheet | Office::Epub)
+        )
+    }
+
     pub(crate) fn code(self) -> u8 {
         match self {
             Format::Pdf => 0,

@@ -57,6 +57,10 @@ struct Config {
     /// PDF pages OCRed at most per document.
     #[arg(long, env = "PARSE_OCR_MAX_PAGES", default_value_t = 50)]
     ocr_max_pages: usize,
+    /// Pages (slides, sheets, chapters) whose text is also written as its
+    /// own blob, the first ones; 0 writes none.
+    #[arg(long, env = "PARSE_MAX_PAGE_TEXTS", default_value_t = 1000)]
+    max_page_texts: usize,
     /// Resolution PDF pages are rendered at for OCR, in dots per inch.
     #[arg(long, env = "PARSE_OCR_DPI", default_value_t = 300, value_parser = clap::value_parser!(u32).range(50..=1200))]
     ocr_dpi: u32,
@@ -103,6 +107,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.worker_memory_bytes,
             ocr,
         )?),
+        max_page_texts: cfg.max_page_texts,
     };
     cfg.stage.run(stage, cfg.http_addr).await?;
     Ok(())

@@ -5,6 +5,7 @@
 
 use crate::zipped::{TextRules, Zip, attributes, xml_text};
 use crate::{Extracted, Limits, Metadata, ParseError, web};
+use quick_xml::events::Event;
 use std::io::Cursor;
 
 /// The office and e-book formats.
@@ -26,7 +27,7 @@ pub(crate) fn extract(
     let mut zip = Zip::open(bytes, limits)?;
     let (pages, metadata) = match kind {
         Office::Docx => (vec![docx(&mut zip)?], ooxml_core(&mut zip)?),
-        Office::Pptx => (pptx(&mut zip)?, ooxml_core(&mut zip)?),
+        Office::Pptx => (pptx(&mut zip, limits.max_pages)?, ooxml_core(&mut zip)?),
         Office::Odt => (vec![odt(&mut zip)?], odf_meta(&mut zip)?),
         Office::Spreadsheet => {
             zip.check_all()?;
@@ -66,24 +67,25 @@ fn docx(zip: &mut Zip<'_>) -> Result<String, ParseError> {
     Ok(out)
 }
 
-/// Slides in their number's order (`ppt/slides/slide<N>.xml`), one page each.
-fn pptx(zip: &mut Zip<'_>) -> Result<Vec<String>, ParseError> {
-    let mut slides: Vec<(u32, String)> = zip
-        .names()
-        .into_iter()
-        .filter_map(|n| {
-            let number = n
-                .strip_prefix("ppt/slides/slide")?
-                .strip_suffix(".xml")?
-                .parse()
-                .ok()?;
-            Some((number, n))
-        })
-        .collect();
-    if slides.is_empty() {
-        return Err(ParseError::BadDocument("the archive has no slides".into()));
+/// Slides in the presentation's order (`ppt/presentation.xml`'s slide
+/// list, through its relationships), one page each; more slides than
+/// `max_pages` fail before any is read.
+fn pptx(zip: &mut Zip<'_>, max_pages: usize) -> Result<Vec<String>, ParseError> {
+    let presentation = required(zip, "ppt/presentation.xml")?;
+    let ids = slide_ids(&presentation, &mut zip.work)?;
+    if ids.is_empty() {
+        return Err(ParseError::BadDocument(
+            "the presentation has no slides".into(),
+        ));
     }
-    slides.sort();
+    if ids.len() > max_pages.max(1) {
+        return Err(ParseError::TooManyPages {
+            pages: ids.len(),
+            limit: max_pages,
+        });
+    }
+    let rels = required(zip, "ppt/_rels/presentation.xml.rels")?;
+    let targets = attributes(&rels, "Relationship", &["Id", "Target"], &mut zip.work)?;
     let rules = TextRules {
         text: &["t"],
         paragraph: &["p"],
@@ -92,13 +94,74 @@ fn pptx(zip: &mut Zip<'_>) -> Result<Vec<String>, ParseError> {
         space: &[],
     };
     let mut pages = Vec::new();
-    for (_, name) in slides {
-        let xml = required(zip, &name)?;
+    for id in ids {
+        let target = targets
+            .iter()
+            .find(|r| r[0] == id)
+            .map(|r| part_name("ppt", &r[1]))
+            .ok_or_else(|| {
+                let id: String = id.chars().take(100).collect();
+                ParseError::BadDocument(format!(
+                    "slide {id} is not in ppt/_rels/presentation.xml.rels"
+                ))
+            })?;
+        let xml = required(zip, &target)?;
         let mut out = String::new();
         xml_text(&xml, &rules, &mut zip.work, &mut out)?;
         pages.push(out);
     }
     Ok(pages)
+}
+
+/// The namespace of OOXML relationship ids (`r:id`).
+const RELATIONSHIPS: &[u8] = b"http://schemas.openxmlformats.org/officeDocument/2006/relationships";
+
+/// The relationship ids (`r:id`) of `presentation.xml`'s `sldId`
+/// elements, in order.
+fn slide_ids(xml: &[u8], work: &mut crate::work::Work) -> Result<Vec<String>, ParseError> {
+    use quick_xml::name::{Namespace, ResolveResult};
+    let bad = |e: &dyn std::fmt::Display| ParseError::BadDocument(format!("bad XML: {e}"));
+    let mut reader = quick_xml::NsReader::from_reader(xml);
+    let mut ids = Vec::new();
+    loop {
+        work.tick()?;
+        match reader.read_event().map_err(|e| bad(&e))? {
+            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == b"sldId" => {
+                for a in e.attributes().flatten() {
+                    let (ns, local) = reader.resolver().resolve_attribute(a.key);
+                    if ns == ResolveResult::Bound(Namespace(RELATIONSHIPS))
+                        && local.as_ref() == b"id"
+                    {
+                        let value = a
+                            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                            .map_err(|e| bad(&e))?;
+                        ids.push(value.into_owned());
+                    }
+                }
+            }
+            Event::Eof => return Ok(ids),
+            _ => {}
+        }
+    }
+}
+
+/// The archive entry a relationship's `target` names, relative to the
+/// part directory `base` or absolute (`/ppt/…`); `..` and `.` resolved.
+fn part_name(base: &str, target: &str) -> String {
+    let mut parts: Vec<&str> = match target.strip_prefix('/') {
+        Some(_) => Vec::new(),
+        None => base.split('/').filter(|p| !p.is_empty()).collect(),
+    };
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    parts.join("/")
 }
 
 fn odt(zip: &mut Zip<'_>) -> Result<String, ParseError> {
@@ -226,4 +289,32 @@ fn first_text(
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(|l| l.chars().take(crate::document::MAX_INFO_CHARS).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relationship_targets_resolve_against_the_part_directory() {
+        assert_eq!(
+            part_name("ppt", "slides/slide2.xml"),
+            "ppt/slides/slide2.xml"
+        );
+        assert_eq!(part_name("ppt", "/ppt/slides/s.xml"), "ppt/slides/s.xml");
+        assert_eq!(
+            part_name("ppt", "../ppt/./slides/s.xml"),
+            "ppt/slides/s.xml"
+        );
+        assert_eq!(part_name("ppt", "../../../x.xml"), "x.xml");
+    }
+
+    #[test]
+    fn slide_ids_are_the_relationship_ids_whatever_the_prefix() {
+        let xml = br#"<p:presentation xmlns:p="urn:p" xmlns:rel="http://schemas.openxmlformats.org/officeDocument/2006/relationships">
+            <p:sldIdLst><p:sldId id="258" rel:id="rId9"/><p:sldId id="256" rel:id="rId7"/></p:sldIdLst>
+            <p:notesMasterIdLst><p:notesMasterId rel:id="rId3"/></p:notesMasterIdLst></p:presentation>"#;
+        let mut work = crate::work::Work::new(&Limits::default());
+        assert_eq!(slide_ids(xml, &mut work).unwrap(), vec!["rId9", "rId7"]);
+    }
 }

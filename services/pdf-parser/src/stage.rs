@@ -4,7 +4,8 @@
 //! text/plain and text/markdown are decoded to UTF-8; any other type is
 //! skipped with the reason. The full text is written as a
 //! UTF-8 blob at a location derived from (artifact id, generation), so a
-//! replay overwrites it. Text of either kind is cut to
+//! replay overwrites it; so is each page's (slide's, sheet's, chapter's)
+//! text beside it, up to [`ParseStage::max_page_texts`] pages. Text of either kind is cut to
 //! [`Limits::max_chars`]. A file over [`Limits::max_bytes`] is refused
 //! before it is read. PDFs are parsed in worker processes under a memory
 //! limit ([`ParserPool`]), each given the time limit from when a worker
@@ -13,12 +14,14 @@
 //! to UTF-8 before it goes to a worker. Every parse error is a permanent failure.
 
 use crate::worker::{ParserPool, PoolError};
-use crate::{Format, Limits, ParseError, extract_plain, extract_text};
+use crate::{Extracted, Format, Limits, ParseError, extract_plain, extract_text};
 use artifact_domain::{
-    ArtifactContext, ArtifactId, Generation, LocationVerified, ParseResult, Stage,
+    ArtifactContext, ArtifactId, Generation, LocationVerified, PageText, ParseResult, Stage,
+    page_text_location,
 };
 use artifact_runtime::blob::{BlobError, BlobStore};
 use artifact_runtime::stage::{Processed, RecordContext, StageError, StageInput, StageLogic};
+use futures::{StreamExt, TryStreamExt, stream};
 use std::time::{Duration, Instant};
 
 /// Characters of text kept in the outcome's preview.
@@ -34,6 +37,49 @@ pub struct ParseStage {
     pub timeout: Duration,
     /// The workers that parse PDFs.
     pub parser: ParserPool,
+    /// Pages whose text is written as its own blob at most, the first
+    /// ones; the whole text holds them all.
+    pub max_page_texts: usize,
+}
+
+/// Page texts written at once: an object store's PUTs overlap.
+const PAGE_WRITES_AT_ONCE: usize = 8;
+
+impl ParseStage {
+    /// Writes the text of each of the first [`ParseStage::max_page_texts`]
+    /// pages beside the whole text at `text_location`, unsynced like it.
+    async fn write_pages(
+        &self,
+        extracted: &Extracted,
+        text_location: &str,
+    ) -> Result<Vec<PageText>, BlobError> {
+        let mut writes = Vec::new();
+        for (text, number) in extracted.pages.iter().take(self.max_page_texts).zip(1u32..) {
+            let ocr = extracted.ocr_pages.contains(&(number as usize));
+            writes.push(self.write_page(text, number, ocr, text_location));
+        }
+        stream::iter(writes)
+            .buffered(PAGE_WRITES_AT_ONCE)
+            .try_collect()
+            .await
+    }
+
+    async fn write_page(
+        &self,
+        text: &str,
+        number: u32,
+        ocr: bool,
+        text_location: &str,
+    ) -> Result<PageText, BlobError> {
+        let location = page_text_location(text_location, number);
+        self.blobs.put_unsynced(&location, text.as_bytes()).await?;
+        Ok(PageText {
+            number: number as i32,
+            char_count: text.chars().count() as i64,
+            ocr,
+            text_location: location,
+        })
+    }
 }
 
 impl StageLogic for ParseStage {
@@ -50,11 +96,25 @@ impl StageLogic for ParseStage {
     }
 
     /// An erased artifact's text, written while it was parsed, goes.
+    /// The page texts too: those of pages 1, 2… as long as they exist.
     async fn discard(&self, context: &ArtifactContext) {
-        if let Some(text) = &context.text_location
-            && let Err(e) = self.blobs.delete(text).await
-        {
+        let Some(text) = &context.text_location else {
+            return;
+        };
+        if let Err(e) = self.blobs.delete(text).await {
             tracing::warn!(error = %e, "the text of an erased artifact was not deleted");
+        }
+        for number in 1..=self.max_page_texts as u32 {
+            let page = page_text_location(text, number);
+            let gone = match self.blobs.exists(&page).await {
+                Ok(false) => break,
+                Ok(true) => self.blobs.delete(&page).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = gone {
+                tracing::warn!(error = %e, "the page texts of an erased artifact were not all deleted");
+                break;
+            }
         }
     }
 
@@ -172,6 +232,11 @@ impl StageLogic for ParseStage {
         self.blobs
             .put_unsynced(&text_location, text.as_bytes())
             .await?;
+        let pages = if format.has_pages() {
+            self.write_pages(&extracted, &text_location).await?
+        } else {
+            Vec::new()
+        };
         let m = &extracted.metadata;
         let result = ParseResult {
             text_location: text_location.clone(),
@@ -187,6 +252,7 @@ impl StageLogic for ParseStage {
             modification_date: m.modification_date.clone(),
             ocr_pages: extracted.ocr_pages.iter().map(|&p| p as i32).collect(),
             ocr_confidence: extracted.ocr_confidence.map(|c| c.round() as i32),
+            pages,
         };
         let mut context = context;
         context.text_location = Some(text_location);

@@ -132,6 +132,17 @@ fn office_documents_keep_reading_order() {
         );
     }
 
+    // Files slide1..3 hold Alpha, Beta, Gamma; the deck shows Gamma first.
+    let reordered = run(Format::Office(Office::Pptx), "reordered.pptx").unwrap();
+    assert_eq!(
+        reordered.pages,
+        vec![
+            "Gamma slide\nBody of gamma.",
+            "Alpha slide\nBody of alpha.",
+            "Beta slide\nBody of beta."
+        ]
+    );
+
     let xlsx = run(Format::Office(Office::Spreadsheet), "sheet.xlsx").unwrap();
     assert_eq!(
         xlsx.pages,
@@ -357,6 +368,7 @@ async fn the_stage_reads_a_scan_and_a_declared_charset() {
             memory_limit: 512 << 20,
             ocr: OcrSettings::default(),
         }),
+        max_page_texts: 1000,
     };
     let ctx = RecordContext {
         topic: "t".into(),
@@ -403,6 +415,40 @@ async fn the_stage_reads_a_scan_and_a_declared_charset() {
         .unwrap();
     assert!(word_recall(&String::from_utf8(text).unwrap(), &source()) >= 0.9);
 
+    // Three pages, the second a scan: each page's text beside the whole.
+    let pages = blobs.location("pages.pdf");
+    blobs.put(&pages, &read("pages.pdf")).await.unwrap();
+    let done = stage
+        .process(&input(pages, None, "application/pdf"), &ctx)
+        .await
+        .unwrap();
+    let result = done.result.unwrap();
+    assert_eq!(result.page_count, Some(3));
+    assert_eq!(result.ocr_pages, vec![2]);
+    let listed: Vec<(i32, bool)> = result.pages.iter().map(|p| (p.number, p.ocr)).collect();
+    assert_eq!(listed, vec![(1, false), (2, true), (3, false)]);
+    let mut texts = Vec::new();
+    for page in &result.pages {
+        let text = blobs.read_all(&page.text_location, 1 << 20).await.unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert_eq!(page.char_count, text.chars().count() as i64);
+        texts.push(text);
+    }
+    assert_eq!(
+        texts[0],
+        "The first page speaks of harbours and lighthouses."
+    );
+    assert!(word_recall(&texts[1], &source()) >= 0.9, "{}", texts[1]);
+    assert_eq!(
+        texts[2],
+        "The third page ends the document with a short farewell."
+    );
+    let whole = blobs
+        .read_all(&result.text_location, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(whole).unwrap(), texts.join("\u{c}"));
+
     let latin2 = blobs.location("latin2.txt");
     blobs.put(&latin2, &read("latin2.txt")).await.unwrap();
     let declared = Some("text/plain; charset=ISO-8859-2");
@@ -412,6 +458,7 @@ async fn the_stage_reads_a_scan_and_a_declared_charset() {
         .unwrap();
     let result = done.result.unwrap();
     assert!(result.ocr_pages.is_empty());
+    assert!(result.pages.is_empty(), "plain text has no pages");
     let text = blobs
         .read_all(&result.text_location, 1 << 20)
         .await

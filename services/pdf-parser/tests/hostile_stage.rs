@@ -165,6 +165,7 @@ async fn hostile_pdfs_fail_within_the_worker_limit_and_the_stage_goes_on() {
             memory_limit: WORKER_LIMIT,
             ocr: pdf_parser::OcrSettings::default(),
         }),
+        max_page_texts: 1000,
     };
     let ctx = RecordContext {
         topic: "t".into(),

@@ -5,7 +5,7 @@ use crate::http::auth::{Reader, Writer};
 use crate::http::problem::Problem;
 use crate::http::{Accepted, AppState, bad_query, parse_id};
 use artifact_blob::BlobError;
-use artifact_domain::{ArtifactCreated, ArtifactState, StatusView};
+use artifact_domain::{ArtifactCreated, ArtifactId, ArtifactState, StatusView, page_text_location};
 use artifact_kafka::now_ms;
 use axum::Json;
 use axum::body::Body;
@@ -86,22 +86,57 @@ pub async fn get_text(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let id = parse_id(&id)?;
+    let location = text_location(&st, id)?;
+    let missing = format!(
+        "artifact {id}'s extracted text is not in the blob store; \
+         reprocess the artifact to extract it again"
+    );
+    stream_text(&st, &location, missing).await
+}
+
+/// The text of one page (slide, sheet, chapter) of an artifact, numbered
+/// from 1, as the parse outcome's page list names it.
+#[utoipa::path(get, path = "/v1/artifacts/{id}/pages/{number}/text", tag = "artifacts",
+    params(("id" = String, Path, description = "Artifact id (UUID)"), ("number" = u32, Path, description = "Page number, from 1")),
+    responses((status = 200, description = "The page's text", content_type = "text/plain"), (status = 400, description = "Not a page number"), (status = 401, description = "No valid bearer token (API_PROTECT_READS)"), (status = 404, description = "Unknown artifact, or no text (yet) for that page")))]
+pub async fn get_page_text(
+    State(st): State<AppState>,
+    _reader: Reader,
+    Path((id, number)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let id = parse_id(&id)?;
+    let number = number
+        .parse::<u32>()
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| Problem::bad_request("the page number must be a whole number from 1"))?;
+    let location = page_text_location(&text_location(&st, id)?, number);
+    let missing = format!(
+        "artifact {id} has no text for page {number}: the document has fewer pages, \
+         or more than PARSE_MAX_PAGE_TEXTS, or its format has none"
+    );
+    stream_text(&st, &location, missing).await
+}
+
+/// Where an artifact's extracted text is, once it has one.
+fn text_location(st: &AppState, id: ArtifactId) -> Result<String, Problem> {
     let view = st
         .table
         .get(id)?
         .ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
-    let location = view.context.text_location.ok_or_else(|| {
+    view.context.text_location.ok_or_else(|| {
         Problem::not_found(format!(
             "artifact {id} has no extracted text (state {:?})",
             view.state
         ))
-    })?;
-    let chunks = st.blobs.read_stream(&location).await.map_err(|e| match e {
-        BlobError::NotFound(_) => Problem::not_found(format!(
-            "artifact {id}'s extracted text is not in the blob store; \
-                 reprocess the artifact to extract it again"
-        ))
-        .caused_by(e),
+    })
+}
+
+/// The text at `location`, streamed from the blob store a chunk at a
+/// time; `missing` says why when it is not there.
+async fn stream_text(st: &AppState, location: &str, missing: String) -> Result<Response, Problem> {
+    let chunks = st.blobs.read_stream(location).await.map_err(|e| match e {
+        BlobError::NotFound(_) => Problem::not_found(missing).caused_by(e),
         e if e.is_retriable() => {
             Problem::unavailable("the blob store could not be read; retry in a moment").caused_by(e)
         }

@@ -179,6 +179,7 @@ fn bad_query(e: QueryRejection) -> Problem {
         handlers::get_artifact,
         handlers::list_artifacts,
         handlers::get_text,
+        handlers::get_page_text,
         handlers::reprocess,
         control::cancel,
         control::erase,
@@ -225,6 +226,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/artifacts/{id}/cancel", post(control::cancel))
         .route("/v1/artifacts/{id}/text", get(handlers::get_text))
+        .route(
+            "/v1/artifacts/{id}/pages/{number}/text",
+            get(handlers::get_page_text),
+        )
         .route("/v1/artifacts/{id}/reprocess", post(handlers::reprocess))
         .route("/v1/artifacts/{id}/events", get(events::artifact_events))
         .route("/v1/events", get(events::all_events))

@@ -387,6 +387,42 @@ async fn a_text_missing_from_the_store_is_not_found() {
 }
 
 #[tokio::test]
+async fn a_pages_text_is_served_and_a_missing_or_bad_page_is_refused() {
+    let a = api(false);
+    let location = a.store.location("texts/doc.txt");
+    let page = artifact_domain::page_text_location(&location, 2);
+    a.store.put(&page, b"second page").await.unwrap();
+    let id = artifact(&a, Some(location));
+    let resp = call(
+        a.app.clone(),
+        get(&format!("/v1/artifacts/{id}/pages/2/text"), None),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"second page");
+    let missing = get(&format!("/v1/artifacts/{id}/pages/3/text"), None);
+    let (status, p) = problem(call(a.app.clone(), missing).await).await;
+    assert_eq!(status, 404, "{p}");
+    assert!(detail(&p).contains("page 3"), "{p}");
+    for bad in ["0", "x", "-1", "99999999999"] {
+        let req = get(&format!("/v1/artifacts/{id}/pages/{bad}/text"), None);
+        let (status, p) = problem(call(a.app.clone(), req).await).await;
+        assert_eq!(status, 400, "{bad}: {p}");
+    }
+
+    // Reads protected: a page's text, like the whole text, needs a token.
+    let a = api(true);
+    let location = a.store.location("texts/doc.txt");
+    let id = artifact(&a, Some(location));
+    let req = get(&format!("/v1/artifacts/{id}/pages/1/text"), None);
+    let (status, _) = problem(call(a.app.clone(), req).await).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
 async fn a_reprocess_that_cannot_be_published_says_to_retry_it() {
     let a = api(false);
     let id = artifact(&a, None);

@@ -61,6 +61,7 @@ pub(crate) fn parsed_after(id: ArtifactId, generation: i64, outcome: Outcome) ->
             modification_date: None,
             ocr_pages: Vec::new(),
             ocr_confidence: None,
+            pages: Vec::new(),
         }),
         outcome,
         processed_at: 2,
