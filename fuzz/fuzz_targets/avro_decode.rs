@@ -6,10 +6,10 @@
 //! with that type's schema id. No input may panic or hang the decoder.
 #![no_main]
 
+use artifact_domain::dedup::DedupEntry;
 use artifact_domain::outcome::OutcomeStatus;
 use artifact_domain::*;
 use artifact_kafka::codec::AvroCodec;
-use artifact_domain::dedup::DedupEntry;
 use artifact_kafka::schemas::{EventSchema, RegistryAdmin};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
@@ -102,6 +102,7 @@ async fn write_seeds(codec: &AvroCodec, dir: &std::path::Path) {
         modification_date: None,
         ocr_pages: Vec::new(),
         ocr_confidence: None,
+        pages: Vec::new(),
     };
     let summary = SummaryResult {
         method: "extractive".into(),
@@ -256,5 +257,6 @@ fuzz_target!(|data: &[u8]| {
         EventSchema::StageControl => {
             decode::<artifact_kafka::stage_control::StageControl>(d, &framed)
         }
+        EventSchema::ReprocessOperation => decode::<ReprocessOperation>(d, &framed),
     }
 });
