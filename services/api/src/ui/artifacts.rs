@@ -519,19 +519,65 @@ pub async fn one(
                     p.empty { "No stage has reported on generation " (v.generation) " yet." }
                 } @else {
                     div.table-wrap { table.timeline #timeline {
-                        thead { tr { th scope="col" { "Stage" } th scope="col" { "Outcome" } th scope="col" { "Finished" } th scope="col" { "Took" } } }
+                        thead { tr { th scope="col" { "Stage" } th scope="col" { "Outcome" } th scope="col" { "Finished" } th scope="col" { "Took" } th scope="col" { "Attempts" } } }
                         tbody {
                             @for (r, took) in v.timeline.iter().zip(&durations) {
                                 tr data-stage=(r.stage.name()) {
                                     td { (r.stage.name()) }
-                                    td { (outcome(&r.outcome)) }
+                                    td {
+                                        (outcome(&r.outcome))
+                                        @if let Some(e) = &r.last_error { div.hint { "Last error: " (e) } }
+                                        @if let Some(at) = r.next_retry_at { div.hint { "Next retry: " (time(at)) } }
+                                    }
                                     td { (time(r.processed_at)) }
                                     td { (took) }
+                                    td { @if let Some(n) = r.attempts { (n) } @else { "–" } }
                                 }
                             }
                         }
                     } }
                     p.hint { "“Took” is the time since the previous step finished (or the upload), queueing included." }
+                }
+            }
+            @if !v.dead_letters.is_empty() {
+                section aria-labelledby="dlq-h" {
+                    h2 #dlq-h { "Dead letters" }
+                    div.table-wrap { table #dead-letters {
+                        thead { tr { th scope="col" { "Stage" } th scope="col" { "Where" } th scope="col" { "Error" } th scope="col" { "When" } } }
+                        tbody {
+                            @for d in &v.dead_letters {
+                                tr {
+                                    td { (d.stage.name()) }
+                                    td { code { (d.topic) " / " (d.partition) " @ " (d.offset) } }
+                                    td { (d.error) }
+                                    td { (time(d.at)) }
+                                }
+                            }
+                        }
+                    } }
+                    p.hint { "Replay them with artifactctl dlq replay once the cause is fixed." }
+                }
+            }
+            @if !v.history.is_empty() {
+                section aria-labelledby="history-h" {
+                    h2 #history-h { "Earlier generations" }
+                    div.table-wrap { table #history {
+                        thead { tr { th scope="col" { "Generation" } th scope="col" { "State" } th scope="col" { "Failure" } th scope="col" { "Summary" } th scope="col" { "Last change" } } }
+                        tbody {
+                            @for g in &v.history {
+                                tr {
+                                    td { (g.generation) }
+                                    td { (badge(g.state)) }
+                                    td {
+                                        @if let Some(s) = g.failed_stage { (s.name()) ": " }
+                                        @if let Some(r) = &g.failure_reason { (r) } @else if g.failed_stage.is_none() { "–" }
+                                    }
+                                    td { @if let Some(m) = &g.summary_method { (m) } @else { "–" } }
+                                    td { (time(g.updated_at)) }
+                                }
+                            }
+                        }
+                    } }
                 }
             }
             section aria-labelledby="files-h" {

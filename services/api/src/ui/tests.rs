@@ -207,6 +207,31 @@ async fn an_artifact_page_shows_its_status_and_actions() {
     v.failed_stage = Some(Stage::PdfParser);
     v.failure_reason = Some("not a PDF <script>".into());
     v.context.filename = Some("broken.pdf".into());
+    v.timeline = vec![artifact_domain::StageRecord {
+        stage: Stage::MimeDetector,
+        outcome: artifact_domain::Outcome::Succeeded,
+        processed_at: 4,
+        attempts: Some(3),
+        last_error: Some("registry unavailable".into()),
+        next_retry_at: None,
+    }];
+    v.dead_letters = vec![artifact_domain::DeadLetter {
+        stage: Stage::PdfParser,
+        topic: "artifact.pdf-parser.dlq".into(),
+        partition: 2,
+        offset: 41,
+        error: "undecodable record".into(),
+        at: 5,
+    }];
+    v.history = vec![artifact_domain::GenerationSummary {
+        generation: artifact_domain::Generation::FIRST,
+        state: ArtifactState::Completed,
+        failed_stage: None,
+        failure_reason: None,
+        summary_method: Some("extractive".into()),
+        created_at: Some(1),
+        updated_at: 2,
+    }];
     a.table.upsert(&[v]).unwrap();
     let cookie = login(&a.app).await;
     let page = body(
@@ -220,6 +245,14 @@ async fn an_artifact_page_shows_its_status_and_actions() {
     assert!(page.contains("failed at pdf-parser"), "{page}");
     assert!(page.contains("not a PDF &lt;script&gt;"), "escaped: {page}");
     assert!(page.contains(&format!("/ui/artifacts/{id}/reprocess")));
+    // Attempts, the last error, dead letters and earlier generations.
+    assert!(page.contains("<td>3</td>"), "attempts: {page}");
+    assert!(page.contains("Last error: registry unavailable"), "{page}");
+    assert!(page.contains("artifact.pdf-parser.dlq / 2 @ 41"), "{page}");
+    assert!(
+        page.contains("Earlier generations") && page.contains("extractive"),
+        "{page}"
+    );
     // Final: no cancel.
     assert!(!page.contains(&format!("/ui/artifacts/{id}/cancel")));
     let resp = call(
