@@ -415,11 +415,10 @@ fn parse(id: &str, session: &super::Session) -> Result<ArtifactId, Box<Response>
     })
 }
 
-fn load(
-    st: &AppState,
-    id: ArtifactId,
-    session: &super::Session,
-) -> Result<StatusView, Box<Response>> {
+/// The artifact named by the path's `id`, or the page saying why there is
+/// none.
+fn load(st: &AppState, id: &str, session: &super::Session) -> Result<StatusView, Box<Response>> {
+    let id: ArtifactId = parse(id, session)?;
     match st.table.get(id) {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err(Box::new(error_page(
@@ -452,11 +451,7 @@ pub async fn one(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let id = match parse(&id, &session) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let v = match load(&st, id, &session) {
+    let v = match load(&st, &id, &session) {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -679,14 +674,11 @@ pub async fn confirm(
     let Some(action) = Action::parse(&action) else {
         return unknown_action(&session);
     };
-    let id = match parse(&id, &session) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let v = match load(&st, id, &session) {
+    let v = match load(&st, &id, &session) {
         Ok(v) => v,
         Err(r) => return *r,
     };
+    let id = v.artifact_id;
     let name = v.context.filename.clone().unwrap_or_else(|| id.to_string());
     let verb = action.name();
     let body = html! {
@@ -808,11 +800,7 @@ pub async fn download(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let id = match parse(&id, &session) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let v = match load(&st, id, &session) {
+    let v = match load(&st, &id, &session) {
         Ok(v) => v,
         Err(r) => return *r,
     };
