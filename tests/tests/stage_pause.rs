@@ -4,7 +4,8 @@
 //! as lag; `stage resume` drains it. The summarizer, pointed at an LLM
 //! server on 127.0.0.1 that answers 503, trips its breaker instead of
 //! failing its artifacts, probes, and completes every one once the server
-//! answers 200 again.
+//! answers 200 again; a record that keeps failing on its own does not keep
+//! the breaker open after the server recovered.
 
 use artifact_domain::*;
 use artifact_kafka::schemas::EventSchema;
@@ -158,16 +159,19 @@ async fn a_paused_stage_shows_its_backlog_and_resume_drains_it() -> anyhow::Resu
 }
 
 /// An OpenAI-compatible endpoint that answers 503 while `failing` is set,
-/// counting the requests.
+/// and always to a text holding [`STUCK`], counting the requests.
 #[derive(Default)]
 struct Llm {
     failing: AtomicBool,
     requests: AtomicUsize,
 }
 
-async fn chat(State(llm): State<Arc<Llm>>) -> Response {
+/// Marks the text of a record the LLM never summarizes.
+const STUCK: &str = "fails-on-its-own";
+
+async fn chat(State(llm): State<Arc<Llm>>, body: String) -> Response {
     llm.requests.fetch_add(1, Ordering::Relaxed);
-    if llm.failing.load(Ordering::Relaxed) {
+    if llm.failing.load(Ordering::Relaxed) || body.contains(STUCK) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [("content-type", "application/json")],
@@ -182,69 +186,132 @@ async fn chat(State(llm): State<Arc<Llm>>) -> Response {
         .into_response()
 }
 
+/// A failing LLM server on loopback, a summarizer with a small breaker in
+/// front of it, and parsed texts for it.
+struct Breaking {
+    llm: Arc<Llm>,
+    env: TestEnv,
+    root: PathBuf,
+    inputs: Vec<Parsed>,
+}
+
+impl Breaking {
+    /// `texts` parsed texts over `partitions` partitions, the LLM failing.
+    async fn new(partitions: usize, texts: &[String]) -> anyhow::Result<Self> {
+        let llm = Arc::new(Llm::default());
+        llm.failing.store(true, Ordering::Relaxed);
+        let env = TestEnv::new(partitions).await?;
+        let root = std::env::temp_dir().join(format!("breaker-{}", uuid::Uuid::new_v4().simple()));
+        let mut inputs = vec![];
+        for (i, text) in texts.iter().enumerate() {
+            let path = root.join("texts").join(format!("{i}.txt"));
+            std::fs::create_dir_all(path.parent().unwrap())?;
+            std::fs::write(&path, text)?;
+            inputs.push(parsed_text(format!("file://{}", path.display())));
+        }
+        Ok(Breaking {
+            llm,
+            env,
+            root,
+            inputs,
+        })
+    }
+
+    async fn produce(&self) -> anyhow::Result<()> {
+        self.env
+            .produce_events(
+                &self.env.names.input(Stage::Summarizer),
+                EventSchema::Parsed,
+                &self.inputs,
+            )
+            .await
+    }
+
+    /// The summarizer, against the LLM server.
+    async fn start(&self, instance: &str) -> anyhow::Result<StageProcess> {
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .with_state(self.llm.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let llm_url = format!("http://{}/v1", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let bin = PathBuf::from(BIN).with_file_name("summarizer");
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is not built (cargo build --workspace --bins)",
+            bin.display()
+        );
+        // Without the breaker, three deliveries of two attempts would fail
+        // every artifact within a second.
+        let vars = vec![
+            ("BLOB_STORE_URL", format!("file://{}", self.root.display())),
+            ("SUMMARIZER_BACKEND", "llm".to_owned()),
+            ("LLM_BASE_URL", llm_url),
+            ("LLM_MODEL", "breaker-model".to_owned()),
+            ("LLM_API_KEY", "sk-breaker".to_owned()),
+            ("RETRY_INLINE_ATTEMPTS", "2".to_owned()),
+            ("RETRY_INLINE_BACKOFF_MS", "20".to_owned()),
+            ("RETRY_MAX_DELIVERIES", "3".to_owned()),
+            ("RETRY_DELAY_MS", "100".to_owned()),
+            ("BREAKER_WINDOW", "4".to_owned()),
+            ("BREAKER_THRESHOLD", "0.5".to_owned()),
+            ("BREAKER_PROBE_MS", "200".to_owned()),
+            ("BREAKER_PROBE_MAX_MS", "1000".to_owned()),
+            ("INSTANCE_ID", instance.to_owned()),
+        ];
+        StageProcess::start(&self.env, &bin, &vars)
+    }
+
+    /// Every outcome written so far, once there are `n`.
+    async fn outcomes(&self, n: usize) -> anyhow::Result<Vec<Summarized>> {
+        let output = self.env.names.output(Stage::Summarizer);
+        wait_until(
+            "every artifact decided",
+            Duration::from_secs(60),
+            || async { self.env.read_all(&output).is_ok_and(|v| v.len() >= n) },
+        )
+        .await?;
+        self.env.read_decoded::<Summarized>(&output).await
+    }
+}
+
+impl Drop for Breaking {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+async fn breaker_open(stage: &StageProcess, open: bool) -> anyhow::Result<()> {
+    let want = if open { 1.0 } else { 0.0 };
+    wait_until(
+        if open {
+            "the breaker open"
+        } else {
+            "the breaker closed"
+        },
+        Duration::from_secs(60),
+        || async {
+            stage
+                .metric("artifact_stage_paused", &["cause=\"breaker\""])
+                .await
+                == want
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_breaker_trips_on_an_llm_outage_and_no_artifact_fails() -> anyhow::Result<()> {
     artifact_pipeline_tests::needs_stack!();
-    let llm = Arc::new(Llm::default());
-    llm.failing.store(true, Ordering::Relaxed);
-    let app = Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .with_state(llm.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let llm_url = format!("http://{}/v1", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let texts: Vec<String> = (0..6)
+        .map(|i| format!("Notes {i}: each stage runs as its own service."))
+        .collect();
+    let b = Breaking::new(2, &texts).await?;
+    let (env, llm) = (&b.env, &b.llm);
+    let stage = b.start("summarizer-breaker-test").await?;
+    b.produce().await?;
 
-    let env = TestEnv::new(2).await?;
-    let root = std::env::temp_dir().join(format!("breaker-{}", uuid::Uuid::new_v4().simple()));
-    let mut inputs = vec![];
-    for i in 0..6 {
-        let path = root.join("texts").join(format!("{i}.txt"));
-        std::fs::create_dir_all(path.parent().unwrap())?;
-        std::fs::write(
-            &path,
-            format!("Notes {i}: each stage runs as its own service."),
-        )?;
-        inputs.push(parsed_text(format!("file://{}", path.display())));
-    }
-    let bin = PathBuf::from(BIN).with_file_name("summarizer");
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is not built (cargo build --workspace --bins)",
-        bin.display()
-    );
-    // Without the breaker, three deliveries of two attempts would fail
-    // every artifact within a second.
-    let vars = vec![
-        ("BLOB_STORE_URL", format!("file://{}", root.display())),
-        ("SUMMARIZER_BACKEND", "llm".to_owned()),
-        ("LLM_BASE_URL", llm_url),
-        ("LLM_MODEL", "breaker-model".to_owned()),
-        ("LLM_API_KEY", "sk-breaker".to_owned()),
-        ("RETRY_INLINE_ATTEMPTS", "2".to_owned()),
-        ("RETRY_INLINE_BACKOFF_MS", "20".to_owned()),
-        ("RETRY_MAX_DELIVERIES", "3".to_owned()),
-        ("RETRY_DELAY_MS", "100".to_owned()),
-        ("BREAKER_WINDOW", "4".to_owned()),
-        ("BREAKER_THRESHOLD", "0.5".to_owned()),
-        ("BREAKER_PROBE_MS", "200".to_owned()),
-        ("BREAKER_PROBE_MAX_MS", "1000".to_owned()),
-        ("INSTANCE_ID", "summarizer-breaker-test".to_owned()),
-    ];
-    let stage = StageProcess::start(&env, &bin, &vars)?;
-    env.produce_events(
-        &env.names.input(Stage::Summarizer),
-        EventSchema::Parsed,
-        &inputs,
-    )
-    .await?;
-
-    wait_until("the breaker open", Duration::from_secs(60), || async {
-        stage
-            .metric("artifact_stage_paused", &["cause=\"breaker\""])
-            .await
-            == 1.0
-    })
-    .await?;
+    breaker_open(&stage, true).await?;
     // Probes keep going, one record at a time.
     let at_open = llm.requests.load(Ordering::Relaxed);
     wait_until(
@@ -258,7 +325,7 @@ async fn the_breaker_trips_on_an_llm_outage_and_no_artifact_fails() -> anyhow::R
         "the breaker's report in stage status",
         Duration::from_secs(30),
         || async {
-            artifactctl(&env, &["status"]).lines().any(|l| {
+            artifactctl(env, &["status"]).lines().any(|l| {
                 l.contains("tripped") && l.contains("summarizer-breaker-test") && l.contains("503")
             })
         },
@@ -272,34 +339,59 @@ async fn the_breaker_trips_on_an_llm_outage_and_no_artifact_fails() -> anyhow::R
     );
 
     llm.failing.store(false, Ordering::Relaxed);
-    wait_until(
-        "every artifact summarized",
-        Duration::from_secs(60),
-        || async { env.read_all(&output).is_ok_and(|v| v.len() >= inputs.len()) },
-    )
-    .await?;
-    let outcomes = env.read_decoded::<Summarized>(&output).await?;
+    let outcomes = b.outcomes(b.inputs.len()).await?;
     assert_eq!(
         outcomes.len(),
-        inputs.len(),
+        b.inputs.len(),
         "one outcome each: {outcomes:?}"
     );
     for o in &outcomes {
         assert_eq!(o.outcome, Outcome::Succeeded, "no artifact FAILED: {o:?}");
     }
-    wait_until("the breaker closed", Duration::from_secs(30), || async {
-        stage
-            .metric("artifact_stage_paused", &["cause=\"breaker\""])
-            .await
-            == 0.0
-    })
-    .await?;
+    breaker_open(&stage, false).await?;
     wait_until(
         "the breaker's report closed",
         Duration::from_secs(30),
-        || async { !artifactctl(&env, &["status"]).contains("tripped") },
+        || async { !artifactctl(env, &["status"]).contains("tripped") },
     )
     .await?;
-    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// One partition, its first record failing on its own: it is the only
+/// record a probe can take, so after failing a few probes in a row its
+/// attempt counts as a delivery, the next record probes, the breaker
+/// closes, and the record's last delivery fails it as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_failing_on_its_own_does_not_keep_the_breaker_open() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
+    let mut texts = vec![format!("Notes: {STUCK}.")];
+    texts.extend((0..5).map(|i| format!("Notes {i}: each stage runs as its own service.")));
+    let b = Breaking::new(1, &texts).await?;
+    // Produced before the stage starts, so that its first batch holds them
+    // all and the breaker opens while the failing record is the first.
+    b.produce().await?;
+    let stage = b.start("summarizer-stuck-probe-test").await?;
+    breaker_open(&stage, true).await?;
+    b.llm.failing.store(false, Ordering::Relaxed);
+
+    let outcomes = b.outcomes(b.inputs.len()).await?;
+    let stuck = b.inputs[0].artifact_id;
+    for o in &outcomes {
+        if o.artifact_id == stuck {
+            assert!(
+                matches!(&o.outcome, Outcome::Failed { reason, .. } if reason.contains("503")),
+                "its deliveries ran out: {o:?}"
+            );
+        } else {
+            assert_eq!(o.outcome, Outcome::Succeeded, "{o:?}");
+        }
+    }
+    assert_eq!(
+        outcomes.len(),
+        b.inputs.len(),
+        "one outcome each: {outcomes:?}"
+    );
+    breaker_open(&stage, false).await?;
     Ok(())
 }

@@ -95,14 +95,30 @@ impl<S: StageLogic> StageRunner<S> {
         }
         let t_decoded = t0.elapsed();
         let (done, mut covered) = self.process(items, &plans, t0 + self.start_budget).await;
-        if self.breaker.is_open()
-            && let Some(first) = done
-                .iter()
-                .position(|d| matches!(d, Some(a) if matches!(a.done, Done::Retriable(_))))
-        {
+        if self.breaker.is_open() {
             // Attempts that failed once the breaker opened are no
-            // deliveries: from the first, the batch is read again later.
-            covered = covered.min(first);
+            // deliveries, but a spent probe's (not its last): from the
+            // first, the batch is read again later.
+            let spent = self.breaker.spent_probe();
+            let max_deliveries = self.cfg.retry_policy().max_deliveries;
+            let counts = |i: usize| {
+                matches!(&plans[i], Plan::Process(input)
+                    if spent.as_deref() == Some(&*input.artifact_id().to_string()))
+                    && items[i].delivery < max_deliveries
+            };
+            let failed =
+                |i: usize| matches!(&done[i], Some(a) if matches!(a.done, Done::Retriable(_)));
+            if let Some(first) = (0..done.len()).find(|&i| failed(i) && !counts(i)) {
+                covered = covered.min(first);
+            }
+            if (0..covered.min(done.len())).any(|i| failed(i) && counts(i)) {
+                tracing::info!(
+                    artifact_id = spent.as_deref().unwrap_or_default(),
+                    "a record failed the breaker's probe {} times in a row: the attempt counts as a delivery",
+                    super::breaker::PROBES_PER_RECORD
+                );
+                self.breaker.probe_delivered();
+            }
         }
         plans.truncate(covered);
         if done.iter().any(Option::is_some) {

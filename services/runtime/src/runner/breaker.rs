@@ -8,6 +8,11 @@
 //! failures for them ([`super::batch`]). The failures must come from at
 //! least [`MIN_FAILING_RECORDS`] records: one record that fails again and
 //! again is that record's problem, and its deliveries run out as usual.
+//! A probe whose record fails on its own would keep an open breaker open
+//! after the dependency recovered, so the next probe avoids the last failed
+//! probe's partition when the batch offers another, and a record that
+//! failed [`PROBES_PER_RECORD`] probes in a row has that attempt counted as
+//! a delivery (not its last), which moves it to the retry topic.
 //! Pure logic: time is passed in.
 
 use std::collections::VecDeque;
@@ -16,6 +21,10 @@ use std::time::{Duration, Instant};
 /// How many different records the failures of a window must come from
 /// (at most the window) for the breaker to open.
 pub(crate) const MIN_FAILING_RECORDS: usize = 3;
+
+/// Failed probes in a row of one record after which its failure counts as
+/// a delivery.
+pub(crate) const PROBES_PER_RECORD: u32 = 3;
 
 /// How one processing attempt ended, as the breaker sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +75,9 @@ enum State {
         next_probe: Instant,
         /// A probe was let through and has not ended.
         probing: bool,
+        /// The record of the last failed probe, and its failed probes in a
+        /// row.
+        failed_probe: Option<(String, u32)>,
     },
 }
 
@@ -127,6 +139,7 @@ impl Breaker {
                     probes: 0,
                     next_probe: now + self.backoff(1),
                     probing: false,
+                    failed_probe: None,
                 };
                 Some(Transition::Opened(cause))
             }
@@ -140,15 +153,20 @@ impl Breaker {
                     probes,
                     next_probe,
                     probing,
+                    failed_probe,
                     ..
                 },
-                Attempt::Failed { .. },
+                Attempt::Failed { record, .. },
             ) => {
                 // Failures of records started before it opened say nothing
                 // new; only a failed probe pushes the next one further.
                 if std::mem::take(probing) {
                     *probes += 1;
                     *next_probe = now + backoff(&self.cfg, *probes + 1);
+                    match failed_probe {
+                        Some((r, n)) if *r == record => *n += 1,
+                        _ => *failed_probe = Some((record, 1)),
+                    }
                 }
                 None
             }
@@ -167,6 +185,38 @@ impl Breaker {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// The record of the last failed probe, while open: the next probe
+    /// prefers another partition's record.
+    pub fn last_failed_probe(&self) -> Option<&str> {
+        match &self.state {
+            State::Open {
+                failed_probe: Some((r, _)),
+                ..
+            } => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The record whose failed probe counts as a delivery: one that failed
+    /// [`PROBES_PER_RECORD`] probes in a row.
+    pub fn spent_probe(&self) -> Option<&str> {
+        match &self.state {
+            State::Open {
+                failed_probe: Some((r, n)),
+                ..
+            } if *n >= PROBES_PER_RECORD => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The spent probe's failure was counted as a delivery: its record
+    /// has left the partition's head.
+    pub fn probe_delivered(&mut self) {
+        if let State::Open { failed_probe, .. } = &mut self.state {
+            *failed_probe = None;
         }
     }
 
@@ -326,5 +376,40 @@ mod tests {
             None,
             "the window starts empty again"
         );
+    }
+
+    #[test]
+    fn a_record_failing_probe_after_probe_is_spent() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(2, 0.0));
+        b.record(failed(1), t0);
+        b.record(failed(2), t0);
+        assert!(b.is_open());
+        assert_eq!(b.last_failed_probe(), None, "no probe yet");
+        let mut t = t0;
+        for n in 1..=PROBES_PER_RECORD {
+            t += Duration::from_secs(8);
+            assert!(b.take_probe(t));
+            assert_eq!(b.spent_probe(), None, "{n} failed probes so far");
+            b.record(failed_record("stuck"), t);
+            assert_eq!(b.last_failed_probe(), Some("stuck"));
+        }
+        assert_eq!(b.spent_probe(), Some("stuck"));
+        // Failures of records that were no probe change nothing.
+        b.record(failed_record("other"), t);
+        assert_eq!(b.spent_probe(), Some("stuck"));
+        b.probe_delivered();
+        assert_eq!(b.spent_probe(), None);
+        assert_eq!(b.last_failed_probe(), None);
+        // Another record's failed probe starts a new count.
+        t += Duration::from_secs(8);
+        assert!(b.take_probe(t));
+        b.record(failed_record("stuck"), t);
+        t += Duration::from_secs(8);
+        assert!(b.take_probe(t));
+        b.record(failed_record("next"), t);
+        assert_eq!(b.last_failed_probe(), Some("next"));
+        assert_eq!(b.spent_probe(), None);
+        assert!(b.is_open(), "failed probes keep it open");
     }
 }

@@ -82,6 +82,19 @@ impl SharedBreaker {
         self.lock().probe_unused();
     }
 
+    fn last_failed_probe(&self) -> Option<String> {
+        self.lock().last_failed_probe().map(str::to_owned)
+    }
+
+    /// The record whose failed probe counts as a delivery, if any.
+    pub fn spent_probe(&self) -> Option<String> {
+        self.lock().spent_probe().map(str::to_owned)
+    }
+
+    pub fn probe_delivered(&self) {
+        self.lock().probe_delivered();
+    }
+
     fn take_transitions(&self) -> Vec<Transition> {
         std::mem::take(&mut *self.transitions.lock().expect("transitions lock"))
     }
@@ -351,22 +364,22 @@ impl<S: StageLogic> StageLoop<'_, S> {
     }
 
     /// What of a collected batch this round may process: all of it when
-    /// the gate is open, its first record as a probe, else nothing. The
-    /// rest is read again later.
+    /// the gate is open, one record as a probe, else nothing. The rest is
+    /// read again later.
     pub(super) fn gated(&mut self, gate: Gate, mut items: Vec<Item>) -> Vec<Item> {
-        let keep = match gate {
+        let probe = match gate {
             Gate::Open => return items,
-            Gate::Held => 0,
-            Gate::Probe => 1.min(items.len()),
+            Gate::Held => None,
+            Gate::Probe => probe_index(&items, self.runner.breaker.last_failed_probe()),
         };
-        if gate == Gate::Probe && keep == 0 {
+        if gate == Gate::Probe && probe.is_none() {
             self.runner.breaker.probe_unused();
         }
-        let rest = items.split_off(keep);
-        if !rest.is_empty() {
-            self.rewind(&rest);
+        let kept = probe.map(|i| items.remove(i));
+        if !items.is_empty() {
+            self.rewind(&items);
         }
-        items
+        kept.into_iter().collect()
     }
 
     /// After a probe's batch: a probe that was not processed (a duplicate,
@@ -385,6 +398,31 @@ impl<S: StageLogic> StageLoop<'_, S> {
         }
         self.control.reporter.flush().await;
     }
+}
+
+/// The record of a collected batch to probe with: the first one outside
+/// the partition of the last failed probe's record, if the batch holds
+/// one, so that a record failing on its own does not keep the breaker open.
+/// Every record before it is of that partition, so none is skipped.
+fn probe_index(items: &[Item], avoid: Option<String>) -> Option<usize> {
+    if items.is_empty() {
+        return None;
+    }
+    let stuck = avoid.and_then(|id| {
+        items
+            .iter()
+            .find(|it| it.msg.key() == Some(id.as_bytes()))
+            .map(|it| (it.msg.topic().to_owned(), it.partition()))
+    });
+    let Some((topic, partition)) = stuck else {
+        return Some(0);
+    };
+    Some(
+        items
+            .iter()
+            .position(|it| it.msg.topic() != topic || it.partition() != partition)
+            .unwrap_or(0),
+    )
 }
 
 /// Writes this replica's breaker state to the stage-control topic, in
@@ -621,5 +659,26 @@ async fn read(
             *v = current.clone();
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::probe_index;
+    use crate::runner::testing::keyed;
+
+    #[test]
+    fn the_probe_avoids_the_partition_of_the_last_failed_probe() {
+        let items = [
+            keyed(0, 5, "stuck", vec![]),
+            keyed(0, 6, "a", vec![]),
+            keyed(1, 9, "b", vec![]),
+        ];
+        assert_eq!(probe_index(&items, None), Some(0));
+        assert_eq!(probe_index(&items, Some("stuck".into())), Some(2));
+        // Not in the batch, or no other partition: the first record.
+        assert_eq!(probe_index(&items, Some("gone".into())), Some(0));
+        assert_eq!(probe_index(&items[..2], Some("stuck".into())), Some(0));
+        assert_eq!(probe_index(&[], Some("stuck".into())), None);
     }
 }

@@ -11,10 +11,15 @@ pub(crate) fn item(partition: i32, offset: i64) -> Item {
 
 /// An input record with these bytes.
 pub(crate) fn with_bytes(partition: i32, offset: i64, payload: Vec<u8>) -> Item {
+    keyed(partition, offset, "key", payload)
+}
+
+/// An input record with this key and these bytes.
+pub(crate) fn keyed(partition: i32, offset: i64, key: &str, payload: Vec<u8>) -> Item {
     Item {
         msg: OwnedMessage::new(
             Some(payload),
-            Some(b"key".to_vec()),
+            Some(key.as_bytes().to_vec()),
             "t.created".into(),
             Timestamp::NotAvailable,
             partition,
