@@ -158,6 +158,100 @@ async fn a_paused_stage_shows_its_backlog_and_resume_drains_it() -> anyhow::Resu
     Ok(())
 }
 
+/// A pause holds across rebalances: a replica that joins a paused stage
+/// holds its partitions too, and once the replica that was paused first
+/// leaves, the newcomer owns every partition, holds the whole backlog, and
+/// drains it once on resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_holds_across_a_rebalance() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
+    let env = TestEnv::new(4).await?;
+    let input = env.names.input(Stage::MimeDetector);
+    let paused = |stage: &StageProcess| {
+        let stage = stage.http.clone();
+        async move {
+            reqwest::get(format!("{stage}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?
+                .lines()
+                .find(|l| {
+                    l.starts_with("artifact_stage_paused") && l.contains("cause=\"operator\"")
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        }
+    };
+    let instance = |name: &str| vec![("INSTANCE_ID", name.to_owned())];
+    let mut first = StageProcess::start(&env, Path::new(BIN), &instance("first"))?;
+    let before: Vec<ArtifactCreated> = (0..4)
+        .map(|i| TestEnv::created(&format!("before-{i}")))
+        .collect();
+    env.produce_created(&before).await?;
+    wait_until(
+        "the first artifacts processed",
+        Duration::from_secs(60),
+        || async { outputs(&env).await == 4 },
+    )
+    .await?;
+
+    artifactctl(&env, &["pause", "mime-detector"]);
+    wait_until(
+        "the first replica paused",
+        Duration::from_secs(30),
+        || async { paused(&first).await == Some(1.0) },
+    )
+    .await?;
+    let second = StageProcess::start(&env, Path::new(BIN), &instance("second"))?;
+    wait_until(
+        "the joining replica paused",
+        Duration::from_secs(60),
+        || async { paused(&second).await == Some(1.0) },
+    )
+    .await?;
+    let backlog: Vec<ArtifactCreated> = (0..6)
+        .map(|i| TestEnv::created(&format!("held-{i}")))
+        .collect();
+    env.produce_created(&backlog).await?;
+    assert!(first.terminate(Duration::from_secs(30)), "a clean exit");
+    // The replica left owns all four partitions once its gauge counts the
+    // whole backlog.
+    wait_until(
+        "the remaining replica holding the whole backlog",
+        Duration::from_secs(60),
+        || async {
+            second
+                .metric(
+                    "artifact_pipeline_consumer_lag",
+                    &[&format!("topic=\"{input}\"")],
+                )
+                .await
+                == 6.0
+        },
+    )
+    .await?;
+    assert_eq!(outputs(&env).await, 4, "nothing processed while paused");
+    assert_eq!(
+        group_lag(&env, &input)?,
+        6,
+        "the group's lag is the backlog"
+    );
+    assert!(second.is_ready().await, "a paused stage stays ready");
+
+    artifactctl(&env, &["resume", "mime-detector"]);
+    wait_until("the backlog drained", Duration::from_secs(60), || async {
+        outputs(&env).await == 10 && group_lag(&env, &input).is_ok_and(|l| l == 0)
+    })
+    .await?;
+    let out: Vec<MimeDetected> = env
+        .read_decoded(&env.names.output(Stage::MimeDetector))
+        .await?;
+    let ids: std::collections::HashSet<_> = out.iter().map(|o| o.artifact_id).collect();
+    assert_eq!(ids.len(), 10, "each artifact processed once: {out:?}");
+    Ok(())
+}
+
 /// An OpenAI-compatible endpoint that answers 503 while `failing` is set,
 /// and always to a text holding [`STUCK`], counting the requests.
 #[derive(Default)]
