@@ -66,45 +66,39 @@ async fn outputs(env: &TestEnv) -> usize {
         .map_or(0, |v| v.len())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_paused_stage_shows_its_backlog_and_resume_drains_it() -> anyhow::Result<()> {
-    artifact_pipeline_tests::needs_stack!();
-    let env = TestEnv::new(2).await?;
-    let stage = StageProcess::start(&env, Path::new(BIN), &[])?;
-    let input = env.names.input(Stage::MimeDetector);
-
-    let before: Vec<ArtifactCreated> = (0..3)
+/// Produces `n` artifacts and waits until the stage processed them.
+async fn processed_first(env: &TestEnv, n: usize) -> anyhow::Result<()> {
+    let before: Vec<ArtifactCreated> = (0..n)
         .map(|i| TestEnv::created(&format!("before-{i}")))
         .collect();
     env.produce_created(&before).await?;
     wait_until(
         "the first artifacts processed",
         Duration::from_secs(60),
-        || async { outputs(&env).await == 3 },
+        || async { outputs(env).await == n },
     )
-    .await?;
+    .await
+}
 
-    let paused = artifactctl(&env, &["pause", "mime-detector", "--reason", "maintenance"]);
-    assert!(paused.contains("mime-detector paused"), "{paused}");
-    wait_until(
-        "the stage reports the pause",
-        Duration::from_secs(30),
-        || async {
-            stage
-                .metric("artifact_stage_paused", &["cause=\"operator\""])
-                .await
-                == 1.0
-        },
-    )
-    .await?;
+/// Whether `stage` reports the operator's pause.
+async fn paused(stage: &StageProcess) -> bool {
+    stage
+        .exported_metric("artifact_stage_paused", &["cause=\"operator\""])
+        .await
+        == Some(1.0)
+}
 
-    let backlog: Vec<ArtifactCreated> = (0..5)
-        .map(|i| TestEnv::created(&format!("held-{i}")))
-        .collect();
-    env.produce_created(&backlog).await?;
-    // The stage's own lag gauge comes from its consumer's view of the end
-    // of its partitions: once it counts the 5 records, the stage has seen
-    // them and holds them back.
+/// Waits until `stage`'s own lag gauge counts the `backlog` (its
+/// consumer's view of the end of the partitions it owns: it has seen those
+/// records and holds them back), then checks that nothing past `done`
+/// outputs was processed and that the stage stays ready.
+async fn holds_backlog(
+    env: &TestEnv,
+    stage: &StageProcess,
+    done: usize,
+    backlog: i64,
+) -> anyhow::Result<()> {
+    let input = env.names.input(Stage::MimeDetector);
     wait_until(
         "the stage's lag gauge showing the backlog",
         Duration::from_secs(60),
@@ -115,17 +109,43 @@ async fn a_paused_stage_shows_its_backlog_and_resume_drains_it() -> anyhow::Resu
                     &[&format!("topic=\"{input}\"")],
                 )
                 .await
-                == 5.0
+                == backlog as f64
         },
     )
     .await?;
-    assert_eq!(outputs(&env).await, 3, "nothing processed while paused");
+    assert_eq!(outputs(env).await, done, "nothing processed while paused");
     assert_eq!(
-        group_lag(&env, &input)?,
-        5,
+        group_lag(env, &input)?,
+        backlog,
         "the group's lag is the backlog"
     );
     assert!(stage.is_ready().await, "a paused stage stays ready");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_stage_shows_its_backlog_and_resume_drains_it() -> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
+    let env = TestEnv::new(2).await?;
+    let stage = StageProcess::start(&env, Path::new(BIN), &[])?;
+    let input = env.names.input(Stage::MimeDetector);
+
+    processed_first(&env, 3).await?;
+
+    let said = artifactctl(&env, &["pause", "mime-detector", "--reason", "maintenance"]);
+    assert!(said.contains("mime-detector paused"), "{said}");
+    wait_until(
+        "the stage reports the pause",
+        Duration::from_secs(30),
+        || async { paused(&stage).await },
+    )
+    .await?;
+
+    let backlog: Vec<ArtifactCreated> = (0..5)
+        .map(|i| TestEnv::created(&format!("held-{i}")))
+        .collect();
+    env.produce_created(&backlog).await?;
+    holds_backlog(&env, &stage, 3, 5).await?;
     let status = artifactctl(&env, &["status"]);
     let line = status
         .lines()
@@ -142,12 +162,7 @@ async fn a_paused_stage_shows_its_backlog_and_resume_drains_it() -> anyhow::Resu
         outputs(&env).await == 8 && group_lag(&env, &input).is_ok_and(|l| l == 0)
     })
     .await?;
-    assert_eq!(
-        stage
-            .metric("artifact_stage_paused", &["cause=\"operator\""])
-            .await,
-        0.0
-    );
+    assert!(!paused(&stage).await, "resumed");
     let status = artifactctl(&env, &["status"]);
     assert!(
         status
@@ -167,47 +182,22 @@ async fn a_pause_holds_across_a_rebalance() -> anyhow::Result<()> {
     artifact_pipeline_tests::needs_stack!();
     let env = TestEnv::new(4).await?;
     let input = env.names.input(Stage::MimeDetector);
-    let paused = |stage: &StageProcess| {
-        let stage = stage.http.clone();
-        async move {
-            reqwest::get(format!("{stage}/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?
-                .lines()
-                .find(|l| {
-                    l.starts_with("artifact_stage_paused") && l.contains("cause=\"operator\"")
-                })
-                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        }
-    };
     let instance = |name: &str| vec![("INSTANCE_ID", name.to_owned())];
     let mut first = StageProcess::start(&env, Path::new(BIN), &instance("first"))?;
-    let before: Vec<ArtifactCreated> = (0..4)
-        .map(|i| TestEnv::created(&format!("before-{i}")))
-        .collect();
-    env.produce_created(&before).await?;
-    wait_until(
-        "the first artifacts processed",
-        Duration::from_secs(60),
-        || async { outputs(&env).await == 4 },
-    )
-    .await?;
+    processed_first(&env, 4).await?;
 
     artifactctl(&env, &["pause", "mime-detector"]);
     wait_until(
         "the first replica paused",
         Duration::from_secs(30),
-        || async { paused(&first).await == Some(1.0) },
+        || async { paused(&first).await },
     )
     .await?;
     let second = StageProcess::start(&env, Path::new(BIN), &instance("second"))?;
     wait_until(
         "the joining replica paused",
         Duration::from_secs(60),
-        || async { paused(&second).await == Some(1.0) },
+        || async { paused(&second).await },
     )
     .await?;
     let backlog: Vec<ArtifactCreated> = (0..6)
@@ -215,29 +205,9 @@ async fn a_pause_holds_across_a_rebalance() -> anyhow::Result<()> {
         .collect();
     env.produce_created(&backlog).await?;
     assert!(first.terminate(Duration::from_secs(30)), "a clean exit");
-    // The replica left owns all four partitions once its gauge counts the
-    // whole backlog.
-    wait_until(
-        "the remaining replica holding the whole backlog",
-        Duration::from_secs(60),
-        || async {
-            second
-                .metric(
-                    "artifact_pipeline_consumer_lag",
-                    &[&format!("topic=\"{input}\"")],
-                )
-                .await
-                == 6.0
-        },
-    )
-    .await?;
-    assert_eq!(outputs(&env).await, 4, "nothing processed while paused");
-    assert_eq!(
-        group_lag(&env, &input)?,
-        6,
-        "the group's lag is the backlog"
-    );
-    assert!(second.is_ready().await, "a paused stage stays ready");
+    // The replica left owns all four partitions once it holds the whole
+    // backlog.
+    holds_backlog(&env, &second, 4, 6).await?;
 
     artifactctl(&env, &["resume", "mime-detector"]);
     wait_until("the backlog drained", Duration::from_secs(60), || async {
