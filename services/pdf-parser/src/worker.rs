@@ -299,11 +299,19 @@ struct Worker {
     stdout: ChildStdout,
     /// The end of its stderr, once it closed.
     stderr: JoinHandle<Vec<u8>>,
+    /// Its `TMPDIR` (OCR's rendered pages and copies of the document):
+    /// removed with the worker, so a worker killed mid-document leaves
+    /// nothing behind.
+    _tmp: tempfile::TempDir,
 }
 
 impl Worker {
     fn start(settings: &WorkerSettings) -> io::Result<Self> {
+        let tmp = tempfile::Builder::new()
+            .prefix("pdf-parser-worker-")
+            .tempdir()?;
         let mut child = Command::new(&settings.program)
+            .env("TMPDIR", tmp.path())
             .arg(WORKER_ARG)
             .arg(settings.memory_limit.to_string())
             .arg(&settings.ocr.languages)
@@ -335,6 +343,7 @@ impl Worker {
             stdin,
             stdout,
             stderr: tokio::spawn(tail(stderr)),
+            _tmp: tmp,
         })
     }
 

@@ -125,3 +125,25 @@ async fn the_real_worker_parses_one_document_after_another() {
         Err(PoolError::Parse(ParseError::Empty))
     );
 }
+
+#[tokio::test]
+async fn a_killed_worker_leaves_no_temporary_files() {
+    let pool = pool(script(
+        "tmpdir",
+        "head -c 4096 /dev/zero > \"$TMPDIR/page.png\"\necho \"tmp=$TMPDIR\" >&2\nkill -KILL $$",
+    ));
+    let why = died(parse(&pool, Duration::from_secs(30)).await);
+    let dir = why
+        .rsplit("tmp=")
+        .next()
+        .filter(|d| d.starts_with('/'))
+        .unwrap_or_else(|| panic!("the worker's TMPDIR: {why}"));
+    assert!(
+        dir.contains("pdf-parser-worker-"),
+        "a directory of its own: {dir}"
+    );
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "{dir} is removed with the worker"
+    );
+}
