@@ -13,7 +13,7 @@
 
 use artifact_domain::{ArtifactState, Stage, Summarized};
 use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
-use artifact_pipeline_tests::{chat_completion, wait_until};
+use artifact_pipeline_tests::{chat_completion, header, wait_until};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -255,6 +255,33 @@ async fn failed_artifacts_are_reprocessed_from_the_summarizer_without_parsing_ag
             stages,
             Stage::ALL,
             "the carried-over outcomes are in the timeline"
+        );
+    }
+    // Each restart's copies are one transaction: in the partition of each
+    // copy of the parse outcome, a commit marker takes the next offset.
+    let parsed = p.env.names.output(Stage::PdfParser);
+    let records = p.env.read_all(&parsed)?;
+    for id in &ids {
+        let copy = records
+            .iter()
+            .rfind(|m| {
+                m.key() == Some(id.as_bytes())
+                    && header(m, artifact_kafka::headers::RESTART_FROM).is_some()
+            })
+            .expect("the parse outcome's copy");
+        let next = match records
+            .iter()
+            .filter(|m| m.partition() == copy.partition() && m.offset() > copy.offset())
+            .map(|m| m.offset())
+            .min()
+        {
+            Some(o) => o,
+            None => p.env.watermarks(&parsed, copy.partition())?.1,
+        };
+        assert!(
+            next > copy.offset() + 1,
+            "a transaction's marker follows the copy at {}",
+            copy.offset()
         );
     }
     // pdf-parser parsed nothing more; it skipped each carried-over input.

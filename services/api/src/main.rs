@@ -49,6 +49,10 @@ async fn main() -> anyhow::Result<()> {
         table: state.table.clone(),
         ops: state.operations.clone(),
         starts_per_second: cfg.reprocess_starts_per_second,
+        restarts: artifact_api::reprocess::executor::Restarts::new(
+            cfg.conn.clone(),
+            &cfg.reprocess_group,
+        ),
     });
     let reprocess = tokio::spawn(artifact_api::reprocess::executor::run_executor(
         executor,

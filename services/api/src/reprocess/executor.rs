@@ -27,7 +27,7 @@ use artifact_kafka::schemas::EventSchema;
 use artifact_kafka::topics::TopicNames;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -49,6 +49,97 @@ pub struct Executor {
     pub ops: Operations,
     /// Most new generations started a second, per operation.
     pub starts_per_second: u32,
+    /// Writes a restart's copies.
+    pub restarts: Restarts,
+}
+
+/// Writes the copies of a restart at a later stage in one Kafka
+/// transaction: an instance that dies part-way leaves none of them visible
+/// (every reader is `read_committed`), so the artifact stays at its
+/// generation and the operation's next owner starts it again, instead of
+/// counting a generation that has its first copies but not the last.
+pub struct Restarts {
+    conn: ConnectionConfig,
+    transactional_id: String,
+    /// Created on first use; dropped after an error the transaction cannot
+    /// recover from, for a new one next time.
+    producer: tokio::sync::Mutex<Option<FutureProducer>>,
+}
+
+impl Restarts {
+    /// Transactions under `<group>-restarts-<random>`: operations have one
+    /// owner through the executor's group, so ids need not survive restarts.
+    pub fn new(conn: ConnectionConfig, group: &str) -> Self {
+        Restarts {
+            conn,
+            transactional_id: format!("{group}-restarts-{}", uuid::Uuid::new_v4().simple()),
+            producer: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Sends `records` (topic, key, payload, headers) in one transaction.
+    async fn send(
+        &self,
+        records: Vec<(String, String, Vec<u8>, OwnedHeaders)>,
+    ) -> Result<(), String> {
+        let mut slot = self.producer.lock().await;
+        let producer = match slot.as_ref() {
+            Some(p) => p.clone(),
+            None => {
+                let p: FutureProducer =
+                    artifact_kafka::client::producer_config(&self.conn, "artifact-api-restarts")
+                        .set("transactional.id", &self.transactional_id)
+                        .create()
+                        .map_err(|e| e.to_string())?;
+                let q = p.clone();
+                blocking(move || q.init_transactions(Duration::from_secs(30))).await?;
+                slot.insert(p).clone()
+            }
+        };
+        let result = Self::transaction(&producer, records).await;
+        if let Err(e) = &result {
+            let q = producer.clone();
+            if blocking(move || q.abort_transaction(Duration::from_secs(30)))
+                .await
+                .is_err()
+            {
+                tracing::warn!(error = %e, "restart transaction not aborted: a new producer next time");
+                *slot = None;
+            }
+        }
+        result
+    }
+
+    async fn transaction(
+        producer: &FutureProducer,
+        records: Vec<(String, String, Vec<u8>, OwnedHeaders)>,
+    ) -> Result<(), String> {
+        producer.begin_transaction().map_err(|e| e.to_string())?;
+        for (topic, key, payload, headers) in &records {
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .key(key)
+                        .payload(payload)
+                        .headers(headers.clone()),
+                    Duration::from_secs(15),
+                )
+                .await
+                .map_err(|(e, _)| e.to_string())?;
+        }
+        let q = producer.clone();
+        blocking(move || q.commit_transaction(Duration::from_secs(30))).await
+    }
+}
+
+/// Runs a blocking transaction call off the async threads.
+async fn blocking(
+    f: impl FnOnce() -> rdkafka::error::KafkaResult<()> + Send + 'static,
+) -> Result<(), String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// How often the executor looks for operations to run and for ones done.
@@ -246,6 +337,8 @@ impl Executor {
             }
         };
         let key = item.artifact_id.to_string();
+        let many = records.len() > 1;
+        let mut copies = Vec::with_capacity(records.len());
         for r in records {
             let payload = r
                 .value
@@ -268,6 +361,10 @@ impl Executor {
                     value: Some(value.as_str()),
                 });
             }
+            if many {
+                copies.push((r.topic, key.clone(), payload, h));
+                continue;
+            }
             self.producer
                 .send(
                     FutureRecord::to(&r.topic)
@@ -279,6 +376,9 @@ impl Executor {
                 .instrument(span)
                 .await
                 .map_err(|(e, _)| e.to_string())?;
+        }
+        if many {
+            self.restarts.send(copies).await?;
         }
         Ok(true)
     }
