@@ -54,6 +54,13 @@ pub struct ListQuery {
     pub kind: Option<String>,
     pub q: Option<String>,
     pub since: Option<String>,
+    /// Created at or after, `YYYY-MM-DDTHH:MM` in the viewer's time.
+    pub from: Option<String>,
+    /// Created before, likewise.
+    pub to: Option<String>,
+    /// The viewer's offset from UTC in minutes, as JavaScript's
+    /// `getTimezoneOffset` gives it (UTC minus local); without it, UTC.
+    pub tz: Option<String>,
     pub cursor: Option<String>,
 }
 
@@ -69,12 +76,37 @@ pub struct Filters {
     pub kind: Option<String>,
     pub text: Option<String>,
     pub since_ms: Option<i64>,
+    /// Created before this, in epoch ms.
+    pub until_ms: Option<i64>,
     pub cursor: Option<ArtifactId>,
+}
+
+/// Epoch ms of a date and time of the form `datetime-local` inputs send
+/// (seconds optional; a date alone is its midnight), in the zone `tz_min`
+/// minutes behind UTC.
+fn local_ms(s: &str, tz_min: i64) -> Result<i64, String> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M")
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S"))
+        .or_else(|_| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d").map(|d| d.and_time(Default::default()))
+        })
+        .map(|t| t.and_utc().timestamp_millis() + tz_min * 60_000)
+        .map_err(|_| format!("not a date and time: {s:?}"))
 }
 
 impl Filters {
     /// The filters of a query, or what is wrong with it.
     pub fn parse(q: &ListQuery, now_ms: i64) -> Result<Self, String> {
+        let tz_min = given(&q.tz)
+            .map(|t| {
+                t.parse::<i64>()
+                    .map_err(|_| format!("not a time zone offset: {t:?}"))
+            })
+            .transpose()?
+            .unwrap_or(0)
+            .clamp(-24 * 60, 24 * 60);
+        let from = given(&q.from).map(|s| local_ms(s, tz_min)).transpose()?;
         Ok(Filters {
             state: given(&q.state)
                 .map(|s| {
@@ -98,7 +130,9 @@ impl Filters {
                         .map(|(_, _, ms)| now_ms - ms)
                         .ok_or_else(|| format!("unknown time range {s:?}"))
                 })
-                .transpose()?,
+                .transpose()?
+                .max(from),
+            until_ms: given(&q.to).map(|s| local_ms(s, tz_min)).transpose()?,
             cursor: given(&q.cursor)
                 .map(|c| c.parse().map_err(|_| "the page link is broken".to_owned()))
                 .transpose()?,
@@ -111,6 +145,7 @@ impl Filters {
             || self.kind.is_some()
             || self.text.is_some()
             || self.since_ms.is_some()
+            || self.until_ms.is_some()
     }
 
     /// Whether `v` passes the filters beyond the state.
@@ -135,8 +170,9 @@ impl Filters {
                 return false;
             }
         }
-        if let Some(since) = self.since_ms
-            && v.created_at.unwrap_or(v.updated_at) < since
+        let created = v.created_at.unwrap_or(v.updated_at);
+        if self.since_ms.is_some_and(|since| created < since)
+            || self.until_ms.is_some_and(|until| created >= until)
         {
             return false;
         }
@@ -202,6 +238,9 @@ fn query_string(q: &ListQuery, cursor: Option<ArtifactId>) -> String {
         ("type", &q.kind),
         ("q", &q.q),
         ("since", &q.since),
+        ("from", &q.from),
+        ("to", &q.to),
+        ("tz", &q.tz),
     ] {
         if let Some(v) = given(v) {
             parts.push(format!("{k}={}", encode(v)));
@@ -310,6 +349,13 @@ pub async fn list(
                     }
                 }
             }
+            label { "Created from"
+                input type="datetime-local" name="from" value=[given(&q.from)];
+            }
+            label { "Created before"
+                input type="datetime-local" name="to" value=[given(&q.to)];
+            }
+            input #tz type="hidden" name="tz" value=[given(&q.tz)];
             button type="submit" { "Filter" }
             @if filtered { a.clear href="/ui/artifacts" { "Clear filters" } }
         }

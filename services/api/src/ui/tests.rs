@@ -334,3 +334,45 @@ async fn a_filter_that_matches_little_stops_at_its_budget() {
     let all = find(&st, &Filters::default()).unwrap();
     assert_eq!(all.items.len(), PAGE);
 }
+
+#[test]
+fn a_date_range_is_read_in_the_viewers_time_zone() {
+    let q = ListQuery {
+        from: Some("2026-12-07T10:00".into()),
+        to: Some("2026-12-08".into()),
+        // UTC+2: JavaScript's offset is -120.
+        tz: Some("-120".into()),
+        ..Default::default()
+    };
+    let f = Filters::parse(&q, 0).unwrap();
+    let ten_utc = 1_796_637_600_000; // 2026-12-07T10:00Z
+    assert_eq!(f.since_ms, Some(ten_utc - 2 * 3_600_000));
+    assert_eq!(f.until_ms, Some(ten_utc + 12 * 3_600_000));
+    let at = |ms| {
+        let mut v = snapshot(ArtifactId::new_random(), ArtifactState::Completed, 10);
+        v.created_at = Some(ms);
+        v
+    };
+    assert!(f.admits(&at(ten_utc - 2 * 3_600_000)), "the start is in");
+    assert!(!f.admits(&at(ten_utc - 2 * 3_600_000 - 1)));
+    assert!(f.admits(&at(ten_utc + 12 * 3_600_000 - 1)));
+    assert!(!f.admits(&at(ten_utc + 12 * 3_600_000)), "the end is out");
+    // The later of a preset and a start wins.
+    let q = ListQuery {
+        since: Some("1h".into()),
+        from: Some("1970-01-01T00:00".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        Filters::parse(&q, 7_200_000).unwrap().since_ms,
+        Some(3_600_000)
+    );
+    for bad in [("from", "yesterday"), ("tz", "CET")] {
+        let q = ListQuery {
+            from: (bad.0 == "from").then(|| bad.1.to_owned()),
+            tz: (bad.0 == "tz").then(|| bad.1.to_owned()),
+            ..Default::default()
+        };
+        assert!(Filters::parse(&q, 0).is_err(), "{bad:?}");
+    }
+}

@@ -14,6 +14,9 @@
   }
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
+    // The list's date filters are in the viewer's time: send its offset.
+    var tz = document.getElementById("tz");
+    if (tz) tz.value = String(new Date().getTimezoneOffset());
     var live = document.getElementById("live");
     if (!live || !window.EventSource) return;
     var only = live.dataset.artifact;
