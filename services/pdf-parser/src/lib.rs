@@ -286,21 +286,22 @@ impl Format {
     }
 
     pub(crate) fn from_code(code: u8) -> Option<Format> {
-        [
-            Format::Pdf,
-            Format::Text,
-            Format::Html,
-            Format::Office(Office::Docx),
-            Format::Office(Office::Odt),
-            Format::Office(Office::Pptx),
-            Format::Office(Office::Spreadsheet),
-            Format::Office(Office::Epub),
-            Format::Email,
-            Format::Image,
-        ]
-        .into_iter()
-        .find(|f| f.code() == code)
+        Format::ALL.into_iter().find(|f| f.code() == code)
     }
+
+    /// Every format.
+    pub const ALL: [Format; 10] = [
+        Format::Pdf,
+        Format::Text,
+        Format::Html,
+        Format::Office(Office::Docx),
+        Format::Office(Office::Odt),
+        Format::Office(Office::Pptx),
+        Format::Office(Office::Spreadsheet),
+        Format::Office(Office::Epub),
+        Format::Email,
+        Format::Image,
+    ];
 }
 
 /// Extracts the text of a document of `format` within `limits`, OCRing
