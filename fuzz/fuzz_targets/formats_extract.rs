@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
         ..OcrSettings::default()
     };
     if let Ok(x) = extract(format, bytes, &limits, &ocr) {
-        assert!(x.pages.len() <= limits.max_pages, "{format:?}: {} pages", x.pages.len());
+        assert!(
+            x.pages.len() <= limits.max_pages,
+            "{format:?}: {} pages",
+            x.pages.len()
+        );
         let chars = x.full_text().chars().count();
         assert!(chars <= limits.max_chars, "{format:?}: {chars} characters");
         let _ = x.word_count();
