@@ -10,6 +10,7 @@
 pub use artifact_blob as blob;
 
 pub mod control;
+pub mod counters;
 pub mod dedup;
 mod logfields;
 pub mod otel;

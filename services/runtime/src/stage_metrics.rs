@@ -4,14 +4,8 @@
 //! the start, from the same definitions (a series that appears with its
 //! first increment has no earlier sample for a rate to compare with).
 
+use crate::counters::Counter;
 use std::time::Duration;
-
-/// A counter and the values of its one label besides `stage`, if it has one.
-struct Counter {
-    name: &'static str,
-    help: &'static str,
-    label: Option<(&'static str, &'static [&'static str])>,
-}
 
 const RECORDS_CONSUMED: Counter = Counter {
     name: "artifact_stage_records_consumed_total",
@@ -129,15 +123,7 @@ const RESTORE_SECONDS: (&str, &str) = (
 /// at zero.
 pub(crate) fn describe(stage: &'static str) {
     for c in COUNTERS {
-        metrics::describe_counter!(c.name, c.help);
-        match c.label {
-            Some((key, values)) => {
-                for value in values {
-                    metrics::counter!(c.name, "stage" => stage, key => *value).absolute(0);
-                }
-            }
-            None => metrics::counter!(c.name, "stage" => stage).absolute(0),
-        }
+        c.describe(&[("stage", stage)]);
     }
     for (name, help) in [
         DEDUP_KEYS,
@@ -162,13 +148,7 @@ pub(crate) fn describe(stage: &'static str) {
 }
 
 fn count(c: &Counter, stage: &'static str, value: Option<&'static str>, n: u64) {
-    match (c.label, value) {
-        (Some((key, values)), Some(v)) => {
-            debug_assert!(values.contains(&v), "{} has no {key}={v}", c.name);
-            metrics::counter!(c.name, "stage" => stage, key => v).increment(n);
-        }
-        _ => metrics::counter!(c.name, "stage" => stage).increment(n),
-    }
+    c.add(&[("stage", stage)], value, n);
 }
 
 /// Records of a committed batch, from `source` (`input` or `retry`).
@@ -254,13 +234,6 @@ mod tests {
 
     #[test]
     fn counters_are_named_and_described_once() {
-        let mut names: Vec<&str> = COUNTERS.iter().map(|c| c.name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), COUNTERS.len(), "a counter is defined twice");
-        for c in COUNTERS {
-            assert!(c.name.ends_with("_total"), "{}", c.name);
-            assert!(!c.help.is_empty(), "{} has no help", c.name);
-        }
+        Counter::check_all(&COUNTERS);
     }
 }

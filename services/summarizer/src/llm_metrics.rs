@@ -3,19 +3,13 @@
 //! [`describe`] exports their help and every counter series at zero from
 //! the start, from the same definitions.
 
+use artifact_runtime::counters::Counter;
 use std::time::Duration;
-
-/// A counter and the values of its one label.
-struct Counter {
-    name: &'static str,
-    help: &'static str,
-    label: (&'static str, &'static [&'static str]),
-}
 
 const REQUESTS: Counter = Counter {
     name: "artifact_summarizer_llm_requests_total",
     help: "Requests sent to the LLM endpoint, by how they ended.",
-    label: (
+    label: Some((
         "result",
         &[
             "ok",
@@ -26,17 +20,17 @@ const REQUESTS: Counter = Counter {
             "connection",
             "bad_answer",
         ],
-    ),
+    )),
 };
 const WAITS: Counter = Counter {
     name: "artifact_summarizer_llm_waits_total",
     help: "Waits before an LLM request: for the stage's rate limit, or for the pause an endpoint asked for with Retry-After.",
-    label: ("cause", &["rate_limit", "retry_after"]),
+    label: Some(("cause", &["rate_limit", "retry_after"])),
 };
 const BUDGET_EXHAUSTED: Counter = Counter {
     name: "artifact_summarizer_llm_budget_exhausted_total",
     help: "Processing attempts stopped by their LLM budget, by what ran out.",
-    label: ("budget", &["time", "requests"]),
+    label: Some(("budget", &["time", "requests"])),
 };
 
 const COUNTERS: [&Counter; 3] = [&REQUESTS, &WAITS, &BUDGET_EXHAUSTED];
@@ -53,11 +47,7 @@ const WAIT_SECONDS: (&str, &str) = (
 /// Exports every metric's help text and every counter series at zero.
 pub fn describe() {
     for c in COUNTERS {
-        metrics::describe_counter!(c.name, c.help);
-        let (key, values) = c.label;
-        for value in values {
-            metrics::counter!(c.name, key => *value).absolute(0);
-        }
+        c.describe(&[]);
     }
     for (name, help) in [REQUEST_SECONDS, WAIT_SECONDS] {
         metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
@@ -65,9 +55,7 @@ pub fn describe() {
 }
 
 fn count(c: &Counter, value: &'static str) {
-    let (key, values) = c.label;
-    debug_assert!(values.contains(&value), "{} has no {key}={value}", c.name);
-    metrics::counter!(c.name, key => value).increment(1);
+    c.add(&[], Some(value), 1);
 }
 
 /// One request ended with `result` (a value of [`REQUESTS`]) after `took`.
@@ -93,13 +81,6 @@ mod tests {
 
     #[test]
     fn counters_are_named_and_described_once() {
-        let mut names: Vec<&str> = COUNTERS.iter().map(|c| c.name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), COUNTERS.len(), "a counter is defined twice");
-        for c in COUNTERS {
-            assert!(c.name.ends_with("_total"), "{}", c.name);
-            assert!(!c.help.is_empty(), "{} has no help", c.name);
-        }
+        Counter::check_all(&COUNTERS);
     }
 }
