@@ -328,25 +328,82 @@ fn produce_and_commit(
 /// open transaction, and the batch is read again.
 fn watched<T>(call: &'static str, timeout: Duration, f: impl FnOnce() -> T) -> T {
     let limit = timeout + CALL_OVERRUN;
-    let (done, wait) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::Builder::new()
-        .name("txn-watchdog".into())
-        .spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
-                tracing::error!(
-                    call,
-                    limit_s = limit.as_secs(),
-                    "a librdkafka transaction call did not return past its timeout; exiting so that a restart fences the transaction"
-                );
-                std::process::exit(70);
-            }
-        });
+    let watchdog = Watchdog::get();
+    let id = watchdog.arm(call, Instant::now() + limit);
     let out = f();
-    drop(done);
-    if let Ok(w) = watchdog {
-        let _ = w.join();
-    }
+    watchdog.disarm(id);
     out
+}
+
+type Armed = HashMap<u64, (&'static str, Instant)>;
+
+/// The process's one watchdog thread, shared by every watched call (one
+/// thread rather than one per call: a busy stage makes calls by the
+/// hundred a second).
+struct Watchdog {
+    /// The last id given, and the calls under way: their name and deadline
+    /// by id.
+    armed: Mutex<(u64, Armed)>,
+    changed: Condvar,
+}
+
+impl Watchdog {
+    fn get() -> &'static Watchdog {
+        static WATCHDOG: std::sync::OnceLock<&'static Watchdog> = std::sync::OnceLock::new();
+        WATCHDOG.get_or_init(|| {
+            let w: &'static Watchdog = Box::leak(Box::new(Watchdog {
+                armed: Default::default(),
+                changed: Default::default(),
+            }));
+            if let Err(e) = std::thread::Builder::new()
+                .name("txn-watchdog".into())
+                .spawn(|| w.watch())
+            {
+                tracing::warn!(error = %e, "no watchdog thread: blocked transaction calls are not caught");
+            }
+            w
+        })
+    }
+
+    fn arm(&self, call: &'static str, deadline: Instant) -> u64 {
+        let mut g = self.armed.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        let id = g.0;
+        g.1.insert(id, (call, deadline));
+        self.changed.notify_one();
+        id
+    }
+
+    fn disarm(&self, id: u64) {
+        self.armed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .remove(&id);
+    }
+
+    fn watch(&self) {
+        let mut g = self.armed.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let next = g.1.values().min_by_key(|(_, d)| *d).copied();
+            g = match next {
+                None => self.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
+                Some((call, deadline)) if Instant::now() >= deadline => {
+                    tracing::error!(
+                        call,
+                        "a librdkafka transaction call did not return past its timeout; exiting so that a restart fences the transaction"
+                    );
+                    std::process::exit(70);
+                }
+                Some((_, deadline)) => {
+                    self.changed
+                        .wait_timeout(g, deadline.saturating_duration_since(Instant::now()))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
 }
 
 /// How long past its own timeout a librdkafka call may stay blocked.
@@ -502,5 +559,25 @@ fn send(producer: &StageProducer, o: &Out) -> Result<(), BatchError> {
                 return Err(BatchError::of_transaction("produce", e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod watchdog_tests {
+    use super::*;
+
+    #[test]
+    fn a_watched_call_returns_its_value_and_leaves_nothing_armed() {
+        let out = watched("test", Duration::from_secs(60), || 42);
+        assert_eq!(out, 42);
+        // Calls from several threads at once, each disarmed after.
+        let threads: Vec<_> = (0..8)
+            .map(|i| std::thread::spawn(move || watched("test", Duration::from_secs(60), || i)))
+            .collect();
+        let sum: i32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(sum, 28);
+        let armed = Watchdog::get().armed.lock().unwrap();
+        assert!(armed.1.is_empty(), "{:?}", armed.1);
+        assert!(armed.0 >= 9, "each call armed it");
     }
 }
