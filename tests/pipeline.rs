@@ -239,6 +239,22 @@ impl Pipeline {
         format!("{}{path}", self.api_url)
     }
 
+    /// The JSON an API path answers (with the token).
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.http.get(self.url(path)).send().await?.json().await?)
+    }
+
+    /// The ids of the artifacts a `/v1/artifacts` page lists.
+    pub async fn listed(&self, path: &str) -> anyhow::Result<Vec<String>> {
+        let page = self.get_json(path).await?;
+        Ok(page["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["artifact_id"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// Uploads a raw body with the token.
     pub async fn upload_raw(
         &self,

@@ -65,13 +65,7 @@ async fn a_cancel_stops_an_artifact_mid_pipeline_and_a_reprocess_runs_again() ->
     artifact_pipeline_tests::needs_stack!();
     let mut p = start().await?;
     // The OpenAPI document covers both operations.
-    let doc: serde_json::Value = p
-        .http
-        .get(p.url("/openapi.json"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let doc: serde_json::Value = p.get_json("/openapi.json").await?;
     assert!(doc["paths"]["/v1/artifacts/{id}/cancel"]["post"].is_object());
     assert!(doc["paths"]["/v1/artifacts/{id}"]["delete"].is_object());
 
@@ -304,19 +298,6 @@ async fn erased_artifacts_leave_no_blob_status_or_dedup_entry() -> anyhow::Resul
         p.status(&kept).await.expect("kept").state,
         ArtifactState::Completed
     );
-    let list: serde_json::Value = p
-        .http
-        .get(p.url("/v1/artifacts"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let listed: Vec<&str> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["artifact_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, [kept.as_str()]);
+    assert_eq!(p.listed("/v1/artifacts").await?, [kept.as_str()]);
     Ok(())
 }

@@ -158,38 +158,18 @@ async fn documents_reach_their_final_states_through_the_api() -> anyhow::Result<
     assert!(v.summary.is_some());
 
     // Listing by state, a page at a time.
-    let page: Value = p
-        .http
-        .get(p.url("/v1/artifacts?state=FAILED"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let failed: Vec<&str> = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["artifact_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(failed, vec![corrupt.as_str()]);
-    let first: Value = p
-        .http
-        .get(p.url("/v1/artifacts?limit=2"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    assert_eq!(
+        p.listed("/v1/artifacts?state=FAILED").await?,
+        [corrupt.as_str()]
+    );
+    let first: Value = p.get_json("/v1/artifacts?limit=2").await?;
     assert_eq!(first["items"].as_array().unwrap().len(), 2);
     let cursor = first["next_cursor"]
         .as_str()
         .expect("more pages")
         .to_owned();
     let second: Value = p
-        .http
-        .get(p.url(&format!("/v1/artifacts?limit=2&cursor={cursor}")))
-        .send()
-        .await?
-        .json()
+        .get_json(&format!("/v1/artifacts?limit=2&cursor={cursor}"))
         .await?;
     assert_eq!(second["items"].as_array().unwrap().len(), 2);
     assert!(second["next_cursor"].is_null());
@@ -309,24 +289,12 @@ async fn auth_limits_idempotency_restart_and_a_killed_stage() -> anyhow::Result<
     assert_eq!(r.status(), 409);
     let v = p.wait_final(&a, 1).await?;
     assert_eq!(v.state, ArtifactState::Completed);
-    let list: Value = p
-        .http
-        .get(p.url("/v1/artifacts"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let list: Value = p.get_json("/v1/artifacts").await?;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 
     // The OpenAPI document lists every route, the probes and metrics
     // included.
-    let doc: Value = p
-        .http
-        .get(p.url("/openapi.json"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let doc: Value = p.get_json("/openapi.json").await?;
     assert_eq!(doc["info"]["title"], "artifact-pipeline API");
     for path in [
         "/v1/artifacts",

@@ -127,13 +127,7 @@ async fn failed_artifacts_are_reprocessed_from_the_summarizer_without_parsing_ag
         ],
     )
     .await?;
-    let doc: Value = p
-        .http
-        .get(p.url("/openapi.json"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let doc: Value = p.get_json("/openapi.json").await?;
     assert!(doc["paths"]["/v1/reprocess"]["post"].is_object());
     assert!(doc["paths"]["/v1/reprocess/{op}"]["get"].is_object());
 
