@@ -7,6 +7,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// How long an upload may go without sending a byte or getting its answer.
+pub const STALLED: Duration = Duration::from_secs(120);
+
+/// Bytes read from a file at a time when uploading it.
+const CHUNK: usize = 256 << 10;
+
 /// An API endpoint and its token.
 pub struct Api {
     /// Base URL, e.g. http://127.0.0.1:8080.
@@ -14,6 +20,8 @@ pub struct Api {
     /// Bearer token, if any.
     pub token: Option<String>,
     http: reqwest::Client,
+    /// Without a total timeout, which would cut off large uploads.
+    upload_http: reqwest::Client,
 }
 
 /// What an upload answered.
@@ -47,6 +55,10 @@ impl Api {
                 .timeout(Duration::from_secs(300))
                 .build()
                 .expect("HTTP client builds"),
+            upload_http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .expect("HTTP client builds"),
         }
     }
 
@@ -67,39 +79,72 @@ impl Api {
         }
     }
 
-    /// Uploads a file (raw body, declared type from `content_type` or the extension).
+    /// Uploads a file as a raw body streamed from disk (with its
+    /// Content-Length), the declared type from `content_type` or the
+    /// extension; `progress` counts the bytes as they go out. No total timeout:
+    /// an upload fails when no byte went out and no answer came for
+    /// [`STALLED`].
     pub async fn upload(
         &self,
         path: &Path,
         content_type: Option<&str>,
         idempotency_key: Option<&str>,
+        progress: &indicatif::ProgressBar,
     ) -> anyhow::Result<Accepted> {
-        let bytes = tokio::fs::read(path)
+        use futures::TryStreamExt;
+        let file = tokio::fs::File::open(path)
             .await
             .with_context(|| format!("reading {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        anyhow::ensure!(meta.is_file(), "{} is not a file", path.display());
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("upload");
+        progress.set_length(meta.len());
+        let counter = progress.clone();
+        let chunks = tokio_util::io::ReaderStream::with_capacity(file, CHUNK).map_ok(move |c| {
+            counter.inc(c.len() as u64);
+            http_body::Frame::data(c)
+        });
+        let body = reqwest::Body::wrap(http_body_util::StreamBody::new(chunks));
         let mut rb = self
-            .http
+            .upload_http
             .post(format!(
                 "{}/v1/artifacts?filename={}",
                 self.url,
                 percent_encode(name)
             ))
-            .body(bytes);
+            .header("content-length", meta.len())
+            .body(body);
         if let Some(t) = content_type.or_else(|| guess_type(path)) {
             rb = rb.header("content-type", t);
         }
         if let Some(k) = idempotency_key {
             rb = rb.header("idempotency-key", k);
         }
-        let resp = self
-            .auth(rb)
-            .send()
-            .await
-            .with_context(|| format!("artifact-api at {} did not answer", self.url))?;
+        let send = self.auth(rb).send();
+        tokio::pin!(send);
+        let mut seen = (progress.position(), Instant::now());
+        let resp = loop {
+            tokio::select! {
+                r = &mut send => break r.with_context(|| format!("artifact-api at {} did not answer", self.url))?,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let now = progress.position();
+                    if now != seen.0 {
+                        seen = (now, Instant::now());
+                    } else if seen.1.elapsed() > STALLED {
+                        return Err(crate::exit::Failure::Unavailable(format!(
+                            "upload of {}: artifact-api at {} took no byte and gave no answer for {STALLED:?}",
+                            path.display(), self.url
+                        )).into());
+                    }
+                }
+            }
+        };
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -109,7 +154,8 @@ impl Api {
                 &body,
             ));
         }
-        Ok(serde_json::from_str(&body)?)
+        serde_json::from_str(&body)
+            .with_context(|| format!("upload of {}: not the API's answer: {body}", path.display()))
     }
 
     /// An artifact's status, `None` while the API does not know it yet.
@@ -134,14 +180,16 @@ impl Api {
     /// generation, printing a line whenever one moves on. It follows the
     /// API's event stream and looks each artifact up at the start, when the
     /// stream fell behind, and every few seconds; without a stream (an API
-    /// that has none) it looks them up four times a second.
+    /// that has none) it looks them up four times a second. Lines go to
+    /// stderr if `to_stderr` (stdout is for a JSON document).
     pub async fn wait(
         &self,
         ids: &[(String, u32, String)],
         timeout: Duration,
-    ) -> anyhow::Result<Vec<StatusView>> {
+        to_stderr: bool,
+    ) -> anyhow::Result<Waited> {
         let deadline = Instant::now() + timeout;
-        let mut w = Waiting::new(ids);
+        let mut w = Waiting::new(ids, to_stderr);
         // Subscribed before the first look, so no change falls in between.
         let mut events = self.events().await.ok();
         let mut look = true;
@@ -154,16 +202,13 @@ impl Api {
                 }
                 look = false;
             }
-            if w.pending().is_empty() {
-                return Ok(w.done);
-            }
-            if Instant::now() > deadline {
-                return Err(crate::exit::Failure::Timeout(format!(
-                    "{} of {} artifacts reached a final state within {timeout:?}",
-                    w.done.len(),
-                    ids.len()
-                ))
-                .into());
+            let timed_out = Instant::now() > deadline;
+            if w.pending().is_empty() || timed_out {
+                return Ok(Waited {
+                    done: w.done,
+                    latest: w.latest,
+                    timed_out,
+                });
             }
             let Some(stream) = events.as_mut() else {
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -200,20 +245,34 @@ impl Api {
     }
 }
 
+/// What a wait saw.
+pub struct Waited {
+    /// The final snapshots, in the order they were reached.
+    pub done: Vec<StatusView>,
+    /// The latest snapshot of each artifact, by id.
+    pub latest: BTreeMap<String, StatusView>,
+    /// Whether the time ran out before every artifact was final.
+    pub timed_out: bool,
+}
+
 /// The artifacts waited for: which final snapshot each reached, and the
 /// line last printed for it.
 struct Waiting<'a> {
     ids: &'a [(String, u32, String)],
     last: BTreeMap<String, String>,
+    latest: BTreeMap<String, StatusView>,
     done: Vec<StatusView>,
+    to_stderr: bool,
 }
 
 impl<'a> Waiting<'a> {
-    fn new(ids: &'a [(String, u32, String)]) -> Self {
+    fn new(ids: &'a [(String, u32, String)], to_stderr: bool) -> Self {
         Waiting {
             ids,
             last: BTreeMap::new(),
+            latest: BTreeMap::new(),
             done: Vec::new(),
+            to_stderr,
         }
     }
 
@@ -239,12 +298,17 @@ impl<'a> Waiting<'a> {
         }
         let line = progress_line(&v, name);
         if self.last.get(&id) != Some(&line) {
-            println!("{line}");
-            self.last.insert(id, line);
+            if self.to_stderr {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+            self.last.insert(id.clone(), line);
         }
         if v.state.is_terminal() {
-            self.done.push(v);
+            self.done.push(v.clone());
         }
+        self.latest.insert(id, v);
     }
 }
 

@@ -4,8 +4,8 @@
 
 /// Done.
 pub const OK: u8 = 0;
-/// The operation failed (or, with `upload --wait`, an artifact ended
-/// FAILED or CANCELLED).
+/// The operation failed: with `upload`, some files failed (or failures of
+/// different kinds), or with `--wait` an artifact ended FAILED or CANCELLED.
 pub const FAILURE: u8 = 1;
 /// Bad command line (clap's own code).
 pub const USAGE: u8 = 2;
@@ -15,7 +15,7 @@ pub const NOT_FOUND: u8 = 3;
 pub const UNAUTHORISED: u8 = 4;
 /// The API, Kafka or the registry did not answer, or answered 502–504.
 pub const UNAVAILABLE: u8 = 5;
-/// `--wait` ran out of time.
+/// `--wait` (upload, reprocess) ran out of time.
 pub const TIMEOUT: u8 = 6;
 
 /// A failure with an exit code of its own.

@@ -11,6 +11,7 @@ mod ops;
 mod read;
 mod reprocess;
 mod stage;
+mod upload;
 
 use anyhow::Context;
 use artifact_domain::Stage;
@@ -22,7 +23,6 @@ use artifact_kafka::topics::{
 };
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use read::Output;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -68,21 +68,9 @@ enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
-    /// Uploads files through artifact-api.
-    Upload {
-        /// Files to upload.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Declared MIME type (default: from the file extension, if known).
-        #[arg(long)]
-        content_type: Option<String>,
-        /// Waits until every artifact reached a final state, showing progress.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits, in seconds.
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
-    },
+    /// Uploads files through artifact-api, streamed from disk, several at
+    /// once (`--parallel`); one file's failure does not stop the others.
+    Upload(upload::UploadArgs),
     /// Shows an artifact's status (JSON unless `--output table`).
     Status {
         /// Artifact id.
@@ -355,63 +343,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 registered.len()
             );
         }
-        Command::Upload {
-            files,
-            content_type,
-            wait,
-            timeout,
-        } => {
-            let mut ids = vec![];
-            for f in &files {
-                let a = api.upload(f, content_type.as_deref(), None).await?;
-                let name = f
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                println!(
-                    "uploaded {} as {} (generation {})",
-                    f.display(),
-                    a.artifact_id,
-                    a.generation
-                );
-                ids.push((a.artifact_id, a.generation, name));
-            }
-            if wait {
-                let done = api.wait(&ids, Duration::from_secs(timeout)).await?;
-                println!();
-                if done.iter().any(|v| {
-                    matches!(
-                        v.state,
-                        artifact_domain::ArtifactState::Failed
-                            | artifact_domain::ArtifactState::Cancelled
-                    )
-                }) {
-                    code = exit::FAILURE;
-                }
-                for v in done {
-                    let name = v.context.filename.clone().unwrap_or_default();
-                    match (&v.failed_stage, &v.summary) {
-                        _ if v.state == artifact_domain::ArtifactState::Cancelled => {
-                            println!("{name}: CANCELLED")
-                        }
-                        (Some(stage), _) => println!(
-                            "{name}: FAILED at {stage}: {}",
-                            v.failure_reason.as_deref().unwrap_or_default()
-                        ),
-                        (None, Some(s)) => println!("{name}: COMPLETED, summary: {s}"),
-                        (None, None) => {
-                            let why = v
-                                .timeline
-                                .iter()
-                                .rev()
-                                .find_map(|r| r.outcome.reason())
-                                .unwrap_or_default();
-                            println!("{name}: COMPLETED without a summary ({why})")
-                        }
-                    }
-                }
-            }
+        Command::Upload(args) => {
+            code = upload::run(&api, args, cli.output == Some(Output::Json)).await?;
         }
         Command::Status { id } => match api.status(&id).await? {
             Some(v) if cli.output == Some(Output::Table) => print!("{}", read::status_table(&v)),
@@ -573,7 +506,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             read::print_json(&stage::read(&cli.conn).await?)?;
         }
         Command::Stage { command } => stage::run(&cli.conn, command).await?,
-        Command::Reprocess(args) => reprocess::run(&api, args).await?,
+        Command::Reprocess(args) => {
+            code = reprocess::run(&api, args, cli.output == Some(Output::Json)).await?;
+        }
     }
     Ok(code)
 }

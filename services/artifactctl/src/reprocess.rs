@@ -3,7 +3,8 @@
 //! bar on a terminal, as a line per change otherwise.
 
 use crate::api::Api;
-use anyhow::{Context, bail};
+use crate::exit;
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use std::io::IsTerminal;
@@ -59,8 +60,24 @@ impl Api {
     }
 }
 
-/// Runs `artifactctl reprocess`.
-pub async fn run(api: &Api, a: ReprocessArgs) -> anyhow::Result<()> {
+/// Runs `artifactctl reprocess`; with `json`, one JSON document on stdout
+/// (the API's answer, or with `--wait` the operation's final progress).
+/// Exit code: [`exit::USAGE`] for a selector that picks nothing or that the
+/// API calls bad (400), [`exit::TIMEOUT`] for a `--wait` that ran out of
+/// time, [`exit::FAILURE`] when some selected artifacts were skipped.
+pub async fn run(api: &Api, a: ReprocessArgs, json: bool) -> anyhow::Result<u8> {
+    if a.state.is_none()
+        && a.stage.is_none()
+        && a.detected_type.is_none()
+        && a.created_from.is_none()
+        && a.created_to.is_none()
+        && a.ids.is_empty()
+    {
+        return Err(exit::Failure::Usage(
+            "nothing to reprocess: give a selector (--state, --stage, --type, --created-from, --created-to or --id)".into(),
+        )
+        .into());
+    }
     let body = serde_json::json!({
         "state": a.state,
         "failed_stage": a.stage,
@@ -74,12 +91,13 @@ pub async fn run(api: &Api, a: ReprocessArgs) -> anyhow::Result<()> {
     let url = format!("{}/v1/reprocess", api.url);
     let (status, v) = api.send_json(api.http().post(url).json(&body)).await?;
     if !(200..300).contains(&status) {
-        let detail = v["detail"]
-            .as_str()
-            .map_or_else(|| v.to_string(), str::to_owned);
-        bail!("reprocess refused: {status}: {detail}");
+        return Err(refused("reprocess refused", status, &v));
     }
     if a.dry_run {
+        if json {
+            crate::read::print_json(&v)?;
+            return Ok(exit::OK);
+        }
         println!(
             "would reprocess {} artifact(s); {} cannot start there",
             v["selected"], v["refused"]
@@ -87,21 +105,55 @@ pub async fn run(api: &Api, a: ReprocessArgs) -> anyhow::Result<()> {
         for e in v["refused_examples"].as_array().into_iter().flatten() {
             println!("  {}", e.as_str().unwrap_or_default());
         }
-        return Ok(());
+        return Ok(exit::OK);
     }
     let op = v["operation_id"].as_str().unwrap_or_default().to_owned();
-    println!("operation {op}: {} artifact(s) selected", v["selected"]);
-    if a.wait {
-        wait(api, &op, Duration::from_secs(a.timeout)).await?;
+    if !a.wait {
+        if json {
+            crate::read::print_json(&v)?;
+        } else {
+            println!("operation {op}: {} artifact(s) selected", v["selected"]);
+        }
+        return Ok(exit::OK);
     }
-    Ok(())
+    if !json {
+        println!("operation {op}: {} artifact(s) selected", v["selected"]);
+    }
+    let last = wait(api, &op, Duration::from_secs(a.timeout), json).await?;
+    if json {
+        crate::read::print_json(&last)?;
+    }
+    if last["skipped"].as_u64().unwrap_or_default() > 0 {
+        eprintln!(
+            "error: operation {op} skipped {} artifact(s): gone, or their earlier outcomes no longer in the log",
+            last["skipped"]
+        );
+        return Ok(exit::FAILURE);
+    }
+    Ok(exit::OK)
 }
 
-/// Follows the operation until it finishes.
-async fn wait(api: &Api, op: &str, timeout: Duration) -> anyhow::Result<()> {
+/// The error for an API answer that is not a success; a 400 is a bad
+/// selector, a usage error.
+fn refused(what: &str, status: u16, v: &Value) -> anyhow::Error {
+    let detail = v["detail"]
+        .as_str()
+        .map_or_else(|| v.to_string(), str::to_owned);
+    match reqwest::StatusCode::from_u16(status) {
+        Ok(s) if s == reqwest::StatusCode::BAD_REQUEST => {
+            exit::Failure::Usage(format!("{what}: {status}: {detail}")).into()
+        }
+        Ok(s) => exit::http(what, s, &detail),
+        Err(_) => anyhow::anyhow!("{what}: {status}: {detail}"),
+    }
+}
+
+/// Follows the operation until it finishes; its last progress. The bar
+/// (stderr, a terminal, not `json`) or a line per change on stderr.
+async fn wait(api: &Api, op: &str, timeout: Duration, json: bool) -> anyhow::Result<Value> {
     let url = format!("{}/v1/reprocess/{op}", api.url);
     let deadline = Instant::now() + timeout;
-    let bar = std::io::stderr().is_terminal().then(|| {
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::new(0);
         b.set_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} done {msg} [{elapsed}]")
@@ -113,7 +165,7 @@ async fn wait(api: &Api, op: &str, timeout: Duration) -> anyhow::Result<()> {
     loop {
         let (status, v) = api.send_json(api.http().get(&url)).await?;
         if status != 200 {
-            bail!("progress of {op}: {status}: {v}");
+            return Err(refused(&format!("progress of {op}"), status, &v));
         }
         let n = |k: &str| v[k].as_u64().unwrap_or_default();
         let line = format!(
@@ -141,11 +193,16 @@ async fn wait(api: &Api, op: &str, timeout: Duration) -> anyhow::Result<()> {
             if let Some(b) = bar {
                 b.finish();
             }
-            println!("operation {op} finished: {last}");
-            return Ok(());
+            if !json {
+                println!("operation {op} finished: {last}");
+            }
+            return Ok(v);
         }
         if Instant::now() > deadline {
-            bail!("operation {op} not finished within {timeout:?}: {last}");
+            return Err(exit::Failure::Timeout(format!(
+                "operation {op} not finished within {timeout:?}: {last}"
+            ))
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

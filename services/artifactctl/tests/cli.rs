@@ -1,6 +1,8 @@
 //! The built `artifactctl` binary: exit codes, flags before or after the
-//! subcommand, JSON output, completions and the man page. Nothing here
-//! needs the stack (tests/tests/attempts.rs runs it against a real API).
+//! subcommand, JSON output, completions, the man page, and how uploads to an
+//! API that does not answer fail. Nothing here needs the stack
+//! (tests/tests/attempts.rs and artifactctl_upload.rs run it against a real
+//! API).
 
 use std::process::{Command, Output};
 
@@ -102,4 +104,58 @@ fn completions_and_the_man_page() {
         "{page}"
     );
     assert!(page.contains("\\-\\-output"), "documents the global flags");
+}
+
+#[test]
+fn uploads_report_each_file_and_exit_with_the_failures_code() {
+    let closed = "http://127.0.0.1:1";
+    assert_eq!(code(&ctl(&["upload", "--parallel", "0", "x.txt"])), 2);
+    let dir = std::env::temp_dir().join(format!("artifactctl-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a.txt");
+    std::fs::write(&file, "some text").unwrap();
+    let file = file.to_str().unwrap();
+    let missing = dir.join("missing.txt");
+    let missing = missing.to_str().unwrap();
+    // Every upload failed the same way: that failure's code.
+    let out = ctl(&["upload", file, file, "--api-url", closed]);
+    assert_eq!(code(&out), 5, "{out:?}");
+    let out = ctl(&["upload", missing, "--api-url", closed]);
+    assert_eq!(code(&out), 1, "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.txt"), "{stderr}");
+    // Failures of different kinds: 1, and each file's outcome in the JSON.
+    let out = ctl(&[
+        "upload",
+        file,
+        missing,
+        "--api-url",
+        closed,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code(&out), 1, "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let errors: Vec<&str> = doc
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["error"].as_str().unwrap_or_default())
+        .collect();
+    assert!(errors[0].contains("did not answer"), "{errors:?}");
+    assert!(errors[1].contains("missing.txt"), "{errors:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_reprocess_without_a_selector_is_a_usage_error() {
+    let out = ctl(&[
+        "reprocess",
+        "--from",
+        "summarizer",
+        "--api-url",
+        "http://127.0.0.1:1",
+    ]);
+    assert_eq!(code(&out), 2, "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to reprocess"));
 }
