@@ -1,12 +1,12 @@
 //! `artifactctl lag-exporter`: serves the stages' consumer lag to
 //! Prometheus from a process of its own, so the lag is there while a stage
-//! is down. It reads the broker every `--interval` ([`crate::lag`]) and
+//! is down. It reads the broker every `--interval` ([`artifact_kafka::lag`]) and
 //! exports kafka_exporter's metric names and labels, so dashboards and
 //! alerts written for kafka_exporter work unchanged, plus a time-to-drain
 //! estimate per group. It only reads: it never joins or commits for a group.
 
-use crate::lag::{DrainEstimate, LagReader, PartitionLag, stage_groups};
 use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::lag::{DrainEstimate, LagReader, PartitionLag, stage_groups};
 use artifact_runtime::telemetry::{Health, OpsDoc, health_router, init_logging, metrics_handle};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -5,7 +5,6 @@
 mod api;
 mod control;
 mod exit;
-mod lag;
 mod lag_exporter;
 mod ops;
 mod read;
@@ -16,6 +15,7 @@ mod upload;
 use anyhow::Context;
 use artifact_domain::Stage;
 use artifact_kafka::config::ConnectionConfig;
+use artifact_kafka::dead_letters;
 use artifact_kafka::schemas::RegistryAdmin;
 use artifact_kafka::topics::{
     DEFAULT_COMPACTED_SEGMENT_MS, DEFAULT_DLQ_RETENTION_MS, TopicNames, ensure_topics,
@@ -379,7 +379,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Lag { group_prefix } => {
             let conn = cli.conn.clone();
             let rows = tokio::task::spawn_blocking(move || {
-                lag::LagReader::new(&conn, lag::stage_groups(&conn, &group_prefix))?.read()
+                artifact_kafka::lag::LagReader::new(
+                    &conn,
+                    artifact_kafka::lag::stage_groups(&conn, &group_prefix),
+                )?
+                .read()
             })
             .await??;
             if cli.output == Some(Output::Json) {
@@ -427,7 +431,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             command: DlqCommand::List { stage },
         } => {
             let conn = cli.conn.clone();
-            let dead = tokio::task::spawn_blocking(move || ops::read_dlq(&conn, stage)).await??;
+            let dead =
+                tokio::task::spawn_blocking(move || dead_letters::read_dlq(&conn, stage)).await??;
             if cli.output == Some(Output::Json) {
                 use rdkafka::Message;
                 let letters: Vec<serde_json::Value> = dead
@@ -438,12 +443,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                             "topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
                             "replayed": dead.is_replayed(m),
                             "key": m.key().map(String::from_utf8_lossy),
-                            "error_kind": ops::header(m, "x-error-kind"),
-                            "error": ops::header(m, "x-error"),
-                            "source_topic": ops::header(m, "x-source-topic"),
-                            "source_partition": ops::header(m, "x-source-partition"),
-                            "source_offset": ops::header(m, "x-source-offset"),
-                            "payload_omitted_bytes": ops::header(m, "x-payload-omitted"),
+                            "error_kind": dead_letters::header(m, "x-error-kind"),
+                            "error": dead_letters::header(m, "x-error"),
+                            "source_topic": dead_letters::header(m, "x-source-topic"),
+                            "source_partition": dead_letters::header(m, "x-source-partition"),
+                            "source_offset": dead_letters::header(m, "x-source-offset"),
+                            "payload_omitted_bytes": dead_letters::header(m, "x-payload-omitted"),
                         })
                     })
                     .collect();
@@ -457,15 +462,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     m.partition(),
                     m.offset(),
                     if dead.is_replayed(m) { " replayed" } else { "" },
-                    ops::header(m, "x-payload-omitted")
+                    dead_letters::header(m, "x-payload-omitted")
                         .map(|n| format!(" (its {n} bytes not kept)"))
                         .unwrap_or_default(),
                     m.key().map(String::from_utf8_lossy).unwrap_or_default(),
-                    ops::header(m, "x-error-kind").unwrap_or_default(),
-                    ops::header(m, "x-source-topic").unwrap_or_default(),
-                    ops::header(m, "x-source-partition").unwrap_or_default(),
-                    ops::header(m, "x-source-offset").unwrap_or_default(),
-                    ops::header(m, "x-error").unwrap_or_default(),
+                    dead_letters::header(m, "x-error-kind").unwrap_or_default(),
+                    dead_letters::header(m, "x-source-topic").unwrap_or_default(),
+                    dead_letters::header(m, "x-source-partition").unwrap_or_default(),
+                    dead_letters::header(m, "x-source-offset").unwrap_or_default(),
+                    dead_letters::header(m, "x-error").unwrap_or_default(),
                 );
             }
             let waiting = dead.waiting().count();
@@ -479,20 +484,21 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             command: DlqCommand::Replay { stage, all },
         } => {
             let conn = cli.conn.clone();
-            let dead = tokio::task::spawn_blocking(move || ops::read_dlq(&conn, stage)).await??;
+            let dead =
+                tokio::task::spawn_blocking(move || dead_letters::read_dlq(&conn, stage)).await??;
             let letters: Vec<&rdkafka::message::OwnedMessage> = if all {
                 dead.letters.iter().collect()
             } else {
                 dead.waiting().collect()
             };
             for m in &letters {
-                if let Some(why) = ops::not_replayable(m) {
+                if let Some(why) = dead_letters::not_replayable(m) {
                     use rdkafka::Message;
                     println!("skipped {}:{}: {why}", m.partition(), m.offset());
                 }
             }
-            let n = ops::replay(&cli.conn, &letters).await?;
-            ops::mark_replayed(&cli.conn, stage, &letters)?;
+            let n = dead_letters::replay(&cli.conn, &letters).await?;
+            dead_letters::mark_replayed(&cli.conn, stage, &letters)?;
             println!("replayed {n} dead letters of {stage} to their source topics");
         }
         Command::Cancel { id } => {
@@ -503,7 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stage {
             command: stage::StageCommand::Status,
         } if cli.output == Some(Output::Json) => {
-            read::print_json(&stage::read(&cli.conn).await?)?;
+            read::print_json(&artifact_kafka::stage_control::read(&cli.conn).await?)?;
         }
         Command::Stage { command } => stage::run(&cli.conn, command).await?,
         Command::Reprocess(args) => {

@@ -4,14 +4,18 @@
 //! catalogue and its creation ([`topics`]), schema registration
 //! ([`schemas`]), the Avro codec in the Confluent wire format ([`codec`]),
 //! the names of the headers the pipeline writes ([`headers`]), trace
-//! propagation ([`trace`]) and the stage-control records
-//! ([`stage_control`]). Nothing here knows about stages or HTTP.
+//! propagation ([`trace`]), the stage-control records and their topic
+//! ([`stage_control`]), and what operators read from the broker: the stages'
+//! consumer lag ([`lag`]) and their dead letters ([`dead_letters`]).
+//! Nothing here knows about HTTP.
 
 mod avro_write;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod dead_letters;
 pub mod headers;
+pub mod lag;
 pub mod schemas;
 pub mod stage_control;
 pub mod topics;

@@ -1,6 +1,7 @@
 //! Consumer lag of the stages' groups, read from the broker alone, so it is
-//! there while a stage is down: `artifactctl lag` prints it once and
-//! `artifactctl lag-exporter` serves it to Prometheus.
+//! there while a stage is down: `artifactctl lag` prints it once,
+//! `artifactctl lag-exporter` serves it to Prometheus and the console's
+//! stages page shows it.
 //!
 //! Each stage's group reads its input topic and commits on its retry topic
 //! too. Lag of a partition is what a `read_committed` reader starting at the
@@ -12,11 +13,11 @@
 //! one is taken as the offset difference, which counts at most one marker
 //! per transaction.
 
+use crate::client::consumer_config;
+use crate::config::ConnectionConfig;
+use crate::topics::{TopicNames, partition_counts};
 use anyhow::Context;
 use artifact_domain::Stage;
-use artifact_kafka::client::consumer_config;
-use artifact_kafka::config::ConnectionConfig;
-use artifact_kafka::topics::{TopicNames, partition_counts};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -63,6 +64,15 @@ pub struct PartitionLag {
     pub high: i64,
     /// Records behind.
     pub lag: i64,
+}
+
+/// A group's live consumers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMembers {
+    /// The coordinator's word for the group's state.
+    pub state: String,
+    /// Each member's client id and host.
+    pub members: Vec<String>,
 }
 
 /// Where a reader of the group starts in a partition, and the offsets up to
@@ -148,6 +158,34 @@ impl LagReader {
         }
         self.count_small_gaps(&mut rows)?;
         Ok(rows)
+    }
+
+    /// The members of each group (its live consumers: a stage's replicas)
+    /// and the group's state as the coordinator tells it (`Stable`,
+    /// `Empty`, `PreparingRebalance`...).
+    pub fn members(&self) -> anyhow::Result<BTreeMap<String, GroupMembers>> {
+        let mut out = BTreeMap::new();
+        for (g, consumer) in &self.groups {
+            let list = consumer
+                .fetch_group_list(Some(&g.group), TIMEOUT)
+                .with_context(|| format!("describing the group {}", g.group))?;
+            let info = list.groups().iter().find(|i| i.name() == g.group);
+            out.insert(
+                g.group.clone(),
+                GroupMembers {
+                    state: info.map_or_else(|| "Dead".to_owned(), |i| i.state().to_owned()),
+                    members: info
+                        .map(|i| {
+                            i.members()
+                                .iter()
+                                .map(|m| format!("{} ({})", m.client_id(), m.client_host()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// Replaces the lag of each partition with a gap of at most
@@ -291,6 +329,13 @@ impl DrainEstimate {
             return None;
         }
         Some(((c1 - c0).max(0) as f64) / secs)
+    }
+
+    /// The time the rate spans (`None` before two samples).
+    pub fn span(&self) -> Option<Duration> {
+        let (t0, _) = self.samples.front()?;
+        let (t1, _) = self.samples.back()?;
+        (t1 > t0).then(|| t1.duration_since(*t0))
     }
 
     /// Seconds until `lag` is consumed at the recent rate: 0 with no lag,
