@@ -86,9 +86,9 @@ fn read_letters(
     let n = *partition_counts(conn, std::slice::from_ref(&topic), timeout)?
         .get(&topic)
         .with_context(|| format!("topic {topic} does not exist"))?;
-    let consumer: BaseConsumer = replay_group_client(conn, stage)
+    let consumer: BaseConsumer<crate::lag::ProbeContext> = replay_group_client(conn, stage)
         .set("enable.partition.eof", "true")
-        .create()?;
+        .create_with_context(crate::lag::ProbeContext)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..n as i32 {
         let from = match tail {

@@ -273,10 +273,10 @@ impl LagReader {
     }
 }
 
-/// The context of the reader that counts records behind: it reaches the
-/// partitions' ends on purpose, which librdkafka also reports as a global
-/// error; only other errors are logged.
-struct ProbeContext;
+/// The context of a reader that reaches the partitions' ends on purpose
+/// (counting records behind, reading dead letters or stage control), which
+/// librdkafka also reports as a global error; only other errors are logged.
+pub(crate) struct ProbeContext;
 
 impl rdkafka::ClientContext for ProbeContext {
     fn error(&self, error: KafkaError, reason: &str) {

@@ -121,9 +121,10 @@ fn read_raw(conn: &ConnectionConfig) -> anyhow::Result<Vec<OwnedMessage>> {
         .with_context(|| {
             format!("topic {topic} does not exist; create it with `artifactctl topics create`")
         })?;
-    let consumer: BaseConsumer = consumer_config(conn, "artifactctl", "artifactctl-unused")
-        .set("enable.partition.eof", "true")
-        .create()?;
+    let consumer: BaseConsumer<crate::lag::ProbeContext> =
+        consumer_config(conn, "artifactctl", "artifactctl-unused")
+            .set("enable.partition.eof", "true")
+            .create_with_context(crate::lag::ProbeContext)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..n as i32 {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
