@@ -226,6 +226,11 @@ impl Pipeline {
             "REPROCESS_GROUP",
             format!("{}.reprocess", self.env.conn.topic_prefix),
         ));
+        // The console reads the stages' groups as start_stage names them.
+        vars.push((
+            "CONSOLE_STAGE_GROUP_PREFIX",
+            format!("{}.", self.env.conn.topic_prefix),
+        ));
         vars.extend(self.api_vars.iter().cloned());
         let api = StageProcess::start(&self.env, bin, &vars)?;
         wait_until("the API ready", Duration::from_secs(60), || api.is_ready()).await?;

@@ -5,6 +5,7 @@
 //   API_TOKEN    a token it accepts
 //   GOOD_PDF, CORRUPT_PDF  documents to upload
 //   SHOTS        where screenshots go
+//   POISON_ID    the key of a record written undecodable to mime-detector's input
 // Every wait has a deadline; a failed step exits non-zero with what failed.
 import { chromium } from "playwright-core";
 import { createServer } from "node:http";
@@ -21,6 +22,19 @@ const token = need("API_TOKEN");
 const shots = need("SHOTS");
 mkdirSync(shots, { recursive: true });
 const WAIT = 120_000;
+const poison = need("POISON_ID");
+const STAGES = ["mime-detector", "location-logger", "pdf-parser", "summarizer"];
+
+// Loads `url` again until `selector` is on it, within WAIT.
+async function reloadUntil(url, selector) {
+  const deadline = Date.now() + WAIT;
+  for (;;) {
+    await page.goto(url);
+    if (await page.$(selector)) return;
+    if (Date.now() > deadline) throw new Error(`${url} never showed ${selector}`);
+    await page.waitForTimeout(1000);
+  }
+}
 
 function step(what) {
   console.log(`console: ${what}`);
@@ -138,6 +152,40 @@ try {
   const still = await apiStatus(good);
   if (still?.generation !== 2) throw new Error(`the cross-site post reprocessed: generation ${still?.generation}`);
 
+  step("the stages page shows each stage with its replicas and lag");
+  await page.goto(`${base}/ui/artifacts`);
+  await Promise.all([page.waitForURL(/\/ui\/stages$/), page.click("header nav a:text-is('Stages')")]);
+  // The page polls Kafka's reading; each stage's one replica joins its group.
+  await page.waitForFunction((stages) => stages.every((s) => {
+    const row = document.querySelector(`#stages tr[data-stage="${s}"]`);
+    return row && Number(row.querySelector("td.replicas")?.textContent) >= 1 &&
+      /^\d+$/.test(row.querySelector("td.lag")?.dataset.lag ?? "");
+  }), STAGES);
+  const perPartition = await page.$$eval("#stage-pdf-parser table.partitions tbody tr", (rows) => rows.length);
+  if (perPartition < 1) throw new Error("no partitions listed for pdf-parser");
+  await page.screenshot({ path: join(shots, "stages.png"), fullPage: true });
+
+  step("the poison record is on the dead-letters page, linked to its artifact");
+  await reloadUntil(`${base}/ui/dead-letters?stage=mime-detector`, `#letters tr[data-artifact="${poison}"]`);
+  const row = `#letters tr[data-artifact="${poison}"]`;
+  if ((await page.textContent(`${row} td.replayed`)).trim() !== "no") throw new Error("the letter is already replayed");
+  const source = await page.textContent(`${row} td:nth-child(4)`);
+  if (!source.includes(".created")) throw new Error(`source: ${source}`);
+  await page.screenshot({ path: join(shots, "dead-letters.png"), fullPage: true });
+
+  step("replay it from the page, behind a confirmation");
+  await Promise.all([page.waitForURL(/\/replay$/), page.click("a:text('dead letters…')")]);
+  await page.screenshot({ path: join(shots, "confirm-replay.png") });
+  await Promise.all([page.waitForURL(/replayed=/), page.click("button:text('Yes, replay')")]);
+  await page.waitForSelector("#replay-done");
+  const done = await page.textContent("#replay-done");
+  if (!/Replayed [1-9]/.test(done)) throw new Error(`after replay: ${done}`);
+  // The replayed record fails again: its first letter is marked replayed, a new one waits.
+  await reloadUntil(`${base}/ui/dead-letters?stage=mime-detector`,
+    `#letters tr[data-artifact="${poison}"] td.replayed:text-is("no")`);
+  const marks = await page.$$eval(`#letters tr[data-artifact="${poison}"] td.replayed`, (tds) => tds.map((t) => t.textContent.trim()));
+  if (!marks.includes("yes") || marks.length < 2) throw new Error(`letters of the poison after replay: ${marks}`);
+
   step("phone width");
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(`${base}/ui/artifacts`);
@@ -145,6 +193,12 @@ try {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   if (overflow > 1) throw new Error(`the page is ${overflow}px wider than a phone`);
   await page.screenshot({ path: join(shots, "artifacts-phone.png"), fullPage: true });
+  for (const [path, shot] of [["/ui/stages", "stages-phone.png"], ["/ui/dead-letters?stage=mime-detector", "dead-letters-phone.png"]]) {
+    await page.goto(`${base}${path}`);
+    const wider = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (wider > 1) throw new Error(`${path} is ${wider}px wider than a phone`);
+    await page.screenshot({ path: join(shots, shot), fullPage: true });
+  }
   console.log("console: all steps passed");
 } catch (e) {
   if (page) await page.screenshot({ path: join(shots, "failure.png"), fullPage: true }).catch(() => {});

@@ -127,6 +127,11 @@ fn state(table: Arc<StatusTable>, blobs: &std::path::Path) -> anyhow::Result<App
         completions: Completions::default(),
         controls: artifact_runtime::control::ArtifactControls::none(),
         operations: artifact_api::reprocess::Operations::default(),
+        pipeline: Arc::new(artifact_api::ui::stages::PipelineView::new(
+            ConnectionConfig::local("bench-console"),
+            String::new(),
+            Duration::from_millis(500),
+        )),
     })
 }
 

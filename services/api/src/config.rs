@@ -84,6 +84,13 @@ pub struct Config {
     /// anyway, in milliseconds. New connections are refused meanwhile.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+    /// Prefix of the stages' consumer groups (`<prefix><stage>`), for the
+    /// console's stages page.
+    #[arg(long, env = "CONSOLE_STAGE_GROUP_PREFIX", default_value = "")]
+    pub console_stage_group_prefix: String,
+    /// Longest the console waits for a reading of Kafka, in milliseconds.
+    #[arg(long, env = "CONSOLE_KAFKA_TIMEOUT_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub console_kafka_timeout_ms: u64,
 }
 
 /// Why the configuration cannot start the API.

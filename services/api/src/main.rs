@@ -140,5 +140,10 @@ fn app_state(cfg: &Config) -> anyhow::Result<AppState> {
         streams: artifact_api::http::events::StreamSlots::new(limits.event_streams),
         limits,
         completions: Completions::default(),
+        pipeline: Arc::new(artifact_api::ui::stages::PipelineView::new(
+            cfg.conn.clone(),
+            cfg.console_stage_group_prefix.clone(),
+            Duration::from_millis(cfg.console_kafka_timeout_ms),
+        )),
     })
 }

@@ -73,6 +73,8 @@ pub struct AppState {
     pub controls: artifact_runtime::control::ArtifactControls,
     /// Bulk reprocess operations, followed from their topic.
     pub operations: crate::reprocess::Operations,
+    /// The stages as the console reads them from Kafka.
+    pub pipeline: Arc<crate::ui::stages::PipelineView>,
 }
 
 /// Why an event was not published.

@@ -74,6 +74,11 @@ fn build(protect_reads: Option<bool>, limits: Limits) -> Api {
         completions: Completions::default(),
         controls: artifact_runtime::control::ArtifactControls::none(),
         operations: crate::reprocess::Operations::default(),
+        pipeline: Arc::new(crate::ui::stages::PipelineView::new(
+            unreachable_kafka(),
+            String::new(),
+            std::time::Duration::from_millis(300),
+        )),
     };
     Api {
         app: router(state.clone()),
@@ -82,6 +87,14 @@ fn build(protect_reads: Option<bool>, limits: Limits) -> Api {
         store,
         state,
     }
+}
+
+/// Connection settings of a broker and registry nobody answers at.
+pub(crate) fn unreachable_kafka() -> ConnectionConfig {
+    let mut conn = ConnectionConfig::local("unit");
+    conn.kafka_bootstrap_servers = "127.0.0.1:1".into();
+    conn.schema_registry_url = REGISTRY.into();
+    conn
 }
 
 /// Calls a service once (axum's `ServiceExt` extends tower's `Service`,

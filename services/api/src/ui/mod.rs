@@ -5,10 +5,14 @@
 //! and show times in the viewer's time zone. Every page works without it.
 //!
 //! - `session`: login cookies, CSRF tokens, the same-origin check;
-//! - `artifacts`: the list, one artifact, and its actions.
+//! - `artifacts`: the list, one artifact, and its actions;
+//! - `stages`: each stage's replicas, lag, retries, dead letters and pause;
+//! - `dead_letters`: a stage's dead letters and their replay.
 
 pub mod artifacts;
+pub mod dead_letters;
 pub mod session;
+pub mod stages;
 
 use crate::http::AppState;
 use crate::http::auth::Caller;
@@ -48,6 +52,16 @@ pub fn router() -> Router<AppState> {
         .route("/ui/erased", get(artifacts::erased))
         .route("/ui/artifacts", get(artifacts::list))
         .route("/ui/artifacts/{id}", get(artifacts::one))
+        .route("/ui/stages", get(stages::stages))
+        .route(
+            "/ui/stages/{stage}/{action}",
+            get(stages::confirm).post(stages::act),
+        )
+        .route("/ui/dead-letters", get(dead_letters::list))
+        .route(
+            "/ui/dead-letters/{stage}/replay",
+            get(dead_letters::confirm).post(dead_letters::replay),
+        )
         .route("/ui/artifacts/{id}/text", get(artifacts::text))
         .route("/ui/artifacts/{id}/download", get(artifacts::download))
         .route(
@@ -96,6 +110,8 @@ async fn security_headers(req: Request, next: Next) -> Response {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Nav {
     Artifacts,
+    Stages,
+    DeadLetters,
     None,
 }
 
@@ -118,6 +134,8 @@ pub(crate) fn page(title: &str, nav: Nav, session: Option<&Session>, body: Marku
                     @if let Some(s) = session {
                         nav aria-label="Main" {
                             a href="/ui/artifacts" aria-current=[(nav == Nav::Artifacts).then_some("page")] { "Artifacts" }
+                            a href="/ui/stages" aria-current=[(nav == Nav::Stages).then_some("page")] { "Stages" }
+                            a href="/ui/dead-letters" aria-current=[(nav == Nav::DeadLetters).then_some("page")] { "Dead letters" }
                         }
                         form.logout method="post" action="/ui/logout" {
                             input type="hidden" name="csrf" value=(s.csrf);

@@ -2,11 +2,17 @@
 //! and the registry unreachable).
 
 use super::artifacts::{Filters, ListQuery, PAGE, SCAN_BUDGET, find};
+use super::dead_letters::{self, Letter};
+use super::stages::{self, Reading, StageRow};
 use crate::http::tests::{TOKEN, api, call, snapshot};
 use artifact_domain::{ArtifactId, ArtifactState, Stage};
+use artifact_kafka::lag::{GroupMembers, PartitionLag};
+use artifact_kafka::stage_control::StageControl;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use axum::response::Response;
+use std::sync::Arc;
+use std::time::Duration;
 
 async fn body(resp: Response) -> String {
     let b = axum::body::to_bytes(resp.into_body(), 4 << 20)
@@ -375,4 +381,285 @@ fn a_date_range_is_read_in_the_viewers_time_zone() {
         };
         assert!(Filters::parse(&q, 0).is_err(), "{bad:?}");
     }
+}
+
+fn partition(topic: &str, p: i32, committed: Option<i64>, high: i64, lag: i64) -> PartitionLag {
+    PartitionLag {
+        group: "g".into(),
+        topic: topic.into(),
+        partition: p,
+        committed,
+        low: 0,
+        high,
+        lag,
+    }
+}
+
+fn control(stage: &str, instance: Option<&str>, reason: &str) -> StageControl {
+    StageControl {
+        stage: stage.into(),
+        paused: true,
+        cause: if instance.is_some() {
+            "breaker"
+        } else {
+            "operator"
+        }
+        .into(),
+        reason: Some(reason.into()),
+        instance: instance.map(str::to_owned),
+        updated_at: 1,
+    }
+}
+
+#[test]
+fn the_stages_page_shows_each_stage_from_a_reading() {
+    let stages = vec![
+        StageRow {
+            stage: Some(Stage::MimeDetector),
+            group: "mime-detector".into(),
+            members: Some(GroupMembers {
+                state: "Stable".into(),
+                members: vec![
+                    "mime-detector-0 (/10.0.0.1)".into(),
+                    "mime-detector-1 (/10.0.0.2)".into(),
+                ],
+            }),
+            input: vec![
+                (
+                    partition("artifact.created", 0, Some(90), 100, 10),
+                    Some(5.0),
+                ),
+                (partition("artifact.created", 1, None, 7, 7), None),
+            ],
+            retries: 3,
+            dead_letters: 2,
+            rate: Some((2.5, Duration::from_secs(30))),
+            drain: Some(f64::INFINITY),
+            ..StageRow::default()
+        },
+        StageRow {
+            stage: Some(Stage::Summarizer),
+            group: "summarizer".into(),
+            members: Some(GroupMembers {
+                state: "Empty".into(),
+                members: vec![],
+            }),
+            paused: Some(control("summarizer", None, "LLM <maintenance>")),
+            tripped: vec![control(
+                "summarizer",
+                Some("summarizer-1"),
+                "LLM answered 503",
+            )],
+            ..StageRow::default()
+        },
+    ];
+    let reading = Ok(Arc::new(Reading {
+        at_ms: 1_700_000_000_000,
+        stages,
+        control_error: None,
+    }));
+    let html = stages::render(&reading, true).into_string();
+    // The summary row: lag summed over the input partitions, retries, DLQ.
+    assert!(
+        html.contains(r#"<td class="lag" data-lag="17">17</td>"#),
+        "{html}"
+    );
+    assert!(html.contains(r#"<td class="retries">3</td>"#), "{html}");
+    assert!(
+        html.contains(r#"href="/ui/dead-letters?stage=mime-detector">2</a>"#),
+        "{html}"
+    );
+    assert!(
+        html.contains("2.5</td>") || html.contains("2.5/s"),
+        "{html}"
+    );
+    assert!(html.contains(r#"<td class="replicas">2</td>"#), "{html}");
+    // Per partition: nothing committed yet, and a drain time.
+    assert!(html.contains("artifact.created/1"), "{html}");
+    assert!(html.contains("<td>none</td>"), "{html}");
+    assert!(html.contains("<td>5 s</td>"), "{html}");
+    assert!(html.contains("not draining"), "{html}");
+    // Paused, with the reason escaped, and the open breaker's replica.
+    assert!(html.contains("PAUSED"), "{html}");
+    assert!(html.contains("LLM &lt;maintenance&gt;"), "{html}");
+    assert!(html.contains("replica summarizer-1"), "{html}");
+    assert!(html.contains("none: no replica is consuming"), "{html}");
+    // Actions: resume for the paused stage, pause for the other.
+    assert!(html.contains("/ui/stages/summarizer/resume"), "{html}");
+    assert!(html.contains("/ui/stages/mime-detector/pause"), "{html}");
+    let read_only = stages::render(&reading, false).into_string();
+    assert!(!read_only.contains("/ui/stages/mime-detector/pause"));
+}
+
+#[test]
+fn drain_times_read_as_words() {
+    assert_eq!(stages::drain_text(None), "measuring…");
+    assert_eq!(stages::drain_text(Some(0.0)), "drained");
+    assert_eq!(stages::drain_text(Some(f64::INFINITY)), "not draining");
+    assert_eq!(stages::drain_text(Some(42.0)), "42 s");
+    assert_eq!(stages::drain_text(Some(600.0)), "10 min");
+    assert_eq!(stages::drain_text(Some(5400.0)), "1.5 h");
+}
+
+#[tokio::test]
+async fn the_stages_page_without_kafka_says_what_to_do() {
+    let a = api(true);
+    let cookie = login(&a.app).await;
+    let resp = call(a.app.clone(), get("/ui/stages", Some(&cookie))).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let page = body(resp).await;
+    assert!(page.contains("Kafka could not be read"), "{page}");
+    assert!(page.contains("KAFKA_BOOTSTRAP_SERVERS"), "{page}");
+    // The navigation marks the page.
+    assert!(
+        page.contains(r#"<a href="/ui/stages" aria-current="page">Stages</a>"#),
+        "{page}"
+    );
+    assert!(page.contains(r#"href="/ui/dead-letters""#), "{page}");
+    let resp = call(
+        a.app.clone(),
+        get("/ui/dead-letters?stage=pdf-parser", Some(&cookie)),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let page = body(resp).await;
+    assert!(page.contains("could not be read"), "{page}");
+    let resp = call(
+        a.app.clone(),
+        get("/ui/dead-letters?stage=nope", Some(&cookie)),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // Without a session: the login.
+    let resp = call(a.app.clone(), get("/ui/dead-letters", None)).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn replay_and_pause_need_the_consoles_own_form() {
+    let a = api(true);
+    let cookie = login(&a.app).await;
+    let page = body(
+        call(
+            a.app.clone(),
+            get("/ui/dead-letters/pdf-parser/replay", Some(&cookie)),
+        )
+        .await,
+    )
+    .await;
+    assert!(
+        page.contains("Really replay the dead letters of pdf-parser"),
+        "{page}"
+    );
+    let csrf = csrf_of(&page);
+    for path in [
+        "/ui/dead-letters/pdf-parser/replay",
+        "/ui/stages/pdf-parser/pause",
+    ] {
+        let resp = call(
+            a.app.clone(),
+            post(
+                path,
+                Some(&cookie),
+                "http://evil.example",
+                &format!("csrf={csrf}"),
+            ),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{path}");
+        let resp = call(a.app.clone(), post(path, Some(&cookie), SAME, "csrf=00")).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    // The right token reaches Kafka, which is not there: said, not hidden.
+    let resp = call(
+        a.app.clone(),
+        post(
+            "/ui/stages/pdf-parser/pause",
+            Some(&cookie),
+            SAME,
+            &format!("csrf={csrf}&reason=maintenance"),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = body(resp).await;
+    assert!(
+        text.contains("artifactctl stage pause pdf-parser"),
+        "{text}"
+    );
+    let resp = call(
+        a.app.clone(),
+        get("/ui/stages/pdf-parser/explode", Some(&cookie)),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn the_dead_letters_page_lists_letters_with_their_errors() {
+    let id = ArtifactId::new_random();
+    let letters = Ok(vec![
+        Letter {
+            partition: 1,
+            offset: 7,
+            at_ms: Some(1_700_000_000_000),
+            artifact: Some(id),
+            error_kind: Some("poison".into()),
+            error: Some("cannot decode <bytes>".into()),
+            source: Some("artifact.created / 1 @ 41".into()),
+            replayed: false,
+            not_replayable: None,
+        },
+        Letter {
+            partition: 0,
+            offset: 3,
+            replayed: true,
+            not_replayable: Some("it has no x-source-topic header".into()),
+            ..Letter::default()
+        },
+    ]);
+    let html = dead_letters::render(Stage::PdfParser, &letters, true, Some((1, 0))).into_string();
+    assert!(
+        html.contains(&format!(r#"href="/ui/artifacts/{id}""#)),
+        "{html}"
+    );
+    assert!(html.contains("cannot decode &lt;bytes&gt;"), "{html}");
+    assert!(html.contains("artifact.created / 1 @ 41"), "{html}");
+    assert!(
+        html.contains(r#"<strong id="waiting">1</strong>"#),
+        "{html}"
+    );
+    assert!(
+        html.contains("Not replayable: it has no x-source-topic header"),
+        "{html}"
+    );
+    assert!(
+        html.contains("Replayed 1 dead letters of pdf-parser"),
+        "{html}"
+    );
+    assert!(
+        html.contains("/ui/dead-letters/pdf-parser/replay"),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"<a href="/ui/dead-letters?stage=pdf-parser" aria-current="page">"#),
+        "{html}"
+    );
+    // Nothing waiting, or no write permission: no replay button.
+    let none_waiting = Ok(vec![Letter {
+        replayed: true,
+        ..Letter::default()
+    }]);
+    let html = dead_letters::render(Stage::PdfParser, &none_waiting, true, None).into_string();
+    assert!(
+        !html.contains("/ui/dead-letters/pdf-parser/replay"),
+        "{html}"
+    );
+    let html = dead_letters::render(Stage::PdfParser, &letters, false, None).into_string();
+    assert!(
+        !html.contains("/ui/dead-letters/pdf-parser/replay"),
+        "{html}"
+    );
+    let html = dead_letters::render(Stage::Summarizer, &Ok(vec![]), true, None).into_string();
+    assert!(html.contains("No dead letters for summarizer"), "{html}");
 }

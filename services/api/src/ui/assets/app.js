@@ -1,5 +1,6 @@
 // The console's only script: times in the viewer's zone, and pages that
-// follow /ui/events (the API's event stream) to refresh in place.
+// follow /ui/events (the API's event stream), or poll (data-poll, in ms),
+// to refresh in place.
 (function () {
   "use strict";
   function localTimes(root) {
@@ -18,7 +19,9 @@
     var tz = document.getElementById("tz");
     if (tz) tz.value = String(new Date().getTimezoneOffset());
     var live = document.getElementById("live");
-    if (!live || !window.EventSource) return;
+    if (!live) return;
+    var poll = Number(live.dataset.poll || 0);
+    if (!poll && !window.EventSource) return;
     var only = live.dataset.artifact;
     var say = function (text) {
       var s = document.getElementById("live-status");
@@ -52,6 +55,11 @@
         .finally(function () { busy = false; });
     }
     function soon() { if (!timer) timer = setTimeout(refresh, 400); }
+    if (poll) {
+      say("Live");
+      setInterval(function () { if (!document.hidden) soon(); }, poll);
+      return;
+    }
     var es = new EventSource("/ui/events");
     es.addEventListener("status", function (e) {
       if (only) {
