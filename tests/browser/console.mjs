@@ -165,6 +165,17 @@ try {
   if (perPartition < 1) throw new Error("no partitions listed for pdf-parser");
   await page.screenshot({ path: join(shots, "stages.png"), fullPage: true });
 
+  step("pause a stage from the page, behind a confirmation, and resume it");
+  await Promise.all([page.waitForURL(/\/summarizer\/pause$/), page.click("a:text('Pause summarizer…')")]);
+  await page.fill("input[name=reason]", "console test");
+  await Promise.all([page.waitForURL(/\/ui\/stages$/), page.click("button:text('Yes, pause')")]);
+  await page.waitForSelector('#stages tr[data-stage="summarizer"] .badge:text-is("PAUSED")');
+  await page.waitForSelector("#stage-summarizer :text('console test')");
+  await page.screenshot({ path: join(shots, "stages-paused.png") });
+  await Promise.all([page.waitForURL(/\/summarizer\/resume$/), page.click("a:text('Resume summarizer…')")]);
+  await Promise.all([page.waitForURL(/\/ui\/stages$/), page.click("button:text('Yes, resume')")]);
+  await page.waitForSelector('#stages tr[data-stage="summarizer"] .badge:text-is("RUNNING")');
+
   step("the poison record is on the dead-letters page, linked to its artifact");
   await reloadUntil(`${base}/ui/dead-letters?stage=mime-detector`, `#letters tr[data-artifact="${poison}"]`);
   const row = `#letters tr[data-artifact="${poison}"]`;
