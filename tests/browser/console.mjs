@@ -163,6 +163,10 @@ try {
   }), STAGES);
   const perPartition = await page.$$eval("#stage-pdf-parser table.partitions tbody tr", (rows) => rows.length);
   if (perPartition < 1) throw new Error("no partitions listed for pdf-parser");
+  // The artifacts finished above give every stage its step times.
+  await page.waitForFunction((stages) => stages.every((s) =>
+    /^\d+ ms \/ \d+ ms, over the last \d+ artifacts finished$/.test(
+      document.querySelector(`#stage-${s} dd.steps`)?.textContent ?? "")), STAGES);
   await page.screenshot({ path: join(shots, "stages.png"), fullPage: true });
 
   step("pause a stage from the page, behind a confirmation, and resume it");

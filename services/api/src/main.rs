@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.conn.validate()?;
     let state = app_state(&cfg)?;
     let (codec, table) = (state.codec.clone(), state.table.clone());
+    tokio::spawn(state.pipeline.steps().clone().follow(table.clone()));
     let completions = state.completions.clone();
 
     // The recorder is installed before any task records: a metric recorded

@@ -13,6 +13,7 @@ pub mod artifacts;
 pub mod dead_letters;
 pub mod session;
 pub mod stages;
+pub mod step_times;
 
 use crate::http::AppState;
 use crate::http::auth::Caller;

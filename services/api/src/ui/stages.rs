@@ -5,6 +5,7 @@
 //! cached for [`CACHE_FOR`] and bounded by the configured timeout, so the
 //! page never waits long on the broker.
 
+use super::step_times::{Quantiles, StepTimes};
 use super::{Nav, error_page, page, reader, writer};
 use crate::http::AppState;
 use artifact_domain::Stage;
@@ -51,6 +52,8 @@ pub struct StageRow {
     pub paused: Option<StageControl>,
     /// Replicas whose circuit breaker is open.
     pub tripped: Vec<StageControl>,
+    /// Its step times over the artifacts finished lately.
+    pub steps: Option<Quantiles>,
 }
 
 /// A reading of every stage.
@@ -75,6 +78,7 @@ pub struct PipelineView {
     /// blocking read at a time.
     inner: Arc<Mutex<Inner>>,
     cache: tokio::sync::Mutex<Option<(Instant, ReadResult)>>,
+    steps: Arc<StepTimes>,
 }
 
 #[derive(Default)]
@@ -95,7 +99,13 @@ impl PipelineView {
             timeout,
             inner: Arc::default(),
             cache: tokio::sync::Mutex::new(None),
+            steps: Arc::default(),
         }
+    }
+
+    /// The stages' step times, which [`StepTimes::follow`] keeps.
+    pub fn steps(&self) -> &Arc<StepTimes> {
+        &self.steps
     }
 
     /// The connection the pages read and write through.
@@ -169,6 +179,9 @@ impl PipelineView {
         let control = stage_control::read(&self.conn);
         let (lag, control) = tokio::join!(lag, control);
         let mut stages = lag??;
+        for row in &mut stages {
+            row.steps = row.stage.and_then(|s| self.steps.quantiles(s));
+        }
         let control_error = match control {
             Ok(records) => {
                 for row in &mut stages {
@@ -332,7 +345,7 @@ pub fn render(reading: &Result<Arc<Reading>, String>, can_act: bool) -> Markup {
                             }
                         }
                     } }
-                    p.hint { "Read from Kafka " (super::time(r.at_ms)) "; a reading serves for " (CACHE_FOR.as_secs()) " s. Throughput: offsets the stage's group committed per second (input and retry topics) between readings; the time to drain divides the lag by it. Lag counts records a read_committed reader would still get; dead letters count those not yet replayed." }
+                    p.hint { "Read from Kafka " (super::time(r.at_ms)) "; a reading serves for " (CACHE_FOR.as_secs()) " s. Throughput: offsets the stage's group committed per second (input and retry topics) between readings; the time to drain divides the lag by it. A step time runs from the outcome before the stage's (the upload, for the first) to its own, queueing and retries included. Lag counts records a read_committed reader would still get; dead letters count those not yet replayed." }
                     @for row in &r.stages {
                         @let name = row.stage.map_or("?", |s| s.name());
                         section.stage id={ "stage-" (name) } aria-labelledby={ "stage-h-" (name) } {
@@ -349,7 +362,10 @@ pub fn render(reading: &Result<Arc<Reading>, String>, can_act: bool) -> Markup {
                                 @if let Some((rate, span)) = row.rate {
                                     dt { "Throughput" } dd { (format!("{rate:.2}")) " offsets/s over the last " (span.as_secs()) " s" }
                                 }
-                                dt { "Processing time p50 / p99" } dd.hint { "not read: the stages' /metrics (artifact_stage_processing_seconds) and Grafana have it" }
+                                dt { "Step time p50 / p99" } @match row.steps {
+                                    Some(q) => dd.steps { (q.p50_ms) " ms / " (q.p99_ms) " ms, over the last " (q.count) " artifacts finished" }
+                                    None => dd.hint { "no artifact has finished since the API started" }
+                                }
                                 @if let Some(c) = &row.paused {
                                     dt { "Paused" } dd { "by the operator" @if let Some(why) = &c.reason { ": " (why) } " since " (super::time(c.updated_at)) }
                                 }

@@ -435,6 +435,11 @@ fn the_stages_page_shows_each_stage_from_a_reading() {
             dead_letters: 2,
             rate: Some((2.5, Duration::from_secs(30))),
             drain: Some(f64::INFINITY),
+            steps: Some(crate::ui::step_times::Quantiles {
+                p50_ms: 42,
+                p99_ms: 310,
+                count: 120,
+            }),
             ..StageRow::default()
         },
         StageRow {
@@ -484,6 +489,15 @@ fn the_stages_page_shows_each_stage_from_a_reading() {
     assert!(html.contains("LLM &lt;maintenance&gt;"), "{html}");
     assert!(html.contains("replica summarizer-1"), "{html}");
     assert!(html.contains("none: no replica is consuming"), "{html}");
+    // Step times where artifacts finished, and what it means where none did.
+    assert!(
+        html.contains("42 ms / 310 ms, over the last 120 artifacts finished"),
+        "{html}"
+    );
+    assert!(
+        html.contains("no artifact has finished since the API started"),
+        "{html}"
+    );
     // Actions: resume for the paused stage, pause for the other.
     assert!(html.contains("/ui/stages/summarizer/resume"), "{html}");
     assert!(html.contains("/ui/stages/mime-detector/pause"), "{html}");
