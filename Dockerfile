@@ -43,11 +43,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---------------------------------------------------------------------------- runtime-base
 # Everything of the runtime image but the binaries; Tesseract and poppler's pdftoppm for
-# pdf-parser's OCR.
+# pdf-parser's OCR, poppler-data for the text of CID fonts without ToUnicode.
 FROM ${RUNTIME_BASE} AS runtime-base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
-        tesseract-ocr tesseract-ocr-eng poppler-utils \
+        tesseract-ocr tesseract-ocr-eng poppler-utils poppler-data \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 pipeline \
  && useradd --system --uid 10001 --gid pipeline --no-create-home \

@@ -79,6 +79,10 @@ pub(crate) struct FontInfo {
     simple: Vec<Code>,
     /// CID fonts: text per two-byte code.
     text: HashMap<u32, String>,
+    /// CID fonts with an Identity encoding and an Adobe character
+    /// collection: text per CID of the collection, for codes the
+    /// ToUnicode CMap (if any) does not map.
+    collection: &'static [Box<str>],
     /// CID fonts: width per two-byte code.
     widths: HashMap<u32, f64>,
     default_width: f64,
@@ -178,6 +182,7 @@ impl FontCache {
             two_byte: false,
             simple,
             text: HashMap::new(),
+            collection: &[],
             widths: HashMap::new(),
             default_width,
             scale,
@@ -282,6 +287,24 @@ impl FontCache {
             .and_then(|d| d.as_dict().ok());
         let mut widths = HashMap::new();
         let mut default_width = 1000.0;
+        // Identity-H/V: the code is the CID.
+        let identity = matches!(
+            deref(doc, font.get(b"Encoding")).and_then(Object::as_name),
+            Ok(b"Identity-H" | b"Identity-V")
+        );
+        let collection = descendant
+            .filter(|_| identity)
+            .and_then(|d| deref(doc, d.get(b"CIDSystemInfo")).ok())
+            .and_then(|info| info.as_dict().ok())
+            .and_then(|info| {
+                let string = |key: &[u8]| match deref(doc, info.get(key)) {
+                    Ok(Object::String(s, _)) => Some(s.as_slice()),
+                    _ => None,
+                };
+                let ordering = string(b"Ordering")?;
+                (string(b"Registry")? == b"Adobe").then(|| collection_text(ordering))
+            })
+            .unwrap_or(&[]);
         if let Some(d) = descendant {
             if let Ok(dw) = deref(doc, d.get(b"DW")).and_then(Object::as_float) {
                 default_width = f64::from(dw);
@@ -294,6 +317,7 @@ impl FontCache {
             two_byte: true,
             simple: Vec::new(),
             text,
+            collection,
             widths,
             default_width,
             scale: 0.001,
@@ -331,7 +355,10 @@ impl FontInfo {
         });
         let two_byte = two_byte.chunks(2).map(|c| {
             let code = (u32::from(c[0]) << 8) | u32::from(*c.get(1).unwrap_or(&0));
-            let text = self.text.get(&code).map_or("", String::as_str);
+            let text = match self.text.get(&code) {
+                Some(text) => text.as_str(),
+                None => self.collection.get(code as usize).map_or("", |t| t),
+            };
             Glyph {
                 text,
                 width: self
@@ -555,6 +582,44 @@ fn parse_cmap(data: &[u8]) -> HashMap<u32, String> {
         }
     }
     out.map
+}
+
+/// Where poppler-data (Debian package `poppler-data`) keeps the text of
+/// each CID of Adobe's character collections (`Adobe-Japan1`, ...), one
+/// hexadecimal Unicode value per line, line n for CID n (0000: none).
+const CID_TO_UNICODE_DIR: &str = "/usr/share/poppler/cidToUnicode";
+
+/// The text per CID of Adobe's character collection `ordering` (`Japan1`,
+/// `GB1`, `CNS1`, `Korea1`), read from poppler-data once per process;
+/// empty for another ordering or without poppler-data.
+fn collection_text(ordering: &[u8]) -> &'static [Box<str>] {
+    static TABLES: [OnceLock<Vec<Box<str>>>; 4] = [const { OnceLock::new() }; 4];
+    const ORDERINGS: [&str; 4] = ["Japan1", "GB1", "CNS1", "Korea1"];
+    let Some(i) = ORDERINGS.iter().position(|o| o.as_bytes() == ordering) else {
+        return &[];
+    };
+    TABLES[i].get_or_init(|| {
+        let path = format!("{CID_TO_UNICODE_DIR}/Adobe-{}", ORDERINGS[i]);
+        std::fs::read_to_string(path)
+            .map(|table| parse_cid_to_unicode(&table))
+            .unwrap_or_default()
+    })
+}
+
+/// Parses a poppler-data cidToUnicode table, at most [`MAX_CODE`] + 1 lines.
+fn parse_cid_to_unicode(table: &str) -> Vec<Box<str>> {
+    table
+        .lines()
+        .take(MAX_CODE as usize + 1)
+        .map(|line| {
+            u32::from_str_radix(line.trim(), 16)
+                .ok()
+                .filter(|&c| c != 0)
+                .and_then(char::from_u32)
+                .map(|c| c.to_string().into_boxed_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 fn font_dict() -> Dictionary {
@@ -967,5 +1032,17 @@ mod tests {
     #[test]
     fn ligatures_expand() {
         assert_eq!(expand_ligatures("\u{fb01}nd \u{fb04}".into()), "find ffl");
+    }
+
+    #[test]
+    fn cid_to_unicode_tables_map_each_line_to_its_cid() {
+        let table = super::parse_cid_to_unicode("0000\n0041\n3042\nzz\nd800\n");
+        let texts: Vec<&str> = table.iter().map(|t| &**t).collect();
+        assert_eq!(texts, ["", "A", "あ", "", ""]);
+        let long = "0041\n".repeat(super::MAX_CODE as usize + 10);
+        assert_eq!(
+            super::parse_cid_to_unicode(&long).len(),
+            super::MAX_CODE as usize + 1
+        );
     }
 }

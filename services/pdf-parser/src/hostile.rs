@@ -235,3 +235,68 @@ fn an_operation_of_millions_of_operands_is_not_built() {
     pdf.page(content, &[]);
     assert_eq!(first_page_text(&pdf.bytes(), usize::MAX), "before");
 }
+
+/// A page reading "Label" with widget annotations whose appearances read
+/// "Value" (placed at its rectangle), "Hidden" (flag 2) and a form that
+/// draws itself; `stale` sets the form's NeedAppearances.
+fn page_with_annotations(stale: bool) -> Vec<u8> {
+    let mut pdf = Pdf::new();
+    let value = pdf.form(b"BT /F1 10 Tf 2 2 Td (Value) Tj ET".to_vec());
+    let hidden = pdf.form(b"BT /F1 10 Tf 2 2 Td (Hidden) Tj ET".to_vec());
+    let looping = pdf.doc.new_object_id();
+    let resources = dictionary! { "XObject" => dictionary! { "Me" => looping } };
+    let dict = dictionary! {
+        "Type" => "XObject", "Subtype" => "Form", "Resources" => resources,
+        "BBox" => vec![0.into(), 0.into(), 10.into(), 10.into()],
+    };
+    pdf.doc.objects.insert(
+        looping,
+        Object::Stream(Pdf::stream(dict, b"/Me Do".to_vec())),
+    );
+    pdf.page(b"BT /F1 10 Tf 50 700 Td (Label) Tj ET".to_vec(), &[]);
+    let widget = |rect: [i64; 4], flags: i64, ap: ObjectId| {
+        dictionary! {
+            "Type" => "Annot", "Subtype" => "Widget", "F" => flags,
+            "Rect" => rect.iter().map(|&v| v.into()).collect::<Vec<Object>>(),
+            "AP" => dictionary! { "N" => ap },
+        }
+    };
+    let annots: Vec<Object> = [
+        widget([100, 500, 200, 520], 4, value),
+        widget([100, 400, 200, 420], 2, hidden),
+        widget([100, 300, 200, 320], 4, looping),
+    ]
+    .into_iter()
+    .map(|a| pdf.doc.add_object(a).into())
+    .collect();
+    let page_id = pdf.kids[0].as_reference().unwrap();
+    pdf.doc
+        .get_dictionary_mut(page_id)
+        .unwrap()
+        .set("Annots", annots);
+    let form = pdf
+        .doc
+        .add_object(dictionary! { "Fields" => vec![], "NeedAppearances" => stale });
+    let mut out = Vec::new();
+    let catalog = dictionary! { "Type" => "Catalog", "Pages" => pdf.pages_id, "AcroForm" => form };
+    let count = pdf.kids.len() as i64;
+    pdf.doc.objects.insert(
+        pdf.pages_id,
+        Object::Dictionary(dictionary! {
+            "Type" => "Pages", "Kids" => pdf.kids.clone(), "Count" => count,
+            "MediaBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
+        }),
+    );
+    let catalog_id = pdf.doc.add_object(catalog);
+    pdf.doc.trailer.set("Root", catalog_id);
+    pdf.doc.save_to(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn annotation_appearances_are_read_after_the_page_unless_hidden_or_stale() {
+    let text = first_page_text(&page_with_annotations(false), 1000);
+    assert_eq!(text, "Label\nValue");
+    let text = first_page_text(&page_with_annotations(true), 1000);
+    assert_eq!(text, "Label");
+}

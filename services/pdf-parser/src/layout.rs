@@ -267,7 +267,8 @@ impl<'d> DocumentText<'d> {
             leading: 0.0,
             rise: 0.0,
         };
-        interpreter.run(&data, resources, state, 0)?;
+        interpreter.run(&data, resources, state.clone(), 0)?;
+        interpreter.annotations(page_id, resources, &state)?;
         let mut text = interpreter.page.out;
         while text.ends_with(char::is_whitespace) {
             text.pop();
@@ -479,6 +480,90 @@ impl<'d> Interpreter<'_, 'd> {
         Ok(())
     }
 
+    /// Draws the normal appearance of each visible annotation of the page
+    /// (form fields' values, stamps, free text), after the page's content
+    /// as pdftotext does, each form moved from its box to the annotation's
+    /// rectangle. The page's annotations are bounded by the file's size,
+    /// their appearances by the work budget, as forms are.
+    fn annotations(
+        &mut self,
+        page_id: ObjectId,
+        resources: Option<&'d Dictionary>,
+        gs: &GraphicsState,
+    ) -> Result<(), ParseError> {
+        let doc = self.doc;
+        let Ok(annots) = doc
+            .get_dictionary(page_id)
+            .and_then(|page| deref(doc, page.get(b"Annots")))
+            .and_then(Object::as_array)
+        else {
+            return Ok(());
+        };
+        // Viewers, pdftotext too, redraw form fields from their values when
+        // the form says its appearances are stale; we do not, so then such
+        // appearances are left out rather than read stale.
+        let stale_fields = doc
+            .catalog()
+            .and_then(|c| deref(doc, c.get(b"AcroForm")))
+            .and_then(Object::as_dict)
+            .and_then(|f| deref(doc, f.get(b"NeedAppearances")))
+            .and_then(Object::as_bool)
+            .unwrap_or(false);
+        for annot in annots {
+            let Ok(annot) = deref(doc, Ok(annot)).and_then(Object::as_dict) else {
+                continue;
+            };
+            let flags = deref(doc, annot.get(b"F"))
+                .and_then(Object::as_i64)
+                .unwrap_or(0);
+            let widget = annot.get(b"Subtype").and_then(Object::as_name).ok() == Some(b"Widget");
+            // Hidden (bit 2) and NoView (bit 6).
+            if flags & (2 | 32) != 0 || (stale_fields && widget) {
+                continue;
+            }
+            let Some(normal) = deref(doc, annot.get(b"AP"))
+                .and_then(Object::as_dict)
+                .and_then(|ap| ap.get(b"N"))
+                .ok()
+            else {
+                continue;
+            };
+            // A stream, or one stream per state, chosen by /AS.
+            let appearance = match deref(doc, Ok(normal)) {
+                Ok(Object::Dictionary(states)) => {
+                    let Ok(state) = annot.get(b"AS").and_then(Object::as_name) else {
+                        continue;
+                    };
+                    match states.get(state) {
+                        Ok(stream) => stream,
+                        Err(_) => continue,
+                    }
+                }
+                _ => normal,
+            };
+            let Ok(stream) = deref(doc, Ok(appearance)).and_then(Object::as_stream) else {
+                continue;
+            };
+            let corner = |o: lopdf::Result<&Object>| -> Option<(f64, f64)> {
+                let a = deref(doc, o).and_then(Object::as_array).ok()?;
+                let n = |i: usize| a.get(i).and_then(|v| v.as_float().ok()).map(f64::from);
+                Some((n(0)?.min(n(2)?), n(1)?.min(n(3)?)))
+            };
+            let (Some(rect), bbox) = (corner(annot.get(b"Rect")), corner(stream.dict.get(b"BBox")))
+            else {
+                continue;
+            };
+            let bbox = bbox.unwrap_or((0.0, 0.0));
+            let mut placed = gs.clone();
+            placed.ctm = mul(&translate(rect.0 - bbox.0, rect.1 - bbox.1), &gs.ctm);
+            self.draw_form(appearance, resources, placed, 0)?;
+            if self.page.full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Draws the form `name` of `resources`, if it is one: its content is
     /// charged to the work budget each time.
     fn form(
@@ -498,6 +583,19 @@ impl<'d> Interpreter<'_, 'd> {
         else {
             return Ok(());
         };
+        self.draw_form(entry, resources, gs.clone(), depth)
+    }
+
+    /// Draws the form XObject `entry` (a reference or a stream) with `gs`;
+    /// anything else draws nothing.
+    fn draw_form(
+        &mut self,
+        entry: &'d Object,
+        resources: Option<&'d Dictionary>,
+        gs: GraphicsState,
+        depth: usize,
+    ) -> Result<(), ParseError> {
+        let doc = self.doc;
         let id = entry.as_reference().ok();
         if id.is_some_and(|id| self.form_path.contains(&id)) {
             return Ok(());
@@ -513,7 +611,7 @@ impl<'d> Interpreter<'_, 'd> {
             return Ok(());
         };
         self.work.decompressed(data.len())?;
-        let mut inner = gs.clone();
+        let mut inner = gs;
         if let Ok(m) = deref(doc, stream.dict.get(b"Matrix")).and_then(Object::as_array) {
             inner.ctm = mul(&matrix(m), &inner.ctm);
         }

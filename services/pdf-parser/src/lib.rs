@@ -42,7 +42,7 @@ pub use error::ParseError;
 pub use ocr::OcrSettings;
 pub use office::Office;
 pub use plain::extract_text;
-pub use recall::word_recall;
+pub use recall::{order_parts, order_similarity, word_recall, words};
 use std::time::Instant;
 
 /// Bounds on the work done for one document.
