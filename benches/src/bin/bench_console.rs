@@ -127,6 +127,7 @@ fn state(table: Arc<StatusTable>, blobs: &std::path::Path) -> anyhow::Result<App
         completions: Completions::default(),
         controls: artifact_runtime::control::ArtifactControls::none(),
         operations: artifact_api::reprocess::Operations::default(),
+        webhooks: artifact_api::webhooks::Webhooks::default(),
     })
 }
 

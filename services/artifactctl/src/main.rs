@@ -11,6 +11,7 @@ mod ops;
 mod read;
 mod reprocess;
 mod stage;
+mod webhook;
 
 use anyhow::Context;
 use artifact_domain::Stage;
@@ -163,6 +164,11 @@ enum Command {
     List {
         #[command(flatten)]
         filters: read::ListFilters,
+    },
+    /// Webhook subscriptions: signed deliveries of status changes.
+    Webhook {
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
     },
     /// Prints a shell completion script (e.g. `artifactctl completions
     /// bash > /etc/bash_completion.d/artifactctl`).
@@ -574,6 +580,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Stage { command } => stage::run(&cli.conn, command).await?,
         Command::Reprocess(args) => reprocess::run(&api, args).await?,
+        Command::Webhook { command } => webhook::run(&api, cli.output, command).await?,
     }
     Ok(code)
 }

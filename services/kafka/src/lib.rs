@@ -3,13 +3,15 @@
 //! ([`config`]), how clients are configured ([`client`]), the topic
 //! catalogue and its creation ([`topics`]), schema registration
 //! ([`schemas`]), the Avro codec in the Confluent wire format ([`codec`]),
-//! the names of the headers the pipeline writes ([`headers`]), trace
+//! a reader of compacted topics as tables
+//! ([`compacted`]), the names of the headers the pipeline writes ([`headers`]), trace
 //! propagation ([`trace`]) and the stage-control records
 //! ([`stage_control`]). Nothing here knows about stages or HTTP.
 
 mod avro_write;
 pub mod client;
 pub mod codec;
+pub mod compacted;
 pub mod config;
 pub mod headers;
 pub mod schemas;

@@ -21,6 +21,7 @@ pub mod server;
 pub mod spans;
 pub mod upload;
 pub mod uploads;
+pub mod webhooks;
 
 use crate::readmodel::StatusTable;
 use artifact_blob::BlobStore;
@@ -33,7 +34,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::QueryRejection;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use completions::Completions;
 use limits::{Limits, UploadSlots};
 use problem::Problem;
@@ -73,6 +74,8 @@ pub struct AppState {
     pub controls: artifact_runtime::control::ArtifactControls,
     /// Bulk reprocess operations, followed from their topic.
     pub operations: crate::reprocess::Operations,
+    /// Webhook subscriptions, followed from their topic, and the URL policy.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Why an event was not published.
@@ -186,7 +189,10 @@ fn bad_query(e: QueryRejection) -> Problem {
         reprocess::reprocess_many,
         reprocess::get_operation,
         events::artifact_events,
-        events::all_events
+        events::all_events,
+        webhooks::create_webhook,
+        webhooks::list_webhooks,
+        webhooks::delete_webhook
     ),
     components(schemas(
         Accepted,
@@ -194,7 +200,12 @@ fn bad_query(e: QueryRejection) -> Problem {
         reprocess::ReprocessRequest,
         reprocess::DryRun,
         reprocess::OperationAccepted,
-        reprocess::OperationStatus
+        reprocess::OperationStatus,
+        webhooks::WebhookRequest,
+        webhooks::WebhookCreated,
+        webhooks::WebhookListed,
+        webhooks::WebhookList,
+        crate::webhooks::DeliveryStats
     ))
 )]
 pub struct ApiDoc;
@@ -235,6 +246,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::all_events))
         .route("/v1/reprocess", post(reprocess::reprocess_many))
         .route("/v1/reprocess/{op}", get(reprocess::get_operation))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
+        )
+        .route("/v1/webhooks/{id}", delete(webhooks::delete_webhook))
         .merge(crate::ui::router())
         // Uploads enforce MAX_UPLOAD_BYTES themselves, while streaming (a
         // multipart body's envelope included: see `multipart`).

@@ -74,6 +74,7 @@ fn build(protect_reads: Option<bool>, limits: Limits) -> Api {
         completions: Completions::default(),
         controls: artifact_runtime::control::ArtifactControls::none(),
         operations: crate::reprocess::Operations::default(),
+        webhooks: crate::webhooks::Webhooks::default(),
     };
     Api {
         app: router(state.clone()),
