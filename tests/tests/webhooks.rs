@@ -252,7 +252,8 @@ async fn each_completion_is_delivered_once_signed_and_a_refused_one_again_with_i
             "{r:?}"
         );
         let mut tampered = r.body.to_vec();
-        tampered[tampered.len() / 2] ^= 1;
+        let middle = tampered.len() / 2;
+        tampered[middle] ^= 1;
         assert!(!verify(
             &steady_secret,
             &r.id,
