@@ -56,7 +56,7 @@ impl Subscription {
     /// Whether a change into `state` is delivered to it.
     pub fn wants(&self, state: ArtifactState) -> bool {
         let name = state_name(state);
-        self.states.iter().any(|s| *s == name)
+        self.states.contains(&name)
     }
 }
 
