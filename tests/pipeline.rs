@@ -231,6 +231,10 @@ impl Pipeline {
             "CONSOLE_STAGE_GROUP_PREFIX",
             format!("{}.", self.env.conn.topic_prefix),
         ));
+        vars.push((
+            "WEBHOOK_GROUP",
+            format!("{}.webhooks", self.env.conn.topic_prefix),
+        ));
         vars.extend(self.api_vars.iter().cloned());
         let api = StageProcess::start(&self.env, bin, &vars)?;
         wait_until("the API ready", Duration::from_secs(60), || api.is_ready()).await?;

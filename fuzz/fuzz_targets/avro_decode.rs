@@ -258,5 +258,8 @@ fuzz_target!(|data: &[u8]| {
             decode::<artifact_kafka::stage_control::StageControl>(d, &framed)
         }
         EventSchema::ReprocessOperation => decode::<ReprocessOperation>(d, &framed),
+        EventSchema::WebhookSubscription => {
+            decode::<artifact_api::webhooks::Subscription>(d, &framed)
+        }
     }
 });

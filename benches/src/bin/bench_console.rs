@@ -132,6 +132,7 @@ fn state(table: Arc<StatusTable>, blobs: &std::path::Path) -> anyhow::Result<App
             String::new(),
             Duration::from_millis(500),
         )),
+        webhooks: artifact_api::webhooks::Webhooks::default(),
     })
 }
 

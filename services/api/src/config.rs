@@ -3,6 +3,8 @@
 
 use crate::http::auth::{Access, AccessError, Tokens};
 use crate::http::limits::Limits;
+use crate::webhooks::delivery::DeliveryConfig;
+use crate::webhooks::policy::UrlPolicy;
 use artifact_blob::BlobStoreConfig;
 use artifact_kafka::config::ConnectionConfig;
 use clap::Parser;
@@ -79,6 +81,32 @@ pub struct Config {
     /// Most artifacts one bulk reprocess selects.
     #[arg(long, env = "REPROCESS_MAX_ARTIFACTS", default_value_t = crate::reprocess::DEFAULT_MAX_ARTIFACTS)]
     pub reprocess_max_artifacts: usize,
+    /// Consumer group of webhook deliveries on the status topic: each
+    /// partition's changes are delivered by one API instance.
+    #[arg(long, env = "WEBHOOK_GROUP", default_value = "artifact-webhooks")]
+    pub webhook_group: String,
+    /// Allow webhook URLs whose host is a loopback, private or link-local
+    /// address, and plain http (tests, receivers inside the cluster).
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
+    pub webhook_allow_private: bool,
+    /// Allow plain http webhook URLs (public addresses only, unless
+    /// WEBHOOK_ALLOW_PRIVATE).
+    #[arg(long, env = "WEBHOOK_ALLOW_HTTP", default_value_t = false)]
+    pub webhook_allow_http: bool,
+    /// Longest a webhook request may take, connection included, in
+    /// milliseconds.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// Attempts per webhook delivery, the first included.
+    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 6)]
+    pub webhook_max_attempts: u32,
+    /// The wait before a delivery's first retry, in milliseconds; it
+    /// doubles after each.
+    #[arg(long, env = "WEBHOOK_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub webhook_retry_base_ms: u64,
+    /// The longest wait between a delivery's attempts, in milliseconds.
+    #[arg(long, env = "WEBHOOK_RETRY_MAX_MS", default_value_t = 60_000)]
+    pub webhook_retry_max_ms: u64,
     /// How long SIGTERM/SIGINT waits for requests in flight (uploads being
     /// received, moved into place and published) before the process exits
     /// anyway, in milliseconds. New connections are refused meanwhile.
@@ -110,6 +138,9 @@ pub enum ConfigError {
     /// A bound is zero.
     #[error("{0} must be above 0")]
     Zero(&'static str),
+    /// A bound is below another.
+    #[error("{0} must be at least {1}")]
+    Below(&'static str, &'static str),
 }
 
 impl Config {
@@ -160,6 +191,36 @@ impl Config {
             header_timeout: ms(self.header_timeout_ms),
             rate_per_second: self.rate_limit_per_second,
             rate_burst: self.rate_limit_burst.max(1),
+        })
+    }
+
+    /// How webhook deliveries are made.
+    pub fn webhook_delivery(&self) -> Result<DeliveryConfig, ConfigError> {
+        for (name, value) in [
+            ("WEBHOOK_TIMEOUT_MS", self.webhook_timeout_ms),
+            ("WEBHOOK_MAX_ATTEMPTS", u64::from(self.webhook_max_attempts)),
+            ("WEBHOOK_RETRY_BASE_MS", self.webhook_retry_base_ms),
+            ("WEBHOOK_RETRY_MAX_MS", self.webhook_retry_max_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.webhook_retry_max_ms < self.webhook_retry_base_ms {
+            return Err(ConfigError::Below(
+                "WEBHOOK_RETRY_MAX_MS",
+                "WEBHOOK_RETRY_BASE_MS",
+            ));
+        }
+        Ok(DeliveryConfig {
+            policy: UrlPolicy {
+                allow_private: self.webhook_allow_private,
+                allow_http: self.webhook_allow_http,
+            },
+            timeout: Duration::from_millis(self.webhook_timeout_ms),
+            max_attempts: self.webhook_max_attempts,
+            retry_base: Duration::from_millis(self.webhook_retry_base_ms),
+            retry_max: Duration::from_millis(self.webhook_retry_max_ms),
         })
     }
 }

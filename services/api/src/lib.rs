@@ -7,7 +7,8 @@
 //!   compacted status topic;
 //! - [`readmodel`]: the on-disk table built from that topic by its Kafka
 //!   follower, which the reads are served from;
-//! - [`reprocess`]: bulk reprocess operations and their executor.
+//! - [`reprocess`]: bulk reprocess operations and their executor;
+//! - [`webhooks`]: subscriptions and their signed deliveries.
 //!
 //! [`config`] holds the settings, [`metrics`] every metric, defined once.
 
@@ -18,3 +19,4 @@ pub mod projector;
 pub mod readmodel;
 pub mod reprocess;
 pub mod ui;
+pub mod webhooks;

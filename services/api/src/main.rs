@@ -59,6 +59,16 @@ async fn main() -> anyhow::Result<()> {
         executor,
         cfg.reprocess_group.clone(),
     ));
+    let deliverer = artifact_api::webhooks::delivery::Deliverer::new(
+        state.webhooks.subscriptions.clone(),
+        cfg.webhook_delivery()?,
+    )?;
+    let webhooks = tokio::spawn(artifact_api::webhooks::delivery::run_delivery(
+        cfg.conn.clone(),
+        state.codec.clone(),
+        cfg.webhook_group.clone(),
+        deliverer,
+    ));
     {
         let health = health.clone();
         tokio::spawn(async move {
@@ -100,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         r = projector => anyhow::bail!("projector stopped: {:?}", r),
         r = read_model => anyhow::bail!("read model stopped: {:?}", r),
         r = reprocess => anyhow::bail!("reprocess executor stopped: {:?}", r),
+        r = webhooks => anyhow::bail!("webhook deliveries stopped: {:?}", r),
         _ = past_deadline => tracing::warn!(
             ?deadline,
             completions = completions.running(),
@@ -120,6 +131,7 @@ fn app_state(cfg: &Config) -> anyhow::Result<AppState> {
         );
     }
     let limits = cfg.limits()?;
+    let delivery = cfg.webhook_delivery()?;
     let producer = producer_config(&cfg.conn, "artifact-api")
         .set("message.timeout.ms", "10000")
         .create()?;
@@ -132,6 +144,13 @@ fn app_state(cfg: &Config) -> anyhow::Result<AppState> {
         ),
         operations: artifact_api::reprocess::Operations::follow(cfg.conn.clone(), codec.clone())
             .with_max_artifacts(cfg.reprocess_max_artifacts),
+        webhooks: artifact_api::webhooks::Webhooks {
+            subscriptions: artifact_api::webhooks::Subscriptions::follow(
+                cfg.conn.clone(),
+                codec.clone(),
+            ),
+            policy: delivery.policy,
+        },
         codec,
         producer,
         blobs: BlobStore::from_url(&cfg.blobs.url()?)?,

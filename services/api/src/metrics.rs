@@ -51,7 +51,13 @@ const SNAPSHOT_FAILURES: Counter = Counter {
     label: None,
 };
 
-const COUNTERS: [&Counter; 7] = [
+const WEBHOOK_DELIVERIES: Counter = Counter {
+    name: "artifact_api_webhook_deliveries_total",
+    help: "Webhook deliveries by outcome: delivered (answered 2xx); failed (every attempt failed, given up); refused (the URL or its address is not allowed).",
+    label: Some(("outcome", &["delivered", "failed", "refused"])),
+};
+
+const COUNTERS: [&Counter; 8] = [
     &UPLOADS,
     &REFUSED,
     &PROJECTOR_EVENTS,
@@ -59,6 +65,7 @@ const COUNTERS: [&Counter; 7] = [
     &UNREADABLE_EVENTS,
     &SNAPSHOTS,
     &SNAPSHOT_FAILURES,
+    &WEBHOOK_DELIVERIES,
 ];
 
 const FOLDS: (&str, &str) = (
@@ -84,6 +91,11 @@ const END_TO_END_SECONDS: (&str, &str) = (
     "Time from an artifact's creation to its completed summary, seen by the projector.",
 );
 
+const WEBHOOK_REQUEST_SECONDS: (&str, &str) = (
+    "artifact_api_webhook_request_seconds",
+    "Time a webhook receiver took to answer a delivery attempt.",
+);
+
 /// Exports every metric's help text, every counter series at zero and
 /// every gauge at zero.
 pub fn describe() {
@@ -102,8 +114,9 @@ pub fn describe() {
         metrics::describe_gauge!(name, help);
         metrics::gauge!(name).set(0.0);
     }
-    let (name, help) = END_TO_END_SECONDS;
-    metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    for (name, help) in [END_TO_END_SECONDS, WEBHOOK_REQUEST_SECONDS] {
+        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    }
 }
 
 fn count(c: &Counter, value: Option<&'static str>, n: u64) {
@@ -207,6 +220,32 @@ pub fn end_to_end(secs: f64) {
     metrics::histogram!(END_TO_END_SECONDS.0).record(secs);
 }
 
+/// How a webhook delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// Answered 2xx.
+    Delivered,
+    /// Given up after its attempts.
+    Failed,
+    /// Not allowed by the URL policy.
+    Refused,
+}
+
+/// A webhook delivery ended with `outcome`.
+pub fn webhook_delivery(outcome: WebhookOutcome) {
+    let value = match outcome {
+        WebhookOutcome::Delivered => "delivered",
+        WebhookOutcome::Failed => "failed",
+        WebhookOutcome::Refused => "refused",
+    };
+    count(&WEBHOOK_DELIVERIES, Some(value), 1);
+}
+
+/// A webhook receiver answered after `took`.
+pub fn webhook_request(took: std::time::Duration) {
+    metrics::histogram!(WEBHOOK_REQUEST_SECONDS.0).record(took.as_secs_f64());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +255,7 @@ mod tests {
         let mut names: Vec<&str> = COUNTERS.iter().map(|c| c.name).collect();
         names.extend(GAUGES.iter().map(|(n, _)| *n));
         names.push(END_TO_END_SECONDS.0);
+        names.push(WEBHOOK_REQUEST_SECONDS.0);
         let all = names.len();
         names.sort_unstable();
         names.dedup();

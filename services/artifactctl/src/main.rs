@@ -11,6 +11,7 @@ mod read;
 mod reprocess;
 mod stage;
 mod upload;
+mod webhook;
 
 use anyhow::Context;
 use artifact_domain::Stage;
@@ -151,6 +152,11 @@ enum Command {
     List {
         #[command(flatten)]
         filters: read::ListFilters,
+    },
+    /// Webhook subscriptions: signed deliveries of status changes.
+    Webhook {
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
     },
     /// Prints a shell completion script (e.g. `artifactctl completions
     /// bash > /etc/bash_completion.d/artifactctl`).
@@ -515,6 +521,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Reprocess(args) => {
             code = reprocess::run(&api, args, cli.output == Some(Output::Json)).await?;
         }
+        Command::Webhook { command } => webhook::run(&api, cli.output, command).await?,
     }
     Ok(code)
 }

@@ -3,15 +3,16 @@
 //! ([`config`]), how clients are configured ([`client`]), the topic
 //! catalogue and its creation ([`topics`]), schema registration
 //! ([`schemas`]), the Avro codec in the Confluent wire format ([`codec`]),
-//! the names of the headers the pipeline writes ([`headers`]), trace
-//! propagation ([`trace`]), the stage-control records and their topic
-//! ([`stage_control`]), and what operators read from the broker: the stages'
-//! consumer lag ([`lag`]) and their dead letters ([`dead_letters`]).
-//! Nothing here knows about HTTP.
+//! a reader of compacted topics as tables ([`compacted`]), the names of the
+//! headers the pipeline writes ([`headers`]), trace propagation ([`trace`]),
+//! the stage-control records and their topic ([`stage_control`]), and what
+//! operators read from the broker: the stages' consumer lag ([`lag`]) and
+//! their dead letters ([`dead_letters`]). Nothing here knows about HTTP.
 
 mod avro_write;
 pub mod client;
 pub mod codec;
+pub mod compacted;
 pub mod config;
 pub mod dead_letters;
 pub mod headers;

@@ -30,11 +30,13 @@ pub enum EventSchema {
     StageControl,
     /// `reprocess-operation.avsc`
     ReprocessOperation,
+    /// `webhook-subscription.avsc`
+    WebhookSubscription,
 }
 
 impl EventSchema {
     /// Every schema.
-    pub const ALL: [EventSchema; 10] = [
+    pub const ALL: [EventSchema; 11] = [
         EventSchema::ArtifactCreated,
         EventSchema::MimeDetected,
         EventSchema::LocationVerified,
@@ -45,6 +47,7 @@ impl EventSchema {
         EventSchema::StageControl,
         EventSchema::ArtifactControl,
         EventSchema::ReprocessOperation,
+        EventSchema::WebhookSubscription,
     ];
 
     /// The Avro schema text.
@@ -65,6 +68,9 @@ impl EventSchema {
             EventSchema::StageControl => include_str!("../../../schemas/stage-control.avsc"),
             EventSchema::ReprocessOperation => {
                 include_str!("../../../schemas/reprocess-operation.avsc")
+            }
+            EventSchema::WebhookSubscription => {
+                include_str!("../../../schemas/webhook-subscription.avsc")
             }
         }
     }
@@ -92,6 +98,7 @@ pub fn subjects(names: &TopicNames) -> Vec<(String, EventSchema)> {
     v.push((names.artifact_control(), EventSchema::ArtifactControl));
     v.push((names.stage_control(), EventSchema::StageControl));
     v.push((names.operations(), EventSchema::ReprocessOperation));
+    v.push((names.webhooks(), EventSchema::WebhookSubscription));
     v.into_iter()
         .map(|(t, s)| (format!("{t}-value"), s))
         .collect()
@@ -388,6 +395,6 @@ mod tests {
             "artifact.operations-value".into(),
             EventSchema::ReprocessOperation
         )));
-        assert_eq!(subs.len(), 1 + 4 + 4 + 1 + 1 + 1 + 1);
+        assert_eq!(subs.len(), 1 + 4 + 4 + 1 + 1 + 1 + 1 + 1);
     }
 }

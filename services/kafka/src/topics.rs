@@ -153,6 +153,12 @@ impl TopicNames {
         format!("{}.operations", self.prefix)
     }
 
+    /// `<prefix>.webhooks`: webhook subscriptions, keyed by subscription
+    /// id; every API replica follows it.
+    pub fn webhooks(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
+
     /// A stage's keyed dedup state.
     pub fn dedup(&self, stage: Stage) -> String {
         format!("{}.{}.dedup", self.prefix, stage.name())
@@ -203,6 +209,7 @@ impl TopicNames {
         v.push(compact(self.artifact_control()));
         v.push(compact(self.stage_control()));
         v.push(compact(self.operations()));
+        v.push(compact(self.webhooks()));
         for s in Stage::ALL {
             v.push(compact(self.dedup(s)));
             v.push(delete(self.retry(s), Some(RETRY_RETENTION_MS)));
@@ -572,10 +579,11 @@ mod tests {
             "artifact.location-logger.inflight",
             "artifact.stage-control",
             "artifact.operations",
+            "artifact.webhooks",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
-        assert_eq!(cat.len(), 9 + 4 * 4);
+        assert_eq!(cat.len(), 10 + 4 * 4);
         for s in &cat {
             let want = if s.name.ends_with(".retry") || s.name.ends_with(".dlq") {
                 Cleanup::Delete

@@ -8,15 +8,11 @@
 //! keeps its record.
 
 use artifact_domain::{ArtifactControl, ArtifactId, ControlAction, Generation};
-use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config};
 use artifact_kafka::codec::AvroCodec;
+use artifact_kafka::compacted::{Change, CompactedReader};
 use artifact_kafka::config::ConnectionConfig;
-use artifact_kafka::topics::{TopicNames, partition_counts};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet};
+use artifact_kafka::topics::TopicNames;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -166,95 +162,51 @@ async fn follow_once(
     controls: &ArtifactControls,
     topic: &str,
 ) -> Result<(), String> {
-    let (conn2, t) = (conn.clone(), topic.to_owned());
-    let targets = tokio::task::spawn_blocking(move || targets(&conn2, &t))
+    let mut reader = CompactedReader::open(conn, topic, "artifact-control")
         .await
-        .map_err(|e| e.to_string())??;
-    let consumer: StreamConsumer<QuietEof> = client_config(conn, "artifact-control")
-        .set("group.id", "artifact-control-unused")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-        .create_with_context(QuietEof)
         .map_err(|e| e.to_string())?;
-    let mut tpl = TopicPartitionList::new();
-    for p in targets.keys() {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let mut behind: HashSet<i32> = targets
-        .iter()
-        .filter(|(_, (low, high))| high > low)
-        .map(|(p, _)| *p)
-        .collect();
     let mut records = 0u64;
     loop {
-        if behind.is_empty() && !controls.is_caught_up() {
-            controls.mark_caught_up();
-            tracing::info!(
-                %topic,
-                records,
-                controls = controls.len(),
-                "artifact controls read"
-            );
-        }
-        match consumer.recv().await {
-            Err(KafkaError::PartitionEOF(p)) => {
-                behind.remove(&p);
+        let (partition, offset, payload) = match reader.next().await.map_err(|e| e.to_string())? {
+            Change::CaughtUp => {
+                controls.mark_caught_up();
+                tracing::info!(
+                    %topic,
+                    records,
+                    controls = controls.len(),
+                    "artifact controls read"
+                );
+                continue;
             }
-            Err(e) => return Err(e.to_string()),
-            Ok(m) => {
-                records += 1;
-                let (p, offset) = (m.partition(), m.offset());
-                if targets.get(&p).is_some_and(|(_, high)| offset + 1 >= *high) {
-                    behind.remove(&p);
+            Change::Record {
+                partition,
+                offset,
+                value,
+                ..
+            } => (partition, offset, value),
+        };
+        records += 1;
+        // Controls are never deleted: a tombstone is skipped.
+        let Some(payload) = payload else {
+            continue;
+        };
+        loop {
+            match codec.decode::<ArtifactControl>(Some(&payload)).await {
+                Ok(c) => {
+                    controls.apply(c);
+                    break;
                 }
-                let Some(payload) = m.payload().map(<[u8]>::to_vec) else {
-                    continue;
-                };
-                drop(m);
-                loop {
-                    match codec.decode::<ArtifactControl>(Some(&payload)).await {
-                        Ok(c) => {
-                            controls.apply(c);
-                            break;
-                        }
-                        Err(e) if e.is_retriable() => {
-                            tracing::warn!(error = %e, "artifact control waits for the registry");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, partition = p, offset, "undecodable artifact control skipped");
-                            break;
-                        }
-                    }
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!(error = %e, "artifact control waits for the registry");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, partition, offset, "undecodable artifact control skipped");
+                    break;
                 }
             }
         }
     }
-}
-
-/// Each partition's (low, high) watermarks, once the topic exists.
-fn targets(conn: &ConnectionConfig, topic: &str) -> Result<HashMap<i32, (i64, i64)>, String> {
-    let counts = partition_counts(conn, &[topic.to_owned()], Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    let Some(&n) = counts.get(topic) else {
-        return Err(format!(
-            "topic {topic} missing; run `artifactctl topics create`"
-        ));
-    };
-    let reader: BaseConsumer<QuietEof> = client_config(conn, "artifact-control")
-        .create_with_context(QuietEof)
-        .map_err(|e| e.to_string())?;
-    (0..n as i32)
-        .map(|p| {
-            let w = reader
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .map_err(|e| e.to_string())?;
-            Ok((p, w))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod server;
 pub mod spans;
 pub mod upload;
 pub mod uploads;
+pub mod webhooks;
 
 use crate::readmodel::StatusTable;
 use artifact_blob::BlobStore;
@@ -33,7 +34,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::QueryRejection;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use completions::Completions;
 use limits::{Limits, UploadSlots};
 use problem::Problem;
@@ -75,6 +76,8 @@ pub struct AppState {
     pub operations: crate::reprocess::Operations,
     /// The stages as the console reads them from Kafka.
     pub pipeline: Arc<crate::ui::stages::PipelineView>,
+    /// Webhook subscriptions, followed from their topic, and the URL policy.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Why an event was not published.
@@ -188,7 +191,10 @@ fn bad_query(e: QueryRejection) -> Problem {
         reprocess::reprocess_many,
         reprocess::get_operation,
         events::artifact_events,
-        events::all_events
+        events::all_events,
+        webhooks::create_webhook,
+        webhooks::list_webhooks,
+        webhooks::delete_webhook
     ),
     components(schemas(
         Accepted,
@@ -196,7 +202,12 @@ fn bad_query(e: QueryRejection) -> Problem {
         reprocess::ReprocessRequest,
         reprocess::DryRun,
         reprocess::OperationAccepted,
-        reprocess::OperationStatus
+        reprocess::OperationStatus,
+        webhooks::WebhookRequest,
+        webhooks::WebhookCreated,
+        webhooks::WebhookListed,
+        webhooks::WebhookList,
+        crate::webhooks::DeliveryStats
     ))
 )]
 pub struct ApiDoc;
@@ -237,6 +248,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::all_events))
         .route("/v1/reprocess", post(reprocess::reprocess_many))
         .route("/v1/reprocess/{op}", get(reprocess::get_operation))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
+        )
+        .route("/v1/webhooks/{id}", delete(webhooks::delete_webhook))
         .merge(crate::ui::router())
         // Uploads enforce MAX_UPLOAD_BYTES themselves, while streaming (a
         // multipart body's envelope included: see `multipart`).

@@ -79,6 +79,7 @@ fn build(protect_reads: Option<bool>, limits: Limits) -> Api {
             String::new(),
             std::time::Duration::from_millis(300),
         )),
+        webhooks: crate::webhooks::Webhooks::default(),
     };
     Api {
         app: router(state.clone()),

@@ -21,14 +21,12 @@ mod sources;
 
 use crate::readmodel::{StatusTable, TableError};
 use artifact_domain::{ArtifactId, ReprocessOperation, Selector, Stage, StatusView};
-use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config};
+use artifact_kafka::client::{QuietEof, client_config};
 use artifact_kafka::codec::AvroCodec;
+use artifact_kafka::compacted::{Change, CompactedReader};
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::topics::{TopicNames, partition_counts};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -130,51 +128,22 @@ async fn follow_once(
     ops: &Operations,
     topic: &str,
 ) -> Result<(), String> {
-    let (c, t) = (conn.clone(), topic.to_owned());
-    let ends = tokio::task::spawn_blocking(move || high_watermarks(&c, &t))
+    let mut reader = CompactedReader::open(conn, topic, "artifact-api-operations")
         .await
-        .map_err(|e| e.to_string())??;
-    let consumer: StreamConsumer<QuietEof> = client_config(conn, "artifact-api-operations")
-        .set("group.id", "artifact-operations-unused")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-        .create_with_context(QuietEof)
         .map_err(|e| e.to_string())?;
-    let mut tpl = TopicPartitionList::new();
-    for p in ends.keys() {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let mut behind: HashSet<i32> = ends
-        .iter()
-        .filter(|(_, end)| **end > 0)
-        .map(|(p, _)| *p)
-        .collect();
     loop {
-        if behind.is_empty() {
-            ops.inner.caught_up.store(true, Ordering::Release);
-        }
-        match consumer.recv().await {
-            Err(KafkaError::PartitionEOF(p)) => {
-                behind.remove(&p);
-            }
-            Err(e) => return Err(e.to_string()),
-            Ok(m) => {
-                let p = m.partition();
-                if ends.get(&p).is_some_and(|end| m.offset() + 1 >= *end) {
-                    behind.remove(&p);
-                }
-                let Some(payload) = m.payload().map(<[u8]>::to_vec) else {
-                    continue;
-                };
-                drop(m);
-                match codec.decode::<ReprocessOperation>(Some(&payload)).await {
-                    Ok(op) => ops.apply(p, op),
-                    Err(e) => return Err(format!("an operation record does not decode: {e}")),
-                }
-            }
+        match reader.next().await.map_err(|e| e.to_string())? {
+            Change::CaughtUp => ops.inner.caught_up.store(true, Ordering::Release),
+            // Operations are never deleted: a tombstone is skipped.
+            Change::Record { value: None, .. } => {}
+            Change::Record {
+                partition,
+                value: Some(payload),
+                ..
+            } => match codec.decode::<ReprocessOperation>(Some(&payload)).await {
+                Ok(op) => ops.apply(partition, op),
+                Err(e) => return Err(format!("an operation record does not decode: {e}")),
+            },
         }
     }
 }
