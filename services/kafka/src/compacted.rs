@@ -169,3 +169,33 @@ fn high_watermarks(
         })
         .collect()
 }
+
+/// Whether a follower has read its topic to the end the topic had when it
+/// started, for those who must wait for that before they act.
+#[derive(Debug, Default)]
+pub struct CaughtUp {
+    done: std::sync::atomic::AtomicBool,
+    now: tokio::sync::Notify,
+}
+
+impl CaughtUp {
+    pub fn is_done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until it is.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.now.notified();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn mark(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        self.now.notify_waiters();
+    }
+}

@@ -13,7 +13,6 @@ use artifact_kafka::compacted::{Change, CompactedReader};
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::topics::TopicNames;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -26,8 +25,7 @@ pub struct ArtifactControls {
 #[derive(Debug, Default)]
 struct Inner {
     controls: RwLock<HashMap<ArtifactId, ArtifactControl>>,
-    caught_up: AtomicBool,
-    caught_up_now: tokio::sync::Notify,
+    caught_up: artifact_kafka::compacted::CaughtUp,
     /// Artifacts erased since the last [`ArtifactControls::take_erased`].
     erased: Mutex<Vec<ArtifactId>>,
 }
@@ -103,23 +101,16 @@ impl ArtifactControls {
 
     /// Whether the topic was read to the end it had at start.
     pub fn is_caught_up(&self) -> bool {
-        self.inner.caught_up.load(Ordering::Acquire)
+        self.inner.caught_up.is_done()
     }
 
     /// Waits until caught up.
     pub async fn caught_up(&self) {
-        loop {
-            let notified = self.inner.caught_up_now.notified();
-            if self.is_caught_up() {
-                return;
-            }
-            notified.await;
-        }
+        self.inner.caught_up.wait().await
     }
 
     fn mark_caught_up(&self) {
-        self.inner.caught_up.store(true, Ordering::Release);
-        self.inner.caught_up_now.notify_waiters();
+        self.inner.caught_up.mark();
     }
 
     /// Controls held.

@@ -18,7 +18,6 @@ use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::topics::TopicNames;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -90,8 +89,7 @@ pub struct Subscriptions {
 struct Inner {
     subs: RwLock<BTreeMap<String, Subscription>>,
     stats: Mutex<HashMap<String, DeliveryStats>>,
-    caught_up: AtomicBool,
-    caught_up_now: tokio::sync::Notify,
+    caught_up: artifact_kafka::compacted::CaughtUp,
 }
 
 impl Subscriptions {
@@ -177,24 +175,17 @@ impl Subscriptions {
 
     /// Whether the topic was read to the end it had at start.
     pub fn is_caught_up(&self) -> bool {
-        self.inner.caught_up.load(Ordering::Acquire)
+        self.inner.caught_up.is_done()
     }
 
     /// Waits until caught up.
     pub async fn caught_up(&self) {
-        loop {
-            let notified = self.inner.caught_up_now.notified();
-            if self.is_caught_up() {
-                return;
-            }
-            notified.await;
-        }
+        self.inner.caught_up.wait().await
     }
 
     /// Marks the subscriptions read (also for tests without a topic).
     pub fn mark_caught_up(&self) {
-        self.inner.caught_up.store(true, Ordering::Release);
-        self.inner.caught_up_now.notify_waiters();
+        self.inner.caught_up.mark();
     }
 
     /// How a subscription's deliveries went on this replica.
