@@ -275,8 +275,8 @@ async fn register_all_is_idempotent() {
     assert_eq!(first, second);
     assert_eq!(
         first.len(),
-        13,
-        "created, 4 outcomes, 4 dedup, status, stage-control, artifact-control, operations"
+        14,
+        "created, 4 outcomes, 4 dedup, status, stage-control, artifact-control, operations, webhooks"
     );
 }
 
