@@ -158,6 +158,31 @@ impl Api {
             .with_context(|| format!("upload of {}: not the API's answer: {body}", path.display()))
     }
 
+    /// Sends an authorized request and reads its JSON answer (an empty body
+    /// reads as null); an answer other than 2xx is an error with the exit
+    /// code its status calls for, `what` saying what was refused.
+    pub async fn answer<T: serde::de::DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .auth(rb)
+            .send()
+            .await
+            .with_context(|| format!("artifact-api at {} did not answer", self.url))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(crate::exit::http(what, status, &body));
+        }
+        Ok(serde_json::from_str(if body.is_empty() {
+            "null"
+        } else {
+            &body
+        })?)
+    }
+
     /// An artifact's status, `None` while the API does not know it yet.
     pub async fn status(&self, id: &str) -> anyhow::Result<Option<StatusView>> {
         let resp = self

@@ -2,7 +2,7 @@
 //! artifact-control topic.
 
 use crate::api::Api;
-use anyhow::{Context, bail};
+use anyhow::bail;
 use artifact_domain::StatusView;
 
 /// What the API answered to a cancel or an erase.
@@ -40,21 +40,7 @@ impl Api {
         what: &str,
         id: &str,
     ) -> anyhow::Result<Controlled> {
-        let resp = self
-            .authorized(rb)
-            .send()
-            .await
-            .with_context(|| format!("artifact-api at {} did not answer", self.url))?;
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(crate::exit::http(
-                &format!("{what} of {id} refused"),
-                status,
-                &body,
-            ));
-        }
-        Ok(serde_json::from_str(&body)?)
+        self.answer(rb, &format!("{what} of {id} refused")).await
     }
 
     /// The ids of every artifact in `state` (any case), a page at a time.
@@ -66,20 +52,12 @@ impl Api {
             if let Some(c) = &cursor {
                 url.push_str(&format!("&cursor={c}"));
             }
-            let resp = self
-                .authorized(self.http().get(url))
-                .send()
-                .await
-                .with_context(|| format!("artifact-api at {} did not answer", self.url))?;
-            let status = resp.status();
-            if !status.is_success() {
-                return Err(crate::exit::http(
+            let page: Page = self
+                .answer(
+                    self.http().get(url),
                     &format!("listing artifacts in state {state}"),
-                    status,
-                    &resp.text().await.unwrap_or_default(),
-                ));
-            }
-            let page: Page = resp.json().await?;
+                )
+                .await?;
             ids.extend(page.items.into_iter().map(|v| v.artifact_id.to_string()));
             match page.next_cursor {
                 Some(c) => cursor = Some(c),

@@ -2,7 +2,6 @@
 //! (one JSON document on stdout) or `--output table` (aligned text).
 
 use crate::api::Api;
-use anyhow::Context;
 use artifact_domain::StatusView;
 use std::fmt::Write;
 
@@ -52,20 +51,7 @@ impl Api {
         if let Some(c) = cursor {
             url.push_str(&format!("&cursor={}", crate::api::percent_encode(c)));
         }
-        let resp = self
-            .authorized(self.http().get(url))
-            .send()
-            .await
-            .with_context(|| format!("artifact-api at {} did not answer", self.url))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(crate::exit::http(
-                "listing artifacts",
-                status,
-                &resp.text().await.unwrap_or_default(),
-            ));
-        }
-        Ok(resp.json().await?)
+        self.answer(self.http().get(url), "listing artifacts").await
     }
 
     /// The first page, or with `all` every page (then without a cursor).

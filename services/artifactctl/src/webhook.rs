@@ -2,7 +2,6 @@
 
 use crate::api::Api;
 use crate::read::{Output, print_json};
-use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
@@ -47,8 +46,8 @@ pub async fn run(api: &Api, output: Option<Output>, command: WebhookCommand) -> 
             if let Some(s) = secret {
                 body["secret"] = json!(s);
             }
-            let created = api
-                .send(
+            let created: Value = api
+                .answer(
                     api.http()
                         .post(format!("{}/v1/webhooks", api.url))
                         .json(&body),
@@ -63,8 +62,8 @@ pub async fn run(api: &Api, output: Option<Output>, command: WebhookCommand) -> 
             }
         }
         WebhookCommand::List => {
-            let list = api
-                .send(
+            let list: Value = api
+                .answer(
                     api.http().get(format!("{}/v1/webhooks", api.url)),
                     "webhook list",
                 )
@@ -99,7 +98,7 @@ pub async fn run(api: &Api, output: Option<Output>, command: WebhookCommand) -> 
             }
         }
         WebhookCommand::Remove { id } => {
-            api.send(
+            api.answer::<Value>(
                 api.http().delete(format!("{}/v1/webhooks/{id}", api.url)),
                 &format!("webhook remove {id}"),
             )
@@ -112,25 +111,4 @@ pub async fn run(api: &Api, output: Option<Output>, command: WebhookCommand) -> 
         }
     }
     Ok(())
-}
-
-impl Api {
-    /// Sends an authorized request; the answer's JSON (null when empty), or
-    /// an error with the exit code its status calls for.
-    async fn send(&self, rb: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
-        let resp = self
-            .authorized(rb)
-            .send()
-            .await
-            .with_context(|| format!("artifact-api at {} did not answer", self.url))?;
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(crate::exit::http(what, status, &body));
-        }
-        if body.is_empty() {
-            return Ok(Value::Null);
-        }
-        Ok(serde_json::from_str(&body)?)
-    }
 }
