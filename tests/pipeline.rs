@@ -248,6 +248,14 @@ impl Pipeline {
         format!("{}{path}", self.api_url)
     }
 
+    /// Runs `artifactctl` against the API, with the token.
+    pub fn artifactctl(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(self.bin_dir.join("artifactctl"))
+            .args(["--api-url", &self.api_url, "--token", TOKEN])
+            .args(args)
+            .output()?)
+    }
+
     /// The JSON an API path answers (with the token).
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         Ok(self.http.get(self.url(path)).send().await?.json().await?)

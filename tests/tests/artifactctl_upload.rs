@@ -8,7 +8,7 @@
 //!   (what the Helm test checks), and `reprocess --output json` prints the
 //!   API's answer or the operation's final progress.
 
-use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
+use artifact_pipeline_tests::pipeline::Pipeline;
 use artifact_pipeline_tests::wait_until;
 use rand::RngCore;
 use serde_json::Value;
@@ -19,15 +19,6 @@ use std::time::Duration;
 const BIN_DIR_OF: &str = env!("CARGO_BIN_EXE_test-stage");
 /// The API's upload limit in these tests: above the "few MB" files.
 const LIMIT: u64 = 6 << 20;
-
-fn artifactctl(p: &Pipeline, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Ok(
-        std::process::Command::new(Path::new(BIN_DIR_OF).with_file_name("artifactctl"))
-            .args(["--api-url", &p.api_url, "--token", TOKEN])
-            .args(args)
-            .output()?,
-    )
-}
 
 /// A file of `len` random bytes in `dir`, and its SHA-256.
 fn random_file(dir: &Path, name: &str, len: usize) -> anyhow::Result<(PathBuf, String)> {
@@ -71,7 +62,7 @@ async fn files_stream_in_parallel_byte_for_byte_and_one_too_large_fails_alone() 
     args.insert(5, too_large.display().to_string());
     args.extend(["--output".into(), "json".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = artifactctl(&p, &args)?;
+    let out = p.artifactctl(&args)?;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let doc = json(&out)?;
     let files = doc.as_array().expect("an array");
@@ -109,14 +100,11 @@ async fn files_stream_in_parallel_byte_for_byte_and_one_too_large_fails_alone() 
     }
 
     // Only good files: exit 0, a line each.
-    let out = artifactctl(
-        &p,
-        &[
-            "upload",
-            &good[0].0.display().to_string(),
-            &good[1].0.display().to_string(),
-        ],
-    )?;
+    let out = p.artifactctl(&[
+        "upload",
+        &good[0].0.display().to_string(),
+        &good[1].0.display().to_string(),
+    ])?;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let stdout = String::from_utf8(out.stdout)?;
     let ids: Vec<String> = stdout
@@ -139,28 +127,25 @@ async fn files_stream_in_parallel_byte_for_byte_and_one_too_large_fails_alone() 
     }
 
     // Reprocess: the dry run's and the operation's answers as JSON.
-    let out = artifactctl(
-        &p,
-        &[
-            "reprocess",
-            "--state",
-            "PENDING",
-            "--dry-run",
-            "--output",
-            "json",
-        ],
-    )?;
+    let out = p.artifactctl(&[
+        "reprocess",
+        "--state",
+        "PENDING",
+        "--dry-run",
+        "--output",
+        "json",
+    ])?;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let dry = json(&out)?;
     assert_eq!(dry["selected"].as_u64(), Some(5), "{dry}");
     let first = files[0]["artifact_id"].as_str().unwrap();
-    let out = artifactctl(&p, &["reprocess", "--id", first, "--output", "json"])?;
+    let out = p.artifactctl(&["reprocess", "--id", first, "--output", "json"])?;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let op = json(&out)?;
     assert_eq!(op["selected"].as_u64(), Some(1), "{op}");
     assert!(op["operation_id"].as_str().is_some_and(|s| !s.is_empty()));
     // A selector the API calls bad is a usage error.
-    let out = artifactctl(&p, &["reprocess", "--state", "SIDEWAYS"])?;
+    let out = p.artifactctl(&["reprocess", "--state", "SIDEWAYS"])?;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     Ok(())
 }
@@ -176,18 +161,15 @@ async fn upload_wait_and_reprocess_wait_print_json() -> anyhow::Result<()> {
     let doc = dir.join("notes.txt");
     std::fs::write(&doc, text)?;
 
-    let out = artifactctl(
-        &p,
-        &[
-            "upload",
-            "--wait",
-            "--timeout",
-            "120",
-            "--output",
-            "json",
-            &doc.display().to_string(),
-        ],
-    )?;
+    let out = p.artifactctl(&[
+        "upload",
+        "--wait",
+        "--timeout",
+        "120",
+        "--output",
+        "json",
+        &doc.display().to_string(),
+    ])?;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let files = json(&out)?;
     let status = &files[0]["status"];
@@ -203,19 +185,16 @@ async fn upload_wait_and_reprocess_wait_print_json() -> anyhow::Result<()> {
     );
 
     let id = files[0]["artifact_id"].as_str().unwrap();
-    let out = artifactctl(
-        &p,
-        &[
-            "reprocess",
-            "--id",
-            id,
-            "--wait",
-            "--timeout",
-            "120",
-            "--output",
-            "json",
-        ],
-    )?;
+    let out = p.artifactctl(&[
+        "reprocess",
+        "--id",
+        id,
+        "--wait",
+        "--timeout",
+        "120",
+        "--output",
+        "json",
+    ])?;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let op = json(&out)?;
     assert_eq!(op["state"], "FINISHED", "{op}");

@@ -12,7 +12,7 @@
 //!   generation 2, summarized once.
 
 use artifact_domain::{ArtifactState, Stage, Summarized};
-use artifact_pipeline_tests::pipeline::{Pipeline, TOKEN};
+use artifact_pipeline_tests::pipeline::Pipeline;
 use artifact_pipeline_tests::{chat_completion, header, wait_until};
 use axum::Router;
 use axum::http::StatusCode;
@@ -103,15 +103,6 @@ async fn operation(p: &Pipeline, op: &str) -> Option<Value> {
     r.json().await.ok()
 }
 
-fn artifactctl(p: &Pipeline, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Ok(
-        std::process::Command::new(Path::new(BIN_DIR_OF).with_file_name("artifactctl"))
-            .args(["--api-url", &p.api_url, "--token", TOKEN])
-            .args(args)
-            .output()?,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_artifacts_are_reprocessed_from_the_summarizer_without_parsing_again()
 -> anyhow::Result<()> {
@@ -150,19 +141,16 @@ async fn failed_artifacts_are_reprocessed_from_the_summarizer_without_parsing_ag
 
     // A dry run counts, and changes nothing.
     let created_before = p.env.read_all(&p.env.names.created())?.len();
-    let out = artifactctl(
-        &p,
-        &[
-            "reprocess",
-            "--state",
-            "FAILED",
-            "--stage",
-            "summarizer",
-            "--from",
-            "summarizer",
-            "--dry-run",
-        ],
-    )?;
+    let out = p.artifactctl(&[
+        "reprocess",
+        "--state",
+        "FAILED",
+        "--stage",
+        "summarizer",
+        "--from",
+        "summarizer",
+        "--dry-run",
+    ])?;
     assert!(
         out.status.success(),
         "{}",
@@ -206,21 +194,18 @@ async fn failed_artifacts_are_reprocessed_from_the_summarizer_without_parsing_ag
     assert_eq!(status, 400);
 
     accept.store(true, Ordering::SeqCst);
-    let out = artifactctl(
-        &p,
-        &[
-            "reprocess",
-            "--state",
-            "FAILED",
-            "--stage",
-            "summarizer",
-            "--from",
-            "summarizer",
-            "--wait",
-            "--timeout",
-            "120",
-        ],
-    )?;
+    let out = p.artifactctl(&[
+        "reprocess",
+        "--state",
+        "FAILED",
+        "--stage",
+        "summarizer",
+        "--from",
+        "summarizer",
+        "--wait",
+        "--timeout",
+        "120",
+    ])?;
     let stdout = String::from_utf8(out.stdout)?;
     assert!(
         out.status.success(),
