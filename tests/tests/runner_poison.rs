@@ -61,14 +61,23 @@ async fn a_killing_record_fails_and_its_partition_goes_on(
     behaviour: &str,
     artifacts: usize,
     limit: Option<u64>,
+    partitions: usize,
 ) -> anyhow::Result<()> {
-    // One partition: the poison shares it with every other artifact.
-    let env = TestEnv::new(1).await?;
+    let env = TestEnv::new(partitions).await?;
     let poisoned = artifacts / 2;
     let events: Vec<_> = (0..artifacts)
         .map(|i| TestEnv::created(if i == poisoned { behaviour } else { "fine" }))
         .collect();
-    env.produce_created(&events).await?;
+    // With one partition the poison shares it with every other artifact;
+    // with more, it goes to the last, whose in-flight ranges are not in
+    // the partition that holds every instance's record.
+    let (before, after) = events.split_at(poisoned);
+    env.produce_created(before).await?;
+    let last = partitions as i32 - 1;
+    let schema = artifact_kafka::schemas::EventSchema::ArtifactCreated;
+    env.produce_one(&env.names.created(), schema, &after[0], Some(last), &[])
+        .await?;
+    env.produce_created(&after[1..]).await?;
     // POISON_MAX_CRASHES deaths on the record alone, after halving the
     // batch it was in (each halving may cost one more).
     let bound = 3 + (artifacts as f64).log2().ceil() as usize;
@@ -107,11 +116,18 @@ async fn a_killing_record_fails_and_its_partition_goes_on(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_that_aborts_the_process_fails_within_the_bound_of_deaths() -> anyhow::Result<()> {
     artifact_pipeline_tests::needs_stack!();
-    a_killing_record_fails_and_its_partition_goes_on("abort", 24, None).await
+    a_killing_record_fails_and_its_partition_goes_on("abort", 24, None, 1).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_past_the_memory_limit_fails_within_the_bound_of_deaths() -> anyhow::Result<()> {
     artifact_pipeline_tests::needs_stack!();
-    a_killing_record_fails_and_its_partition_goes_on("oom", 12, Some(4 << 30)).await
+    a_killing_record_fails_and_its_partition_goes_on("oom", 12, Some(4 << 30), 1).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killing_record_on_one_of_four_partitions_fails_within_the_bound_of_deaths()
+-> anyhow::Result<()> {
+    artifact_pipeline_tests::needs_stack!();
+    a_killing_record_fails_and_its_partition_goes_on("abort", 24, None, 4).await
 }

@@ -3,20 +3,23 @@
 //! its batch commits; the batch would be read again at every restart, by
 //! every replica in turn, and no record of the partitions in it would move.
 //!
-//! Before a batch runs any stage code, the runner writes, for each source
-//! topic and partition in it, the range of offsets it covers to the stage's
-//! compacted `inflight` topic (key: the source topic; partition: the same
-//! number), and waits for the write. A range whose batch committed is out of
-//! date: the committed offset is past its start. The next owner of a
-//! partition (after a restart, or another replica) reads these records as
-//! it restores the partition: a range that still starts at the committed
-//! offset was being processed when the process ended, one more time than
-//! the record says. That range is then processed on its own (a *suspect*),
-//! whole after one death and halved after each further one; a single
-//! record whose range ended the process `POISON_MAX_CRASHES` times fails
-//! permanently without being processed again, and the partition goes on. A
-//! batch that fails while its process lives clears its records, so only a
-//! process that ended counts.
+//! Before a batch runs any stage code, the runner writes the range of
+//! offsets it covers in each source topic and partition to the stage's
+//! compacted `inflight` topic, and waits for the write. One record per
+//! batch, keyed by the instance and holding its newest range of every
+//! source partition it owns, all in partition 0: a batch costs one produce
+//! request however many partitions it spans. A range whose batch committed
+//! is out of date: the committed offset is past its start. The next owner
+//! of a partition (after a restart, or another replica) reads these records
+//! as it restores the partition: each instance's newest record, and of
+//! those the one written last for the partition. A range that still starts
+//! at the committed offset was being processed when the process ended, one
+//! more time than the record says. That range is then processed on its own
+//! (a *suspect*), whole after one death and halved after each further one;
+//! a single record whose range ended the process `POISON_MAX_CRASHES` times
+//! fails permanently without being processed again, and the partition goes
+//! on. A batch that fails while its process lives clears its ranges, so
+//! only a process that ended counts.
 //!
 //! The cost is one acknowledged write per batch that runs stage code; with
 //! `POISON_MAX_CRASHES=0` nothing is written or read.
@@ -28,9 +31,10 @@ use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::headers;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// A source topic and partition.
@@ -222,11 +226,18 @@ pub(crate) fn poison_reason(deaths: u32, max: u32) -> String {
     )
 }
 
+/// The partition of the in-flight topic that holds every instance's record.
+const MARKER_PARTITION: i32 = 0;
+
 /// Writes the ranges of batches in flight.
 pub(crate) struct Markers {
     producer: FutureProducer,
     topic: String,
     instance: String,
+    /// This instance's newest range of each source partition it owns: every
+    /// record carries them all, so its newest record is all there is to know
+    /// of it, and compaction keeps just that one.
+    ranges: Mutex<BTreeMap<Source, Range>>,
 }
 
 impl Markers {
@@ -239,59 +250,135 @@ impl Markers {
             producer,
             topic,
             instance,
+            ranges: Mutex::new(BTreeMap::new()),
         })
     }
 
     /// Writes the ranges and waits until the broker has them.
     pub async fn mark(&self, ranges: &[Range]) -> Result<(), BatchError> {
-        let sends = ranges.iter().map(|r| {
-            let headers = self.headers(r.first, r.last, r.deaths);
-            let record = FutureRecord::to(&self.topic)
-                .partition(r.source.1)
-                .key(r.source.0.as_bytes())
-                .payload(&[][..])
-                .headers(headers);
-            self.producer.send(record, Duration::from_secs(30))
-        });
-        for res in futures::future::join_all(sends).await {
-            res.map_err(|(e, _)| {
-                BatchError::Transient(format!("recording the batch in flight: {e}"))
-            })?;
-        }
-        Ok(())
+        self.write(|held| {
+            for r in ranges {
+                held.insert(r.source.clone(), r.clone());
+            }
+        })
+        .await
     }
 
     /// Records that these ranges are no longer being processed (their batch
     /// failed and will be read again), so no owner counts a death for them.
+    /// A source's newer range (a later batch's) stays.
     pub async fn clear(&self, ranges: &[Range]) {
-        let cleared: Vec<Range> = ranges
-            .iter()
-            .map(|r| Range {
-                first: -1,
-                last: -1,
-                ..r.clone()
-            })
-            .collect();
-        if let Err(e) = self.mark(&cleared).await {
+        let cleared = self.write(|held| clear_held(held, ranges));
+        if let Err(e) = cleared.await {
             tracing::warn!(error = ?e, "clearing the record of a failed batch failed");
         }
     }
 
-    fn headers(&self, first: i64, last: i64, deaths: u32) -> OwnedHeaders {
-        [
-            (headers::FIRST_OFFSET, first.to_string()),
-            (headers::LAST_OFFSET, last.to_string()),
-            (headers::DEATHS, deaths.to_string()),
-            (headers::INSTANCE, self.instance.clone()),
-        ]
-        .iter()
-        .fold(OwnedHeaders::new_with_capacity(4), |h, (k, v)| {
-            h.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
+    /// Forgets the ranges of a partition no longer owned: its next owner's
+    /// records, not this instance's, say what is in flight there.
+    pub fn revoked(&self, partition: i32) {
+        self.ranges
+            .lock()
+            .expect("markers lock")
+            .retain(|(_, p), _| *p != partition);
+    }
+
+    /// Changes the held ranges and writes them all. The change and the send
+    /// happen under one lock, so the partition's order is the changes'
+    /// order and the instance's last record holds its last state.
+    async fn write(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<Source, Range>),
+    ) -> Result<(), BatchError> {
+        let delivery = {
+            let mut held = self.ranges.lock().expect("markers lock");
+            change(&mut held);
+            let payload = encode(held.values());
+            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: headers::INSTANCE,
+                value: Some(self.instance.as_bytes()),
+            });
+            let record = FutureRecord::to(&self.topic)
+                .partition(MARKER_PARTITION)
+                .key(self.instance.as_bytes())
+                .payload(payload.as_bytes())
+                .headers(headers);
+            self.producer.send_result(record).map_err(|(e, _)| {
+                BatchError::Transient(format!("recording the batch in flight: {e}"))
+            })?
+        };
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(BatchError::Transient(format!(
+                "recording the batch in flight: {e}"
+            ))),
+            Err(_) => Err(BatchError::Transient(
+                "recording the batch in flight: the producer went away".into(),
+            )),
+        }
+    }
+}
+
+/// Clears the held ranges equal to `ranges`; a source's newer range stays.
+fn clear_held(held: &mut BTreeMap<Source, Range>, ranges: &[Range]) {
+    for r in ranges {
+        if let Some(h) = held.get_mut(&r.source)
+            && (h.first, h.last) == (r.first, r.last)
+        {
+            (h.first, h.last) = (-1, -1);
+        }
+    }
+}
+
+/// A record's ranges, a line each: topic, partition, first and last offset,
+/// deaths (topic names hold no spaces).
+fn encode<'a>(ranges: impl Iterator<Item = &'a Range>) -> String {
+    ranges
+        .map(|r| {
+            format!(
+                "{} {} {} {} {}\n",
+                r.source.0, r.source.1, r.first, r.last, r.deaths
+            )
+        })
+        .collect()
+}
+
+fn decode(payload: &str) -> Vec<Range> {
+    payload
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            let topic = f.next()?.to_owned();
+            let partition = f.next()?.parse().ok()?;
+            let first = f.next()?.parse().ok()?;
+            let last = f.next()?.parse().ok()?;
+            let deaths = f.next()?.parse().ok()?;
+            Some(Range {
+                source: (topic, partition),
+                first,
+                last,
+                deaths,
             })
         })
+        .collect()
+}
+
+/// The newest range of each source, from the in-flight topic's records in
+/// log order, each a key and its ranges: a key's newest record replaces its
+/// earlier ones (as compaction does, so the answer is the same before and
+/// after), and of those the record written last for a source says.
+fn newest(records: impl IntoIterator<Item = (String, Vec<Range>)>) -> Vec<Range> {
+    let mut by_key: HashMap<String, (usize, Vec<Range>)> = HashMap::new();
+    for (at, (key, ranges)) in records.into_iter().enumerate() {
+        by_key.insert(key, (at, ranges));
     }
+    let mut latest: Vec<(usize, Vec<Range>)> = by_key.into_values().collect();
+    latest.sort_by_key(|(at, _)| *at);
+    let mut by_source: BTreeMap<Source, Range> = BTreeMap::new();
+    for r in latest.into_iter().flat_map(|(_, ranges)| ranges) {
+        by_source.insert(r.source.clone(), r);
+    }
+    by_source.into_values().collect()
 }
 
 /// The suspects of `partition`: its newest ranges in flight (from
@@ -303,7 +390,10 @@ pub(crate) fn read_suspects(
     inflight_topic: &str,
     partition: i32,
 ) -> Result<Vec<(Source, Suspect)>, String> {
-    let ranges = newest_ranges(conn, inflight_topic, partition)?;
+    let ranges: Vec<Range> = newest(read_markers(conn, inflight_topic)?)
+        .into_iter()
+        .filter(|r| r.source.1 == partition)
+        .collect();
     if ranges.is_empty() {
         return Ok(Vec::new());
     }
@@ -330,12 +420,11 @@ pub(crate) fn read_suspects(
         .collect())
 }
 
-/// The newest range of each source in `partition` of the in-flight topic.
-fn newest_ranges(
-    conn: &ConnectionConfig,
-    topic: &str,
-    partition: i32,
-) -> Result<Vec<Range>, String> {
+/// The in-flight topic's records in log order, each its key and ranges. A
+/// record written before markers were one per batch has its source topic
+/// as key, no payload, and its range in headers.
+fn read_markers(conn: &ConnectionConfig, topic: &str) -> Result<Vec<(String, Vec<Range>)>, String> {
+    let partition = MARKER_PARTITION;
     let consumer: BaseConsumer<QuietEof> =
         consumer_config(conn, "inflight-reader", "inflight-reader-unused")
             .set("enable.partition.eof", "true")
@@ -345,9 +434,9 @@ fn newest_ranges(
     let (_, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
-    let mut newest: BTreeMap<String, Range> = BTreeMap::new();
+    let mut records = Vec::new();
     if high <= 0 {
-        return Ok(Vec::new());
+        return Ok(records);
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
@@ -364,29 +453,30 @@ fn newest_ranges(
             Some(Err(e)) => return Err(e.to_string()),
             Some(Ok(m)) => {
                 let m = m.detach();
-                let Some(source) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                     continue;
                 };
-                let num = |name| header(&m, name).and_then(|v| v.parse::<i64>().ok());
-                let (Some(first), Some(last)) =
-                    (num(headers::FIRST_OFFSET), num(headers::LAST_OFFSET))
-                else {
-                    continue;
+                let ranges = match m.payload() {
+                    Some(p) if !p.is_empty() => decode(&String::from_utf8_lossy(p)),
+                    _ => legacy_range(&m, key).into_iter().collect(),
                 };
-                let deaths = num(headers::DEATHS).unwrap_or(0).clamp(0, u32::MAX as i64) as u32;
-                newest.insert(
-                    source.to_owned(),
-                    Range {
-                        source: (source.to_owned(), partition),
-                        first,
-                        last,
-                        deaths,
-                    },
-                );
+                records.push((key.to_owned(), ranges));
             }
         }
     }
-    Ok(newest.into_values().collect())
+    Ok(records)
+}
+
+/// The range of a record written one per source partition, keyed by its
+/// source topic, in headers.
+fn legacy_range(m: &OwnedMessage, source: &str) -> Option<Range> {
+    let num = |name| header(m, name).and_then(|v| v.parse::<i64>().ok());
+    Some(Range {
+        source: (source.to_owned(), m.partition()),
+        first: num(headers::FIRST_OFFSET)?,
+        last: num(headers::LAST_OFFSET)?,
+        deaths: num(headers::DEATHS).unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+    })
 }
 
 #[cfg(test)]
@@ -401,6 +491,90 @@ mod tests {
             last,
             deaths,
         }
+    }
+
+    fn on(partition: i32, first: i64, last: i64, deaths: u32) -> Range {
+        Range {
+            source: ("t.created".into(), partition),
+            first,
+            last,
+            deaths,
+        }
+    }
+
+    #[test]
+    fn a_marker_record_round_trips_its_ranges() {
+        let ranges = [on(0, 10, 14, 0), on(23, -1, -1, 2)];
+        let text = encode(ranges.iter());
+        assert_eq!(text, "t.created 0 10 14 0\nt.created 23 -1 -1 2\n");
+        assert_eq!(decode(&text), ranges);
+        assert!(
+            decode("t.created 0 x 14 0\n").is_empty(),
+            "a broken line is skipped"
+        );
+    }
+
+    #[test]
+    fn each_instance_says_with_its_newest_record_and_the_last_writer_of_a_source_wins() {
+        let log = vec![
+            ("a".to_owned(), vec![on(0, 10, 20, 0)]),
+            ("b".to_owned(), vec![on(1, 5, 6, 0)]),
+            ("a".to_owned(), vec![on(0, 21, 30, 0)]),
+            // b took partition 0 over from a, which forgot it.
+            ("b".to_owned(), vec![on(0, 31, 40, 1), on(1, 7, 8, 0)]),
+            ("a".to_owned(), vec![on(2, 1, 2, 0)]),
+        ];
+        let want = vec![on(0, 31, 40, 1), on(1, 7, 8, 0), on(2, 1, 2, 0)];
+        assert_eq!(newest(log.clone()), want);
+        // Compacted (each key's newest record only): the same answer.
+        let compacted: Vec<_> = log.into_iter().skip(3).collect();
+        assert_eq!(newest(compacted), want);
+        // An instance's older record does not count once a newer one of
+        // it no longer holds that partition.
+        let only_a = vec![
+            ("a".to_owned(), vec![on(0, 10, 20, 0)]),
+            ("a".to_owned(), vec![on(2, 1, 2, 0)]),
+        ];
+        assert_eq!(newest(only_a), vec![on(2, 1, 2, 0)]);
+    }
+
+    #[test]
+    fn clearing_a_failed_batch_keeps_a_later_batchs_range() {
+        let mut held: BTreeMap<Source, Range> = [on(0, 21, 30, 0), on(1, 5, 9, 0)]
+            .into_iter()
+            .map(|r| (r.source.clone(), r))
+            .collect();
+        // The failed batch covered 10..=20 of partition 0 (the next batch
+        // already marked 21..=30) and 5..=9 of partition 1.
+        clear_held(&mut held, &[on(0, 10, 20, 0), on(1, 5, 9, 0)]);
+        let left: Vec<_> = held.into_values().collect();
+        assert_eq!(left, vec![on(0, 21, 30, 0), on(1, -1, -1, 0)]);
+    }
+
+    #[test]
+    fn a_record_from_before_one_per_batch_reads_as_its_partitions_range() {
+        let headers = [
+            (headers::FIRST_OFFSET, "10"),
+            (headers::LAST_OFFSET, "14"),
+            (headers::DEATHS, "2"),
+        ]
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        });
+        let m = OwnedMessage::new(
+            None,
+            Some(b"t.created".to_vec()),
+            "t.inflight".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            3,
+            Some(headers),
+        );
+        assert_eq!(legacy_range(&m, "t.created"), Some(on(0, 10, 14, 2)));
     }
 
     #[test]

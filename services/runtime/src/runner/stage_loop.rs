@@ -150,6 +150,9 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             self.retries.revoked(p, at);
             self.restores.cancel(p);
             self.suspects.revoked(p);
+            if let Some(markers) = &self.markers {
+                markers.revoked(p);
+            }
         }
         let expire_before_ms = self
             .runner
