@@ -184,7 +184,8 @@ enum TopicsCommand {
         replication_factor: i32,
         /// `segment.ms` of new compacted topics: the longest the newest
         /// records stay out of compaction's reach (restores read them one
-        /// by one). Existing topics keep theirs.
+        /// by one); the in-flight topics roll within a minute whatever it
+        /// is. Existing topics keep theirs.
         #[arg(long, env = "TOPIC_COMPACTED_SEGMENT_MS", default_value_t = DEFAULT_COMPACTED_SEGMENT_MS, value_parser = clap::value_parser!(u64).range(1..))]
         compacted_segment_ms: u64,
         /// `retention.ms` of new dead-letter topics; -1 (the default) keeps

@@ -38,6 +38,12 @@ impl Cleanup {
 /// read model's table) would read them record by record.
 pub const DEFAULT_COMPACTED_SEGMENT_MS: u64 = 3_600_000;
 
+/// How long the active segment of a stage's in-flight topic stays open, at
+/// most: one minute. Every restore reads that topic's partition 0 whole,
+/// and a busy stage writes a record per batch, each of which is out of
+/// date once the instance's next one is written.
+pub const INFLIGHT_SEGMENT_MS: u64 = 60_000;
+
 /// One topic of the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
@@ -95,10 +101,15 @@ pub fn set_dlq_retention_ms(specs: &mut [TopicSpec], ms: i64) {
     }
 }
 
-/// Sets `segment.ms` of every compacted topic of `specs` to `ms`.
+/// Sets `segment.ms` of every compacted topic of `specs` to `ms`, that of
+/// the in-flight topics to at most [`INFLIGHT_SEGMENT_MS`].
 pub fn set_compacted_segment_ms(specs: &mut [TopicSpec], ms: u64) {
     for s in specs.iter_mut().filter(|s| s.cleanup == Cleanup::Compact) {
-        s.segment_ms = Some(ms);
+        s.segment_ms = Some(if s.name.ends_with(".inflight") {
+            ms.min(INFLIGHT_SEGMENT_MS)
+        } else {
+            ms
+        });
     }
 }
 
@@ -214,7 +225,10 @@ impl TopicNames {
             v.push(compact(self.dedup(s)));
             v.push(delete(self.retry(s), Some(RETRY_RETENTION_MS)));
             v.push(delete(self.dlq(s), Some(DEFAULT_DLQ_RETENTION_MS)));
-            v.push(compact(self.inflight(s)));
+            v.push(TopicSpec {
+                segment_ms: Some(INFLIGHT_SEGMENT_MS),
+                ..compact(self.inflight(s))
+            });
         }
         v
     }
@@ -601,12 +615,12 @@ mod tests {
             let segment = s.configs().into_iter().find(|(k, _)| *k == "segment.ms");
             match s.cleanup {
                 Cleanup::Compact => {
-                    assert_eq!(
-                        segment,
-                        Some(("segment.ms", "3600000".to_owned())),
-                        "{}",
-                        s.name
-                    )
+                    let want = if s.name.ends_with(".inflight") {
+                        "60000"
+                    } else {
+                        "3600000"
+                    };
+                    assert_eq!(segment, Some(("segment.ms", want.to_owned())), "{}", s.name)
                 }
                 Cleanup::Delete => assert_eq!(segment, None, "{}", s.name),
             }
@@ -615,11 +629,22 @@ mod tests {
                     .contains(&("cleanup.policy", s.cleanup.policy().to_owned()))
             );
         }
+        let mut long = cat.clone();
         set_compacted_segment_ms(&mut cat, 1000);
         assert!(cat.iter().all(|s| match s.cleanup {
             Cleanup::Compact => s.segment_ms == Some(1000),
             Cleanup::Delete => s.segment_ms.is_none(),
         }));
+        // A longer roll leaves the in-flight topics at their minute.
+        set_compacted_segment_ms(&mut long, 86_400_000);
+        for s in long.iter().filter(|s| s.cleanup == Cleanup::Compact) {
+            let want = if s.name.ends_with(".inflight") {
+                INFLIGHT_SEGMENT_MS
+            } else {
+                86_400_000
+            };
+            assert_eq!(s.segment_ms, Some(want), "{}", s.name);
+        }
     }
 
     #[test]

@@ -381,17 +381,28 @@ fn newest(records: impl IntoIterator<Item = (String, Vec<Range>)>) -> Vec<Range>
     by_source.into_values().collect()
 }
 
-/// The suspects of `partition`: its newest ranges in flight (from
-/// `inflight_topic`), each against the committed offset of `group` on its
-/// source. Blocking: runs on a blocking thread.
+/// The newest range of each source partition in flight, read once for the
+/// partitions whose restores start together (one rebalance): every
+/// instance's record is in one partition, which each would read whole.
+pub(crate) type InFlightRead = std::sync::Arc<tokio::sync::OnceCell<Vec<Range>>>;
+
+/// The newest range of each source partition, from the in-flight topic.
+/// Blocking: runs on a blocking thread.
+pub(crate) fn read_in_flight(conn: &ConnectionConfig, topic: &str) -> Result<Vec<Range>, String> {
+    Ok(newest(read_markers(conn, topic)?))
+}
+
+/// The suspects of `partition`: its newest ranges in flight (`in_flight`),
+/// each against the committed offset of `group` on its source. Blocking:
+/// runs on a blocking thread.
 pub(crate) fn read_suspects(
     conn: &ConnectionConfig,
     group: &str,
-    inflight_topic: &str,
+    in_flight: &[Range],
     partition: i32,
 ) -> Result<Vec<(Source, Suspect)>, String> {
-    let ranges: Vec<Range> = newest(read_markers(conn, inflight_topic)?)
-        .into_iter()
+    let ranges: Vec<&Range> = in_flight
+        .iter()
         .filter(|r| r.source.1 == partition)
         .collect();
     if ranges.is_empty() {
@@ -415,7 +426,7 @@ pub(crate) fn read_suspects(
                 .and_then(|e| e.offset().to_raw())
                 .unwrap_or(0)
                 .max(0);
-            Suspect::of(&r, c).map(|s| (r.source, s))
+            Suspect::of(r, c).map(|s| (r.source.clone(), s))
         })
         .collect())
 }

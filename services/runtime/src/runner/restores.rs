@@ -4,7 +4,7 @@
 //! is paused while its state is restored; its records are read once the
 //! state is installed.
 
-use super::poison::{self, Source, Suspect};
+use super::poison::{self, InFlightRead, Source, Suspect};
 use crate::dedup::{RestoreProgress, Restored, restore_partition};
 use crate::stage_metrics;
 use artifact_kafka::codec::AvroCodec;
@@ -62,9 +62,21 @@ impl Restores {
         }
     }
 
+    /// A read of the batches in flight, to share between the restores
+    /// started together.
+    pub fn in_flight_read(&self) -> InFlightRead {
+        InFlightRead::default()
+    }
+
     /// Starts restoring `partition` unless it is under way, leaving out
-    /// entries processed before `expire_before_ms`.
-    pub fn start(&mut self, partition: i32, expire_before_ms: Option<i64>) {
+    /// entries processed before `expire_before_ms`; `in_flight` is read
+    /// once for every restore given it.
+    pub fn start(
+        &mut self,
+        partition: i32,
+        expire_before_ms: Option<i64>,
+        in_flight: &InFlightRead,
+    ) {
         if self.running.contains_key(&partition) {
             return;
         }
@@ -72,13 +84,14 @@ impl Restores {
         let progress = Arc::new(RestoreProgress::default());
         let (conn, codec, topic) = (self.conn.clone(), self.codec.clone(), self.topic.clone());
         let inflight = self.inflight.clone();
+        let read = in_flight.clone();
         let (c, p) = (cancelled.clone(), progress.clone());
         let task = tokio::spawn(async move {
             let restored =
                 restore_partition(&conn, &codec, &topic, partition, expire_before_ms, &p, &c)
                     .await?;
             let suspects = match inflight {
-                Some((group, topic)) => suspects(conn, group, topic, partition, &c).await?,
+                Some((group, topic)) => suspects(conn, group, topic, &read, partition, &c).await?,
                 None => Vec::new(),
             };
             Some((restored, suspects))
@@ -171,17 +184,24 @@ async fn suspects(
     conn: ConnectionConfig,
     group: String,
     topic: String,
+    in_flight: &InFlightRead,
     partition: i32,
     cancelled: &AtomicBool,
 ) -> Option<Vec<(Source, Suspect)>> {
     let mut failures = 0;
     loop {
-        let (c, g, t) = (conn.clone(), group.clone(), topic.clone());
-        let read =
-            tokio::task::spawn_blocking(move || poison::read_suspects(&c, &g, &t, partition))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-        match read {
+        let read = async {
+            let ranges = in_flight
+                .get_or_try_init(|| {
+                    let (c, t) = (conn.clone(), topic.clone());
+                    blocking(move || poison::read_in_flight(&c, &t))
+                })
+                .await?
+                .clone();
+            let (c, g) = (conn.clone(), group.clone());
+            blocking(move || poison::read_suspects(&c, &g, &ranges, partition)).await
+        };
+        match read.await {
             Ok(s) => return Some(s),
             Err(e) => {
                 failures += 1;
@@ -206,4 +226,12 @@ impl Drop for Restores {
             r.cancelled.store(true, Ordering::Relaxed);
         }
     }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
 }

@@ -159,10 +159,11 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             .cfg
             .dedup_retention()
             .map(|r| now_ms() - r.as_millis() as i64);
+        let in_flight = self.restores.in_flight_read();
         for &p in &to_restore {
             if !self.restores.partitions().contains(&p) {
                 self.pause_input(p, true);
-                self.restores.start(p, expire_before_ms);
+                self.restores.start(p, expire_before_ms, &in_flight);
             }
         }
         self.install_restored();
