@@ -278,8 +278,13 @@ impl TestEnv {
     /// `topic` (written without transactions): on each partition, its
     /// committed offset is the end.
     pub fn group_caught_up(&self, topic: &str) -> anyhow::Result<bool> {
-        let consumer: BaseConsumer =
-            consumer_config(&self.conn, "test-lag", &self.stage_group()).create()?;
+        self.caught_up_in(&self.stage_group(), topic)
+    }
+
+    /// Whether `group` has committed every record of `topic` (written
+    /// without transactions).
+    pub fn caught_up_in(&self, group: &str, topic: &str) -> anyhow::Result<bool> {
+        let consumer: BaseConsumer = consumer_config(&self.conn, "test-lag", group).create()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partitions as i32 {
             tpl.add_partition(topic, p);

@@ -32,7 +32,7 @@ use std::time::Duration;
 const BIN_DIR_OF: &str = env!("CARGO_BIN_EXE_test-stage");
 
 /// One request a receiver got, and what it answered.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Received {
     id: String,
     timestamp: String,
@@ -403,5 +403,31 @@ async fn an_api_restart_while_a_receiver_refuses_loses_no_delivery() -> anyhow::
         let distinct: BTreeSet<&str> = got.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(distinct.len(), 1, "{artifact}: {got:?}");
     }
+
+    // What was delivered is committed: killed once that is so, the API
+    // sends none of it again.
+    let (group, status) = (
+        format!("{}.webhooks", p.env.conn.topic_prefix),
+        p.env.names.status(),
+    );
+    wait_until(
+        "the delivered changes committed",
+        Duration::from_secs(30),
+        || async { p.env.caught_up_in(&group, &status).unwrap_or(false) },
+    )
+    .await?;
+    let delivered = receiver.accepted_by_artifact();
+    p.api.as_mut().unwrap().kill9();
+    p.start_api().await?;
+    let last = upload_text(&p, "last.txt").await?;
+    wait_until(
+        "the last completion delivered",
+        Duration::from_secs(90),
+        || async { receiver.accepted_by_artifact().contains_key(&last) },
+    )
+    .await?;
+    let mut now = receiver.accepted_by_artifact();
+    now.remove(&last);
+    assert_eq!(now, delivered, "delivered again after the restart");
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! Delivering status changes to subscriptions. Every API replica joins one
 //! consumer group on `<prefix>.status` (`WEBHOOK_GROUP`), so each status
-//! partition is delivered by one replica. A record's offset is committed
-//! only once each matching subscription got it or its attempts ran out, so
-//! a restart or a rebalance delivers again what was not confirmed: at least
-//! once, with the same `webhook-id`, which receivers use to drop
-//! duplicates.
+//! partition is delivered by one replica. A record's offset is stored only
+//! once each matching subscription got it or its attempts ran out, and the
+//! stored offsets are committed every second, so a restart or a rebalance
+//! delivers again what was not confirmed (and at most a second of what
+//! was): at least once, with the same `webhook-id`, which receivers use to
+//! drop duplicates.
 //!
 //! A subscription whose delivery ran out of attempts is marked failing:
 //! later changes get one attempt each until one succeeds, so a receiver
@@ -20,7 +21,7 @@ use artifact_kafka::client::{QuietEof, consumer_config};
 use artifact_kafka::codec::AvroCodec;
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::topics::TopicNames;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashSet, VecDeque};
@@ -322,7 +323,12 @@ pub async fn run_delivery(
     // subscription are not delivered to it anyway (`created_at`).
     let consumer: StreamConsumer<QuietEof> =
         consumer_config(&conn, "artifact-api-webhooks", &group)
-            .set("enable.auto.commit", "false")
+            // Offsets stored once delivered are committed every second (and
+            // at a rebalance or a close): a commit per status record was the
+            // API's most frequent request to the broker.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .create_with_context(QuietEof)?;
@@ -350,8 +356,8 @@ pub async fn run_delivery(
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1))?;
         // A commit lost (a rebalance, a crash) only delivers again.
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            tracing::warn!(error = %e, partition, offset, "webhook offset not committed");
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            tracing::warn!(error = %e, partition, offset, "webhook offset not stored");
         }
     }
 }
