@@ -6,7 +6,7 @@
 use crate::metrics;
 use crate::readmodel::StatusTable;
 use artifact_domain::{ArtifactId, StatusView};
-use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config};
+use artifact_kafka::client::{FETCH_QUEUE_BACKOFF_MS, QuietEof, client_config, gather_fetches};
 use artifact_kafka::codec::AvroCodec;
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::topics::{TopicNames, partition_counts};
@@ -83,13 +83,14 @@ fn assign_from_beginning(
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<StreamConsumer<QuietEof>> {
-    let consumer: StreamConsumer<QuietEof> = client_config(conn, "artifact-api-readmodel")
-        .set("group.id", "artifact-api-readmodel-unused")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create_with_context(QuietEof)?;
+    let consumer: StreamConsumer<QuietEof> =
+        gather_fetches(&mut client_config(conn, "artifact-api-readmodel"))
+            .set("group.id", "artifact-api-readmodel-unused")
+            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create_with_context(QuietEof)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;

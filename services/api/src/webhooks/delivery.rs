@@ -17,7 +17,7 @@ use super::signing::Secret;
 use super::{Subscription, Subscriptions, state_name};
 use crate::metrics;
 use artifact_domain::StatusView;
-use artifact_kafka::client::{QuietEof, consumer_config};
+use artifact_kafka::client::{QuietEof, consumer_config, gather_fetches};
 use artifact_kafka::codec::AvroCodec;
 use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::topics::TopicNames;
@@ -322,7 +322,7 @@ pub async fn run_delivery(
     // From the beginning for a new group: changes older than a
     // subscription are not delivered to it anyway (`created_at`).
     let consumer: StreamConsumer<QuietEof> =
-        consumer_config(&conn, "artifact-api-webhooks", &group)
+        gather_fetches(&mut consumer_config(&conn, "artifact-api-webhooks", &group))
             // Offsets stored once delivered are committed every second (and
             // at a rebalance or a close): a commit per status record was the
             // API's most frequent request to the broker.
