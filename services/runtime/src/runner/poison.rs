@@ -274,6 +274,22 @@ impl Markers {
         }
     }
 
+    /// Holds again a range a restore found in flight at a death, as it was
+    /// recorded, so that this instance's next records keep it until the
+    /// range is processed: a death before then finds it again.
+    pub fn hold(&self, source: &Source, suspect: &Suspect) {
+        let range = Range {
+            source: source.clone(),
+            first: suspect.from,
+            last: suspect.to - 1,
+            deaths: suspect.deaths.saturating_sub(1),
+        };
+        self.ranges
+            .lock()
+            .expect("markers lock")
+            .insert(source.clone(), range);
+    }
+
     /// Forgets the ranges of a partition no longer owned: its next owner's
     /// records, not this instance's, say what is in flight there.
     pub fn revoked(&self, partition: i32) {
@@ -586,6 +602,21 @@ mod tests {
             Some(headers),
         );
         assert_eq!(legacy_range(&m, "t.created"), Some(on(0, 10, 14, 2)));
+    }
+
+    #[test]
+    fn a_range_found_at_a_restore_is_held_as_recorded_until_revoked() {
+        let conn = ConnectionConfig::local("t");
+        let markers = Markers::new(&conn, "t.inflight".into(), "i".into()).unwrap();
+        let found = Suspect::of(&on(3, 10, 14, 1), 10).unwrap();
+        let source: Source = ("t.created".into(), 3);
+        markers.hold(&source, &found);
+        let held: Vec<Range> = markers.ranges.lock().unwrap().values().cloned().collect();
+        assert_eq!(held, vec![on(3, 10, 14, 1)]);
+        // Read again after another death elsewhere: the same suspect.
+        assert_eq!(Suspect::of(&held[0], 10), Some(found));
+        markers.revoked(3);
+        assert!(markers.ranges.lock().unwrap().is_empty());
     }
 
     #[test]

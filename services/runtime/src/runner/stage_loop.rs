@@ -203,6 +203,9 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
                     self.dedup.erase(id, []);
                 }
                 for (source, suspect) in f.suspects {
+                    if let Some(markers) = &self.markers {
+                        markers.hold(&source, &suspect);
+                    }
                     self.suspects.insert(source, suspect);
                 }
                 // A held stage resumes it when it is no longer held.
