@@ -68,16 +68,25 @@ async fn a_killing_record_fails_and_its_partition_goes_on(
     let events: Vec<_> = (0..artifacts)
         .map(|i| TestEnv::created(if i == poisoned { behaviour } else { "fine" }))
         .collect();
-    // With one partition the poison shares it with every other artifact;
-    // with more, it goes to the last, whose in-flight ranges are not in
-    // the partition that holds every instance's record.
-    let (before, after) = events.split_at(poisoned);
-    env.produce_created(before).await?;
-    let last = partitions as i32 - 1;
-    let schema = artifact_kafka::schemas::EventSchema::ArtifactCreated;
-    env.produce_one(&env.names.created(), schema, &after[0], Some(last), &[])
-        .await?;
-    env.produce_created(&after[1..]).await?;
+    // With one partition the poison shares it with every other artifact.
+    // With more, the last partition holds the poison between two fine
+    // records: not the in-flight topic's partition 0, and a range whose
+    // halves put the poison second, so the first must not be blamed.
+    if partitions == 1 {
+        env.produce_created(&events).await?;
+    } else {
+        let last = partitions as i32 - 1;
+        let schema = artifact_kafka::schemas::EventSchema::ArtifactCreated;
+        for (i, e) in events.iter().enumerate() {
+            let partition = if (poisoned - 1..=poisoned + 1).contains(&i) {
+                last
+            } else {
+                i as i32 % last
+            };
+            env.produce_one(&env.names.created(), schema, e, Some(partition), &[])
+                .await?;
+        }
+    }
     // POISON_MAX_CRASHES deaths on the record alone, after halving the
     // batch it was in (each halving may cost one more).
     let bound = 3 + (artifacts as f64).log2().ceil() as usize;

@@ -189,7 +189,13 @@ impl Suspects {
         if slice.is_empty() {
             return (None, Vec::new(), rest);
         }
-        let poison = slice.len() == 1 && self.max_deaths > 0 && suspect.deaths >= self.max_deaths;
+        // Refused only once the range is down to this one record: a slice
+        // of one taken from a wider range is processed, as the deaths may
+        // be its neighbour's.
+        let poison = suspect.to - suspect.from == 1
+            && slice.len() == 1
+            && self.max_deaths > 0
+            && suspect.deaths >= self.max_deaths;
         if poison && let Some(s) = self.by_source.get_mut(&source) {
             s.poison_at = Some(slice[0].msg.offset());
         }
@@ -705,13 +711,39 @@ mod tests {
     }
 
     #[test]
+    fn a_record_beside_a_poison_record_in_a_halved_range_is_not_blamed() {
+        // [0, 3) died in a batch and alone, then its first half [0, 2):
+        // three deaths, the poison at offset 1.
+        let mut s = Suspects::new(3);
+        s.insert(
+            ("t.created".into(), 0),
+            Suspect {
+                from: 0,
+                to: 2,
+                deaths: 3,
+                poison_at: None,
+            },
+        );
+        let (iso, _, _) = s.isolate(items(0..5));
+        let iso = iso.unwrap();
+        assert!(
+            !iso.poison && offsets(&iso.items) == [0],
+            "0 is processed alone"
+        );
+        s.committed(&iso.items);
+        let (iso, _, _) = s.isolate(items(1..5));
+        let iso = iso.unwrap();
+        assert!(iso.poison && offsets(&iso.items) == [1], "1 is left alone");
+    }
+
+    #[test]
     fn the_records_after_a_poison_record_are_not_blamed_for_its_deaths() {
         let mut s = Suspects::new(3);
         s.insert(
             ("t.created".into(), 0),
             Suspect {
                 from: 12,
-                to: 14,
+                to: 13,
                 deaths: 5,
                 poison_at: None,
             },
