@@ -24,16 +24,15 @@ pub const STAGE: &str = "x-stage";
 /// the letter would have been larger than a record may be. The record is
 /// still at its source offset, unless compaction removed it since.
 pub const PAYLOAD_OMITTED: &str = "x-payload-omitted";
-/// Header (batches in flight): the first offset of the batch's records of
-/// the partition named by the record's key and partition.
+/// Header (batches in flight, as written one record per source partition
+/// before they were one per batch, and still read): the first offset of the
+/// batch's records of the partition named by the record's key and partition.
 pub const FIRST_OFFSET: &str = "x-first-offset";
 /// Header (batches in flight): the last offset of those records.
 pub const LAST_OFFSET: &str = "x-last-offset";
 /// Header (batches in flight): how many times a stage's process ended while
 /// processing those offsets, before this attempt.
 pub const DEATHS: &str = "x-deaths";
-/// Header (batches in flight): the instance processing them.
-pub const INSTANCE: &str = "x-instance";
 /// Header (a new generation started at a later stage): the stage it starts
 /// at. Each earlier stage skips the record, a copy of an outcome it wrote
 /// for the generation before.

@@ -31,7 +31,7 @@ use artifact_kafka::config::ConnectionConfig;
 use artifact_kafka::headers;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -312,31 +312,24 @@ impl Markers {
         &self,
         change: impl FnOnce(&mut BTreeMap<Source, Range>),
     ) -> Result<(), BatchError> {
+        let failed =
+            |why: String| BatchError::Transient(format!("recording the batch in flight: {why}"));
         let delivery = {
             let mut held = self.ranges.lock().expect("markers lock");
             change(&mut held);
             let payload = encode(held.values());
-            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-                key: headers::INSTANCE,
-                value: Some(self.instance.as_bytes()),
-            });
             let record = FutureRecord::to(&self.topic)
                 .partition(MARKER_PARTITION)
                 .key(self.instance.as_bytes())
-                .payload(payload.as_bytes())
-                .headers(headers);
-            self.producer.send_result(record).map_err(|(e, _)| {
-                BatchError::Transient(format!("recording the batch in flight: {e}"))
-            })?
+                .payload(payload.as_bytes());
+            self.producer
+                .send_result(record)
+                .map_err(|(e, _)| failed(e.to_string()))?
         };
         match delivery.await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(BatchError::Transient(format!(
-                "recording the batch in flight: {e}"
-            ))),
-            Err(_) => Err(BatchError::Transient(
-                "recording the batch in flight: the producer went away".into(),
-            )),
+            Ok(Err((e, _))) => Err(failed(e.to_string())),
+            Err(_) => Err(failed("the producer went away".into())),
         }
     }
 }
@@ -516,6 +509,7 @@ fn legacy_range(m: &OwnedMessage, source: &str) -> Option<Range> {
 mod tests {
     use super::*;
     use crate::runner::testing::item;
+    use rdkafka::message::{Header, OwnedHeaders};
 
     fn range(first: i64, last: i64, deaths: u32) -> Range {
         Range {

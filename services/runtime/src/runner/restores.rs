@@ -62,12 +62,6 @@ impl Restores {
         }
     }
 
-    /// A read of the batches in flight, to share between the restores
-    /// started together.
-    pub fn in_flight_read(&self) -> InFlightRead {
-        InFlightRead::default()
-    }
-
     /// Starts restoring `partition` unless it is under way, leaving out
     /// entries processed before `expire_before_ms`; `in_flight` is read
     /// once for every restore given it.

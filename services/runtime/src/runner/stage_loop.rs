@@ -159,7 +159,8 @@ impl<'r, S: StageLogic> StageLoop<'r, S> {
             .cfg
             .dedup_retention()
             .map(|r| now_ms() - r.as_millis() as i64);
-        let in_flight = self.restores.in_flight_read();
+        // One read of the batches in flight for the restores started here.
+        let in_flight = poison::InFlightRead::default();
         for &p in &to_restore {
             if !self.restores.partitions().contains(&p) {
                 self.pause_input(p, true);
